@@ -1,0 +1,228 @@
+"""``cbnano``: the platform's command line, on the same code paths as the Airflow DAGs.
+
+Copy-paste examples::
+
+    cbnano ingest arxiv --start 2026-11-24 --end 2026-11-27 --category cond-mat.mtrl-sci
+    cbnano ingest arxiv --today                      # today's RSS announcements
+    cbnano search "solid electrolyte ionic conductivity" --top-k 5 --json
+    cbnano stats --json
+    cbnano replay --corpus include/samples/arxiv --port 8765   # local arXiv stand-in for offline runs
+
+Every command that changes state ends by printing one JSON line on stdout. Progress goes to stderr: a bar on
+a terminal, plain log lines otherwise. Bad input and unreachable services give a one-line error and a
+non-zero exit (2 for bad input, 1 for a failure), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("cbnano")
+
+
+class UsageError(ValueError):
+    """Bad input from the command line."""
+
+
+def _progress_reporter() -> Any:
+    """A ``progress(stage, done, total)`` callback: tqdm bars on a terminal, throttled log lines otherwise."""
+    bars: dict[str, Any] = {}
+    last_log: dict[str, float] = {}
+    tty = sys.stderr.isatty()
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        if tty:
+            from tqdm import tqdm
+
+            bar = bars.get(stage)
+            if bar is None:
+                bar = bars[stage] = tqdm(total=total, desc=stage, unit="doc", file=sys.stderr, leave=True)
+            if total is not None and bar.total != total:
+                bar.total = total
+            bar.n = done
+            bar.refresh()
+            return
+        now = time.monotonic()
+        if done == total or now - last_log.get(stage, 0.0) >= 5.0:
+            last_log[stage] = now
+            log.info("%s: %d/%s", stage, done, total if total is not None else "?")
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    progress.close = close  # type: ignore[attr-defined]
+    return progress
+
+
+def _emit(obj: Any) -> None:
+    print(json.dumps(obj, sort_keys=False, default=str), flush=True)
+
+
+def cmd_ingest_arxiv(args: argparse.Namespace) -> int:
+    from pipelines.ingestion.arxiv import DEFAULT_CATEGORIES, check_window, ingest_arxiv, parse_day
+    from pipelines.settings import get_settings
+
+    start = end = None
+    if not args.today:
+        if not args.start or not args.end:
+            raise UsageError("--start and --end are required (or use --today)")
+        try:
+            start, end = parse_day(args.start), parse_day(args.end)
+            check_window(start, end)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if args.max_results is not None and args.max_results <= 0:
+        raise UsageError("--max-results must be a positive number")
+    progress = _progress_reporter()
+    try:
+        summary = ingest_arxiv(get_settings(), start, end, args.category or list(DEFAULT_CATEGORIES),  # type: ignore[arg-type]
+                               max_results=args.max_results, dry_run=args.dry_run, today=args.today,
+                               progress=progress)
+    finally:
+        progress.close()
+    _emit(summary)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from pipelines.embedding.minilm import get_embedder
+    from pipelines.settings import get_settings
+    from pipelines.vectorstore.milvus import MilvusStore
+
+    if not args.query.strip():
+        raise UsageError("the query is empty")
+    if not 1 <= args.top_k <= 1000:
+        raise UsageError("--top-k must be between 1 and 1000")
+    settings = get_settings()
+    with MilvusStore.from_settings(settings) as store:
+        if not store.exists():
+            raise UsageError(f"nothing ingested yet: no collection {settings.milvus_collection} at "
+                             f"{settings.milvus_uri} (run `cbnano ingest arxiv` first)")
+        emb = get_embedder(settings.embedding_model, settings.embedding_device, settings.embedding_batch_size)
+        hits = store.search(emb.encode([args.query])[0], top_k=args.top_k, source=args.source)
+    if args.json:
+        _emit([h.to_dict() for h in hits])
+        return 0
+    if not hits:
+        print("no results")
+    for rank, h in enumerate(hits, 1):
+        print(f"{rank:>2}. [{h.score:.3f}] {h.title}  ({h.source}:{h.doc_id})\n    {h.url}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from pipelines.settings import get_settings
+    from pipelines.vectorstore.milvus import MilvusStore
+
+    settings = get_settings()
+    with MilvusStore.from_settings(settings) as store:
+        body = store.stats() if store.exists() else {"sources": {}, "embedding_models": []}
+    out = {"collection": settings.milvus_collection, "milvus_uri": settings.milvus_uri,
+           "embedding_model": settings.embedding_model, **body}
+    if args.json:
+        _emit(out)
+        return 0
+    print(f"collection {out['collection']} at {out['milvus_uri']} (model {out['embedding_model']})")
+    for src, c in out["sources"].items():
+        print(f"  {src:<8} {c['documents']:>8} documents {c['chunks']:>9} chunks")
+    if not out["sources"]:
+        print("  empty")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from pipelines.replay import ReplayServer
+
+    corpus = [Path(p) for p in args.corpus]
+    for p in corpus:
+        if not p.exists():
+            raise UsageError(f"no such corpus path: {p}")
+    with ReplayServer(corpus=corpus, rss_dir=Path(args.rss_dir) if args.rss_dir else None,
+                      port=args.port) as srv:
+        print(f"CBNANO_ARXIV_API_URL={srv.arxiv_api_url}", flush=True)
+        print(f"CBNANO_ARXIV_RSS_URL={srv.arxiv_rss_url}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of ``cbnano``."""
+    p = argparse.ArgumentParser(prog="cbnano", description="CB Nano R&D platform command line")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", help="crawl a source into the data lake and the vector store")
+    isub = ingest.add_subparsers(dest="source", required=True)
+    ax = isub.add_parser("arxiv", help="arXiv papers submitted in [start, end) UTC, or today's announcements")
+    ax.add_argument("--start", help="first day, YYYY-MM-DD (inclusive)")
+    ax.add_argument("--end", help="last day, YYYY-MM-DD (exclusive)")
+    ax.add_argument("--category", action="append", metavar="CAT",
+                    help="arXiv category, repeatable (default: cond-mat.mtrl-sci, physics.chem-ph)")
+    ax.add_argument("--max-results", type=int, help="stop after this many entries")
+    ax.add_argument("--dry-run", action="store_true", help="fetch and stage only; no embedding, no writes")
+    ax.add_argument("--today", action="store_true", help="read today's RSS announcements instead of a window")
+    ax.set_defaults(func=cmd_ingest_arxiv)
+
+    se = sub.add_parser("search", help="semantic search over the corpus")
+    se.add_argument("query")
+    se.add_argument("--top-k", type=int, default=5)
+    se.add_argument("--source", choices=["arxiv", "pubchem"])
+    se.add_argument("--json", action="store_true", help="print hits as a JSON list")
+    se.set_defaults(func=cmd_search)
+
+    st = sub.add_parser("stats", help="documents and chunks per source")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_stats)
+
+    rp = sub.add_parser("replay", help="serve a local arXiv stand-in from Atom files (offline runs, demo)")
+    rp.add_argument("--corpus", action="append", required=True, help="folder or file of Atom feeds, repeatable")
+    rp.add_argument("--rss-dir", help="folder of <category>.xml RSS feeds")
+    rp.add_argument("--port", type=int, default=0)
+    rp.set_defaults(func=cmd_replay)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cbnano``; returns the exit code (0 ok, 1 failure, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "sentence_transformers", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from pipelines.settings import SettingsError
+    from pipelines.sources.http import SourceError
+    from pipelines.vectorstore.milvus import VectorStoreError
+
+    try:
+        from pymilvus.exceptions import MilvusException
+    except ImportError:  # pragma: no cover - pymilvus is a core dependency
+        MilvusException = VectorStoreError  # noqa: N806
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"cbnano: error: {exc}", file=sys.stderr)
+        return 2
+    except (SourceError, VectorStoreError, SettingsError, OSError) as exc:
+        print(f"cbnano: error: {exc}", file=sys.stderr)
+        return 1
+    except MilvusException as exc:
+        print(f"cbnano: error: Milvus refused the request: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cbnano: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

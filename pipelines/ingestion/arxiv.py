@@ -1,0 +1,229 @@
+"""arXiv ingestion in three retryable stages, shared by the ``cbnano`` CLI and the ``literature_ingestion`` DAG.
+
+1. :func:`fetch_window` — query the export API for papers submitted in [start, end) and write every raw page
+   to the data lake as it arrives. Returns a small manifest (paths and counts).
+2. :func:`stage_pages` — parse the raw pages, quarantine unreadable entries with their reason, keep the
+   newest version of each paper, normalise the text, and write ``records.jsonl``. Returns a manifest.
+3. :func:`index_staged` — change detection, embedding and upsert into Milvus (see ``indexing``).
+
+:func:`ingest_arxiv` runs the three in a row; its result is the CLI's JSON summary.
+Each stage rewrites its own files on a retry, and the store is written by upsert, so re-running a window is
+safe and, when nothing changed, costs no embedding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pipelines.documents import Document, normalize_text
+from pipelines.ingestion.indexing import IndexSummary, Progress, index_documents
+from pipelines.lake import partition_dir, read_jsonl, write_atomic, write_json, write_jsonl
+from pipelines.settings import Settings
+from pipelines.sources.arxiv import (
+    DEFAULT_CATEGORIES,
+    ArxivClient,
+    Paper,
+    build_window_query,
+    parse_api_feed,
+    parse_rss,
+)
+
+log = logging.getLogger(__name__)
+
+SOURCE = "arxiv"
+SUMMARY_KEYS = ("fetched", "new", "updated", "unchanged", "chunks_upserted", "chunks_deleted", "quarantined")
+
+
+def parse_day(value: str | date | datetime) -> datetime:
+    """``YYYY-MM-DD`` (or a date/datetime) as an aware UTC datetime; raises ValueError naming the input."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    try:
+        day = date.fromisoformat(value.strip())
+    except (ValueError, AttributeError):
+        raise ValueError(f"not a date (YYYY-MM-DD): {value!r}") from None
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def check_window(start: datetime, end: datetime) -> None:
+    """Raise ValueError unless start < end (both aware)."""
+    if start >= end:
+        raise ValueError(f"start {start:%Y-%m-%d %H:%M} must be before end {end:%Y-%m-%d %H:%M}")
+
+
+def resolve_window(interval_start: datetime | None, interval_end: datetime | None,
+                   override_start: str | None = None, override_end: str | None = None) -> tuple[datetime, datetime]:
+    """The window a scheduled or manual run ingests: the override days if given, else its data interval.
+
+    Raises ValueError when only one override is given, when an override is not a date, or when the window
+    is empty (a bare cron schedule gives start == end: use a data-interval timetable).
+    """
+    if bool(override_start) != bool(override_end):
+        raise ValueError("give both window_start and window_end, or neither")
+    if override_start and override_end:
+        start, end = parse_day(override_start), parse_day(override_end)
+    else:
+        if interval_start is None or interval_end is None:
+            raise ValueError("the run has no data interval and no window override")
+        start, end = parse_day(interval_start), parse_day(interval_end)
+    check_window(start, end)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def _run_dir(settings: Settings, kind: str, categories: Sequence[str], start: datetime, end: datetime) -> Path:
+    cats = hashlib.sha256(" ".join(sorted(categories)).encode()).hexdigest()[:8]
+    key = f"{kind}-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}-{cats}"
+    return partition_dir(settings.data_dir, SOURCE, start.strftime("%Y-%m-%d"), key)
+
+
+def _clear_raw(raw_dir: Path) -> None:
+    # A retry refetches the whole window; pages of an earlier, longer attempt must not linger.
+    if raw_dir.is_dir():
+        for old in raw_dir.glob("page-*"):
+            old.unlink()
+
+
+def fetch_window(settings: Settings, start: datetime, end: datetime, categories: Sequence[str] = DEFAULT_CATEGORIES,
+                 max_results: int | None = None, client: ArxivClient | None = None,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Fetch the window's raw API pages into the lake; returns the fetch manifest."""
+    check_window(start, end)
+    categories = list(categories)
+    query = build_window_query(categories, start, end)
+    client = client or ArxivClient.from_settings(settings)
+    run_dir = _run_dir(settings, "api", categories, start, end)
+    raw_dir = run_dir / "raw"
+    _clear_raw(raw_dir)
+    pages, entries, total = [], 0, 0
+    for page in client.iter_window_pages(categories, start, end, max_results=max_results):
+        name = f"page-{page.start:06d}.xml"
+        write_atomic(raw_dir / name, page.body)
+        pages.append(name)
+        entries += page.entry_count
+        total = page.total_results
+        if progress:
+            progress("fetch", entries, min(total, max_results or total))
+    manifest = {
+        "source": SOURCE, "kind": "api", "query": query, "categories": categories,
+        "start": start.isoformat(), "end": end.isoformat(), "dir": str(run_dir), "pages": pages,
+        "entries": entries, "total_results": total, "requests": client.http.requests_sent,
+        "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_json(run_dir / "fetch.json", manifest)
+    log.info("fetched %d entries in %d pages for %s", entries, len(pages), query)
+    return manifest
+
+
+def fetch_announcements(settings: Settings, categories: Sequence[str] = DEFAULT_CATEGORIES,
+                        client: ArxivClient | None = None) -> dict[str, Any]:
+    """Fetch today's RSS announcements for each category into the lake; returns the fetch manifest."""
+    client = client or ArxivClient.from_settings(settings)
+    now = datetime.now(UTC)
+    today = datetime(now.year, now.month, now.day, tzinfo=UTC)
+    run_dir = _run_dir(settings, "rss", categories, today, today + timedelta(days=1))
+    raw_dir = run_dir / "raw"
+    _clear_raw(raw_dir)
+    pages, entries = [], 0
+    for cat in categories:
+        body = client.fetch_rss(cat)
+        name = f"page-{cat}.rss"
+        write_atomic(raw_dir / name, body)
+        pages.append(name)
+        entries += len(parse_rss(body))
+    manifest = {"source": SOURCE, "kind": "rss", "categories": list(categories), "dir": str(run_dir),
+                "pages": pages, "entries": entries, "requests": client.http.requests_sent,
+                "fetched_at": now.isoformat(timespec="seconds")}
+    write_json(run_dir / "fetch.json", manifest)
+    return manifest
+
+
+def paper_record(paper: Paper) -> dict[str, Any]:
+    """The staged record of a paper: every raw field plus the normalised title and embedding text."""
+    rec = paper.to_dict()
+    title = normalize_text(paper.title)
+    rec.update(source=SOURCE, doc_id=paper.arxiv_id, title_clean=title,
+               text=f"{title}. {normalize_text(paper.abstract)}")
+    return rec
+
+
+def record_document(rec: dict[str, Any]) -> Document:
+    """The vector-store document of a staged arXiv record."""
+    return Document(source=SOURCE, doc_id=rec["doc_id"], title=rec["title_clean"], text=rec["text"],
+                    url=rec["url"], published=rec.get("published") or "", categories=tuple(rec["categories"]),
+                    version=int(rec["version"]))
+
+
+def stage_pages(fetch_manifest: dict[str, Any]) -> dict[str, Any]:
+    """Parse the fetched pages into ``records.jsonl`` and ``quarantine.jsonl``; returns the stage manifest."""
+    run_dir = Path(fetch_manifest["dir"])
+    best: dict[str, Paper] = {}
+    quarantine: list[dict[str, Any]] = []
+    for name in fetch_manifest["pages"]:
+        body = (run_dir / "raw" / name).read_bytes()
+        if fetch_manifest["kind"] == "rss":
+            papers, rejects = parse_rss(body), []
+        else:
+            feed = parse_api_feed(body, fetch_manifest.get("query", ""))
+            papers, rejects = feed.papers, feed.rejects
+        for rej in rejects:
+            quarantine.append({**rej, "page": name})
+        for p in papers:
+            if p.arxiv_id not in best or p.version >= best[p.arxiv_id].version:
+                best[p.arxiv_id] = p
+    records = [paper_record(p) for p in best.values()]
+    rows, digest = write_jsonl(run_dir / "records.jsonl", records)
+    write_jsonl(run_dir / "quarantine.jsonl", quarantine)
+    for q in quarantine:
+        log.warning("quarantined entry %s on %s: %s", q.get("entry_id") or "?", q["page"], q["reason"])
+    manifest = {"source": SOURCE, "uri": str(run_dir / "records.jsonl"), "rows": rows, "sha256": digest,
+                "fetched": fetch_manifest["entries"], "quarantined": len(quarantine),
+                "quarantine_uri": str(run_dir / "quarantine.jsonl")}
+    write_json(run_dir / "stage.json", manifest)
+    return manifest
+
+
+def index_staged(settings: Settings, stage_manifest: dict[str, Any], progress: Progress | None = None,
+                 embedder_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Embed and upsert the staged records; returns the run summary (:data:`SUMMARY_KEYS`)."""
+    from pipelines.embedding.minilm import DIMENSION, get_embedder
+    from pipelines.vectorstore.milvus import MilvusStore
+
+    def default_factory() -> Any:
+        return get_embedder(settings.embedding_model, settings.embedding_device, settings.embedding_batch_size)
+
+    factory = embedder_factory or default_factory
+    docs = [record_document(r) for r in read_jsonl(Path(stage_manifest["uri"]))]
+    with MilvusStore.from_settings(settings) as store:
+        dim = DIMENSION.get(settings.embedding_model) or factory().dimension
+        store.ensure_collection(dim)
+        result = index_documents(docs, store, factory, settings.embedding_model, progress=progress)
+    return summarize(stage_manifest, result)
+
+
+def summarize(stage_manifest: dict[str, Any], result: IndexSummary | None) -> dict[str, Any]:
+    """The run summary: fetched/quarantined from staging, the rest from indexing (zeros on a dry run)."""
+    result = result or IndexSummary()
+    return {"fetched": stage_manifest["fetched"], "new": result.new, "updated": result.updated,
+            "unchanged": result.unchanged, "chunks_upserted": result.chunks_upserted,
+            "chunks_deleted": result.chunks_deleted, "quarantined": stage_manifest["quarantined"]}
+
+
+def ingest_arxiv(settings: Settings, start: datetime, end: datetime, categories: Sequence[str] = DEFAULT_CATEGORIES,
+                 max_results: int | None = None, dry_run: bool = False, today: bool = False,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Fetch, stage and (unless ``dry_run``) index one window (or today's RSS); returns the summary."""
+    if today:
+        fetched = fetch_announcements(settings, categories)
+    else:
+        fetched = fetch_window(settings, start, end, categories, max_results=max_results, progress=progress)
+    staged = stage_pages(fetched)
+    if dry_run:
+        return {**summarize(staged, None), "dry_run": True, "records": staged["uri"]}
+    return {**index_staged(settings, staged, progress=progress), "records": staged["uri"]}

@@ -1,0 +1,103 @@
+"""Index documents into the vector store with per-document change detection.
+
+For each document the content hash (text, metadata, embedding model, chunking) is compared with what the
+store holds:
+
+* unchanged → skipped, no embedding work;
+* changed (a new version, an edited abstract, another embedding model) → re-chunked and re-embedded, its
+  new chunks upserted first and only then its old chunks that no longer exist deleted, so the document is
+  never missing and leaves no orphans;
+* new → chunked, embedded, upserted.
+
+The embedder is obtained through a factory and only when something needs embedding.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pipelines.documents import Document, chunk_text, dedupe_documents
+from pipelines.vectorstore.milvus import MilvusStore
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int | None], None]
+EMBED_BATCH_DOCS = 128
+
+
+@dataclass
+class IndexSummary:
+    """Counts of one indexing pass (documents, then chunks)."""
+
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    chunks_upserted: int = 0
+    chunks_deleted: int = 0
+    embed_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts as a dict (``embed_seconds`` rounded)."""
+        out = asdict(self)
+        out["embed_seconds"] = round(self.embed_seconds, 3)
+        return out
+
+
+def index_documents(docs: Sequence[Document], store: MilvusStore, embedder_factory: Callable[[], Any],
+                    embedding_model: str, progress: Progress | None = None) -> IndexSummary:
+    """Bring the store in line with ``docs``; returns what was new, updated, unchanged, written, deleted.
+
+    ``store.ensure_collection`` must have been called. ``embedder_factory()`` returns an object with
+    ``encode(texts) -> array`` and ``token_offsets(text)``; it is called at most once.
+    """
+    summary = IndexSummary()
+    docs = dedupe_documents(docs)
+    todo: list[tuple[Document, str, set[str]]] = []
+    for source in sorted({d.source for d in docs}):
+        group = [d for d in docs if d.source == source]
+        stored = store.existing_chunks(source, [d.doc_id for d in group])
+        for doc in group:
+            digest = doc.content_hash(embedding_model)
+            prev_hash, prev_chunks = stored.get(doc.doc_id, ("", set()))
+            if doc.doc_id in stored and prev_hash == digest:
+                summary.unchanged += 1
+                continue
+            if doc.doc_id in stored:
+                summary.updated += 1
+            else:
+                summary.new += 1
+            todo.append((doc, digest, prev_chunks))
+    if progress:
+        progress("embed", 0, len(todo))
+    if not todo:
+        return summary
+    embedder = embedder_factory()
+    for i in range(0, len(todo), EMBED_BATCH_DOCS):
+        batch = todo[i:i + EMBED_BATCH_DOCS]
+        rows: list[dict[str, Any]] = []
+        stale: list[str] = []
+        for doc, digest, prev_chunks in batch:
+            chunks = chunk_text(doc.text, doc.doc_id, doc.source, embedder.token_offsets)
+            stale.extend(sorted(prev_chunks - {c.chunk_id for c in chunks}))
+            for c in chunks:
+                rows.append({
+                    "chunk_id": c.chunk_id, "doc_id": doc.doc_id, "source": doc.source, "title": doc.title,
+                    "text": c.text, "url": doc.url, "published": doc.published,
+                    "categories": " ".join(doc.categories), "content_hash": digest,
+                    "embedding_model": embedding_model, "version": int(doc.version), "chunk_index": c.index,
+                })
+        t0 = time.perf_counter()
+        vectors = embedder.encode([r["text"] for r in rows])
+        summary.embed_seconds += time.perf_counter() - t0
+        for row, vec in zip(rows, vectors, strict=True):
+            row["vector"] = vec.tolist()
+        summary.chunks_upserted += store.upsert(rows)
+        if stale:
+            summary.chunks_deleted += store.delete(stale)
+        if progress:
+            progress("embed", min(i + len(batch), len(todo)), len(todo))
+    return summary

@@ -1,0 +1,245 @@
+"""A local stand-in for arXiv's export API and RSS feed, replaying files in the real formats.
+
+Tests, the demo and the benchmarks point the real :class:`~pipelines.sources.arxiv.ArxivClient` at this
+server (``CBNANO_ARXIV_API_URL`` / ``CBNANO_ARXIV_RSS_URL``), since arXiv itself is unreachable here.
+
+* ``/api/query`` answers from a corpus of Atom files: it reads the ``cat:`` terms and the
+  ``submittedDate:[A TO B]`` range of ``search_query``, selects the entries (verbatim XML) whose first
+  submission falls in the range, sorts them by date, pages them with ``start``/``max_results`` and wraps
+  them in a 2026-format feed with opensearch totals. ``short_page`` caps every page, as arXiv sometimes does.
+* ``/rss/<category>`` serves ``<rss_dir>/<category>.xml``.
+* Scripted :class:`Rule` answers (an HTTP 503, a 429 with ``Retry-After``, an error feed, an empty page, a
+  blank body) are served first, each a set number of times, to exercise the client's retry policy.
+
+Every request is recorded in ``requests`` (method, path, query) so that tests can assert on what was asked.
+
+Usage::
+
+    with ReplayServer(corpus=[Path("include/samples/arxiv")]) as srv:
+        os.environ["CBNANO_ARXIV_API_URL"] = srv.arxiv_api_url
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+ATOM = "http://www.w3.org/2005/Atom"
+NS = {"atom": ATOM, "arxiv": "http://arxiv.org/schemas/atom"}
+ET.register_namespace("", ATOM)
+ET.register_namespace("arxiv", "http://arxiv.org/schemas/atom")
+ET.register_namespace("opensearch", "http://a9.com/-/spec/opensearch/1.1/")
+
+_CAT_RE = re.compile(r"cat:([A-Za-z][\w.\-]*)")
+_DATE_RE = re.compile(r"submittedDate:\[(\d{12}) TO (\d{12})\]")
+
+
+@dataclass
+class Rule:
+    """A scripted answer for requests whose path starts with ``path``, served ``times`` times.
+
+    ``mode`` is ``static`` (``status``, ``headers``, ``body`` as given) or ``empty_page`` (the page the
+    corpus would give, with its entries removed but its totals kept).
+    """
+
+    path: str
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    times: int = 1
+    mode: str = "static"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    arxiv_id: str
+    published: datetime | None
+    categories: frozenset[str]
+    xml: str
+
+
+def load_corpus(paths: list[Path]) -> dict[str, _Entry]:
+    """Entries of every ``*.xml`` Atom file under ``paths`` by arXiv id; later files override earlier ones."""
+    entries: dict[str, _Entry] = {}
+    files: list[Path] = []
+    for p in paths:
+        files.extend(sorted(Path(p).glob("*.xml")) if Path(p).is_dir() else [Path(p)])
+    for f in files:
+        root = ET.parse(f).getroot()
+        for el in root.findall("atom:entry", NS):
+            raw_id = (el.findtext("atom:id", "", NS) or "").strip()
+            key = re.sub(r"v\d+$", "", raw_id.rsplit("/abs/", 1)[-1]) or f"{f.name}#{len(entries)}"
+            pub = el.findtext("atom:published", None, NS)
+            published = datetime.fromisoformat(pub.strip().replace("Z", "+00:00")) if pub else None
+            cats = frozenset(c.get("term", "") for c in el.findall("atom:category", NS))
+            prim = el.find("arxiv:primary_category", NS)
+            if prim is not None:
+                cats = cats | {prim.get("term", "")}
+            entries[key] = _Entry(key, published, cats, ET.tostring(el, encoding="unicode"))
+    return entries
+
+
+def render_feed(entries: list[str], total: int, start: int, query: str) -> bytes:
+    """A 2026-format API feed around already-serialised ``<entry>`` elements."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    esc = query.replace("&", "&amp;").replace("<", "&lt;")
+    head = (
+        "<?xml version='1.0' encoding='UTF-8'?>\n"
+        '<feed xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/" '
+        'xmlns:arxiv="http://arxiv.org/schemas/atom" xmlns="http://www.w3.org/2005/Atom">\n'
+        f"  <id>https://arxiv.org/api/replay</id>\n  <title>arXiv Query: search_query={esc}</title>\n"
+        f"  <updated>{now}</updated>\n"
+        f"  <opensearch:itemsPerPage>{len(entries)}</opensearch:itemsPerPage>\n"
+        f"  <opensearch:totalResults>{total}</opensearch:totalResults>\n"
+        f"  <opensearch:startIndex>{start}</opensearch:startIndex>\n"
+    )
+    return (head + "".join(f"  {e}\n" for e in entries) + "</feed>\n").encode()
+
+
+class ReplayServer:
+    """The replay server (see module docstring); start with ``with`` or :meth:`start`."""
+
+    def __init__(self, corpus: list[Path] | None = None, rss_dir: Path | None = None,
+                 rules: list[Rule] | None = None, short_page: int | None = None, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        self.corpus = load_corpus(corpus or [])
+        self.rss_dir = rss_dir
+        self.rules = list(rules or [])
+        self.short_page = short_page
+        self.requests: list[tuple[str, str, dict[str, list[str]]]] = []
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer((host, port), self._handler())
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the running server."""
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def arxiv_api_url(self) -> str:
+        """The value for ``CBNANO_ARXIV_API_URL``."""
+        return f"{self.base_url}/api/query"
+
+    @property
+    def arxiv_rss_url(self) -> str:
+        """The value for ``CBNANO_ARXIV_RSS_URL``."""
+        return f"{self.base_url}/rss"
+
+    def set_corpus(self, paths: list[Path]) -> None:
+        """Replace the corpus (e.g. to serve a revised version of a paper)."""
+        corpus = load_corpus(paths)
+        with self._lock:
+            self.corpus = corpus
+
+    def add_rule(self, rule: Rule) -> None:
+        """Queue a scripted answer."""
+        with self._lock:
+            self.rules.append(rule)
+
+    def start(self) -> ReplayServer:
+        """Serve in a daemon thread; returns self."""
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="replay-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> ReplayServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- answering -------------------------------------------------------------------------------------
+    def _take_rule(self, path: str) -> Rule | None:
+        with self._lock:
+            for rule in self.rules:
+                if rule.times > 0 and path.startswith(rule.path):
+                    rule.times -= 1
+                    return rule
+        return None
+
+    def _api_page(self, params: dict[str, list[str]]) -> bytes:
+        query = params.get("search_query", [""])[0]
+        start = int(params.get("start", ["0"])[0])
+        size = int(params.get("max_results", ["10"])[0])
+        if self.short_page:
+            size = min(size, self.short_page)
+        cats = set(_CAT_RE.findall(query))
+        window = _DATE_RE.search(query)
+        lo = hi = None
+        if window:
+            lo = datetime.strptime(window.group(1), "%Y%m%d%H%M").replace(tzinfo=UTC)
+            hi = datetime.strptime(window.group(2), "%Y%m%d%H%M").replace(tzinfo=UTC)
+        with self._lock:
+            corpus = list(self.corpus.values())
+        selected = []
+        for e in corpus:
+            if cats and not (cats & e.categories):
+                continue
+            # submittedDate is inclusive at minute resolution
+            if lo and hi and e.published and not (lo <= e.published.replace(second=0) <= hi):
+                continue
+            selected.append(e)
+        selected.sort(key=lambda e: (e.published or datetime.min.replace(tzinfo=UTC), e.arxiv_id))
+        return render_feed([e.xml for e in selected[start:start + size]], len(selected), start, query)
+
+    def _answer(self, method: str, raw_path: str) -> tuple[int, dict[str, str], bytes]:
+        parts = urlsplit(raw_path)
+        params = parse_qs(parts.query)
+        with self._lock:
+            self.requests.append((method, parts.path, params))
+        rule = self._take_rule(parts.path)
+        xml = {"Content-Type": "application/atom+xml; charset=UTF-8"}
+        if rule is not None and rule.mode == "static":
+            return rule.status, rule.headers, rule.body
+        if parts.path == "/api/query":
+            body = self._api_page(params)
+            if rule is not None and rule.mode == "empty_page":
+                body = re.sub(rb"\s*<entry[ >].*?</entry>", b"", body, flags=re.S)
+            return 200, xml, body
+        if parts.path.startswith("/rss/") and self.rss_dir is not None:
+            f = self.rss_dir / f"{parts.path.removeprefix('/rss/')}.xml"
+            if f.is_file():
+                return 200, {"Content-Type": "application/rss+xml"}, f.read_bytes()
+        return 404, {"Content-Type": "text/plain"}, b"not found\n"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _reply(self, method: str) -> None:
+                status, headers, body = server._answer(method, self.path)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                self._reply("GET")
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", "0"))
+                self.rfile.read(length)
+                self._reply("POST")
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                return
+
+        return Handler

@@ -1,0 +1,120 @@
+"""The platform's configuration, read once from ``CBNANO_*`` environment variables.
+
+Every part of the platform (CLI, DAG tasks, benchmarks) asks :func:`get_settings` for its configuration.
+Defaults are embedded so that a fresh checkout runs on one machine with no set-up: everything lives under
+``CBNANO_HOME`` (``./var``), the vector store is a Milvus Lite file there, and the HTTP endpoints are the
+real public ones. In the lab the same variables point at the hosts (see README's configuration table).
+
+Secrets (``CBNANO_MILVUS_TOKEN``) come from the environment only, never from code or files in the repo.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+ARXIV_API_URL = "https://export.arxiv.org/api/query"
+ARXIV_RSS_URL = "https://rss.arxiv.org/rss"
+PUBCHEM_URL = "https://pubchem.ncbi.nlm.nih.gov/rest/pug"
+EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class SettingsError(ValueError):
+    """A ``CBNANO_*`` variable holds a value the platform cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration. Paths are absolute."""
+
+    home: Path
+    data_dir: Path
+    model_store: Path
+    milvus_uri: str
+    milvus_token: str
+    milvus_collection: str
+    arxiv_api_url: str
+    arxiv_rss_url: str
+    arxiv_delay_s: float
+    pubchem_url: str
+    embedding_model: str
+    embedding_device: str
+    embedding_batch_size: int
+    train_python: str
+
+    @property
+    def milvus_is_lite(self) -> bool:
+        """True when the Milvus URI is a local Milvus Lite file rather than a server."""
+        return not self.milvus_uri.startswith(("http://", "https://", "tcp://", "unix:"))
+
+    def as_dict(self) -> dict[str, str]:
+        """Every setting as a printable string, the token masked."""
+        out = {f.name: str(getattr(self, f.name)) for f in fields(self)}
+        out["milvus_token"] = "***" if self.milvus_token else ""
+        return out
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value < 0:
+        raise SettingsError(f"{name}={raw!r} must be >= 0")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r} must be > 0")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from ``env`` (default: ``os.environ``); returns a new object each call."""
+    env = os.environ if env is None else env
+    home = Path(env.get("CBNANO_HOME") or "./var").expanduser().resolve()
+    data_dir = Path(env.get("CBNANO_DATA_DIR") or home / "data").expanduser().resolve()
+    model_store = Path(env.get("CBNANO_MODEL_STORE") or home / "models").expanduser().resolve()
+    milvus_uri = env.get("CBNANO_MILVUS_URI") or str(home / "milvus.db")
+    train_python = env.get("CBNANO_TRAIN_PYTHON") or str(Path(".venv-train/bin/python").resolve())
+    return Settings(
+        home=home,
+        data_dir=data_dir,
+        model_store=model_store,
+        milvus_uri=milvus_uri,
+        milvus_token=env.get("CBNANO_MILVUS_TOKEN", ""),
+        milvus_collection=env.get("CBNANO_MILVUS_COLLECTION") or "cbnano_corpus",
+        arxiv_api_url=env.get("CBNANO_ARXIV_API_URL") or ARXIV_API_URL,
+        arxiv_rss_url=env.get("CBNANO_ARXIV_RSS_URL") or ARXIV_RSS_URL,
+        arxiv_delay_s=_float(env, "CBNANO_ARXIV_DELAY_S", 3.0),
+        pubchem_url=env.get("CBNANO_PUBCHEM_URL") or PUBCHEM_URL,
+        embedding_model=env.get("CBNANO_EMBEDDING_MODEL") or EMBEDDING_MODEL,
+        embedding_device=env.get("CBNANO_EMBEDDING_DEVICE") or "cpu",
+        embedding_batch_size=_int(env, "CBNANO_EMBEDDING_BATCH_SIZE", 64),
+        train_python=train_python,
+    )
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use and cached."""
+    return load_settings()
+
+
+def reset_settings_cache() -> None:
+    """Forget the cached settings (tests and the CLI call this after changing the environment)."""
+    get_settings.cache_clear()

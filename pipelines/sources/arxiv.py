@@ -1,0 +1,356 @@
+"""arXiv: the export API (Atom) for submission windows, and the daily RSS feed for announcements.
+
+Limits, from arXiv's API terms of use (https://info.arxiv.org/help/api/tou.html): one request at a time,
+no more than one every 3 seconds (``CBNANO_ARXIV_DELAY_S``), at most 2,000 results per request and
+30,000 per query. The client pages with ``start``/``max_results`` and takes the next ``start`` from what
+was actually returned, because arXiv sometimes answers with short or empty pages.
+
+Parsing uses ElementTree for the API (strict XML, faithful raw text, both the 2026 and the legacy
+pre-2025 layout) and feedparser for RSS (the 2024+ format with ``arxiv:announce_type``).
+
+Usage::
+
+    client = ArxivClient.from_settings(get_settings())
+    for page in client.iter_window_pages(["cond-mat.mtrl-sci"], start, end):
+        parsed = parse_api_feed(page.body)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import requests
+
+from pipelines.sources.http import (
+    MinIntervalLimiter,
+    PoliteClient,
+    RetryPolicy,
+    SourceError,
+    TransientResponse,
+)
+
+log = logging.getLogger(__name__)
+
+NS = {
+    "atom": "http://www.w3.org/2005/Atom",
+    "arxiv": "http://arxiv.org/schemas/atom",
+    "opensearch": "http://a9.com/-/spec/opensearch/1.1/",
+}
+DEFAULT_CATEGORIES = ("cond-mat.mtrl-sci", "physics.chem-ph")
+MAX_PAGE_SIZE = 2000  # arXiv's per-request cap
+MAX_QUERY_RESULTS = 30000  # arXiv's per-query cap
+
+_ID_RE = re.compile(
+    r"(?:https?://(?:export\.)?arxiv\.org/abs/)?"
+    r"(?P<id>\d{4}\.\d{4,5}|[a-z][a-z\-]*(?:\.[A-Z]{2})?/\d{7})"
+    r"(?:v(?P<version>\d+))?$"
+)
+_ERROR_ID_RE = re.compile(r"^https?://(?:export\.)?arxiv\.org/api/errors")
+_CATEGORY_RE = re.compile(r"^[a-z][a-z\-]*(?:\.[A-Za-z\-]+)?$")
+
+
+class ArxivQueryError(SourceError):
+    """arXiv answered with an error feed (e.g. a malformed query); names the query."""
+
+
+class FeedFormatError(ValueError):
+    """The body is not an arXiv Atom feed (blank, HTML, truncated XML)."""
+
+
+@dataclass(frozen=True)
+class Paper:
+    """One arXiv paper as the API or RSS describes it; ``arxiv_id`` is versionless."""
+
+    arxiv_id: str
+    version: int
+    title: str
+    abstract: str
+    authors: list[str]
+    primary_category: str
+    categories: list[str]
+    published: str | None  # first version's submission time, ISO 8601 UTC
+    updated: str | None  # this version's submission time, ISO 8601 UTC
+    doi: str | None = None
+    journal_ref: str | None = None
+    comment: str | None = None
+    announce_type: str | None = None  # RSS only: new, cross, replace, replace-cross
+    url: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of every field."""
+        return asdict(self)
+
+
+@dataclass
+class ParsedFeed:
+    """One API page: totals from the opensearch header, the good entries, and the rejected ones."""
+
+    total_results: int
+    start_index: int
+    items_per_page: int
+    papers: list[Paper] = field(default_factory=list)
+    rejects: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def entry_count(self) -> int:
+        """Entries on the page, good or rejected (what the next ``start`` advances by)."""
+        return len(self.papers) + len(self.rejects)
+
+
+@dataclass(frozen=True)
+class FetchedPage:
+    """A raw API page as received, with what paging needed from it."""
+
+    start: int
+    url: str
+    body: bytes
+    entry_count: int
+    total_results: int
+
+
+def parse_arxiv_id(raw: str) -> tuple[str, int | None]:
+    """Split an id or abs URL into (versionless id, version or None); raises ValueError if not an arXiv id."""
+    m = _ID_RE.search(raw.strip())
+    if not m:
+        raise ValueError(f"not an arXiv id: {raw!r}")
+    version = m.group("version")
+    return m.group("id"), int(version) if version else None
+
+
+def _iso_utc(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    dt = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _text(el: ET.Element, path: str) -> str | None:
+    found = el.find(path, NS)
+    if found is None or found.text is None:
+        return None
+    return found.text
+
+
+def _int(root: ET.Element, path: str, default: int) -> int:
+    raw = _text(root, path)
+    try:
+        return int(raw) if raw is not None else default
+    except ValueError:
+        return default
+
+
+def _parse_entry(entry: ET.Element) -> Paper:
+    raw_id = _text(entry, "atom:id")
+    if not raw_id:
+        raise ValueError("entry has no <id>")
+    arxiv_id, version = parse_arxiv_id(raw_id)
+    title = _text(entry, "atom:title")
+    abstract = _text(entry, "atom:summary")
+    if not title or not title.strip():
+        raise ValueError("entry has no title")
+    if not abstract or not abstract.strip():
+        raise ValueError("entry has no abstract")
+    published = _iso_utc(_text(entry, "atom:published"))
+    if published is None:
+        raise ValueError("entry has no <published> date")
+    updated = _iso_utc(_text(entry, "atom:updated")) or published
+    categories = [c.get("term", "") for c in entry.findall("atom:category", NS) if c.get("term")]
+    primary_el = entry.find("arxiv:primary_category", NS)
+    primary = primary_el.get("term", "") if primary_el is not None else ""
+    primary = primary or (categories[0] if categories else "")
+    if primary and primary not in categories:
+        categories.insert(0, primary)
+    authors = [(a.findtext("atom:name", "", NS) or "").strip() for a in entry.findall("atom:author", NS)]
+    url = ""
+    for link in entry.findall("atom:link", NS):
+        if link.get("rel") == "alternate" and link.get("href"):
+            url = link.get("href", "")
+    return Paper(
+        arxiv_id=arxiv_id,
+        version=version or 1,
+        title=title,
+        abstract=abstract,
+        authors=[a for a in authors if a],
+        primary_category=primary,
+        categories=categories,
+        published=published,
+        updated=updated,
+        doi=(_text(entry, "arxiv:doi") or "").strip() or None,
+        journal_ref=(_text(entry, "arxiv:journal_ref") or "").strip() or None,
+        comment=(_text(entry, "arxiv:comment") or "").strip() or None,
+        url=url or f"https://arxiv.org/abs/{arxiv_id}v{version or 1}",
+    )
+
+
+def parse_api_feed(body: bytes, query: str = "") -> ParsedFeed:
+    """Parse an export-API Atom page (2026 or legacy layout).
+
+    Returns the page's totals and papers; an entry that cannot be read goes to ``rejects`` with its reason
+    and raw XML. Raises :class:`ArxivQueryError` for an error feed and :class:`FeedFormatError` when the
+    body is not an Atom feed at all.
+    """
+    if not body or not body.strip():
+        raise FeedFormatError("blank body")
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise FeedFormatError(f"not XML: {exc}") from None
+    if root.tag != f"{{{NS['atom']}}}feed":
+        raise FeedFormatError(f"not an Atom feed (root element {root.tag!r})")
+    entries = root.findall("atom:entry", NS)
+    for entry in entries:
+        if _ERROR_ID_RE.match(_text(entry, "atom:id") or ""):
+            message = (_text(entry, "atom:summary") or "unknown error").strip()
+            raise ArxivQueryError(f"arXiv rejected the query {query!r}: {message}", url=query, attempts=1,
+                                  status=400)
+    feed = ParsedFeed(
+        total_results=_int(root, "opensearch:totalResults", 0),
+        start_index=_int(root, "opensearch:startIndex", 0),
+        items_per_page=_int(root, "opensearch:itemsPerPage", len(entries)),
+    )
+    for entry in entries:
+        try:
+            feed.papers.append(_parse_entry(entry))
+        except ValueError as exc:
+            feed.rejects.append({
+                "reason": str(exc),
+                "entry_id": (_text(entry, "atom:id") or "").strip(),
+                "raw": ET.tostring(entry, encoding="unicode"),
+            })
+    return feed
+
+
+def parse_rss(body: bytes) -> list[Paper]:
+    """Parse the daily RSS feed (2024+ format) into papers carrying ``announce_type``.
+
+    RSS gives no submission dates, so ``published``/``updated`` are None; the abstract is the text after
+    ``Abstract:`` in the description. Items without an arXiv id are skipped with a warning.
+    """
+    import feedparser  # local import: only the RSS reader needs it
+
+    parsed = feedparser.parse(body)
+    papers = []
+    for item in parsed.entries:
+        try:
+            arxiv_id, version = parse_arxiv_id(item.get("id", "").removeprefix("oai:arXiv.org:"))
+        except ValueError:
+            log.warning("RSS item without an arXiv id skipped: %r", item.get("title"))
+            continue
+        description = item.get("summary", "")
+        abstract = description.split("Abstract:", 1)[1] if "Abstract:" in description else description
+        categories = [t.get("term") for t in item.get("tags", []) if t.get("term")]
+        authors = [a.strip() for a in item.get("author", "").split(",") if a.strip()]
+        papers.append(Paper(
+            arxiv_id=arxiv_id,
+            version=version or 1,
+            title=item.get("title", ""),
+            abstract=abstract.strip(),
+            authors=authors,
+            primary_category=categories[0] if categories else "",
+            categories=categories,
+            published=None,
+            updated=None,
+            doi=item.get("arxiv_doi") or None,
+            journal_ref=item.get("arxiv_journal_reference") or None,
+            announce_type=item.get("arxiv_announce_type") or None,
+            url=item.get("link", f"https://arxiv.org/abs/{arxiv_id}"),
+        ))
+    return papers
+
+
+def build_window_query(categories: Sequence[str], start: datetime, end: datetime) -> str:
+    """The ``search_query`` for papers in ``categories`` submitted in [start, end) UTC.
+
+    arXiv's ``submittedDate:[A TO B]`` is inclusive at minute resolution, so B is ``end`` minus a minute.
+    """
+    if not categories:
+        raise ValueError("at least one category is required")
+    for cat in categories:
+        if not _CATEGORY_RE.match(cat):
+            raise ValueError(f"not an arXiv category: {cat!r}")
+    if start >= end:
+        raise ValueError(f"window start {start.isoformat()} is not before end {end.isoformat()}")
+    fmt = "%Y%m%d%H%M"
+    last = end.astimezone(UTC) - timedelta(minutes=1)
+    cats = " OR ".join(f"cat:{c}" for c in categories)
+    cats = f"({cats})" if len(categories) > 1 else cats
+    return f"{cats} AND submittedDate:[{start.astimezone(UTC).strftime(fmt)} TO {last.strftime(fmt)}]"
+
+
+class ArxivClient:
+    """The export API and RSS feed behind one polite HTTP client (see module docstring for the limits)."""
+
+    def __init__(self, api_url: str, rss_url: str, *, delay_s: float = 3.0, page_size: int = 200,
+                 retry: RetryPolicy | None = None, timeout_s: float = 60.0, http: PoliteClient | None = None):
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}")
+        self.api_url = api_url
+        self.rss_url = rss_url.rstrip("/")
+        self.page_size = page_size
+        self.http = http or PoliteClient(limiter=MinIntervalLimiter(delay_s), retry=retry, timeout_s=timeout_s)
+
+    @classmethod
+    def from_settings(cls, settings: Any, **kwargs: Any) -> ArxivClient:
+        """A client on the configured endpoints and delay."""
+        return cls(settings.arxiv_api_url, settings.arxiv_rss_url, delay_s=settings.arxiv_delay_s, **kwargs)
+
+    def iter_window_pages(self, categories: Sequence[str], start: datetime, end: datetime,
+                          max_results: int | None = None) -> Iterator[FetchedPage]:
+        """Yield raw API pages for papers submitted in [start, end), oldest first.
+
+        Stops when ``totalResults`` is reached (or ``max_results`` entries were returned). An empty page
+        before the total is reached is retried; if it stays empty the fetch fails with :class:`SourceError`
+        rather than silently returning fewer papers.
+        """
+        query = build_window_query(categories, start, end)
+        cap = min(max_results or MAX_QUERY_RESULTS, MAX_QUERY_RESULTS)
+        offset = 0
+        total: int | None = None
+        while total is None or offset < min(total, cap):
+            size = min(self.page_size, cap - offset)
+            params = {"search_query": query, "start": offset, "max_results": size,
+                      "sortBy": "submittedDate", "sortOrder": "ascending"}
+            seen: dict[str, ParsedFeed] = {}
+
+            def validate(resp: requests.Response, _offset: int = offset, _seen: dict = seen) -> None:
+                try:
+                    parsed = parse_api_feed(resp.content, query)
+                except FeedFormatError as exc:
+                    raise TransientResponse(str(exc)) from None
+                if parsed.entry_count == 0 and _offset < parsed.total_results:
+                    raise TransientResponse(f"empty page at start={_offset} of {parsed.total_results}")
+                _seen["feed"] = parsed
+
+            resp = self.http.get(self.api_url, params=params, validate=validate)
+            if resp.status_code >= 400:
+                # arXiv's error feed (HTTP 400 + an Error entry) becomes ArxivQueryError here.
+                parse_api_feed(resp.content, query)
+                raise SourceError(f"HTTP {resp.status_code} for query {query!r}", url=resp.url, attempts=1,
+                                  status=resp.status_code)
+            parsed = seen["feed"]
+            total = parsed.total_results
+            yield FetchedPage(start=offset, url=resp.url, body=resp.content, entry_count=parsed.entry_count,
+                              total_results=total)
+            offset += parsed.entry_count
+            if parsed.entry_count == 0:
+                break
+
+    def fetch_rss(self, category: str) -> bytes:
+        """The raw RSS feed of today's announcements in ``category``."""
+        def validate(resp: requests.Response) -> None:
+            if not resp.content.strip() or b"<rss" not in resp.content[:2000]:
+                raise TransientResponse("not an RSS document")
+
+        resp = self.http.get(f"{self.rss_url}/{category}", validate=validate)
+        if resp.status_code >= 400:
+            raise SourceError(f"HTTP {resp.status_code} for RSS {category}", url=resp.url, attempts=1,
+                              status=resp.status_code)
+        return resp.content
