@@ -204,7 +204,12 @@ def index_staged(settings: Settings, stage_manifest: dict[str, Any], progress: P
         dim = DIMENSION.get(settings.embedding_model) or factory().dimension
         store.ensure_collection(dim)
         result = index_documents(docs, store, factory, settings.embedding_model, progress=progress)
-    return summarize(stage_manifest, result)
+    summary = summarize(stage_manifest, result)
+    # The run report beside the staged records: what this run did to the corpus.
+    write_json(Path(stage_manifest["uri"]).parent / "summary.json",
+               {**summary, "embed_seconds": round(result.embed_seconds, 3),
+                "finished_at": datetime.now(UTC).isoformat(timespec="seconds")})
+    return summary
 
 
 def summarize(stage_manifest: dict[str, Any], result: IndexSummary | None) -> dict[str, Any]:

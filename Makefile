@@ -1,0 +1,50 @@
+# The repo's commands. `make demo` and `make test` are the two the README promises; both set up what they
+# need and are safe to run twice.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export CBNANO_HOME ?= $(CURDIR)/var
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup demo test test-unit test-dags test-integration lint bench airflow clean
+
+setup: $(STAMP)  ## create .venv with Airflow + ingestion (idempotent)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch pinned first: the CPU wheel on these machines; any other request pulls a multi-GB CUDA build
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[airflow,dev]'
+	@touch $@
+
+demo: setup  ## ingest the bundled sample window through the DAG, then search it
+	$(BIN)/python scripts/demo.py
+
+test: setup  ## every tier: unit, DAG integrity, integration
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+test-dags: setup
+	$(BIN)/python -m pytest -m dags $(PYTEST_ARGS)
+
+test-integration: setup
+	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+lint: setup  ## ruff (AIR rules on dags/, banned Airflow import in pipelines/) and mypy on pipelines/
+	$(BIN)/ruff check pipelines dags plugins tests bench scripts
+	$(BIN)/mypy
+
+bench: setup  ## benchmarks; figures go to docs/BENCHMARKS.md
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/search.py
+
+airflow: setup  ## airflow standalone with this project's dags/, plugins/, pools and settings
+	bash scripts/airflow_standalone.sh
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache .mypy_cache
