@@ -69,7 +69,13 @@ def _emit(obj: Any) -> None:
 def cmd_ingest_arxiv(args: argparse.Namespace) -> int:
     from pipelines.ingestion.arxiv import DEFAULT_CATEGORIES, check_window, ingest_arxiv, parse_day
     from pipelines.settings import get_settings
+    from pipelines.sources.arxiv import validate_categories
 
+    categories = args.category or list(DEFAULT_CATEGORIES)
+    try:
+        validate_categories(categories)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     start = end = None
     if not args.today:
         if not args.start or not args.end:
@@ -83,7 +89,7 @@ def cmd_ingest_arxiv(args: argparse.Namespace) -> int:
         raise UsageError("--max-results must be a positive number")
     progress = _progress_reporter()
     try:
-        summary = ingest_arxiv(get_settings(), start, end, args.category or list(DEFAULT_CATEGORIES),  # type: ignore[arg-type]
+        summary = ingest_arxiv(get_settings(), start, end, categories,  # type: ignore[arg-type]
                                max_results=args.max_results, dry_run=args.dry_run, today=args.today,
                                progress=progress)
     finally:

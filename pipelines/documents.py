@@ -63,7 +63,9 @@ _LATEX_WRAPPERS = re.compile(r"\\(?:mathrm|mathbf|mathit|textrm|textbf|textit|em
 _LATEX_DROP = re.compile(r"\\(?:cite|ref|label|eqref)\s*\{[^{}]*\}")
 _LATEX_SUBSUP = re.compile(r"([_^])\{([^{}]*)\}")
 _LATEX_SIMPLE_SUBSUP = re.compile(r"[_^](\w)")
-_LATEX_COMMAND = re.compile(r"\\([A-Za-z]+)\s*")
+_LATEX_COMMAND = re.compile(r"\\([A-Za-z]+)(\s*)(?=([A-Za-z\\])?)")
+_LATEX_SYMBOLS = {r"^{\circ}": "°", r"^\circ": "°", r"\circ": "°", r"\pm": "±", r"\times": "×",
+                  r"\mu": "μ", r"\AA": "Å", r"\sim": "~", r"\approx": "≈", r"\leq": "≤", r"\geq": "≥"}
 _LATEX_ESCAPES = {r"\%": "%", r"\&": "&", r"\_": "_", r"\#": "#", r"\$": "$", "~": " ", r"\,": " ",
                   r"\;": " ", r"\!": "", r"\(": "", r"\)": "", r"\[": "", r"\]": ""}
 _WS = re.compile(r"\s+")
@@ -80,11 +82,14 @@ def normalize_text(raw: str, *, latex: bool = True) -> str:
         text = _LATEX_DROP.sub("", text)
         for _ in range(3):  # nested wrappers such as \mathrm{\textbf{x}}
             text = _LATEX_WRAPPERS.sub(r"\1", text)
+        for k, v in _LATEX_SYMBOLS.items():
+            text = text.replace(k, v)
         for k, v in _LATEX_ESCAPES.items():
             text = text.replace(k, v)
         text = _LATEX_SUBSUP.sub(r"\2", text)
         text = _LATEX_SIMPLE_SUBSUP.sub(r"\1", text)
-        text = _LATEX_COMMAND.sub(r"\1 ", text)
+        # \alpha -> alpha; a space only where the next thing is a word, so \hbar\partial stays two words
+        text = _LATEX_COMMAND.sub(lambda m: m.group(1) + (" " if m.group(2) or m.group(3) else ""), text)
         text = text.replace("$", "").replace("{", "").replace("}", "")
     return _WS.sub(" ", text).strip()
 

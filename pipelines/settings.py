@@ -39,6 +39,9 @@ class Settings:
     arxiv_api_url: str
     arxiv_rss_url: str
     arxiv_delay_s: float
+    http_max_attempts: int
+    http_backoff_s: float
+    http_timeout_s: float
     pubchem_url: str
     embedding_model: str
     embedding_device: str
@@ -101,6 +104,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         arxiv_api_url=env.get("CBNANO_ARXIV_API_URL") or ARXIV_API_URL,
         arxiv_rss_url=env.get("CBNANO_ARXIV_RSS_URL") or ARXIV_RSS_URL,
         arxiv_delay_s=_float(env, "CBNANO_ARXIV_DELAY_S", 3.0),
+        http_max_attempts=_int(env, "CBNANO_HTTP_MAX_ATTEMPTS", 5),
+        http_backoff_s=_float(env, "CBNANO_HTTP_BACKOFF_S", 2.0),
+        http_timeout_s=_float(env, "CBNANO_HTTP_TIMEOUT_S", 60.0),
         pubchem_url=env.get("CBNANO_PUBCHEM_URL") or PUBCHEM_URL,
         embedding_model=env.get("CBNANO_EMBEDDING_MODEL") or EMBEDDING_MODEL,
         embedding_device=env.get("CBNANO_EMBEDDING_DEVICE") or "cpu",

@@ -266,16 +266,21 @@ def parse_rss(body: bytes) -> list[Paper]:
     return papers
 
 
-def build_window_query(categories: Sequence[str], start: datetime, end: datetime) -> str:
-    """The ``search_query`` for papers in ``categories`` submitted in [start, end) UTC.
-
-    arXiv's ``submittedDate:[A TO B]`` is inclusive at minute resolution, so B is ``end`` minus a minute.
-    """
+def validate_categories(categories: Sequence[str]) -> None:
+    """Raise ValueError naming the first string that is not an arXiv category (or if there are none)."""
     if not categories:
         raise ValueError("at least one category is required")
     for cat in categories:
         if not _CATEGORY_RE.match(cat):
             raise ValueError(f"not an arXiv category: {cat!r}")
+
+
+def build_window_query(categories: Sequence[str], start: datetime, end: datetime) -> str:
+    """The ``search_query`` for papers in ``categories`` submitted in [start, end) UTC.
+
+    arXiv's ``submittedDate:[A TO B]`` is inclusive at minute resolution, so B is ``end`` minus a minute.
+    """
+    validate_categories(categories)
     if start >= end:
         raise ValueError(f"window start {start.isoformat()} is not before end {end.isoformat()}")
     fmt = "%Y%m%d%H%M"
@@ -299,8 +304,10 @@ class ArxivClient:
 
     @classmethod
     def from_settings(cls, settings: Any, **kwargs: Any) -> ArxivClient:
-        """A client on the configured endpoints and delay."""
-        return cls(settings.arxiv_api_url, settings.arxiv_rss_url, delay_s=settings.arxiv_delay_s, **kwargs)
+        """A client on the configured endpoints, delay and retry policy."""
+        retry = RetryPolicy(max_attempts=settings.http_max_attempts, base_s=settings.http_backoff_s)
+        return cls(settings.arxiv_api_url, settings.arxiv_rss_url, delay_s=settings.arxiv_delay_s, retry=retry,
+                   timeout_s=settings.http_timeout_s, **kwargs)
 
     def iter_window_pages(self, categories: Sequence[str], start: datetime, end: datetime,
                           max_results: int | None = None) -> Iterator[FetchedPage]:

@@ -1,0 +1,76 @@
+"""Shared fixtures. Airflow's home is a throwaway folder set before anything imports Airflow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="cbnano-test-airflow-"))
+os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if str(ROOT / "dags") not in sys.path:
+    sys.path.insert(0, str(ROOT / "dags"))
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture
+def cbnano_env(tmp_path, monkeypatch):
+    """A fresh CBNANO_HOME under tmp_path, no politeness delay, fast retries; returns the Settings."""
+    from pipelines.settings import get_settings, reset_settings_cache
+
+    for key in list(os.environ):
+        if key.startswith("CBNANO_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("CBNANO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CBNANO_ARXIV_DELAY_S", "0")
+    monkeypatch.setenv("CBNANO_HTTP_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("CBNANO_HTTP_BACKOFF_S", "0.01")
+    monkeypatch.setenv("CBNANO_HTTP_TIMEOUT_S", "5")
+    reset_settings_cache()
+    yield get_settings()
+    reset_settings_cache()
+
+
+@pytest.fixture
+def replay(monkeypatch, cbnano_env):
+    """Start a ReplayServer on the fixture window and point the arXiv settings at it."""
+    from pipelines.replay import ReplayServer
+    from pipelines.settings import reset_settings_cache
+
+    servers = []
+
+    def start(corpus=None, **kwargs):
+        srv = ReplayServer(corpus=corpus if corpus is not None else [FIXTURES / "arxiv/window_2026-11-26.xml"],
+                           rss_dir=FIXTURES / "arxiv/rss", **kwargs).start()
+        servers.append(srv)
+        monkeypatch.setenv("CBNANO_ARXIV_API_URL", srv.arxiv_api_url)
+        monkeypatch.setenv("CBNANO_ARXIV_RSS_URL", srv.arxiv_rss_url)
+        reset_settings_cache()
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """An initialised Airflow metadata DB (SQLite) in the session's AIRFLOW_HOME."""
+    airflow = Path(sys.executable).with_name("airflow")
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True)
+    return Path(os.environ["AIRFLOW_HOME"])

@@ -1,0 +1,162 @@
+from datetime import UTC, datetime
+
+import pytest
+
+from pipelines.replay import ReplayServer, Rule
+from pipelines.sources.arxiv import (
+    ArxivClient,
+    ArxivQueryError,
+    FeedFormatError,
+    build_window_query,
+    parse_api_feed,
+    parse_arxiv_id,
+    parse_rss,
+)
+from pipelines.sources.http import RetryPolicy, SourceError
+
+pytestmark = pytest.mark.unit
+
+DAY = datetime(2026, 11, 26, tzinfo=UTC)
+NEXT = datetime(2026, 11, 27, tzinfo=UTC)
+CATS = ["cond-mat.mtrl-sci", "physics.chem-ph"]
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("http://arxiv.org/abs/2401.01234v2", ("2401.01234", 2)),
+    ("https://arxiv.org/abs/2611.10001v1", ("2611.10001", 1)),
+    ("http://arxiv.org/abs/cond-mat/0102536v1", ("cond-mat/0102536", 1)),
+    ("http://arxiv.org/abs/math.GT/0309136v3", ("math.GT/0309136", 3)),
+    ("0704.0001", ("0704.0001", None)),
+])
+def test_ids(raw, expected):
+    assert parse_arxiv_id(raw) == expected
+
+
+def test_bad_id_rejected():
+    with pytest.raises(ValueError):
+        parse_arxiv_id("https://arxiv.org/api/errors#incorrect_id_format_for_abc")
+
+
+def test_current_format(fixtures_dir):
+    feed = parse_api_feed((fixtures_dir / "arxiv/window_2026-11-26.xml").read_bytes())
+    assert feed.total_results == 10 and feed.entry_count == 10
+    by_id = {p.arxiv_id: p for p in feed.papers}
+    p = by_id["2611.10002"]
+    assert p.version == 1 and p.primary_category == "cond-mat.mtrl-sci"
+    assert p.categories == ["cond-mat.mtrl-sci", "physics.chem-ph"]
+    assert p.doi == "10.5555/cbnano.fixture.0002" and p.journal_ref.startswith("J. Fixture Mater.")
+    assert p.authors == ["Priya Raman", "Hugo Alvarez", "Lena Fischer"]
+    assert p.published == "2026-11-26T10:03:19Z"
+    assert by_id["2611.10009"].version == 2
+    # the entry without an abstract is rejected with its reason, not dropped silently
+    assert [r["reason"] for r in feed.rejects] == ["entry has no abstract"]
+    assert "2611.10007" in feed.rejects[0]["entry_id"] and "<" in feed.rejects[0]["raw"]
+
+
+def test_legacy_format(fixtures_dir):
+    feed = parse_api_feed((fixtures_dir / "arxiv/legacy_2006_oldstyle.xml").read_bytes())
+    old, new = feed.papers
+    assert (old.arxiv_id, old.version) == ("cond-mat/0601234", 2)
+    assert old.published == "2006-01-11T14:30:00Z"  # -05:00 offset normalised to UTC
+    assert old.updated == "2006-03-14T22:45:10Z"
+    assert old.primary_category == "cond-mat.mtrl-sci" and "cond-mat.str-el" in old.categories
+    assert old.doi == "10.5555/cbnano.fixture.legacy1"
+    assert "\n" in old.title  # raw is kept raw; normalisation happens at staging
+    assert (new.arxiv_id, new.primary_category, new.doi) == ("0812.0042", "physics.chem-ph", None)
+
+
+def test_error_feed_raises_naming_the_query(fixtures_dir):
+    with pytest.raises(ArxivQueryError, match="max_results must be less than or equal to 2000") as err:
+        parse_api_feed((fixtures_dir / "arxiv/error_400.xml").read_bytes(), query="cat:x")
+    assert "cat:x" in str(err.value)
+
+
+def test_empty_feed(fixtures_dir):
+    feed = parse_api_feed((fixtures_dir / "arxiv/empty.xml").read_bytes())
+    assert feed.total_results == 0 and feed.papers == [] and feed.rejects == []
+
+
+@pytest.mark.parametrize("body", [b"", b"   \n", b"<html><body>Bad gateway</body></html>", b"<feed"])
+def test_non_feeds(body):
+    with pytest.raises(FeedFormatError):
+        parse_api_feed(body)
+
+
+def test_rss(fixtures_dir):
+    papers = parse_rss((fixtures_dir / "arxiv/rss/cond-mat.mtrl-sci.xml").read_bytes())
+    assert [(p.arxiv_id, p.version, p.announce_type) for p in papers] == [
+        ("2611.10101", 1, "new"), ("2611.09870", 1, "cross"), ("2611.10004", 2, "replace")]
+    assert papers[0].authors == ["Nadia Petrova", "Luis Ortega"]
+    assert papers[0].abstract.startswith("Rock-salt")
+    assert papers[2].doi == "10.5555/cbnano.fixture.0004" and papers[2].journal_ref.startswith("J. Fixture")
+
+
+def test_window_query():
+    q = build_window_query(CATS, DAY, NEXT)
+    assert q == "(cat:cond-mat.mtrl-sci OR cat:physics.chem-ph) AND submittedDate:[202611260000 TO 202611262359]"
+    assert build_window_query(["physics.chem-ph"], DAY, NEXT).startswith("cat:physics.chem-ph AND")
+    with pytest.raises(ValueError):
+        build_window_query(CATS, NEXT, DAY)
+    with pytest.raises(ValueError):
+        build_window_query(["cat:evil) OR (all"], DAY, NEXT)
+
+
+def _client(srv, page_size=200, attempts=3):
+    return ArxivClient(srv.arxiv_api_url, srv.arxiv_rss_url, delay_s=0, page_size=page_size,
+                       retry=RetryPolicy(max_attempts=attempts, base_s=0.001))
+
+
+def _ids(pages):
+    return [p.arxiv_id for page in pages for p in parse_api_feed(page.body).papers]
+
+
+def test_short_pages_advance_by_what_was_returned(fixtures_dir):
+    with ReplayServer(corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"], short_page=3) as srv:
+        pages = list(_client(srv, page_size=5).iter_window_pages(CATS, DAY, NEXT))
+        starts = [int(r[2]["start"][0]) for r in srv.requests]
+    # 8 entries in the window (the cs.LG one and the one from the day before are outside)
+    assert [p.entry_count for p in pages] == [3, 3, 2]
+    assert starts == [0, 3, 6]
+    assert len(_ids(pages)) == 7  # plus one quarantined entry
+    assert all(p.total_results == 8 for p in pages)
+
+
+def test_empty_page_before_total_is_retried(fixtures_dir):
+    with ReplayServer(corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"],
+                      rules=[Rule("/api/query", mode="empty_page")]) as srv:
+        pages = list(_client(srv).iter_window_pages(CATS, DAY, NEXT))
+    assert len(srv.requests) == 2 and sum(p.entry_count for p in pages) == 8
+
+
+def test_persistent_empty_page_fails_rather_than_losing_papers(fixtures_dir):
+    with ReplayServer(corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"],
+                      rules=[Rule("/api/query", mode="empty_page", times=10)]) as srv:
+        with pytest.raises(SourceError, match="empty page"):
+            list(_client(srv).iter_window_pages(CATS, DAY, NEXT))
+    assert len(srv.requests) == 3
+
+
+@pytest.mark.parametrize("rule", [
+    Rule("/api/query", status=200, body=b""),
+    Rule("/api/query", status=200, body=b"<html>maintenance</html>"),
+    Rule("/api/query", status=503, body=b"<html>Service Unavailable</html>"),
+    Rule("/api/query", status=429, headers={"Retry-After": "0"}),
+])
+def test_transient_answers_are_retried(fixtures_dir, rule):
+    with ReplayServer(corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"], rules=[rule]) as srv:
+        pages = list(_client(srv).iter_window_pages(CATS, DAY, NEXT))
+    assert len(srv.requests) == 2 and sum(p.entry_count for p in pages) == 8
+
+
+def test_error_feed_is_not_retried_and_not_ingested(fixtures_dir):
+    body = (fixtures_dir / "arxiv/error_400.xml").read_bytes()
+    with ReplayServer(rules=[Rule("/api/query", status=400, body=body, times=5)]) as srv:
+        with pytest.raises(ArxivQueryError, match="submittedDate"):
+            list(_client(srv).iter_window_pages(CATS, DAY, NEXT))
+    assert len(srv.requests) == 1
+
+
+def test_max_results_caps_the_fetch(fixtures_dir):
+    with ReplayServer(corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"]) as srv:
+        pages = list(_client(srv, page_size=2).iter_window_pages(CATS, DAY, NEXT, max_results=5))
+    assert sum(p.entry_count for p in pages) == 5

@@ -1,0 +1,42 @@
+"""Bad input gets one line on stderr and exit code 2, before any network or model work."""
+
+import pytest
+
+from pipelines.cli import main
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["ingest", "arxiv", "--start", "2026-13-01", "--end", "2026-12-02"], "not a date"),
+    (["ingest", "arxiv", "--start", "yesterday", "--end", "2026-12-02"], "not a date"),
+    (["ingest", "arxiv", "--start", "2026-11-27", "--end", "2026-11-27"], "must be before"),
+    (["ingest", "arxiv", "--start", "2026-11-28", "--end", "2026-11-27"], "must be before"),
+    (["ingest", "arxiv", "--start", "2026-11-26"], "--start and --end are required"),
+    (["ingest", "arxiv", "--start", "2026-11-26", "--end", "2026-11-27", "--max-results", "0"], "positive"),
+    (["search", "   "], "query is empty"),
+])
+def test_bad_input(cbnano_env, capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_category_is_a_one_line_error(cbnano_env, capsys):
+    rc = main(["ingest", "arxiv", "--start", "2026-11-26", "--end", "2026-11-27", "--category", "no such!"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not an arXiv category" in err
+
+
+def test_search_before_any_ingest(cbnano_env, capsys):
+    assert main(["search", "garnet"]) == 2
+    assert "nothing ingested yet" in capsys.readouterr().err
+
+
+def test_unreachable_endpoint(cbnano_env, capsys, monkeypatch):
+    from pipelines.settings import reset_settings_cache
+    monkeypatch.setenv("CBNANO_ARXIV_API_URL", "http://127.0.0.1:1/api/query")
+    reset_settings_cache()
+    assert main(["ingest", "arxiv", "--start", "2026-11-26", "--end", "2026-11-27"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("cbnano: error: giving up") and "attempts=3" in err

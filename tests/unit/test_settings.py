@@ -1,0 +1,35 @@
+import pytest
+
+from pipelines.settings import SettingsError, load_settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_live_under_home(tmp_path):
+    s = load_settings({"CBNANO_HOME": str(tmp_path)})
+    assert s.home == tmp_path
+    assert s.data_dir == tmp_path / "data"
+    assert s.model_store == tmp_path / "models"
+    assert s.milvus_uri == str(tmp_path / "milvus.db")
+    assert s.milvus_is_lite
+    assert s.arxiv_delay_s == 3.0  # arXiv's terms
+    assert s.arxiv_api_url == "https://export.arxiv.org/api/query"
+    assert s.embedding_model == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_overrides_and_server_uri(tmp_path):
+    s = load_settings({"CBNANO_HOME": str(tmp_path), "CBNANO_MILVUS_URI": "http://ae86:19530",
+                       "CBNANO_MILVUS_TOKEN": "root:secret", "CBNANO_ARXIV_DELAY_S": "0.5",
+                       "CBNANO_DATA_DIR": str(tmp_path / "lake")})
+    assert not s.milvus_is_lite
+    assert s.arxiv_delay_s == 0.5
+    assert s.data_dir == tmp_path / "lake"
+    assert s.as_dict()["milvus_token"] == "***"
+
+
+@pytest.mark.parametrize("name,value", [("CBNANO_ARXIV_DELAY_S", "soon"), ("CBNANO_ARXIV_DELAY_S", "-1"),
+                                        ("CBNANO_EMBEDDING_BATCH_SIZE", "0"),
+                                        ("CBNANO_HTTP_MAX_ATTEMPTS", "two")])
+def test_bad_values_are_named(name, value):
+    with pytest.raises(SettingsError, match=name):
+        load_settings({name: value})
