@@ -36,7 +36,7 @@ def test_min_interval_limiter_spaces_request_starts():
         lim.acquire()
         starts.append(clock.now)
         clock.now += 0.5  # the request itself takes 0.5 s
-    assert [round(b - a, 6) for a, b in zip(starts, starts[1:])] == [3.0, 3.0, 3.0]
+    assert [round(b - a, 6) for a, b in zip(starts, starts[1:], strict=False)] == [3.0, 3.0, 3.0]
 
 
 def test_backoff_grows_exponentially_with_bounded_jitter():

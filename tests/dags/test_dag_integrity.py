@@ -1,0 +1,84 @@
+"""Every DAG file imports cleanly, fast, without heavy modules, and follows the platform's wiring rules."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.dags
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+DAG_FILES = sorted(p for p in DAGS.glob("*.py") if p.name != "cbnano_common.py")
+HEAVY = ["torch", "pymilvus", "sentence_transformers", "transformers", "requests", "feedparser", "pipelines"]
+
+PROBE = r"""
+import importlib.util, json, sys, time
+sys.path.insert(0, sys.argv[2])
+import airflow.sdk  # the cost of Airflow itself is not the DAG file's
+import cbnano_common
+t0 = time.perf_counter()
+spec = importlib.util.spec_from_file_location("probe_dag", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+took = time.perf_counter() - t0
+print(json.dumps({"seconds": took, "modules": sorted(m.split(".")[0] for m in sys.modules)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert {"literature_ingestion"} <= set(dagbag.dag_ids)
+
+
+def test_tags_docs_and_retries(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert "cbnano" in dag.tags, dag_id
+        assert dag.doc_md and len(dag.doc_md) > 100, dag_id
+        for task in dag.tasks:
+            assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+
+
+def test_params_are_described(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        for name, param in dag.params.items():
+            assert param.description, f"{dag_id} param {name} has no description"
+
+
+def test_literature_ingestion_wiring(dagbag):
+    from airflow.sdk import CronDataIntervalTimetable
+
+    dag = dagbag.dags["literature_ingestion"]
+    assert isinstance(dag.timetable, CronDataIntervalTimetable)
+    assert dag.timetable.expression == "0 2 * * *" and str(dag.timetable.timezone) == "UTC"
+    assert dag.catchup is False and dag.max_active_runs == 1
+    fetch, stage, embed = (dag.get_task(t) for t in ("fetch", "stage", "embed_and_upsert"))
+    assert fetch.pool == "arxiv_api"
+    assert embed.queue == "system_c"
+    assert [a.uri for a in embed.outlets] == ["cbnano://corpus/arxiv"]
+    assert stage.upstream_task_ids == {"fetch"} and embed.upstream_task_ids == {"stage"}
+    assert set(dag.params) == {"categories", "window_start", "window_end", "max_results", "dry_run"}
+
+
+def test_pools_used_by_dags_are_declared(dagbag):
+    pools = json.loads((DAGS.parent / "include/airflow/pools.json").read_text())
+    for dag in dagbag.dags.values():
+        for task in dag.tasks:
+            assert task.pool == "default_pool" or task.pool in pools, f"{task.task_id}: pool {task.pool}"
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_parse_is_fast_and_light(path):
+    out = subprocess.run([sys.executable, "-c", PROBE, str(path), str(DAGS)], capture_output=True, text=True,
+                         check=True)
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    loaded = set(probe["modules"])
+    assert not loaded & set(HEAVY), f"{path.name} imports {sorted(loaded & set(HEAVY))} at parse time"
+    assert probe["seconds"] < 1.0, f"{path.name} took {probe['seconds']:.2f}s to parse"

@@ -1,0 +1,117 @@
+"""The real client, real MiniLM and real Milvus Lite against the local replay server."""
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import pytest
+
+from pipelines.ingestion.arxiv import ingest_arxiv
+from pipelines.settings import get_settings
+from pipelines.vectorstore.milvus import MilvusStore
+
+pytestmark = pytest.mark.integration
+START, END = datetime(2026, 11, 26, tzinfo=UTC), datetime(2026, 11, 27, tzinfo=UTC)
+CATS = ["cond-mat.mtrl-sci", "physics.chem-ph"]
+
+
+def chunks_of(store, doc_id):
+    rows = store.client.query(store.collection, filter=f'doc_id == "{doc_id}"',
+                              output_fields=["chunk_id", "version", "text", "embedding_model"])
+    return sorted(rows, key=lambda r: r["chunk_id"])
+
+
+def test_ingest_rerun_revise_search(replay, fixtures_dir):
+    from pipelines.embedding.minilm import get_embedder
+
+    srv = replay()
+    settings = get_settings()
+    first = ingest_arxiv(settings, START, END, CATS)
+    assert {k: first[k] for k in ("fetched", "new", "updated", "unchanged", "quarantined")} == {
+        "fetched": 8, "new": 7, "updated": 0, "unchanged": 0, "quarantined": 1}
+    quarantine = [json.loads(line) for line in open(first["records"].replace("records", "quarantine"))]
+    assert quarantine[0]["reason"] == "entry has no abstract" and "2611.10007" in quarantine[0]["entry_id"]
+
+    emb = get_embedder(settings.embedding_model)
+    with MilvusStore.from_settings(settings) as store:
+        long_doc = chunks_of(store, "2611.10004")
+        assert len(long_doc) >= 2  # the long abstract was split, not truncated
+        for row in long_doc:
+            assert len(emb.token_offsets(row["text"])) <= emb.max_seq_length - 2
+        assert first["chunks_upserted"] == store.count() == 6 + len(long_doc)
+        assert {r["embedding_model"] for r in long_doc} == {settings.embedding_model}
+
+    # same window again: a no-op
+    again = ingest_arxiv(settings, START, END, CATS)
+    assert (again["new"], again["updated"], again["unchanged"], again["chunks_upserted"]) == (0, 0, 7, 0)
+
+    # arXiv now serves v2 of the long paper, with a short abstract: replaced, no orphans
+    srv.set_corpus([fixtures_dir / "arxiv/window_2026-11-26.xml", fixtures_dir / "arxiv/revised"])
+    revised = ingest_arxiv(settings, START, END, CATS)
+    assert (revised["new"], revised["updated"], revised["unchanged"]) == (0, 1, 6)
+    assert revised["chunks_upserted"] == 1 and revised["chunks_deleted"] == len(long_doc) - 1
+    with MilvusStore.from_settings(settings) as store:
+        rows = chunks_of(store, "2611.10004")
+        assert [(r["chunk_id"], r["version"]) for r in rows] == [("arxiv:2611.10004#0", 2)]
+        assert "corrects the isotope-enrichment estimate" in rows[0]["text"]
+        assert store.count() == 7
+        # a paraphrase, sharing few words with the abstract, finds the garnet paper first
+        hits = store.search(emb.encode(["ceramic lithium-ion conductor for batteries without liquid"])[0], 3)
+        assert hits[0].doc_id == "2611.10002"
+        hits = store.search(emb.encode(["water sticking to titanium dioxide surfaces"])[0], 3,
+                            source="arxiv")
+        assert hits[0].doc_id == "2611.10005"
+
+
+def test_dry_run_writes_nothing_to_milvus(replay):
+    replay()
+    settings = get_settings()
+    out = ingest_arxiv(settings, START, END, CATS, dry_run=True)
+    assert out["dry_run"] is True and out["fetched"] == 8 and out["new"] == 0
+    with MilvusStore.from_settings(settings) as store:
+        assert not store.exists()
+
+
+def test_today_reads_rss(replay):
+    replay()
+    out = ingest_arxiv(get_settings(), START, END, ["cond-mat.mtrl-sci"], today=True)
+    assert (out["fetched"], out["new"]) == (3, 3)
+
+
+def run_cli(*args, env):
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_cli_end_to_end(replay, tmp_path):
+    import os
+
+    replay()
+    env = dict(os.environ)
+    out = run_cli("ingest", "arxiv", "--start", "2026-11-26", "--end", "2026-11-27", env=env)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(summary) >= {"fetched", "new", "updated", "unchanged", "chunks_upserted", "chunks_deleted",
+                            "quarantined"}
+    assert summary["new"] == 7
+    assert "fetch: 8/8" in out.stderr  # plain progress lines when not on a terminal
+
+    hits = json.loads(run_cli("search", "perovskite solar cell passivation", "--json", "--top-k", "2",
+                              env=env).stdout)
+    assert hits[0]["doc_id"] == "2611.10006"
+    assert set(hits[0]) == {"doc_id", "chunk_id", "title", "source", "score", "url"}
+
+    stats = json.loads(run_cli("stats", "--json", env=env).stdout)
+    assert stats["sources"]["arxiv"]["documents"] == 7
+    assert stats["embedding_models"] == ["sentence-transformers/all-MiniLM-L6-v2"]
+
+
+def test_cli_milvus_that_does_not_answer(cbnano_env, monkeypatch):
+    import os
+
+    env = dict(os.environ, CBNANO_MILVUS_URI="http://127.0.0.1:1")
+    out = run_cli("stats", "--json", env=env)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("cbnano: error: Milvus at http://127.0.0.1:1")
+    assert "Traceback" not in out.stderr
