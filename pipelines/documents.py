@@ -57,6 +57,7 @@ class Chunk:
     doc_id: str
     index: int
     text: str
+    tokens: int = 0  # word pieces in ``text`` (as counted by the chunking tokenizer)
 
 
 _LATEX_WRAPPERS = re.compile(r"\\(?:mathrm|mathbf|mathit|textrm|textbf|textit|emph|text|mathcal|rm|bf|it)\s*\{([^{}]*)\}")
@@ -105,7 +106,8 @@ def chunk_text(text: str, doc_id: str, source: str, tokenize: OffsetTokenizer,
         raise ValueError("overlap must be smaller than max_tokens")
     offsets = tokenize(text)
     if len(offsets) <= max_tokens:
-        return [Chunk(chunk_id=chunk_id(source, doc_id, 0), doc_id=doc_id, index=0, text=text)]
+        return [Chunk(chunk_id=chunk_id(source, doc_id, 0), doc_id=doc_id, index=0, text=text,
+                      tokens=len(offsets))]
     chunks: list[Chunk] = []
     step = max_tokens - overlap
     start = 0
@@ -113,7 +115,7 @@ def chunk_text(text: str, doc_id: str, source: str, tokenize: OffsetTokenizer,
         end = min(start + max_tokens, len(offsets))
         piece = text[offsets[start][0]:offsets[end - 1][1]]
         chunks.append(Chunk(chunk_id=chunk_id(source, doc_id, len(chunks)), doc_id=doc_id, index=len(chunks),
-                            text=piece))
+                            text=piece, tokens=end - start))
         if end == len(offsets):
             return chunks
         start += step

@@ -26,7 +26,7 @@ from pipelines.vectorstore.milvus import MilvusStore
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int | None], None]
-EMBED_BATCH_DOCS = 128
+EMBED_BATCH_CHUNKS = 256
 
 
 @dataclass
@@ -71,33 +71,40 @@ def index_documents(docs: Sequence[Document], store: MilvusStore, embedder_facto
             else:
                 summary.new += 1
             todo.append((doc, digest, prev_chunks))
-    if progress:
-        progress("embed", 0, len(todo))
     if not todo:
+        if progress:
+            progress("embed", 0, 0)
         return summary
     embedder = embedder_factory()
-    for i in range(0, len(todo), EMBED_BATCH_DOCS):
-        batch = todo[i:i + EMBED_BATCH_DOCS]
-        rows: list[dict[str, Any]] = []
-        stale: list[str] = []
-        for doc, digest, prev_chunks in batch:
-            chunks = chunk_text(doc.text, doc.doc_id, doc.source, embedder.token_offsets)
-            stale.extend(sorted(prev_chunks - {c.chunk_id for c in chunks}))
-            for c in chunks:
-                rows.append({
-                    "chunk_id": c.chunk_id, "doc_id": doc.doc_id, "source": doc.source, "title": doc.title,
-                    "text": c.text, "url": doc.url, "published": doc.published,
-                    "categories": " ".join(doc.categories), "content_hash": digest,
-                    "embedding_model": embedding_model, "version": int(doc.version), "chunk_index": c.index,
-                })
+    rows: list[tuple[int, dict[str, Any]]] = []
+    stale: list[str] = []
+    for doc, digest, prev_chunks in todo:
+        chunks = chunk_text(doc.text, doc.doc_id, doc.source, embedder.token_offsets)
+        stale.extend(sorted(prev_chunks - {c.chunk_id for c in chunks}))
+        for c in chunks:
+            rows.append((c.tokens, {
+                "chunk_id": c.chunk_id, "doc_id": doc.doc_id, "source": doc.source, "title": doc.title,
+                "text": c.text, "url": doc.url, "published": doc.published,
+                "categories": " ".join(doc.categories), "content_hash": digest,
+                "embedding_model": embedding_model, "version": int(doc.version), "chunk_index": c.index,
+            }))
+    # Batches of similar length pad least: sorting all chunks once keeps the pipeline as fast as one big
+    # encode() call while still writing (and reporting progress) batch by batch.
+    rows.sort(key=lambda item: -item[0])
+    if progress:
+        progress("embed", 0, len(rows))
+    for i in range(0, len(rows), EMBED_BATCH_CHUNKS):
+        batch = [row for _, row in rows[i:i + EMBED_BATCH_CHUNKS]]
         t0 = time.perf_counter()
-        vectors = embedder.encode([r["text"] for r in rows])
+        vectors = embedder.encode([r["text"] for r in batch])
         summary.embed_seconds += time.perf_counter() - t0
-        for row, vec in zip(rows, vectors, strict=True):
+        for row, vec in zip(batch, vectors, strict=True):
             row["vector"] = vec.tolist()
-        summary.chunks_upserted += store.upsert(rows)
-        if stale:
-            summary.chunks_deleted += store.delete(stale)
+        summary.chunks_upserted += store.upsert(batch)
         if progress:
-            progress("embed", min(i + len(batch), len(todo)), len(todo))
+            progress("embed", min(i + EMBED_BATCH_CHUNKS, len(rows)), len(rows))
+    # Old chunks go only after every new chunk is in: a document is never missing. If the run dies before
+    # this, the document's chunks disagree on the content hash and the next run redoes it.
+    if stale:
+        summary.chunks_deleted += store.delete(stale)
     return summary
