@@ -64,7 +64,11 @@ def main() -> int:
                      "categories": "", "content_hash": "", "embedding_model": settings.embedding_model,
                      "version": 1, "chunk_index": 0, "vector": v.tolist()} for i, v in enumerate(vecs)]
             store.upsert(rows)
+        store.flush()
         load_s = time.perf_counter() - t0
+    # a fresh connection, as a `cbnano search` process would open it
+    with MilvusStore.from_settings(settings) as store:
+        store.ensure_collection(emb.dimension)
         count = store.count()
         queries = [make_abstract(rng)[0] for _ in range(args.queries)]
         for q in queries[:10]:  # warm-up

@@ -107,4 +107,5 @@ def index_documents(docs: Sequence[Document], store: MilvusStore, embedder_facto
     # this, the document's chunks disagree on the content hash and the next run redoes it.
     if stale:
         summary.chunks_deleted += store.delete(stale)
+    store.flush()
     return summary

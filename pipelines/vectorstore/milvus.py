@@ -196,6 +196,11 @@ class MilvusStore:
             self._ready().delete(self.collection, ids=ids[i:i + WRITE_BATCH])
         return len(ids)
 
+    def flush(self) -> None:
+        """Seal what was written so far. Call once after a bulk write: Milvus Lite otherwise keeps the rows in
+        an in-memory table that every search has to scan and snapshot (100k rows: seconds per query)."""
+        self._ready().flush(self.collection)
+
     def search(self, vector: Sequence[float], top_k: int = 5, source: str | None = None,
                nprobe: int = 32) -> list[Hit]:
         """The ``top_k`` closest chunks to ``vector`` (optionally of one source), best first."""

@@ -31,6 +31,9 @@ class MemoryStore:
             self.rows[r["chunk_id"]] = r
         return len(rows)
 
+    def flush(self):
+        self.log.append(("flush", []))
+
     def delete(self, ids):
         self.log.append(("delete", list(ids)))
         for i in ids:
@@ -98,7 +101,7 @@ def test_changed_document_replaces_all_its_chunks_without_orphans(env, monkeypat
     assert sorted(k for k in store.rows if k.startswith("arxiv:a#")) == ["arxiv:a#0"]
     assert store.rows["arxiv:a#0"]["version"] == 2 and store.rows["arxiv:a#0"]["text"] == "short v2"
     # new chunks are written before the stale ones are removed: the document is never missing
-    assert [op for op, _ in store.log] == ["upsert", "delete"]
+    assert [op for op, _ in store.log] == ["upsert", "delete", "flush"]
     assert store.log[1][1] == ["arxiv:a#1", "arxiv:a#2"]
 
 
