@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+
 from cbnano_common import ARXIV_CORPUS, CATEGORY_CHOICES, DEFAULT_ARGS, DEFAULT_CATEGORIES
 
 
@@ -61,12 +62,17 @@ def literature_ingestion():
     def embed_and_upsert(staged: dict) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from pipelines.ingestion.arxiv import index_staged
+        from pipelines.ingestion.arxiv import record_document
+        from pipelines.ingestion.indexing import index_staged
         from pipelines.settings import get_settings
 
-        if get_current_context()["params"].get("dry_run"):
+        ctx = get_current_context()
+        if ctx["params"].get("dry_run"):
             raise AirflowSkipException(f"dry run: {staged['rows']} records staged at {staged['uri']}")
-        return index_staged(get_settings(), staged)
+        summary = index_staged(get_settings(), staged, record_document)
+        # compound_ingestion (scheduled on this Asset) mines these records for compound names
+        ctx["outlet_events"][ARXIV_CORPUS].extra = {"records": staged["uri"], **summary}
+        return summary
 
     embed_and_upsert(stage(fetch()))
 

@@ -4,9 +4,11 @@ Copy-paste examples::
 
     cbnano ingest arxiv --start 2026-11-24 --end 2026-11-27 --category cond-mat.mtrl-sci
     cbnano ingest arxiv --today                      # today's RSS announcements
+    cbnano ingest pubchem --watchlist --name "lithium iron phosphate" --cid 2244
+    cbnano ingest pubchem --from-papers 2026-11-23 2026-11-27
     cbnano search "solid electrolyte ionic conductivity" --top-k 5 --json
     cbnano stats --json
-    cbnano replay --corpus include/samples/arxiv --port 8765   # local arXiv stand-in for offline runs
+    cbnano replay --corpus include/samples/arxiv --pubchem-dir include/samples/pubchem --port 8765
 
 Every command that changes state ends by printing one JSON line on stdout. Progress goes to stderr: a bar on
 a terminal, plain log lines otherwise. Bad input and unreachable services give a one-line error and a
@@ -98,6 +100,33 @@ def cmd_ingest_arxiv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest_pubchem(args: argparse.Namespace) -> int:
+    from pipelines.ingestion.arxiv import check_window, parse_day
+    from pipelines.ingestion.pubchem import ingest_pubchem
+    from pipelines.settings import get_settings
+
+    if not (args.cid or args.name or args.watchlist or args.from_papers):
+        raise UsageError("say which compounds: --cid, --name, --watchlist and/or --from-papers START END")
+    if any(c <= 0 for c in args.cid or []):
+        raise UsageError("a CID is a positive whole number")
+    window = None
+    if args.from_papers:
+        try:
+            window = (parse_day(args.from_papers[0]), parse_day(args.from_papers[1]))
+            check_window(*window)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    progress = _progress_reporter()
+    try:
+        summary = ingest_pubchem(get_settings(), cids=args.cid or [], names=args.name or [],
+                                 watchlist=args.watchlist, from_papers=window, dry_run=args.dry_run,
+                                 progress=progress)
+    finally:
+        progress.close()
+    _emit(summary)
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from pipelines.embedding.minilm import get_embedder
     from pipelines.settings import get_settings
@@ -151,10 +180,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for p in corpus:
         if not p.exists():
             raise UsageError(f"no such corpus path: {p}")
+    pubchem_dir = Path(args.pubchem_dir) if args.pubchem_dir else None
+    if pubchem_dir is not None and not (pubchem_dir / "names.json").is_file():
+        raise UsageError(f"no names.json in {pubchem_dir}")
     with ReplayServer(corpus=corpus, rss_dir=Path(args.rss_dir) if args.rss_dir else None,
-                      port=args.port) as srv:
+                      pubchem_dir=pubchem_dir, port=args.port) as srv:
         print(f"CBNANO_ARXIV_API_URL={srv.arxiv_api_url}", flush=True)
         print(f"CBNANO_ARXIV_RSS_URL={srv.arxiv_rss_url}", flush=True)
+        if pubchem_dir is not None:
+            print(f"CBNANO_PUBCHEM_URL={srv.pubchem_url}", flush=True)
         try:
             while True:
                 time.sleep(3600)
@@ -169,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     ingest = sub.add_parser("ingest", help="crawl a source into the data lake and the vector store")
+    # argparse's type=int error is already one line with exit code 2
     isub = ingest.add_subparsers(dest="source", required=True)
     ax = isub.add_parser("arxiv", help="arXiv papers submitted in [start, end) UTC, or today's announcements")
     ax.add_argument("--start", help="first day, YYYY-MM-DD (inclusive)")
@@ -179,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     ax.add_argument("--dry-run", action="store_true", help="fetch and stage only; no embedding, no writes")
     ax.add_argument("--today", action="store_true", help="read today's RSS announcements instead of a window")
     ax.set_defaults(func=cmd_ingest_arxiv)
+
+    pc = isub.add_parser("pubchem", help="PubChem compounds by CID, name, watch list or mentions in papers")
+    pc.add_argument("--cid", action="append", type=int, metavar="N", help="PubChem CID, repeatable")
+    pc.add_argument("--name", action="append", metavar="NAME", help="compound name or formula, repeatable")
+    pc.add_argument("--watchlist", action="store_true", help="the lab's watch list (include/pubchem_watchlist.csv)")
+    pc.add_argument("--from-papers", nargs=2, metavar=("START", "END"),
+                    help="compounds named in arXiv papers staged for days in [START, END)")
+    pc.add_argument("--dry-run", action="store_true", help="fetch and stage only; no embedding, no writes")
+    pc.set_defaults(func=cmd_ingest_pubchem)
 
     se = sub.add_parser("search", help="semantic search over the corpus")
     se.add_argument("query")
@@ -191,9 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_stats)
 
-    rp = sub.add_parser("replay", help="serve a local arXiv stand-in from Atom files (offline runs, demo)")
-    rp.add_argument("--corpus", action="append", required=True, help="folder or file of Atom feeds, repeatable")
+    rp = sub.add_parser("replay", help="serve local arXiv/PubChem stand-ins from files (offline runs, demo)")
+    rp.add_argument("--corpus", action="append", default=[], help="folder or file of Atom feeds, repeatable")
     rp.add_argument("--rss-dir", help="folder of <category>.xml RSS feeds")
+    rp.add_argument("--pubchem-dir", help="folder of PubChem answers (cid_<n>.property.json, names.json, ...)")
     rp.add_argument("--port", type=int, default=0)
     rp.set_defaults(func=cmd_replay)
     return p

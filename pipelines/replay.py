@@ -8,6 +8,10 @@ server (``CBNANO_ARXIV_API_URL`` / ``CBNANO_ARXIV_RSS_URL``), since arXiv itself
   submission falls in the range, sorts them by date, pages them with ``start``/``max_results`` and wraps
   them in a 2026-format feed with opensearch totals. ``short_page`` caps every page, as arXiv sometimes does.
 * ``/rss/<category>`` serves ``<rss_dir>/<category>.xml``.
+* ``/rest/pug/...`` answers PubChem PUG REST from a folder of per-compound files in PubChem's formats
+  (``cid_<n>.property.json`` PropertyTable, ``cid_<n>.description.json`` InformationList) and a
+  ``names.json`` routing table (name -> CIDs): name -> CID lookups, batched property and description POSTs,
+  404 ``PUGREST.NotFound`` faults, and an ``X-Throttling-Control`` header (Green unless a rule says otherwise).
 * Scripted :class:`Rule` answers (an HTTP 503, a 429 with ``Retry-After``, an error feed, an empty page, a
   blank body) are served first, each a set number of times, to exercise the client's retry policy.
 
@@ -21,15 +25,17 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import re
 import threading
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 ATOM = "http://www.w3.org/2005/Atom"
 NS = {"atom": ATOM, "arxiv": "http://arxiv.org/schemas/atom"}
@@ -45,8 +51,9 @@ _DATE_RE = re.compile(r"submittedDate:\[(\d{12}) TO (\d{12})\]")
 class Rule:
     """A scripted answer for requests whose path starts with ``path``, served ``times`` times.
 
-    ``mode`` is ``static`` (``status``, ``headers``, ``body`` as given) or ``empty_page`` (the page the
-    corpus would give, with its entries removed but its totals kept).
+    ``mode`` is ``static`` (``status``, ``headers``, ``body`` as given), ``empty_page`` (the page the
+    corpus would give, with its entries removed but its totals kept) or ``add_headers`` (the normal answer
+    with ``headers`` added, e.g. a Yellow ``X-Throttling-Control``).
     """
 
     path: str
@@ -108,9 +115,13 @@ class ReplayServer:
 
     def __init__(self, corpus: list[Path] | None = None, rss_dir: Path | None = None,
                  rules: list[Rule] | None = None, short_page: int | None = None, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, pubchem_dir: Path | None = None) -> None:
         self.corpus = load_corpus(corpus or [])
         self.rss_dir = rss_dir
+        self.pubchem_dir = pubchem_dir
+        self.pubchem_names: dict[str, list[int]] = (
+            json.loads((pubchem_dir / "names.json").read_text()) if pubchem_dir else {})
+        self.arrivals: list[float] = []  # time.monotonic() of each request's arrival
         self.rules = list(rules or [])
         self.short_page = short_page
         self.requests: list[tuple[str, str, dict[str, list[str]]]] = []
@@ -128,6 +139,11 @@ class ReplayServer:
     def arxiv_api_url(self) -> str:
         """The value for ``CBNANO_ARXIV_API_URL``."""
         return f"{self.base_url}/api/query"
+
+    @property
+    def pubchem_url(self) -> str:
+        """The value for ``CBNANO_PUBCHEM_URL``."""
+        return f"{self.base_url}/rest/pug"
 
     @property
     def arxiv_rss_url(self) -> str:
@@ -196,15 +212,67 @@ class ReplayServer:
         selected.sort(key=lambda e: (e.published or datetime.min.replace(tzinfo=UTC), e.arxiv_id))
         return render_feed([e.xml for e in selected[start:start + size]], len(selected), start, query)
 
-    def _answer(self, method: str, raw_path: str) -> tuple[int, dict[str, str], bytes]:
+    def _pubchem(self, path: str, form: dict[str, list[str]]) -> tuple[int, bytes]:
+        def fault(message: str) -> tuple[int, bytes]:
+            body = {"Fault": {"Code": "PUGREST.NotFound", "Message": message, "Details": [message]}}
+            return 404, json.dumps(body, indent=2).encode()
+
+        def cid_list() -> list[int]:
+            raw = ",".join(form.get("cid", [])) or path.split("/compound/cid/", 1)[-1].split("/", 1)[0]
+            return [int(c) for c in raw.split(",") if c.strip().isdigit()]
+
+        def load(cid: int, kind: str) -> Any:
+            f = self.pubchem_dir / f"cid_{cid}.{kind}.json" if self.pubchem_dir else None
+            return json.loads(f.read_text()) if f and f.is_file() else None
+
+        if "/compound/name/" in path:
+            name = form.get("name", [""])[0] or unquote(path.split("/compound/name/", 1)[1].split("/", 1)[0])
+            cids = self.pubchem_names.get(name.strip().lower())
+            if not cids:
+                return fault("No CID found")
+            return 200, json.dumps({"IdentifierList": {"CID": cids}}, indent=2).encode()
+        if "/property/" in path:
+            wanted = path.split("/property/", 1)[1].split("/", 1)[0].split(",")
+            rows = []
+            for cid in cid_list():
+                doc = load(cid, "property")
+                if doc:
+                    for row in doc["PropertyTable"]["Properties"]:
+                        legacy = {"CanonicalSMILES": "ConnectivitySMILES", "IsomericSMILES": "SMILES"}
+                        rows.append({k: v for k, v in row.items()
+                                     if k == "CID" or k in wanted or legacy.get(k) in wanted})
+            if not rows:
+                return fault("No records found")
+            return 200, json.dumps({"PropertyTable": {"Properties": rows}}, indent=2).encode()
+        if path.endswith("/description/JSON"):
+            info = []
+            for cid in cid_list():
+                doc = load(cid, "description")
+                if doc:
+                    info.extend(doc["InformationList"]["Information"])
+            if not info:
+                return fault("No records found")
+            return 200, json.dumps({"InformationList": {"Information": info}}, indent=2).encode()
+        return 400, b'{"Fault": {"Code": "PUGREST.BadRequest", "Message": "unsupported in replay"}}'
+
+    def _answer(self, method: str, raw_path: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
         parts = urlsplit(raw_path)
         params = parse_qs(parts.query)
         with self._lock:
+            self.arrivals.append(time.monotonic())
             self.requests.append((method, parts.path, params))
         rule = self._take_rule(parts.path)
         xml = {"Content-Type": "application/atom+xml; charset=UTF-8"}
         if rule is not None and rule.mode == "static":
             return rule.status, rule.headers, rule.body
+        if parts.path.startswith("/rest/pug/") and self.pubchem_dir is not None:
+            status, answer = self._pubchem(parts.path, parse_qs(body.decode()) if body else params)
+            headers = {"Content-Type": "application/json",
+                       "X-Throttling-Control": "Request Count status: Green (0%), Request Time status: Green "
+                                               "(0%), Service status: Green (10%)"}
+            if rule is not None and rule.mode == "add_headers":
+                headers.update(rule.headers)
+            return status, headers, answer
         if parts.path == "/api/query":
             body = self._api_page(params)
             if rule is not None and rule.mode == "empty_page":
@@ -222,8 +290,8 @@ class ReplayServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def _reply(self, method: str) -> None:
-                status, headers, body = server._answer(method, self.path)
+            def _reply(self, method: str, body: bytes = b"") -> None:
+                status, headers, body = server._answer(method, self.path, body)
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
@@ -236,8 +304,7 @@ class ReplayServer:
 
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length", "0"))
-                self.rfile.read(length)
-                self._reply("POST")
+                self._reply("POST", self.rfile.read(length))
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 return

@@ -18,11 +18,13 @@ airflow pools import "$ROOT/include/airflow/pools.json" >/dev/null
 
 if [ -z "${CBNANO_ARXIV_API_URL:-}" ]; then
   port="${REPLAY_PORT:-8765}"
-  cbnano replay --corpus "$ROOT/include/samples/arxiv" --port "$port" >/dev/null 2>&1 &
+  cbnano replay --corpus "$ROOT/include/samples/arxiv" --pubchem-dir "$ROOT/include/samples/pubchem" \
+    --port "$port" >/dev/null 2>&1 &
   replay_pid=$!
   trap 'kill $replay_pid 2>/dev/null || true' EXIT
   export CBNANO_ARXIV_API_URL="http://127.0.0.1:$port/api/query" CBNANO_ARXIV_DELAY_S=0
-  echo "arXiv endpoint: local replay of include/samples/arxiv at $CBNANO_ARXIV_API_URL (set CBNANO_ARXIV_API_URL to use arXiv)"
+  export CBNANO_PUBCHEM_URL="${CBNANO_PUBCHEM_URL:-http://127.0.0.1:$port/rest/pug}"
+  echo "arXiv and PubChem endpoints: local replay of include/samples at http://127.0.0.1:$port (set CBNANO_ARXIV_API_URL to use the real services)"
 fi
 
 cat <<MSG

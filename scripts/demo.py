@@ -1,10 +1,13 @@
 """`make demo`: the platform's main job on embedded defaults, end to end, offline.
 
-1. serves the bundled sample window (include/samples/arxiv, written by this team in arXiv's Atom format)
-   from a local replay server, since arXiv is unreachable from these machines;
+1. serves the bundled samples (include/samples: an arXiv window in the Atom format, PubChem answers in
+   PUG REST's formats, all written by this team) from a local replay server, since neither service is
+   reachable from these machines;
 2. runs the `literature_ingestion` DAG with Airflow's `dag.test()` on a SQLite-backed Airflow home for the
    sample window (2026-11-23 to 2026-11-27): fetch -> stage -> embed and upsert into Milvus Lite;
-3. searches the corpus with the `cbnano` code path and prints what it did and where to look.
+3. runs `compound_ingestion` the same way: the watch list plus compounds named in those papers, resolved at
+   PubChem's policy rate (5 requests/s);
+4. searches papers and compounds with the `cbnano` code path and prints what it did and where to look.
 
 Safe to run twice: the second run finds every paper unchanged and embeds nothing.
 """
@@ -22,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 HOME = Path(os.environ.get("CBNANO_HOME", ROOT / "var")).resolve()
 AIRFLOW_HOME = HOME / "airflow-demo"
 WINDOW = {"window_start": "2026-11-23", "window_end": "2026-11-27"}
-QUERIES = ["solid electrolyte for all-solid-state lithium batteries",
-           "keeping power electronics cool with high thermal conductivity materials"]
+QUERIES = [("solid electrolyte for all-solid-state lithium batteries", "arxiv"),
+           ("keeping power electronics cool with high thermal conductivity materials", "arxiv"),
+           ("solvent for lithium-ion battery electrolytes", "pubchem"),
+           ("oxygen storage catalyst support", "pubchem")]
 
 
 def main() -> int:
@@ -38,42 +43,46 @@ def main() -> int:
 
     from pipelines.replay import ReplayServer
 
-    with ReplayServer(corpus=[ROOT / "include/samples/arxiv"]) as server:
-        os.environ["CBNANO_ARXIV_API_URL"] = server.arxiv_api_url
+    with ReplayServer(corpus=[ROOT / "include/samples/arxiv"], pubchem_dir=ROOT / "include/samples/pubchem") as srv:
+        os.environ["CBNANO_ARXIV_API_URL"] = srv.arxiv_api_url
+        os.environ["CBNANO_PUBCHEM_URL"] = srv.pubchem_url
         sys.path.insert(0, str(ROOT / "dags"))
         import pendulum
+        from compound_ingestion import compound_ingestion_dag
         from literature_ingestion import literature_ingestion_dag
 
-        print(f"== literature_ingestion: dag.test() for {WINDOW} against the local replay server ...", flush=True)
-        t0 = time.perf_counter()
-        run = literature_ingestion_dag.test(logical_date=pendulum.datetime(2026, 11, 27, 2, tz="UTC"),
-                                            run_conf=WINDOW)
-        took = time.perf_counter() - t0
-    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-    print(f"   run {run.run_id}: {run.state} in {took:.0f}s; tasks {states}")
-    if str(run.state) != "success":
-        print("demo failed: see the task logs above", file=sys.stderr)
-        return 1
+        day = pendulum.datetime(2026, 11, 27, 2, tz="UTC")
+        compounds_conf = {"watchlist": True, "papers_start": WINDOW["window_start"],
+                          "papers_end": WINDOW["window_end"]}
+        for dag, conf in ((literature_ingestion_dag, WINDOW), (compound_ingestion_dag, compounds_conf)):
+            print(f"== {dag.dag_id}: dag.test() with {conf} against the local replay server ...", flush=True)
+            t0 = time.perf_counter()
+            run = dag.test(logical_date=day, run_conf=conf)
+            states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+            print(f"   run {run.run_id}: {run.state} in {time.perf_counter() - t0:.0f}s; tasks {states}")
+            if str(run.state) != "success":
+                print("demo failed: see the task logs above", file=sys.stderr)
+                return 1
 
     from pipelines.embedding.minilm import get_embedder
     from pipelines.settings import get_settings
     from pipelines.vectorstore.milvus import MilvusStore
 
     settings = get_settings()
-    summaries = sorted(settings.data_dir.glob("arxiv/*/*/summary.json"), key=lambda p: p.stat().st_mtime)
-    summary = json.loads(summaries[-1].read_text())
-    print(f"== ingestion summary: {json.dumps(summary)}")
+    for source in ("arxiv", "pubchem"):
+        summaries = sorted(settings.data_dir.glob(f"{source}/*/*/summary.json"), key=lambda p: p.stat().st_mtime)
+        print(f"== {source} run summary: {summaries[-1].read_text().strip()}")
     emb = get_embedder(settings.embedding_model)
     with MilvusStore.from_settings(settings) as store:
         stats = store.stats()
         print(f"== corpus: {json.dumps(stats['sources'])} in collection {settings.milvus_collection}")
-        for q in QUERIES:
-            print(f"== cbnano search {q!r}")
-            for h in store.search(emb.encode([q])[0], top_k=3):
+        for q, source in QUERIES:
+            print(f"== cbnano search {q!r} --source {source}")
+            for h in store.search(emb.encode([q])[0], top_k=3, source=source):
                 print(f"   [{h.score:.3f}] {h.title} ({h.url})")
     print(f"""
 Where to look:
-  data lake (raw pages, records.jsonl, quarantine, summary.json): {settings.data_dir / 'arxiv'}
+  data lake (raw answers, records.jsonl, quarantine, summary.json): {settings.data_dir}/{{arxiv,pubchem}}
   Milvus Lite file:                                              {settings.milvus_uri}
   Airflow home of this demo (SQLite, task logs):                 {AIRFLOW_HOME}
   Same from the command line:  .venv/bin/cbnano stats --json ; .venv/bin/cbnano search "perovskite solar cell"

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pipelines.documents import Document, normalize_text
-from pipelines.ingestion.indexing import IndexSummary, Progress, index_documents
-from pipelines.lake import partition_dir, read_jsonl, write_atomic, write_json, write_jsonl
+from pipelines.ingestion.indexing import Progress, index_staged, summarize
+from pipelines.lake import partition_dir, write_atomic, write_json, write_jsonl
 from pipelines.settings import Settings
 from pipelines.sources.arxiv import (
     DEFAULT_CATEGORIES,
@@ -189,37 +189,6 @@ def stage_pages(fetch_manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def index_staged(settings: Settings, stage_manifest: dict[str, Any], progress: Progress | None = None,
-                 embedder_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
-    """Embed and upsert the staged records; returns the run summary (:data:`SUMMARY_KEYS`)."""
-    from pipelines.embedding.minilm import DIMENSION, get_embedder
-    from pipelines.vectorstore.milvus import MilvusStore
-
-    def default_factory() -> Any:
-        return get_embedder(settings.embedding_model, settings.embedding_device, settings.embedding_batch_size)
-
-    factory = embedder_factory or default_factory
-    docs = [record_document(r) for r in read_jsonl(Path(stage_manifest["uri"]))]
-    with MilvusStore.from_settings(settings) as store:
-        dim = DIMENSION.get(settings.embedding_model) or factory().dimension
-        store.ensure_collection(dim)
-        result = index_documents(docs, store, factory, settings.embedding_model, progress=progress)
-    summary = summarize(stage_manifest, result)
-    # The run report beside the staged records: what this run did to the corpus.
-    write_json(Path(stage_manifest["uri"]).parent / "summary.json",
-               {**summary, "embed_seconds": round(result.embed_seconds, 3),
-                "finished_at": datetime.now(UTC).isoformat(timespec="seconds")})
-    return summary
-
-
-def summarize(stage_manifest: dict[str, Any], result: IndexSummary | None) -> dict[str, Any]:
-    """The run summary: fetched/quarantined from staging, the rest from indexing (zeros on a dry run)."""
-    result = result or IndexSummary()
-    return {"fetched": stage_manifest["fetched"], "new": result.new, "updated": result.updated,
-            "unchanged": result.unchanged, "chunks_upserted": result.chunks_upserted,
-            "chunks_deleted": result.chunks_deleted, "quarantined": stage_manifest["quarantined"]}
-
-
 def ingest_arxiv(settings: Settings, start: datetime, end: datetime, categories: Sequence[str] = DEFAULT_CATEGORIES,
                  max_results: int | None = None, dry_run: bool = False, today: bool = False,
                  progress: Progress | None = None) -> dict[str, Any]:
@@ -231,4 +200,4 @@ def ingest_arxiv(settings: Settings, start: datetime, end: datetime, categories:
     staged = stage_pages(fetched)
     if dry_run:
         return {**summarize(staged, None), "dry_run": True, "records": staged["uri"]}
-    return {**index_staged(settings, staged, progress=progress), "records": staged["uri"]}
+    return {**index_staged(settings, staged, record_document, progress=progress), "records": staged["uri"]}

@@ -18,9 +18,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pipelines.documents import Document, chunk_text, dedupe_documents
+from pipelines.lake import read_jsonl, write_json
 from pipelines.vectorstore.milvus import MilvusStore
 
 log = logging.getLogger(__name__)
@@ -108,4 +111,40 @@ def index_documents(docs: Sequence[Document], store: MilvusStore, embedder_facto
     if stale:
         summary.chunks_deleted += store.delete(stale)
     store.flush()
+    return summary
+
+
+def summarize(stage_manifest: dict[str, Any], result: IndexSummary | None) -> dict[str, Any]:
+    """The run summary: fetched/quarantined from staging, the rest from indexing (zeros on a dry run)."""
+    result = result or IndexSummary()
+    out = {"fetched": stage_manifest["fetched"], "new": result.new, "updated": result.updated,
+           "unchanged": result.unchanged, "chunks_upserted": result.chunks_upserted,
+           "chunks_deleted": result.chunks_deleted, "quarantined": stage_manifest["quarantined"]}
+    if "not_found" in stage_manifest:
+        out["not_found"] = stage_manifest["not_found"]
+    return out
+
+
+def index_staged(settings: Any, stage_manifest: dict[str, Any], document_of: Callable[[dict[str, Any]], Document],
+                 progress: Progress | None = None,
+                 embedder_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Embed and upsert a stage's ``records.jsonl`` (``document_of`` turns a record into a Document).
+
+    Returns the run summary and writes it as ``summary.json`` beside the records (the run's report).
+    """
+    from pipelines.embedding.minilm import DIMENSION, get_embedder
+
+    def default_factory() -> Any:
+        return get_embedder(settings.embedding_model, settings.embedding_device, settings.embedding_batch_size)
+
+    factory = embedder_factory or default_factory
+    docs = [document_of(r) for r in read_jsonl(Path(stage_manifest["uri"]))]
+    with MilvusStore.from_settings(settings) as store:
+        dim = DIMENSION.get(settings.embedding_model) or factory().dimension
+        store.ensure_collection(dim)
+        result = index_documents(docs, store, factory, settings.embedding_model, progress=progress)
+    summary = summarize(stage_manifest, result)
+    write_json(Path(stage_manifest["uri"]).parent / "summary.json",
+               {**summary, "embed_seconds": round(result.embed_seconds, 3),
+                "finished_at": datetime.now(UTC).isoformat(timespec="seconds")})
     return summary

@@ -1,0 +1,234 @@
+"""PubChem compound ingestion, shared by ``cbnano ingest pubchem`` and the ``compound_ingestion`` DAG.
+
+Which compounds: CIDs given directly, names given directly, the lab's watch list
+(``include/pubchem_watchlist.csv``) and compounds named in ingested papers (``sources.mentions``). Names are
+resolved name → CID through a cache under ``CBNANO_HOME/pubchem/``: a name PubChem did not know is not asked
+again for ``NEGATIVE_TTL_DAYS``; a resolved one is reused for ``POSITIVE_TTL_DAYS``.
+
+Stages, like arXiv's:
+1. :func:`fetch_compounds` — resolve names, then fetch properties and descriptions in batches; the raw
+   JSON answers go to ``CBNANO_DATA_DIR/pubchem/<day>/<run>/raw/``.
+2. :func:`stage_compounds` — raw answers → ``records.jsonl`` (one structured record per CID, for the dataset
+   builder) with the readable text that gets embedded.
+3. ``indexing.index_staged`` with :func:`record_document` — same change detection and Milvus rules as papers,
+   ``source`` = ``pubchem``, document id = the CID.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pipelines.documents import Document
+from pipelines.ingestion.indexing import Progress, index_staged, summarize
+from pipelines.lake import partition_dir, read_jsonl, write_json, write_jsonl
+from pipelines.settings import Settings
+from pipelines.sources.mentions import find_mentions
+from pipelines.sources.pubchem import (
+    Compound,
+    PubChemClient,
+    compound_from,
+    parse_descriptions,
+    parse_properties,
+)
+
+log = logging.getLogger(__name__)
+
+SOURCE = "pubchem"
+WATCHLIST = Path(__file__).resolve().parents[2] / "include" / "pubchem_watchlist.csv"
+NEGATIVE_TTL_DAYS = 30
+POSITIVE_TTL_DAYS = 180
+
+
+def load_watchlist(path: Path = WATCHLIST) -> list[str]:
+    """Names in the watch list CSV (column ``name``), in file order; raises ValueError on a bad file."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "name" not in reader.fieldnames:
+            raise ValueError(f"{path}: the watch list needs a 'name' column")
+        return [row["name"].strip() for row in reader if (row.get("name") or "").strip()]
+
+
+class NameCache:
+    """name (lower-case) → CIDs with the time of the answer, kept as JSON under ``CBNANO_HOME/pubchem``."""
+
+    def __init__(self, path: Path, now: datetime | None = None) -> None:
+        self.path = path
+        self.now = now or datetime.now(UTC)
+        self.entries: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, name: str) -> list[int] | None:
+        """Cached CIDs ([] = known not found) or None when unknown or expired."""
+        entry = self.entries.get(name.strip().lower())
+        if entry is None:
+            return None
+        ttl = POSITIVE_TTL_DAYS if entry["cids"] else NEGATIVE_TTL_DAYS
+        if self.now - datetime.fromisoformat(entry["at"]) > timedelta(days=ttl):
+            return None
+        return list(entry["cids"])
+
+    def put(self, name: str, cids: Sequence[int]) -> None:
+        """Remember PubChem's answer for ``name``."""
+        self.entries[name.strip().lower()] = {"cids": list(cids), "at": self.now.isoformat(timespec="seconds")}
+
+    def save(self) -> None:
+        """Write the cache atomically."""
+        write_json(self.path, self.entries)
+
+
+def paper_mentions(data_dir: Path, start: datetime, end: datetime, known: Iterable[str] = (),
+                   records: Iterable[Path] = ()) -> list[str]:
+    """Candidate compound names/formulas in arXiv records staged for days in [start, end) (or ``records``)."""
+    files = list(records)
+    day = start
+    while not files and day < end:
+        files.extend(sorted((data_dir / "arxiv" / day.strftime("%Y-%m-%d")).glob("*/records.jsonl")))
+        day += timedelta(days=1)
+    known = list(known)
+    found: list[str] = []
+    for f in files:
+        for rec in read_jsonl(f):
+            found.extend(find_mentions(rec.get("text", ""), known))
+    return list(dict.fromkeys(found))
+
+
+def fetch_compounds(settings: Settings, cids: Iterable[int] = (), names: Iterable[str] = (),
+                    client: PubChemClient | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Resolve ``names``, fetch every compound's properties and descriptions into the lake; returns a manifest."""
+    client = client or PubChemClient.from_settings(settings)
+    cache = NameCache(settings.home / "pubchem" / "name_cache.json")
+    wanted = list(dict.fromkeys(int(c) for c in cids))
+    names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    not_found: list[str] = []
+    resolved: dict[str, int] = {}
+    for i, name in enumerate(names, 1):
+        hit = cache.get(name)
+        if hit is None:
+            hit = client.cids_for_name(name)
+            cache.put(name, hit)
+        if hit:
+            resolved[name] = hit[0]  # PubChem lists the best match first
+            wanted.append(hit[0])
+        else:
+            not_found.append(name)
+        if progress:
+            progress("resolve", i, len(names))
+    cache.save()
+    wanted = list(dict.fromkeys(wanted))
+    now = datetime.now(UTC)
+    key = hashlib.sha256(json.dumps([sorted(wanted), sorted(not_found)]).encode()).hexdigest()[:10]
+    run_dir = partition_dir(settings.data_dir, SOURCE, now.strftime("%Y-%m-%d"), f"run-{key}")
+    raw = run_dir / "raw"
+    pages: list[str] = []
+    for i in range(0, len(wanted), client.batch_size):
+        batch = wanted[i:i + client.batch_size]
+        n = i // client.batch_size
+        props = client.properties(batch)
+        descs = client.descriptions([int(r["CID"]) for r in props])
+        write_json(raw / f"properties-{n:04d}.json", {"PropertyTable": {"Properties": props}})
+        write_json(raw / f"descriptions-{n:04d}.json", {"InformationList": {"Information": [
+            info for cid, d in descs.items() for info in _information(cid, d)]}})
+        pages.append(f"{n:04d}")
+        if progress:
+            progress("fetch", min(i + len(batch), len(wanted)), len(wanted))
+    manifest = {"source": SOURCE, "dir": str(run_dir), "pages": pages, "requested": wanted,
+                "resolved": resolved, "not_found": not_found, "requests": client.http.requests_sent,
+                "throttle_events": client.throttle_events, "fetched_at": now.isoformat(timespec="seconds")}
+    write_json(run_dir / "fetch.json", manifest)
+    log.info("pubchem: %d compounds requested, %d names not found, %d requests", len(wanted), len(not_found),
+             client.http.requests_sent)
+    return manifest
+
+
+def _information(cid: int, desc: dict[str, Any]) -> list[dict[str, Any]]:
+    # Back to PubChem's own InformationList shape, so the lake keeps the answer's format.
+    out: list[dict[str, Any]] = [{"CID": cid, "Title": desc.get("title", "")}]
+    out += [{"CID": cid, "Description": t, "DescriptionSourceName": s, "DescriptionURL": u}
+            for t, s, u in desc.get("descriptions", [])]
+    return out
+
+
+def compound_text(c: Compound) -> str:
+    """The readable text embedded for a compound: names, identifiers and descriptions with their sources."""
+    parts = [f"{c.title or c.iupac_name or 'Compound'} (PubChem CID {c.cid})."]
+    if c.iupac_name:
+        parts.append(f"IUPAC name: {c.iupac_name}.")
+    if c.formula:
+        parts.append(f"Molecular formula: {c.formula}.")
+    if c.weight is not None:
+        parts.append(f"Molecular weight: {c.weight:g} g/mol.")
+    if c.smiles:
+        parts.append(f"SMILES: {c.smiles}.")
+    if c.inchikey:
+        parts.append(f"InChIKey: {c.inchikey}.")
+    for text, source, _url in c.descriptions:
+        parts.append(f"{text} (Source: {source})" if source else text)
+    return " ".join(parts)
+
+
+def stage_compounds(fetch_manifest: dict[str, Any]) -> dict[str, Any]:
+    """Raw answers → ``records.jsonl`` (structured record + ``text``); returns the stage manifest."""
+    run_dir = Path(fetch_manifest["dir"])
+    records, quarantine = [], []
+    for page in fetch_manifest["pages"]:
+        rows = parse_properties(json.loads((run_dir / "raw" / f"properties-{page}.json").read_text()))
+        descs = parse_descriptions(json.loads((run_dir / "raw" / f"descriptions-{page}.json").read_text()))
+        for row in rows:
+            try:
+                comp = compound_from(row, descs.get(int(row["CID"])))
+            except (KeyError, ValueError, TypeError) as exc:
+                quarantine.append({"reason": f"unreadable property row: {exc}", "raw": json.dumps(row)})
+                continue
+            synonyms = sorted(n for n, cid in fetch_manifest["resolved"].items() if cid == comp.cid)
+            rec = {**comp.to_dict(), "synonyms": synonyms, "source": SOURCE, "doc_id": str(comp.cid)}
+            rec["text"] = compound_text(comp)
+            records.append(rec)
+    rows_n, digest = write_jsonl(run_dir / "records.jsonl", records)
+    write_jsonl(run_dir / "quarantine.jsonl", quarantine)
+    manifest = {"source": SOURCE, "uri": str(run_dir / "records.jsonl"), "rows": rows_n, "sha256": digest,
+                "fetched": len(fetch_manifest["requested"]), "quarantined": len(quarantine),
+                "not_found": len(fetch_manifest["not_found"]), "not_found_names": fetch_manifest["not_found"],
+                "quarantine_uri": str(run_dir / "quarantine.jsonl")}
+    write_json(run_dir / "stage.json", manifest)
+    return manifest
+
+
+def record_document(rec: dict[str, Any]) -> Document:
+    """The vector-store document of a staged compound record."""
+    title = rec.get("title") or rec.get("iupac_name") or f"CID {rec['cid']}"
+    return Document(source=SOURCE, doc_id=str(rec["cid"]), title=title, text=rec["text"],
+                    url=f"https://pubchem.ncbi.nlm.nih.gov/compound/{rec['cid']}")
+
+
+def select_names(settings: Settings, names: Iterable[str] = (), watchlist: bool = False,
+                 from_papers: tuple[datetime, datetime] | None = None,
+                 paper_records: Iterable[Path] = ()) -> list[str]:
+    """Every name to resolve: the given ones, the watch list, and mentions in papers of a window/records."""
+    out = list(names)
+    known = load_watchlist() if (watchlist or from_papers or paper_records) else []
+    if watchlist:
+        out += known
+    if from_papers or paper_records:
+        start, end = from_papers or (datetime.min.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC))
+        out += paper_mentions(settings.data_dir, start, end, known, paper_records)
+    return list(dict.fromkeys(n for n in out if n.strip()))
+
+
+def ingest_pubchem(settings: Settings, cids: Iterable[int] = (), names: Iterable[str] = (),
+                   watchlist: bool = False, from_papers: tuple[datetime, datetime] | None = None,
+                   dry_run: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Select, fetch, stage and (unless ``dry_run``) index compounds; returns the summary (+ ``not_found``)."""
+    all_names = select_names(settings, names, watchlist, from_papers)
+    fetched = fetch_compounds(settings, cids, all_names, progress=progress)
+    staged = stage_compounds(fetched)
+    if dry_run:
+        return {**summarize(staged, None), "dry_run": True, "not_found_names": staged["not_found_names"],
+                "records": staged["uri"]}
+    return {**index_staged(settings, staged, record_document, progress=progress),
+            "not_found_names": staged["not_found_names"], "records": staged["uri"]}

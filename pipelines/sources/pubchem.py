@@ -1,0 +1,276 @@
+"""PubChem PUG REST: compound properties, name → CID, and descriptions, within PubChem's usage policy.
+
+Policy (https://pubchem.ncbi.nlm.nih.gov/docs/programmatic-access, "Request Volume Limitations"): no more than
+5 requests per second and 400 per minute per user, and watch the ``X-Throttling-Control`` header
+(https://pubchem.ncbi.nlm.nih.gov/docs/dynamic-request-throttling). This client enforces both rates with
+:class:`WindowLimiter` shared by every client in the process (:data:`POLICY_LIMITER`), slows down when
+the header says Yellow or Red, and stops with :class:`PubChemThrottled` when it says Black. HTTP 503
+(ServerBusy, sometimes with an HTML body) and 504 are retried with backoff.
+
+A 404 ``PUGREST.NotFound`` fault is an answer ("no such compound"), not an error: name lookups return an
+empty list and record it. Batching keeps requests per compound low: properties and descriptions are asked for
+``batch_size`` CIDs per POST.
+
+Usage::
+
+    client = PubChemClient.from_settings(get_settings())
+    cids = client.cids_for_name("lithium iron phosphate")
+    props = client.properties([2244, 5564]); descs = client.descriptions([2244])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from pipelines.sources.http import PoliteClient, RetryPolicy, SourceError
+
+log = logging.getLogger(__name__)
+
+REQUESTS_PER_SECOND = 5  # PubChem usage policy
+REQUESTS_PER_MINUTE = 400  # PubChem usage policy
+PROPERTIES = ("Title", "MolecularFormula", "MolecularWeight", "IUPACName", "ConnectivitySMILES", "SMILES",
+              "InChIKey", "XLogP")
+LEGACY_SMILES = {"CanonicalSMILES": "ConnectivitySMILES", "IsomericSMILES": "SMILES"}  # before the 2025 rename
+_STATUS_RANK = {"green": 0, "yellow": 1, "red": 2, "black": 3}
+_THROTTLE_RE = re.compile(r"(Request Count|Request Time|Service) status:\s*(\w+)", re.I)
+
+
+class PubChemThrottled(SourceError):
+    """PubChem says Black: the request limit is exceeded and requests are being blocked. Stop, retry later."""
+
+
+@dataclass
+class WindowLimiter:
+    """At most ``n`` request starts in any ``per`` seconds, for every (n, per) in ``rates``, process-wide.
+
+    A token bucket sized to the limit (5 tokens refilled at 5/s) would let 9 requests through within one
+    second (a full bucket, then 4 refills), which breaks "at most 5 per second"; this limiter instead keeps
+    the start times of the last ``n`` requests per window and waits until the oldest is ``per`` seconds old,
+    so bursts of up to ``n`` are allowed and no window ever holds more. ``margin`` stretches each window a
+    little to absorb network jitter between our clock and the server's. ``slowdown`` (>= 1) stretches it
+    further; the PubChem client raises it on Yellow/Red throttling answers. Thread-safe; one instance is
+    shared by every client of the process (:data:`POLICY_LIMITER`).
+    """
+
+    rates: Sequence[tuple[int, float]]
+    margin: float = 0.05
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    slowdown: float = 1.0
+    _starts: dict[int, deque[float]] = field(default_factory=dict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def acquire(self) -> None:
+        with self._lock:
+            while True:
+                now = self.clock()
+                wait = 0.0
+                for i, (n, per) in enumerate(self.rates):
+                    log_ = self._starts.setdefault(i, deque(maxlen=n))
+                    if len(log_) == n:
+                        wait = max(wait, log_[0] + per * (1 + self.margin) * self.slowdown - now)
+                if wait <= 0:
+                    for i in range(len(self.rates)):
+                        self._starts[i].append(now)
+                    return
+                self.sleep(wait)
+
+
+POLICY_LIMITER = WindowLimiter([(REQUESTS_PER_SECOND, 1.0), (REQUESTS_PER_MINUTE, 60.0)])
+
+
+def parse_throttling(header: str | None) -> dict[str, str]:
+    """``X-Throttling-Control`` as {"request count": "green", "request time": ..., "service": ...}."""
+    if not header:
+        return {}
+    return {k.lower(): v.lower() for k, v in _THROTTLE_RE.findall(header)}
+
+
+@dataclass(frozen=True)
+class Compound:
+    """What the platform keeps of one PubChem compound."""
+
+    cid: int
+    title: str = ""
+    formula: str = ""
+    weight: float | None = None
+    iupac_name: str = ""
+    smiles: str = ""
+    connectivity_smiles: str = ""
+    inchikey: str = ""
+    xlogp: float | None = None
+    descriptions: tuple[tuple[str, str, str], ...] = ()  # (text, source name, source URL)
+    synonyms: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return {"cid": self.cid, "title": self.title, "formula": self.formula, "weight": self.weight,
+                "iupac_name": self.iupac_name, "smiles": self.smiles,
+                "connectivity_smiles": self.connectivity_smiles, "inchikey": self.inchikey, "xlogp": self.xlogp,
+                "descriptions": [list(d) for d in self.descriptions], "synonyms": list(self.synonyms)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Compound:
+        """The inverse of :meth:`to_dict`."""
+        return cls(cid=int(d["cid"]), title=d.get("title", ""), formula=d.get("formula", ""),
+                   weight=d.get("weight"), iupac_name=d.get("iupac_name", ""), smiles=d.get("smiles", ""),
+                   connectivity_smiles=d.get("connectivity_smiles", ""), inchikey=d.get("inchikey", ""),
+                   xlogp=d.get("xlogp"), descriptions=tuple(tuple(x) for x in d.get("descriptions", [])),
+                   synonyms=tuple(d.get("synonyms", [])))
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_properties(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of a ``PropertyTable``, legacy SMILES keys renamed to the current ones, weight as a float."""
+    rows = []
+    for raw in payload.get("PropertyTable", {}).get("Properties", []):
+        row = dict(raw)
+        for old, new in LEGACY_SMILES.items():
+            if old in row and new not in row:
+                row[new] = row.pop(old)
+            else:
+                row.pop(old, None)
+        row["MolecularWeight"] = _float(row.get("MolecularWeight"))
+        row["XLogP"] = _float(row.get("XLogP"))
+        rows.append(row)
+    return rows
+
+
+def parse_descriptions(payload: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """``InformationList`` of /description as {cid: {"title": ..., "descriptions": [(text, source, url)]}}.
+
+    PubChem sends one record with only the Title, then one record per description with its source.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    for info in payload.get("InformationList", {}).get("Information", []):
+        cid = int(info["CID"])
+        entry = out.setdefault(cid, {"title": "", "descriptions": []})
+        if info.get("Title"):
+            entry["title"] = info["Title"]
+        if info.get("Description"):
+            entry["descriptions"].append((info["Description"].strip(), info.get("DescriptionSourceName", ""),
+                                          info.get("DescriptionURL", "")))
+    return out
+
+
+def fault_of(resp: requests.Response) -> dict[str, Any] | None:
+    """The ``Fault`` object of a PUG REST error answer, or None when the body is not one (e.g. HTML)."""
+    try:
+        body = resp.json()
+    except (ValueError, json.JSONDecodeError):
+        return None
+    return body.get("Fault") if isinstance(body, dict) else None
+
+
+def compound_from(row: dict[str, Any], desc: dict[str, Any] | None) -> Compound:
+    """A :class:`Compound` from a parsed property row and its description entry."""
+    desc = desc or {}
+    return Compound(
+        cid=int(row["CID"]), title=row.get("Title") or desc.get("title", ""),
+        formula=row.get("MolecularFormula", ""), weight=row.get("MolecularWeight"),
+        iupac_name=row.get("IUPACName", ""), smiles=row.get("SMILES", ""),
+        connectivity_smiles=row.get("ConnectivitySMILES", ""), inchikey=row.get("InChIKey", ""),
+        xlogp=row.get("XLogP"), descriptions=tuple(desc.get("descriptions", ())),
+    )
+
+
+class PubChemClient:
+    """PUG REST under the usage policy (see the module docstring)."""
+
+    def __init__(self, base_url: str, *, limiter: WindowLimiter | None = None,
+                 retry: RetryPolicy | None = None, timeout_s: float = 30.0, batch_size: int = 100) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.batch_size = batch_size
+        self.limiter = limiter or POLICY_LIMITER
+        self.retry = retry or RetryPolicy(retry_statuses=frozenset({500, 502, 503, 504}))
+        self.http = PoliteClient(limiter=self.limiter, retry=self.retry, timeout_s=timeout_s,
+                                 on_response=self._watch_throttling)
+        self.throttle_events: list[str] = []
+
+    @classmethod
+    def from_settings(cls, settings: Any, **kwargs: Any) -> PubChemClient:
+        """A client on the configured endpoint and retry policy, sharing the process-wide policy limiter."""
+        retry = RetryPolicy(max_attempts=settings.http_max_attempts, base_s=settings.http_backoff_s,
+                            retry_statuses=frozenset({500, 502, 503, 504}))
+        return cls(settings.pubchem_url, retry=retry, timeout_s=settings.http_timeout_s, **kwargs)
+
+    def _watch_throttling(self, resp: requests.Response) -> None:
+        status = parse_throttling(resp.headers.get("X-Throttling-Control"))
+        if not status:
+            return
+        worst = max(status.values(), key=lambda s: _STATUS_RANK.get(s, 0))
+        rank = _STATUS_RANK.get(worst, 0)
+        if rank == 3:
+            self.throttle_events.append("black")
+            raise PubChemThrottled(f"PubChem is blocking requests (X-Throttling-Control: "
+                                   f"{resp.headers['X-Throttling-Control']}); stop and try again later",
+                                   url=resp.url, attempts=1, status=resp.status_code)
+        # Green: full policy rate; Yellow: half; Red: a quarter.
+        new = (1.0, 2.0, 4.0)[rank]
+        if new != self.limiter.slowdown:
+            log.warning("PubChem throttling status %s: request rate x%.2f", worst, 1 / new)
+            self.throttle_events.append(worst)
+            self.limiter.slowdown = new
+
+    def _post(self, path: str, data: dict[str, Any]) -> requests.Response:
+        resp = self.http.post(f"{self.base_url}{path}", data=data)
+        if resp.status_code == 404:
+            return resp
+        if resp.status_code >= 400:
+            fault = fault_of(resp) or {}
+            raise SourceError(f"PubChem {fault.get('Code', f'HTTP {resp.status_code}')}: "
+                              f"{fault.get('Message', resp.text[:200])}", url=resp.url, attempts=1,
+                              status=resp.status_code)
+        return resp
+
+    def cids_for_name(self, name: str) -> list[int]:
+        """CIDs whose name or synonym is ``name`` (best match first); [] when PubChem has none."""
+        resp = self._post("/compound/name/cids/JSON", {"name": name})
+        if resp.status_code == 404:
+            return []
+        return [int(c) for c in resp.json().get("IdentifierList", {}).get("CID", []) if int(c) > 0]
+
+    def properties(self, cids: Iterable[int]) -> list[dict[str, Any]]:
+        """Property rows for ``cids`` (batched POSTs); CIDs PubChem does not know are absent."""
+        rows: list[dict[str, Any]] = []
+        ids = list(dict.fromkeys(int(c) for c in cids))
+        for i in range(0, len(ids), self.batch_size):
+            batch = ids[i:i + self.batch_size]
+            resp = self._post(f"/compound/cid/property/{','.join(PROPERTIES)}/JSON",
+                              {"cid": ",".join(map(str, batch))})
+            if resp.status_code != 404:
+                rows.extend(parse_properties(resp.json()))
+        return rows
+
+    def descriptions(self, cids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Titles and descriptions for ``cids`` (batched POSTs)."""
+        out: dict[int, dict[str, Any]] = {}
+        ids = list(dict.fromkeys(int(c) for c in cids))
+        for i in range(0, len(ids), self.batch_size):
+            resp = self._post("/compound/cid/description/JSON", {"cid": ",".join(map(str, ids[i:i + self.batch_size]))})
+            if resp.status_code != 404:
+                out.update(parse_descriptions(resp.json()))
+        return out
+
+    def compounds(self, cids: Iterable[int]) -> list[Compound]:
+        """Full :class:`Compound` records for ``cids``: two batched requests per ``batch_size`` CIDs."""
+        ids = list(dict.fromkeys(int(c) for c in cids))
+        rows = self.properties(ids)
+        descs = self.descriptions([int(r["CID"]) for r in rows])
+        return [compound_from(r, descs.get(int(r["CID"]))) for r in rows]
