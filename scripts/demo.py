@@ -71,7 +71,7 @@ def main() -> int:
     settings = get_settings()
     for source in ("arxiv", "pubchem"):
         summaries = sorted(settings.data_dir.glob(f"{source}/*/*/summary.json"), key=lambda p: p.stat().st_mtime)
-        print(f"== {source} run summary: {summaries[-1].read_text().strip()}")
+        print(f"== {source} run summary: {json.dumps(json.loads(summaries[-1].read_text()))}")
     emb = get_embedder(settings.embedding_model)
     with MilvusStore.from_settings(settings) as store:
         stats = store.stats()

@@ -228,8 +228,15 @@ class MilvusStore:
         """Documents and chunks per source, and the embedding models found in the collection."""
         per_source: dict[str, dict[str, Any]] = defaultdict(lambda: {"documents": set(), "chunks": 0})
         models: set[str] = set()
-        it = self._ready().query_iterator(self.collection, batch_size=4096, filter="",
-                                        output_fields=["doc_id", "source", "embedding_model"])
+        # Milvus Lite has no MVCC timestamp service; pymilvus warns and falls back to a client-side one.
+        pymilvus_log = logging.getLogger("pymilvus")
+        level = pymilvus_log.level
+        pymilvus_log.setLevel(logging.ERROR)
+        try:
+            it = self._ready().query_iterator(self.collection, batch_size=4096, filter="",
+                                            output_fields=["doc_id", "source", "embedding_model"])
+        finally:
+            pymilvus_log.setLevel(level)
         try:
             while batch := it.next():
                 for row in batch:
