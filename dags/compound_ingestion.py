@@ -72,7 +72,7 @@ def compound_ingestion():
 
         return stage_compounds(fetched)
 
-    @task(queue="system_c", outlets=[PUBCHEM_CORPUS])
+    @task(queue="system_c", pool="vector_store", outlets=[PUBCHEM_CORPUS])
     def embed_and_upsert(staged: dict) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 

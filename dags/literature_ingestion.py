@@ -58,7 +58,7 @@ def literature_ingestion():
 
         return stage_pages(fetched)
 
-    @task(queue="system_c", outlets=[ARXIV_CORPUS])
+    @task(queue="system_c", pool="vector_store", outlets=[ARXIV_CORPUS])
     def embed_and_upsert(staged: dict) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 

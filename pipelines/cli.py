@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -45,7 +46,10 @@ def _progress_reporter() -> Any:
 
             bar = bars.get(stage)
             if bar is None:
-                bar = bars[stage] = tqdm(total=total, desc=stage, unit="doc", file=sys.stderr, leave=True)
+                # a terminal that reports a 0x0 size (some ptys) makes tqdm hide the bar: fall back to 100x24
+                cols, rows = shutil.get_terminal_size((100, 24))
+                bar = bars[stage] = tqdm(total=total, desc=stage, unit="item", file=sys.stderr, leave=True,
+                                         ncols=cols, nrows=rows)
             if total is not None and bar.total != total:
                 bar.total = total
             bar.n = done

@@ -15,8 +15,7 @@ import html
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 # A tokenizer callable: text -> list of (start, end) character offsets, one per word piece.
 OffsetTokenizer = Callable[[str], list[tuple[int, int]]]
@@ -37,7 +36,6 @@ class Document:
     published: str = ""
     categories: Sequence[str] = ()
     version: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def content_hash(self, embedding_model: str) -> str:
         """sha256 of the indexed fields, the embedding model and the chunking parameters."""

@@ -10,6 +10,8 @@ export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__API__PORT="${AIRFLOW_PORT:-8080}"
+# task processes talk to the API server through the execution API: keep its URL on the same port
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://localhost:${AIRFLOW__API__PORT}/execution/"
 export CBNANO_HOME="${CBNANO_HOME:-$ROOT/var}"
 mkdir -p "$AIRFLOW_HOME"
 

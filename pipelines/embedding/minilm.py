@@ -76,8 +76,3 @@ class Embedder:
 def get_embedder(model_name: str = MINILM, device: str = "cpu", batch_size: int = 64) -> Embedder:
     """The process-wide :class:`Embedder` for these arguments, loaded on first call."""
     return Embedder(model_name, device=device, batch_size=batch_size)
-
-
-def dimension_of(model_name: str) -> int:
-    """The vector size of a known model without loading it (raises KeyError for an unknown one)."""
-    return DIMENSION[model_name]

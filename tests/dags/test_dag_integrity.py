@@ -61,7 +61,7 @@ def test_literature_ingestion_wiring(dagbag):
     assert dag.catchup is False and dag.max_active_runs == 1
     fetch, stage, embed = (dag.get_task(t) for t in ("fetch", "stage", "embed_and_upsert"))
     assert fetch.pool == "arxiv_api"
-    assert embed.queue == "system_c"
+    assert embed.queue == "system_c" and embed.pool == "vector_store"
     assert [a.uri for a in embed.outlets] == ["cbnano://corpus/arxiv"]
     assert stage.upstream_task_ids == {"fetch"} and embed.upstream_task_ids == {"stage"}
     assert set(dag.params) == {"categories", "window_start", "window_end", "max_results", "dry_run"}
@@ -82,3 +82,15 @@ def test_parse_is_fast_and_light(path):
     loaded = set(probe["modules"])
     assert not loaded & set(HEAVY), f"{path.name} imports {sorted(loaded & set(HEAVY))} at parse time"
     assert probe["seconds"] < 1.0, f"{path.name} took {probe['seconds']:.2f}s to parse"
+
+
+def test_compound_ingestion_wiring(dagbag):
+    dag = dagbag.dags["compound_ingestion"]
+    assert dag.catchup is False and dag.max_active_runs == 1
+    # scheduled on the literature corpus Asset: runs after new papers arrive
+    assert "cbnano://corpus/arxiv" in repr(dag.timetable.asset_condition)
+    select, fetch, stage, embed = (dag.get_task(t) for t in ("select", "fetch", "stage", "embed_and_upsert"))
+    assert fetch.pool == "pubchem_api" and embed.queue == "system_c" and embed.pool == "vector_store"
+    assert [a.uri for a in embed.outlets] == ["cbnano://corpus/pubchem"]
+    assert fetch.upstream_task_ids == {"select"} and embed.upstream_task_ids == {"stage"}
+    assert set(dag.params) == {"cids", "names", "watchlist", "papers_start", "papers_end", "dry_run"}
