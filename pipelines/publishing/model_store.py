@@ -1,0 +1,224 @@
+"""The model store: published domain models under ``CBNANO_MODEL_STORE`` (NFS ``/exports/models`` in the lab).
+
+Layout::
+
+    <root>/<domain>/versions/<version>/   adapter/, merged/, manifest.json, MODEL_CARD.md, eval.json, ...
+    <root>/<domain>/production            symlink -> versions/<version>
+    <root>/<domain>/history.jsonl         every pointer move (publish, promote, rollback), append-only
+    <root>/.staging/                      versions being assembled (same filesystem, so rename is atomic)
+
+Rules:
+
+* a version directory is immutable once published: publishing an existing version is refused;
+* publishing assembles the version under ``.staging/``, writes ``manifest.json`` with the sha256 of every file,
+  then renames it into ``versions/`` in one step: a crash leaves at most a stale staging folder, never a
+  half-written version, and production untouched;
+* the production pointer moves atomically (a new symlink renamed over the old one);
+* promote and rollback verify the target's checksums first;
+* retention keeps production, the previous production and the newest ``keep_last`` versions.
+
+Usage::
+
+    store = ModelStore(settings.model_store)
+    store.publish("catalysis", "2026-11-3f2a9c", staged_dir, {"metrics": {...}})
+    store.rollback("catalysis")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipelines.lake import sha256_file, write_json
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MANIFEST = "manifest.json"
+
+
+class ModelStoreError(RuntimeError):
+    """A refused or failed store operation; the message says which domain/version and why."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One published version as ``cbnano models list`` shows it."""
+
+    domain: str
+    version: str
+    path: Path
+    production: bool
+    published_at: str
+    metrics: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"domain": self.domain, "version": self.version, "path": str(self.path),
+                "production": self.production, "published_at": self.published_at, "metrics": self.metrics}
+
+
+def _check(kind: str, value: str) -> str:
+    if not _NAME.match(value or ""):
+        raise ModelStoreError(f"invalid {kind} name {value!r}: letters, digits, '.', '_' and '-' only")
+    return value
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (relative POSIX paths), the manifest itself excluded."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            out[p.relative_to(root).as_posix()] = sha256_file(p)
+    return out
+
+
+class ModelStore:
+    """Published models of every domain under one root folder (see module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _domain(self, domain: str) -> Path:
+        return self.root / _check("domain", domain)
+
+    def version_dir(self, domain: str, version: str) -> Path:
+        """Where a version lives (whether or not it exists)."""
+        return self._domain(domain) / "versions" / _check("version", version)
+
+    def publish(self, domain: str, version: str, content: Path, manifest: dict[str, Any],
+                promote: bool = True) -> Path:
+        """Copy ``content`` into a new immutable version with a checksummed manifest; returns its path.
+
+        With ``promote`` the production pointer then moves to it. Raises :class:`ModelStoreError` if the
+        version exists or ``content`` is not a folder.
+        """
+        target = self.version_dir(domain, version)
+        if target.exists():
+            raise ModelStoreError(f"{domain}/{version} is already published; versions are immutable")
+        if not Path(content).is_dir():
+            raise ModelStoreError(f"nothing to publish: {content} is not a folder")
+        staging_root = self.root / ".staging"
+        staging_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{domain}-{version}-", dir=staging_root))
+        try:
+            shutil.copytree(content, staging, dirs_exist_ok=True)
+            files = file_hashes(staging)
+            write_json(staging / MANIFEST, {
+                **manifest, "domain": domain, "version": version, "files": files,
+                "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            })
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(staging, target)  # atomic on one filesystem; fails if target appeared meanwhile
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._log(domain, "publish", version)
+        if promote:
+            self._point(domain, version, "promote")
+        return target
+
+    def verify(self, domain: str, version: str) -> list[str]:
+        """Problems with a version's files against its manifest (missing, changed, unlisted); [] if intact."""
+        vdir = self.version_dir(domain, version)
+        mpath = vdir / MANIFEST
+        if not mpath.is_file():
+            return [f"{domain}/{version}: no {MANIFEST}"]
+        expected = json.loads(mpath.read_text())["files"]
+        actual = file_hashes(vdir)
+        problems = [f"missing {f}" for f in sorted(set(expected) - set(actual))]
+        problems += [f"changed {f}" for f in sorted(set(expected) & set(actual)) if expected[f] != actual[f]]
+        problems += [f"unlisted {f}" for f in sorted(set(actual) - set(expected))]
+        return problems
+
+    def production(self, domain: str) -> str | None:
+        """The version production points at, or None."""
+        link = self._domain(domain) / "production"
+        if not link.is_symlink():
+            return None
+        return Path(os.readlink(link)).name
+
+    def promote(self, domain: str, version: str) -> None:
+        """Point production at ``version`` after verifying its checksums."""
+        self._point(domain, version, "promote")
+
+    def rollback(self, domain: str, version: str | None = None) -> str:
+        """Point production back at ``version`` (default: the one before the current); returns it."""
+        current = self.production(domain)
+        if version is None:
+            moves = [m for m in self.history(domain) if m["action"] in ("promote", "rollback")]
+            previous = [m["version"] for m in moves if m["version"] != current]
+            if not previous:
+                raise ModelStoreError(f"{domain}: no earlier production version to roll back to")
+            version = previous[-1]
+        self._point(domain, version, "rollback")
+        return version
+
+    def history(self, domain: str) -> list[dict[str, Any]]:
+        """Every recorded action of a domain, oldest first."""
+        path = self._domain(domain) / "history.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def versions(self, domain: str | None = None) -> list[VersionInfo]:
+        """Published versions (all domains, or one), oldest first within a domain."""
+        domains = [domain] if domain else sorted(p.name for p in self.root.glob("*") if (p / "versions").is_dir())
+        out = []
+        for d in domains:
+            prod = self.production(d)
+            for vdir in (self._domain(d) / "versions").glob("*"):
+                mpath = vdir / MANIFEST
+                if not mpath.is_file():
+                    continue
+                man = json.loads(mpath.read_text())
+                out.append(VersionInfo(d, vdir.name, vdir, vdir.name == prod, man.get("published_at", ""),
+                                       man.get("metrics", {})))
+        return sorted(out, key=lambda v: (v.domain, v.published_at, v.version))
+
+    def apply_retention(self, domain: str, keep_last: int = 3) -> list[str]:
+        """Delete versions other than production, the previous production and the newest ``keep_last``."""
+        versions = [v.version for v in self.versions(domain)]
+        keep = set(versions[-keep_last:]) if keep_last > 0 else set()
+        current = self.production(domain)
+        moves = [m["version"] for m in self.history(domain) if m["action"] in ("promote", "rollback")]
+        keep |= {current} if current else set()
+        earlier = [v for v in moves if v != current]
+        if earlier:
+            keep.add(earlier[-1])
+        removed = []
+        for v in versions:
+            if v not in keep:
+                shutil.rmtree(self.version_dir(domain, v))
+                self._log(domain, "delete", v)
+                removed.append(v)
+        return removed
+
+    def _point(self, domain: str, version: str, action: str) -> None:
+        vdir = self.version_dir(domain, version)
+        if not vdir.is_dir():
+            raise ModelStoreError(f"{domain}/{version} is not published")
+        problems = self.verify(domain, version)
+        if problems:
+            raise ModelStoreError(f"{domain}/{version} failed its checksums: {', '.join(problems[:5])}")
+        ddir = self._domain(domain)
+        tmp = ddir / f".production-{os.getpid()}"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(Path("versions") / version, tmp)
+        os.replace(tmp, ddir / "production")  # atomic pointer move
+        self._log(domain, action, version)
+
+    def _log(self, domain: str, action: str, version: str) -> None:
+        path = self._domain(domain) / "history.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "action": action, "version": version}
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())

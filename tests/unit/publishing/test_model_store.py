@@ -1,0 +1,102 @@
+import json
+import os
+
+import pytest
+
+from pipelines.publishing.model_store import ModelStore, ModelStoreError
+
+pytestmark = pytest.mark.unit
+
+
+def content(tmp_path, name, text="weights"):
+    d = tmp_path / f"content-{name}"
+    (d / "adapter").mkdir(parents=True)
+    (d / "adapter" / "adapter_model.safetensors").write_text(text)
+    (d / "MODEL_CARD.md").write_text(f"# {name}\n")
+    return d
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ModelStore(tmp_path / "store")
+
+
+def test_publish_writes_manifest_and_moves_production(store, tmp_path):
+    path = store.publish("catalysis", "2026-11-a", content(tmp_path, "a"), {"metrics": {"mc_accuracy": 0.6}})
+    man = json.loads((path / "manifest.json").read_text())
+    assert set(man["files"]) == {"adapter/adapter_model.safetensors", "MODEL_CARD.md"}
+    assert man["metrics"] == {"mc_accuracy": 0.6} and man["domain"] == "catalysis"
+    assert store.production("catalysis") == "2026-11-a"
+    assert os.readlink(store.root / "catalysis" / "production") == "versions/2026-11-a"
+    assert store.verify("catalysis", "2026-11-a") == []
+
+
+def test_versions_are_immutable(store, tmp_path):
+    store.publish("thermal", "v1", content(tmp_path, "a"), {})
+    with pytest.raises(ModelStoreError, match="immutable"):
+        store.publish("thermal", "v1", content(tmp_path, "b"), {})
+
+
+def test_crash_while_publishing_leaves_production_and_versions_intact(store, tmp_path, monkeypatch):
+    store.publish("materials", "v1", content(tmp_path, "a"), {})
+    before = sorted(p.name for p in (store.root / "materials" / "versions").iterdir())
+
+    def crash(*a, **k):
+        raise OSError("NFS went away")
+
+    monkeypatch.setattr("pipelines.publishing.model_store.os.rename", crash)
+    with pytest.raises(OSError):
+        store.publish("materials", "v2", content(tmp_path, "b"), {})
+    monkeypatch.undo()
+    assert sorted(p.name for p in (store.root / "materials" / "versions").iterdir()) == before
+    assert store.production("materials") == "v1"
+    assert list((store.root / ".staging").iterdir()) == []  # the staging copy was cleaned up
+
+
+def test_refused_candidate_publishes_nothing(store, tmp_path):
+    with pytest.raises(ModelStoreError, match="not a folder"):
+        store.publish("chemistry", "v1", tmp_path / "missing", {})
+    assert not (store.root / "chemistry" / "versions").exists()
+
+
+def test_checksums_are_verified_before_promotion(store, tmp_path):
+    store.publish("chemistry", "v1", content(tmp_path, "a"), {})
+    store.publish("chemistry", "v2", content(tmp_path, "b", "other weights"), {}, promote=False)
+    assert store.production("chemistry") == "v1"
+    (store.version_dir("chemistry", "v2") / "adapter" / "adapter_model.safetensors").write_text("tampered")
+    with pytest.raises(ModelStoreError, match="changed adapter/adapter_model.safetensors"):
+        store.promote("chemistry", "v2")
+    assert store.production("chemistry") == "v1"
+
+
+def test_rollback_moves_the_pointer_back(store, tmp_path):
+    store.publish("thermal", "v1", content(tmp_path, "a"), {})
+    store.publish("thermal", "v2", content(tmp_path, "b"), {})
+    assert store.production("thermal") == "v2"
+    assert store.rollback("thermal") == "v1" and store.production("thermal") == "v1"
+    store.rollback("thermal", "v2")
+    assert store.production("thermal") == "v2"
+    assert [h["action"] for h in store.history("thermal")] == [
+        "publish", "promote", "publish", "promote", "rollback", "rollback"]
+
+
+def test_rollback_without_history_is_refused(store, tmp_path):
+    store.publish("thermal", "v1", content(tmp_path, "a"), {})
+    with pytest.raises(ModelStoreError, match="no earlier"):
+        store.rollback("thermal")
+
+
+def test_retention_keeps_production_previous_and_last_n(store, tmp_path):
+    for i in range(1, 7):
+        store.publish("catalysis", f"v{i}", content(tmp_path, f"x{i}"), {}, promote=i in (2, 3))
+    # production v3, previous production v2, newest two: v5, v6
+    removed = store.apply_retention("catalysis", keep_last=2)
+    assert removed == ["v1", "v4"]
+    assert [v.version for v in store.versions("catalysis")] == ["v2", "v3", "v5", "v6"]
+    assert [v.version for v in store.versions("catalysis") if v.production] == ["v3"]
+
+
+@pytest.mark.parametrize("domain,version", [("../etc", "v1"), ("thermal", "v1/../../x"), ("", "v1")])
+def test_names_are_checked(store, tmp_path, domain, version):
+    with pytest.raises(ModelStoreError, match="invalid"):
+        store.publish(domain, version, content(tmp_path, "a"), {})
