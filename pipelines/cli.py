@@ -8,6 +8,7 @@ Copy-paste examples::
     cbnano ingest pubchem --from-papers 2026-11-23 2026-11-27
     cbnano search "solid electrolyte ionic conductivity" --top-k 5 --json
     cbnano stats --json
+    cbnano models list --json ; cbnano models rollback --domain catalysis
     cbnano replay --corpus include/samples/arxiv --pubchem-dir include/samples/pubchem --port 8765
 
 Every command that changes state ends by printing one JSON line on stdout. Progress goes to stderr: a bar on
@@ -177,6 +178,38 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from pipelines.publishing.model_store import ModelStore, ModelStoreError
+    from pipelines.settings import get_settings
+
+    store = ModelStore(get_settings().model_store)
+    try:
+        if args.action == "list":
+            versions = [v.to_dict() for v in store.versions(args.domain)]
+            if args.json:
+                _emit(versions)
+            else:
+                for v in versions:
+                    mark = "*" if v["production"] else " "
+                    print(f"{mark} {v['domain']:<10} {v['version']:<24} {v['published_at']}  {v['metrics']}")
+                if not versions:
+                    print("no published models")
+            return 0
+        if not args.domain:
+            raise UsageError(f"models {args.action} needs --domain")
+        if args.action == "promote":
+            if not args.version:
+                raise UsageError("models promote needs --version")
+            store.promote(args.domain, args.version)
+            version = args.version
+        else:
+            version = store.rollback(args.domain, args.version)
+    except ModelStoreError as exc:
+        raise UsageError(str(exc)) from None
+    _emit({"domain": args.domain, "action": args.action, "production": version})
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from pipelines.replay import ReplayServer
 
@@ -238,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stats", help="documents and chunks per source")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_stats)
+
+    md = sub.add_parser("models", help="published domain models: list, promote, roll back")
+    md.add_argument("action", choices=["list", "promote", "rollback"])
+    md.add_argument("--domain", help="chemistry, materials, thermal or catalysis")
+    md.add_argument("--version", help="version to promote (or to roll back to; default: the previous one)")
+    md.add_argument("--json", action="store_true", help="list as JSON")
+    md.set_defaults(func=cmd_models)
 
     rp = sub.add_parser("replay", help="serve local arXiv/PubChem stand-ins from files (offline runs, demo)")
     rp.add_argument("--corpus", action="append", default=[], help="folder or file of Atom feeds, repeatable")

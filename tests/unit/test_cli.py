@@ -40,3 +40,28 @@ def test_unreachable_endpoint(cbnano_env, capsys, monkeypatch):
     assert main(["ingest", "arxiv", "--start", "2026-11-26", "--end", "2026-11-27"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("cbnano: error: giving up") and "attempts=3" in err
+
+
+def test_models_list_promote_rollback(cbnano_env, capsys, tmp_path):
+    import json
+
+    from pipelines.publishing.model_store import ModelStore
+
+    store = ModelStore(cbnano_env.model_store)
+    for v in ("v1", "v2"):
+        d = tmp_path / v
+        d.mkdir()
+        (d / "adapter.bin").write_text(v)
+        store.publish("thermal", v, d, {"metrics": {"mc_accuracy": 0.5}})
+    assert main(["models", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(m["version"], m["production"]) for m in listed] == [("v1", False), ("v2", True)]
+    assert main(["models", "rollback", "--domain", "thermal"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {
+        "domain": "thermal", "action": "rollback", "production": "v1"}
+    assert main(["models", "promote", "--domain", "thermal", "--version", "v2"]) == 0
+    assert store.production("thermal") == "v2"
+    capsys.readouterr()
+    assert main(["models", "promote", "--domain", "thermal", "--version", "v9"]) == 2
+    assert "thermal/v9 is not published" in capsys.readouterr().err
+    assert main(["models", "promote", "--domain", "thermal"]) == 2

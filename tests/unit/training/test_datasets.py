@@ -1,0 +1,126 @@
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from pipelines.training.datasets import (
+    DatasetTooSmall,
+    Example,
+    build_dataset,
+    compound_examples,
+    internal_examples,
+    is_validation,
+    month_end,
+    paper_examples,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def words(text):
+    return len(text.split())
+
+
+@pytest.fixture
+def lake(replay, fixtures_dir, monkeypatch, cbnano_env):
+    """Papers and compounds staged from the fixtures (no embedding), as ingestion leaves them in the lake."""
+    from pipelines.ingestion.arxiv import ingest_arxiv
+    from pipelines.ingestion.pubchem import ingest_pubchem
+    from pipelines.settings import get_settings, reset_settings_cache
+
+    srv = replay(pubchem_dir=fixtures_dir / "pubchem")
+    monkeypatch.setenv("CBNANO_PUBCHEM_URL", srv.pubchem_url)
+    reset_settings_cache()
+    settings = get_settings()
+    ingest_arxiv(settings, datetime(2026, 11, 25, tzinfo=UTC), datetime(2026, 11, 27, tzinfo=UTC),
+                 ["cond-mat.mtrl-sci", "physics.chem-ph"], dry_run=True)
+    ingest_pubchem(settings, names=["water", "TiO2", "cerium oxide", "ethylene carbonate"], dry_run=True)
+    return settings.data_dir
+
+
+def test_paper_examples_title_summary_finding():
+    rec = {"doc_id": "1", "title_clean": "Garnet Electrolytes",
+           "text": "Garnet Electrolytes. Garnet LLZO is a solid electrolyte for batteries. "
+                   "We find a conductivity of 1.3 mS/cm at 25 C. Cells cycle for 800 h."}
+    ex = paper_examples(rec)
+    assert [e.output for e in ex] == ["Garnet Electrolytes", "Garnet LLZO is a solid electrolyte for batteries.",
+                                      "We find a conductivity of 1.3 mS/cm at 25 C."]
+    assert ex[0].input.startswith("Garnet LLZO") and ex[0].source == "arxiv"
+
+
+def test_compound_examples_several_phrasings():
+    rec = {"cid": 7303, "title": "Ethylene Carbonate", "formula": "C3H4O3", "weight": 88.06,
+           "iupac_name": "1,3-dioxolan-2-one", "smiles": "C1COC(=O)O1",
+           "descriptions": [["A cyclic carbonate.", "src", "url"]]}
+    ex = compound_examples(rec)
+    formula = [e for e in ex if "C3H4O3" in e.output]
+    assert len(formula) == 2 and len({e.instruction for e in formula}) == 2
+    assert any(e.output == "Ethylene Carbonate has a molecular weight of 88.06 g/mol." for e in ex)
+    assert len(ex) == 9
+
+
+def test_internal_drops_report_bad_lines(tmp_path):
+    d = tmp_path / "internal" / "thermal"
+    d.mkdir(parents=True)
+    (d / "notes.jsonl").write_text(
+        '{"instruction": "Q1", "output": "A1"}\n'
+        'not json\n'
+        '{"instruction": "", "output": "A3"}\n'
+        '\n'
+        '{"instruction": "Q5", "input": 5, "output": "A5"}\n'
+        '["a list"]\n'
+        '{"instruction": "Q7", "input": "ctx", "output": "A7"}\n')
+    ex, problems = internal_examples(d)
+    assert [(e.instruction, e.input, e.ref) for e in ex] == [("Q1", "", "notes.jsonl:1"), ("Q7", "ctx", "notes.jsonl:7")]
+    assert [p.split(":")[1] for p in problems] == ["2", "3", "5", "6"]
+    assert "missing or empty instruction" in problems[1]
+
+
+def test_split_is_deterministic():
+    e = Example("What is X?", "", "Y", "internal", "f:1")
+    assert is_validation(e, 10) == is_validation(Example("what is  x?", "", "y", "internal", "g:2"), 10)
+    flags = [is_validation(Example(f"q{i}", "", "a", "internal", ""), 20) for i in range(2000)]
+    assert 0.15 < sum(flags) / len(flags) < 0.25
+
+
+def test_month_end():
+    assert month_end("2026-11") == datetime(2026, 11, 30, tzinfo=UTC)
+    assert month_end("2026-12") == datetime(2026, 12, 31, tzinfo=UTC)
+    with pytest.raises(ValueError):
+        month_end("2026-13")
+
+
+def test_build_catalysis_dataset(lake, tmp_path):
+    out = tmp_path / "ds"
+    internal = lake / "internal" / "catalysis"
+    internal.mkdir(parents=True)
+    (internal / "lab.jsonl").write_text(
+        json.dumps({"instruction": "Which support stores oxygen?", "output": "Ceria."}) + "\n"
+        + json.dumps({"instruction": "Which support stores oxygen?", "output": "Ceria."}) + "\n"  # duplicate
+        + "{broken\n")
+    eval_texts = ["Isolated platinum atoms anchored at step edges of ceria are studied with density functional theory"]
+    card = build_dataset("catalysis", lake, out, words, eval_texts=eval_texts, month="2026-11", min_examples=5,
+                         watchlist_domains={"titanium dioxide": "catalysis", "cerium oxide": "catalysis"})
+    assert card["by_source"]["pubchem"] > 0 and card["by_source"]["internal"] == 1
+    assert card["dropped"]["duplicates"] >= 1 and card["dropped"]["bad_internal_lines"] == 1
+    assert card["dropped"]["eval_overlap"] >= 1  # the Pt-on-ceria paper's abstract is in the eval text
+    rows = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    rows += [json.loads(x) for x in (out / "val.jsonl").read_text().splitlines()]
+    assert len(rows) == card["examples"] == card["train"] + card["validation"]
+    assert all("platinum atoms anchored at step edges" not in (r["input"] + r["output"]).lower() for r in rows)
+    assert set(rows[0]) == {"instruction", "input", "output"}
+    again = build_dataset("catalysis", lake, tmp_path / "ds2", words, eval_texts=eval_texts, month="2026-11",
+                          min_examples=5, watchlist_domains={"titanium dioxide": "catalysis",
+                                                             "cerium oxide": "catalysis"})
+    assert again["sha256"] == card["sha256"]  # same inputs, same dataset
+
+
+def test_too_few_examples_is_a_clear_refusal(lake, tmp_path):
+    with pytest.raises(DatasetTooSmall, match="need at least 10000"):
+        build_dataset("thermal", lake, tmp_path / "ds", words, min_examples=10000)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_length_filter_uses_the_given_tokenizer(lake, tmp_path):
+    card = build_dataset("materials", lake, tmp_path / "ds", words, max_tokens=30, min_examples=1)
+    assert card["dropped"]["too_long"] > 0 and card["tokens"]["max"] <= 30
