@@ -5,10 +5,12 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+TRAIN_VENV := .venv-train
+TRAIN_STAMP := $(TRAIN_VENV)/.installed-stamp
 export CBNANO_HOME ?= $(CURDIR)/var
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test test-unit test-dags test-integration lint bench airflow clean
+.PHONY: setup setup-train demo test test-unit test-dags test-integration lint bench airflow clean
 
 setup: $(STAMP)  ## create .venv with Airflow + ingestion (idempotent)
 
@@ -20,10 +22,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[airflow,dev]'
 	@touch $@
 
+setup-train: $(TRAIN_STAMP)  ## create .venv-train with axolotl 0.19.0 (its pins cannot share Airflow's env)
+
+$(TRAIN_STAMP): requirements-train.txt
+	@test -x $(TRAIN_VENV)/bin/python || $(PY) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRAIN_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(TRAIN_VENV)/bin/python -m pip install -q -r requirements-train.txt
+	@touch $@
+
 demo: setup  ## ingest the bundled sample window through the DAG, then search it
 	$(BIN)/python scripts/demo.py
 
-test: setup  ## every tier: unit, DAG integrity, integration
+test: setup setup-train  ## every tier: unit, DAG integrity, integration (real axolotl in .venv-train)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: setup
@@ -32,7 +43,7 @@ test-unit: setup
 test-dags: setup
 	$(BIN)/python -m pytest -m dags $(PYTEST_ARGS)
 
-test-integration: setup
+test-integration: setup setup-train
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
 lint: setup  ## ruff (AIR rules on dags/, banned Airflow import in pipelines/) and mypy on pipelines/
