@@ -9,6 +9,8 @@ Copy-paste examples::
     cbnano search "solid electrolyte ionic conductivity" --top-k 5 --json
     cbnano stats --json
     cbnano models list --json ; cbnano models rollback --domain catalysis
+    cbnano dataset build --domain catalysis --month 2026-11
+    cbnano retrain --domain catalysis --profile tiny --max-steps 10
     cbnano replay --corpus include/samples/arxiv --pubchem-dir include/samples/pubchem --port 8765
 
 Every command that changes state ends by printing one JSON line on stdout. Progress goes to stderr: a bar on
@@ -178,6 +180,56 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from pipelines.settings import get_settings
+    from pipelines.training.configs import DOMAINS
+    from pipelines.training.datasets import month_end
+    from pipelines.training.retrain import retrain
+
+    if args.domain not in DOMAINS:
+        raise UsageError(f"unknown domain {args.domain!r}; known: {', '.join(DOMAINS)}")
+    if args.month:
+        try:
+            month_end(args.month)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    try:
+        summary = retrain(get_settings(), args.domain, args.profile, args.month, args.min_gain, args.max_steps,
+                          args.base_model, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    _emit({k: summary[k] for k in ("domain", "version", "published", "reason", "metrics")})
+    return 0
+
+
+def cmd_dataset_build(args: argparse.Namespace) -> int:
+    from pipelines.settings import get_settings
+    from pipelines.training.datasets import DatasetTooSmall, build_dataset, month_end
+    from pipelines.training.retrain import EVAL_DIR, resolve_base, watchlist_domains
+
+    settings = get_settings()
+    month = args.month or time.strftime("%Y-%m", time.gmtime())
+    try:
+        month_end(month)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(resolve_base(settings, args.profile, args.base_model))
+        from pipelines.evaluation.scoring import load_items
+
+        items = load_items(EVAL_DIR / f"{args.domain}.jsonl") if (EVAL_DIR / f"{args.domain}.jsonl").is_file() else []
+        card = build_dataset(args.domain, settings.data_dir, settings.data_dir / "datasets" / args.domain / month,
+                             lambda t: len(tok(t).input_ids),
+                             [i["question"] + " " + " ".join(i["choices"]) for i in items], month=month,
+                             watchlist_domains=watchlist_domains())
+    except (DatasetTooSmall, ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    for problem in card["bad_internal_lines"]:
+        print(f"bad line in lab drop: {problem}", file=sys.stderr)
+    _emit({k: card[k] for k in ("domain", "month", "examples", "train", "validation", "by_source", "dropped",
+                                "sha256", "files")})
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from pipelines.publishing.model_store import ModelStore, ModelStoreError
     from pipelines.settings import get_settings
@@ -271,6 +323,24 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stats", help="documents and chunks per source")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_stats)
+
+    rt = sub.add_parser("retrain", help="build data, train, merge, evaluate, gate and publish one domain")
+    rt.add_argument("--domain", required=True)
+    rt.add_argument("--profile", choices=["tiny", "cpu_lora", "gpu_qlora"], default="tiny")
+    rt.add_argument("--month", help="YYYY-MM (default: this month)")
+    rt.add_argument("--min-gain", type=float, default=0.02, help="required gain on mc_accuracy (default 0.02)")
+    rt.add_argument("--max-steps", type=int, help="cap the training steps")
+    rt.add_argument("--base-model", help="base model folder (required for gpu_qlora)")
+    rt.set_defaults(func=cmd_retrain)
+
+    ds = sub.add_parser("dataset", help="domain instruction datasets")
+    ds.add_argument("action", choices=["build"])
+    ds.add_argument("--domain", required=True)
+    ds.add_argument("--month", help="YYYY-MM (default: this month)")
+    ds.add_argument("--profile", choices=["tiny", "cpu_lora", "gpu_qlora"], default="tiny",
+                    help="whose base tokenizer counts tokens")
+    ds.add_argument("--base-model", help="base model folder (gpu_qlora)")
+    ds.set_defaults(func=cmd_dataset_build)
 
     md = sub.add_parser("models", help="published domain models: list, promote, roll back")
     md.add_argument("action", choices=["list", "promote", "rollback"])

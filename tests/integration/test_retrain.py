@@ -1,0 +1,61 @@
+"""The monthly chain on the tiny profile with real axolotl: publish when the gate passes, nothing when not."""
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from pipelines.publishing.model_store import ModelStore
+from pipelines.settings import get_settings, reset_settings_cache
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def lake(replay, fixtures_dir, monkeypatch):
+    from pipelines.ingestion.arxiv import ingest_arxiv
+    from pipelines.ingestion.pubchem import ingest_pubchem
+
+    srv = replay(pubchem_dir=fixtures_dir / "pubchem")
+    monkeypatch.setenv("CBNANO_PUBCHEM_URL", srv.pubchem_url)
+    monkeypatch.setenv("CBNANO_TRAIN_PYTHON", str(fixtures_dir.parents[1] / ".venv-train" / "bin" / "python"))
+    reset_settings_cache()
+    settings = get_settings()
+    ingest_arxiv(settings, datetime(2026, 11, 25, tzinfo=UTC), datetime(2026, 11, 27, tzinfo=UTC),
+                 ["cond-mat.mtrl-sci", "physics.chem-ph"], dry_run=True)
+    ingest_pubchem(settings, names=["water", "TiO2", "cerium oxide", "ethylene carbonate"], cids=[5564],
+                   dry_run=True)
+    return settings
+
+
+def test_tiny_retrain_publishes_then_refuses(lake):
+    from pipelines.training.retrain import retrain
+
+    log = []
+    out = retrain(lake, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=4, log=log.append)
+    assert out["published"] is True and out["reason"].startswith("published: mc_accuracy")
+    assert set(out["metrics"]) == {"base", "candidate"}
+    assert set(out["metrics"]["candidate"]) == {"mc_accuracy", "val_loss", "exact_match"}
+    store = ModelStore(lake.model_store)
+    assert store.production("catalysis") == out["version"]
+    vdir = store.version_dir("catalysis", out["version"])
+    man = json.loads((vdir / "manifest.json").read_text())
+    assert {"merged/model.safetensors", "adapter/adapter_model.safetensors", "eval.json", "eval.png",
+            "MODEL_CARD.md", "dataset_card.json", "config.yml"} <= set(man["files"])
+    assert man["dataset_sha256"] and man["code_revision"] and man["base_model"].endswith("tiny-llama")
+    assert store.verify("catalysis", out["version"]) == []
+    assert any(line.startswith("dataset:") for line in log)
+
+    # the same month again, with a bar no candidate can clear: refused, nothing new under versions/
+    again = retrain(lake, "catalysis", "tiny", month="2026-11", min_gain=1.0, max_steps=4)
+    assert again["published"] is False and again["reason"].startswith("refused:")
+    assert set(again["metrics"]) == {"base", "production", "candidate"}  # now compared with production
+    assert [v.version for v in store.versions("catalysis")] == [out["version"]]
+
+
+def test_too_small_dataset_is_refused_without_training(lake):
+    from pipelines.training.retrain import retrain
+
+    out = retrain(lake, "thermal", "tiny", month="2026-11", max_steps=2)
+    assert out["published"] is False and "need at least" in out["reason"]
+    assert not (lake.home / "runs").exists()
