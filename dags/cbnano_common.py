@@ -26,3 +26,7 @@ CATEGORY_CHOICES = [
     "cond-mat.mtrl-sci", "physics.chem-ph", "cond-mat.soft", "cond-mat.stat-mech", "physics.app-ph",
     "cond-mat.supr-con", "cond-mat.mes-hall", "physics.comp-ph",
 ]
+
+DOMAINS = ["chemistry", "materials", "thermal", "catalysis"]
+# One Asset per domain's published model (the production pointer in the model store).
+MODEL_ASSETS = {d: Asset(name=f"cbnano_model_{d}", uri=f"cbnano://models/{d}", group="models") for d in DOMAINS}

@@ -47,6 +47,7 @@ class Settings:
     embedding_device: str
     embedding_batch_size: int
     train_python: str
+    gpus: int
 
     @property
     def milvus_is_lite(self) -> bool:
@@ -112,6 +113,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         embedding_device=env.get("CBNANO_EMBEDDING_DEVICE") or "cpu",
         embedding_batch_size=_int(env, "CBNANO_EMBEDDING_BATCH_SIZE", 64),
         train_python=train_python,
+        gpus=int(env.get("CBNANO_GPUS") or 0),
     )
 
 

@@ -94,3 +94,18 @@ def test_compound_ingestion_wiring(dagbag):
     assert [a.uri for a in embed.outlets] == ["cbnano://corpus/pubchem"]
     assert fetch.upstream_task_ids == {"select"} and embed.upstream_task_ids == {"stage"}
     assert set(dag.params) == {"cids", "names", "watchlist", "papers_start", "papers_end", "dry_run"}
+
+
+def test_domain_retraining_wiring(dagbag):
+    from airflow.sdk import CronDataIntervalTimetable
+
+    dag = dagbag.dags["domain_retraining"]
+    assert isinstance(dag.timetable, CronDataIntervalTimetable) and dag.timetable.expression == "0 0 1 * *"
+    train = dag.get_task("retrain_domain")
+    assert train.queue == "system_b" and train.pool == "system_b_gpu"
+    for domain in ("chemistry", "materials", "thermal", "catalysis"):
+        announce = dag.get_task(f"announce_{domain}")
+        assert [a.uri for a in announce.outlets] == [f"cbnano://models/{domain}"]
+        assert announce.trigger_rule == "all_done"
+    assert dag.params["profile"] == "tiny" and set(dag.params["domains"]) == {
+        "chemistry", "materials", "thermal", "catalysis"}

@@ -59,3 +59,18 @@ def test_too_small_dataset_is_refused_without_training(lake):
     out = retrain(lake, "thermal", "tiny", month="2026-11", max_steps=2)
     assert out["published"] is False and "need at least" in out["reason"]
     assert not (lake.home / "runs").exists()
+
+
+def test_domain_retraining_dag(airflow_db, lake):
+    import pendulum
+    from domain_retraining import domain_retraining_dag as dag
+
+    # the run of 2026-12-01 00:00 covers the data interval of November
+    run = dag.test(logical_date=pendulum.datetime(2026, 12, 1, tz="UTC"),
+                   run_conf={"domains": ["catalysis"], "profile": "tiny", "max_steps": 3, "min_gain": -1.0})
+    states = {(ti.task_id, ti.map_index): str(ti.state) for ti in run.get_task_instances()}
+    assert states[("retrain_domain", 0)] == "success", states
+    assert states[("announce_catalysis", -1)] == "success"
+    assert states[("announce_thermal", -1)] == "skipped"
+    store = ModelStore(get_settings().model_store)
+    assert (store.production("catalysis") or "").startswith("2026-11.")
