@@ -234,8 +234,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     from pipelines.publishing.model_store import ModelStore, ModelStoreError
     from pipelines.settings import get_settings
 
-    store = ModelStore(get_settings().model_store)
+    settings = get_settings()
+    store = ModelStore(settings.model_store)
     try:
+        if args.action == "import-base":
+            from pipelines.training.base_models import import_smollm2
+
+            if args.name != "smollm2":
+                raise UsageError("import-base knows one base: smollm2")
+            manifest = import_smollm2(settings.model_store, settings.train_python, force=args.force)
+            _emit({k: v for k, v in manifest.items() if k != "files"})
+            return 0
         if args.action == "list":
             versions = [v.to_dict() for v in store.versions(args.domain)]
             if args.json:
@@ -256,8 +265,11 @@ def cmd_models(args: argparse.Namespace) -> int:
             version = args.version
         else:
             version = store.rollback(args.domain, args.version)
-    except ModelStoreError as exc:
+    except (ModelStoreError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
+    except RuntimeError as exc:  # the import subprocess failed
+        print(f"cbnano: error: {exc}", file=sys.stderr)
+        return 1
     _emit({"domain": args.domain, "action": args.action, "production": version})
     return 0
 
@@ -343,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds.set_defaults(func=cmd_dataset_build)
 
     md = sub.add_parser("models", help="published domain models: list, promote, roll back")
-    md.add_argument("action", choices=["list", "promote", "rollback"])
+    md.add_argument("action", choices=["list", "promote", "rollback", "import-base"])
+    md.add_argument("name", nargs="?", help="with import-base: smollm2")
+    md.add_argument("--force", action="store_true", help="with import-base: import again")
     md.add_argument("--domain", help="chemistry, materials, thermal or catalysis")
     md.add_argument("--version", help="version to promote (or to roll back to; default: the previous one)")
     md.add_argument("--json", action="store_true", help="list as JSON")

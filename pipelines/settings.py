@@ -20,6 +20,7 @@ ARXIV_API_URL = "https://export.arxiv.org/api/query"
 ARXIV_RSS_URL = "https://rss.arxiv.org/rss"
 PUBCHEM_URL = "https://pubchem.ncbi.nlm.nih.gov/rest/pug"
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class SettingsError(ValueError):
@@ -94,7 +95,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     data_dir = Path(env.get("CBNANO_DATA_DIR") or home / "data").expanduser().resolve()
     model_store = Path(env.get("CBNANO_MODEL_STORE") or home / "models").expanduser().resolve()
     milvus_uri = env.get("CBNANO_MILVUS_URI") or str(home / "milvus.db")
-    train_python = env.get("CBNANO_TRAIN_PYTHON") or str(Path(".venv-train/bin/python").resolve())
+    # absolute(), not resolve(): a venv's bin/python is a symlink to the base interpreter, and following it
+    # would leave the venv (and its packages) behind
+    train_python = env.get("CBNANO_TRAIN_PYTHON") or str(PROJECT_ROOT / ".venv-train" / "bin" / "python")
     return Settings(
         home=home,
         data_dir=data_dir,

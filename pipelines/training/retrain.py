@@ -6,7 +6,7 @@ base, candidate and current production → gate → publish (or refuse, leaving 
 Returns the summary the CLI prints: ``domain``, ``version``, ``published``, ``reason``, ``metrics``.
 
 Base models per profile: ``tiny`` builds (once) a tiny random Llama under ``<model store>/base/tiny-llama``;
-``cpu_lora`` uses ``<model store>/base/smollm2`` (``cbnano models import-base smollm2``, not built yet);
+``cpu_lora`` uses ``<model store>/base/smollm2`` (``cbnano models import-base smollm2``);
 ``gpu_qlora`` takes the production base given as ``base_model`` (the lab's NFS path).
 """
 
@@ -48,8 +48,7 @@ def resolve_base(settings: Settings, profile: str, base_model: str | None = None
     if profile == "cpu_lora":
         path = settings.model_store / "base" / "smollm2"
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"no SmolLM2 base at {path}: import it first "
-                                    "(`cbnano models import-base smollm2`, not built yet)")
+            raise FileNotFoundError(f"no SmolLM2 base at {path}: import it first (`cbnano models import-base smollm2`)")
         return path
     raise ValueError("profile gpu_qlora needs --base-model (the production base on NFS)")
 

@@ -33,3 +33,8 @@ def test_overrides_and_server_uri(tmp_path):
 def test_bad_values_are_named(name, value):
     with pytest.raises(SettingsError, match=name):
         load_settings({name: value})
+
+
+def test_default_training_interpreter_stays_inside_its_venv(tmp_path):
+    s = load_settings({"CBNANO_HOME": str(tmp_path)})
+    assert s.train_python.endswith(".venv-train/bin/python")  # not the symlink's target outside the venv
