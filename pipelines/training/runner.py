@@ -121,9 +121,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 cfg = yaml.safe_load(open(sys.argv[1]))
 out, prompts = sys.argv[2], json.loads(sys.argv[3])
 tok = AutoTokenizer.from_pretrained(out + "/merged")
-base = AutoModelForCausalLM.from_pretrained(cfg["base_model"], torch_dtype=torch.float32)
+base = AutoModelForCausalLM.from_pretrained(cfg["base_model"], dtype=torch.float32)
 with_adapter = PeftModel.from_pretrained(base, out).eval()
-merged = AutoModelForCausalLM.from_pretrained(out + "/merged", torch_dtype=torch.float32).eval()
+merged = AutoModelForCausalLM.from_pretrained(out + "/merged", dtype=torch.float32).eval()
 worst = 0.0
 with torch.no_grad():
     for p in prompts:
