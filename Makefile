@@ -12,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: setup setup-train demo test test-unit test-dags test-integration lint bench airflow clean
 
-setup: $(STAMP)  ## create .venv with Airflow + ingestion (idempotent)
+setup: $(STAMP) $(TRAIN_STAMP)  ## create .venv (Airflow + ingestion) and .venv-train (axolotl); idempotent
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,10 +31,10 @@ $(TRAIN_STAMP): requirements-train.txt
 	$(TRAIN_VENV)/bin/python -m pip install -q -r requirements-train.txt
 	@touch $@
 
-demo: setup setup-train  ## ingest the samples through the DAGs, search, retrain one domain on CPU
+demo: setup  ## ingest the samples through the DAGs, search, retrain one domain on CPU
 	$(BIN)/python scripts/demo.py
 
-test: setup setup-train  ## every tier: unit, DAG integrity, integration (real axolotl in .venv-train)
+test: setup  ## every tier: unit, DAG integrity, integration (real axolotl in .venv-train)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: setup
@@ -43,7 +43,7 @@ test-unit: setup
 test-dags: setup
 	$(BIN)/python -m pytest -m dags $(PYTEST_ARGS)
 
-test-integration: setup setup-train
+test-integration: setup
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
 lint: setup  ## ruff (AIR rules on dags/, banned Airflow import in pipelines/) and mypy on pipelines/

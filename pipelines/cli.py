@@ -211,14 +211,14 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
     month = args.month or time.strftime("%Y-%m", time.gmtime())
     try:
         month_end(month)
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(resolve_base(settings, args.profile, args.base_model))
         from pipelines.evaluation.scoring import load_items
+        from pipelines.training.retrain import token_counter
+
+        count_tokens = token_counter(resolve_base(settings, args.profile, args.base_model))
 
         items = load_items(EVAL_DIR / f"{args.domain}.jsonl") if (EVAL_DIR / f"{args.domain}.jsonl").is_file() else []
         card = build_dataset(args.domain, settings.data_dir, settings.data_dir / "datasets" / args.domain / month,
-                             lambda t: len(tok(t).input_ids),
+                             count_tokens,
                              [i["question"] + " " + " ".join(i["choices"]) for i in items], month=month,
                              watchlist_domains=watchlist_domains())
     except (DatasetTooSmall, ValueError, FileNotFoundError) as exc:

@@ -22,16 +22,55 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.evaluation.gate import decide
-from pipelines.evaluation.scoring import evaluate, load_items
+from pipelines.evaluation.scoring import load_items
 from pipelines.lake import read_jsonl, write_json
 from pipelines.publishing.model_store import ModelStore
 from pipelines.settings import Settings
 from pipelines.training.configs import render_config, validate_in_train_env, write_config
 from pipelines.training.datasets import DatasetTooSmall, build_dataset
-from pipelines.training.runner import adapter_changed, check_merge, merge, run_dir_for, train
+from pipelines.training.runner import (
+    adapter_changed,
+    check_merge,
+    merge,
+    run_dir_for,
+    run_in_train_env,
+    train,
+)
 
 EVAL_DIR = Path(__file__).resolve().parents[2] / "include" / "eval"
 Log = Callable[[str], None]
+
+# Model work runs in the training environment, never in Airflow's process (no torch there).
+_BUILD_TINY = r"""
+import json, sys
+from pathlib import Path
+from pipelines.training.tiny import build_tiny_llama, sample_corpus
+path = build_tiny_llama(Path(sys.argv[1]), sample_corpus(Path(sys.argv[2])), vocab_size=512)
+print(json.dumps({"base": str(path)}))
+"""
+_EVALUATE = r"""
+import json, sys
+from pipelines.evaluation.scoring import evaluate, load_items
+from pipelines.lake import read_jsonl
+from pathlib import Path
+val = list(read_jsonl(Path(sys.argv[3])))
+print(json.dumps(evaluate(sys.argv[1], load_items(Path(sys.argv[2])), val, val, device=sys.argv[4])))
+"""
+
+
+def token_counter(base: Path) -> Callable[[str], int]:
+    """Count tokens with the base model's tokenizer (the ``tokenizers`` library: no torch needed)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(base / "tokenizer.json"))
+    return lambda text: len(tok.encode(text).ids)
+
+
+def evaluate_model(settings: Settings, model_dir: Path, domain: str, val_path: Path, gpu: int | None) -> dict:
+    """``scoring.evaluate`` of one model, run in the training environment."""
+    device = "cuda" if gpu is not None else "cpu"
+    return dict(run_in_train_env(settings.train_python, _EVALUATE,
+                                 [str(model_dir), str(EVAL_DIR / f"{domain}.jsonl"), str(val_path), device]))
 
 
 def resolve_base(settings: Settings, profile: str, base_model: str | None = None) -> Path:
@@ -41,9 +80,7 @@ def resolve_base(settings: Settings, profile: str, base_model: str | None = None
     if profile == "tiny":
         path = settings.model_store / "base" / "tiny-llama"
         if not (path / "config.json").is_file():
-            from pipelines.training.tiny import build_tiny_llama, sample_corpus
-
-            build_tiny_llama(path, sample_corpus(settings.data_dir), vocab_size=512)
+            run_in_train_env(settings.train_python, _BUILD_TINY, [str(path), str(settings.data_dir)], 600)
         return path
     if profile == "cpu_lora":
         path = settings.model_store / "base" / "smollm2"
@@ -106,9 +143,7 @@ def retrain(settings: Settings, domain: str, profile: str = "tiny", month: str |
     month = month or datetime.now(UTC).strftime("%Y-%m")
     say = log or (lambda _m: None)
     base = resolve_base(settings, profile, base_model)
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(base)
+    count_tokens = token_counter(base)
     items = load_items(EVAL_DIR / f"{domain}.jsonl")
     eval_texts = [it["question"] + " " + " ".join(it["choices"]) for it in items]
     run = {"base_model": str(base), "seed": 42}
@@ -117,7 +152,7 @@ def retrain(settings: Settings, domain: str, profile: str = "tiny", month: str |
     probe = render_config(profile, domain, run)
     ds_dir = settings.data_dir / "datasets" / domain / month
     try:
-        card = build_dataset(domain, settings.data_dir, ds_dir, lambda t: len(tok(t).input_ids), eval_texts,
+        card = build_dataset(domain, settings.data_dir, ds_dir, count_tokens, eval_texts,
                              month=month, max_tokens=int(probe["sequence_len"]) - 96,
                              watchlist_domains=watchlist_domains())
     except DatasetTooSmall as exc:
@@ -133,15 +168,16 @@ def retrain(settings: Settings, domain: str, profile: str = "tiny", month: str |
     if not adapter_changed(result.adapter_dir):
         raise RuntimeError(f"training left the adapter unchanged in {result.adapter_dir}")
     merged = merge(run_dir, settings.train_python, log=say)
-    val_rows = list(read_jsonl(Path(card["files"]["validation"])))
-    prompts = [r["instruction"] for r in val_rows[:3]] or ["Describe the material."]
+    val_path = Path(card["files"]["validation"])
+    prompts = [r["instruction"] for r in list(read_jsonl(val_path))[:3]] or ["Describe the material."]
     merge_diff = check_merge(run_dir, settings.train_python, prompts)
     store = ModelStore(settings.model_store)
-    metrics = {"base": evaluate(base, items, val_rows, val_rows)}
+    metrics = {"base": evaluate_model(settings, base, domain, val_path, gpu)}
     prod = store.production(domain)
     if prod:
-        metrics["production"] = evaluate(store.version_dir(domain, prod) / "merged", items, val_rows, val_rows)
-    metrics["candidate"] = evaluate(merged, items, val_rows, val_rows)
+        metrics["production"] = evaluate_model(settings, store.version_dir(domain, prod) / "merged", domain,
+                                               val_path, gpu)
+    metrics["candidate"] = evaluate_model(settings, merged, domain, val_path, gpu)
     decision = decide(metrics["candidate"], metrics["base"], metrics.get("production"), "mc_accuracy", min_gain,
                       max_regression={"val_loss": 0.25, "exact_match": 0.05})
     say(decision.reason)

@@ -150,9 +150,39 @@ def check_merge(run_dir: Path, train_python: str, prompts: list[str]) -> float:
 
 
 def adapter_changed(adapter_dir: Path) -> bool:
-    """True when training moved the LoRA weights: LoRA's B matrices start at zero, so any non-zero B moved."""
-    from safetensors.torch import load_file
+    """True when training moved the LoRA weights: LoRA's B matrices start at zero, so any non-zero B moved.
 
-    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    b = [t for name, t in tensors.items() if "lora_B" in name]
-    return bool(b) and any(float(t.abs().max()) > 0 for t in b)
+    Reads the safetensors file directly (8-byte header length, JSON header, raw little-endian data), so it
+    needs no torch in Airflow's process and works for any float dtype: +0.0 is all-zero bytes in every one.
+    """
+    import json as _json
+    import struct
+
+    path = adapter_dir / "adapter_model.safetensors"
+    with open(path, "rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        header = _json.loads(fh.read(header_len))
+        base = 8 + header_len
+        for name, meta in header.items():
+            if name == "__metadata__" or "lora_B" not in name:
+                continue
+            start, end = meta["data_offsets"]
+            fh.seek(base + start)
+            if any(fh.read(end - start)):
+                return True
+    return False
+
+
+def run_in_train_env(train_python: str, code: str, args: list[str], timeout_s: float = 3600) -> Any:
+    """Run ``code`` with the training environment's interpreter, the project's ``pipelines`` importable;
+    returns the JSON its last stdout line holds. Keeps torch/transformers out of Airflow's processes."""
+    import json as _json
+
+    root = str(Path(__file__).resolve().parents[2])
+    prelude = f"import sys; sys.path.insert(0, {root!r})\n"
+    proc = subprocess.run([train_python, "-c", prelude + code, *args], capture_output=True, text=True,
+                          env=train_env(train_python, None), timeout=timeout_s)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise TrainingError(f"training-environment step failed: {' | '.join(tail)}")
+    return _json.loads(proc.stdout.strip().splitlines()[-1])

@@ -74,3 +74,24 @@ def test_domain_retraining_dag(airflow_db, lake):
     assert states[("announce_thermal", -1)] == "skipped"
     store = ModelStore(get_settings().model_store)
     assert (store.production("catalysis") or "").startswith("2026-11.")
+
+
+def test_cli_retrain_keeps_torch_out_of_its_process(lake):
+    """The process that orchestrates (an Airflow task, or the CLI) never imports torch or axolotl."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import sys, json; from pipelines.cli import main; "
+             "rc = main(['retrain', '--domain', 'catalysis', '--profile', 'tiny', '--month', '2026-11', "
+             "'--max-steps', '2', '--min-gain', '1.0']); "
+             "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'axolotl', 'transformers'}); "
+             "print(json.dumps({'rc': rc, 'heavy': heavy}))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=dict(os.environ),
+                          timeout=900)
+    last = proc.stdout.strip().splitlines()
+    result = json.loads(last[-1])
+    summary = json.loads(last[-2])
+    assert result == {"rc": 0, "heavy": []}, proc.stderr[-2000:]
+    assert summary["published"] is False and summary["reason"].startswith("refused:")
+    assert set(summary) == {"domain", "version", "published", "reason", "metrics"}
