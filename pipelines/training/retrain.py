@@ -161,6 +161,14 @@ def retrain(settings: Settings, domain: str, profile: str = "tiny", month: str |
     cfg = render_config(profile, domain, {**run, "datasets": [
         {"path": card["files"]["train"], "type": "alpaca", "ds_type": "json"}]})
     run_dir = run_dir_for(settings.home, domain, month, card["sha256"], cfg)
+    version = f"{month}.{run_dir.name.rsplit('-', 2)[-2][:6]}{run_dir.name.rsplit('-', 1)[-1][:4]}"
+    store = ModelStore(settings.model_store)
+    done = store.version_dir(domain, version) / "manifest.json"
+    if done.is_file():  # same month, dataset and config: that model exists already; nothing to redo
+        published = json.loads(done.read_text())
+        return {"domain": domain, "version": version, "published": False,
+                "reason": f"unchanged: {version} was already published from this dataset and config",
+                "metrics": {"candidate": published.get("metrics", {})}, "run_dir": str(run_dir)}
     problems = validate_in_train_env([write_config(cfg, run_dir / "config.rendered.yml")], settings.train_python)
     if problems:
         raise ValueError("config rejected before training: " + "; ".join(problems))
@@ -171,7 +179,6 @@ def retrain(settings: Settings, domain: str, profile: str = "tiny", month: str |
     val_path = Path(card["files"]["validation"])
     prompts = [r["instruction"] for r in list(read_jsonl(val_path))[:3]] or ["Describe the material."]
     merge_diff = check_merge(run_dir, settings.train_python, prompts)
-    store = ModelStore(settings.model_store)
     metrics = {"base": evaluate_model(settings, base, domain, val_path, gpu)}
     prod = store.production(domain)
     if prod:
@@ -181,7 +188,6 @@ def retrain(settings: Settings, domain: str, profile: str = "tiny", month: str |
     decision = decide(metrics["candidate"], metrics["base"], metrics.get("production"), "mc_accuracy", min_gain,
                       max_regression={"val_loss": 0.25, "exact_match": 0.05})
     say(decision.reason)
-    version = f"{month}.{run_dir.name.rsplit('-', 2)[-2][:6]}{run_dir.name.rsplit('-', 1)[-1][:4]}"
     report = {"domain": domain, "version": version, "metrics": metrics, "gate": decision.to_dict(),
               "merge_max_abs_logit_diff": merge_diff, "train_losses": result.losses, "dataset": card}
     write_json(run_dir / "eval.json", report)

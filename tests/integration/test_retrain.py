@@ -46,10 +46,16 @@ def test_tiny_retrain_publishes_then_refuses(lake):
     assert store.verify("catalysis", out["version"]) == []
     assert any(line.startswith("dataset:") for line in log)
 
-    # the same month again, with a bar no candidate can clear: refused, nothing new under versions/
-    again = retrain(lake, "catalysis", "tiny", month="2026-11", min_gain=1.0, max_steps=4)
+    # another candidate (other config) with a bar none can clear: refused, compared with production,
+    # nothing new under versions/
+    again = retrain(lake, "catalysis", "tiny", month="2026-11", min_gain=1.0, max_steps=3)
     assert again["published"] is False and again["reason"].startswith("refused:")
-    assert set(again["metrics"]) == {"base", "production", "candidate"}  # now compared with production
+    assert set(again["metrics"]) == {"base", "production", "candidate"}
+    assert [v.version for v in store.versions("catalysis")] == [out["version"]]
+
+    # the first run's inputs again: that model exists, so nothing is retrained or republished
+    same = retrain(lake, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=4)
+    assert same["reason"].startswith("unchanged:") and same["version"] == out["version"]
     assert [v.version for v in store.versions("catalysis")] == [out["version"]]
 
 
