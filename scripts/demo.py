@@ -106,6 +106,8 @@ def main() -> int:
         if out["published"]:
             print(f"   published: {settings.model_store / 'catalysis' / 'versions' / out['version']} "
                   f"(production -> {out['version']})")
+        elif out["reason"].startswith("unchanged"):
+            print(f"   already in the model store: {settings.model_store / 'catalysis' / 'versions' / out['version']}")
         else:
             print(f"   nothing published; the run is in {out.get('run_dir')}")
     print(f"""
