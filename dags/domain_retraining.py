@@ -56,9 +56,13 @@ def domain_retraining():
         ctx = get_current_context()
         p = ctx["params"]
         month = ctx["data_interval_start"].strftime("%Y-%m")
-        if p["dry_run"]:
-            raise AirflowSkipException(f"dry run: no training for {domain}")
         settings = get_settings()
+        if p["dry_run"]:
+            from pipelines.training.retrain import prepare_dataset
+
+            _, card = prepare_dataset(settings, domain, p["profile"], month, p.get("base_model"))
+            raise AirflowSkipException(f"dry run: {domain} dataset of {card['train']} + {card['validation']} "
+                                       f"examples at {card['files']['train']}; no training")
         with gpu_lease(settings.gpus) as gpu:
             summary = retrain(settings, domain, p["profile"], month, p["min_gain"], p.get("max_steps"),
                               p.get("base_model"), gpu=gpu, log=print)

@@ -204,23 +204,13 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 def cmd_dataset_build(args: argparse.Namespace) -> int:
     from pipelines.settings import get_settings
-    from pipelines.training.datasets import DatasetTooSmall, build_dataset, month_end
-    from pipelines.training.retrain import EVAL_DIR, resolve_base, watchlist_domains
+    from pipelines.training.datasets import DatasetTooSmall, month_end
+    from pipelines.training.retrain import prepare_dataset
 
-    settings = get_settings()
     month = args.month or time.strftime("%Y-%m", time.gmtime())
     try:
         month_end(month)
-        from pipelines.evaluation.scoring import load_items
-        from pipelines.training.retrain import token_counter
-
-        count_tokens = token_counter(resolve_base(settings, args.profile, args.base_model))
-
-        items = load_items(EVAL_DIR / f"{args.domain}.jsonl") if (EVAL_DIR / f"{args.domain}.jsonl").is_file() else []
-        card = build_dataset(args.domain, settings.data_dir, settings.data_dir / "datasets" / args.domain / month,
-                             count_tokens,
-                             [i["question"] + " " + " ".join(i["choices"]) for i in items], month=month,
-                             watchlist_domains=watchlist_domains())
+        _, card = prepare_dataset(get_settings(), args.domain, args.profile, month, args.base_model)
     except (DatasetTooSmall, ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     for problem in card["bad_internal_lines"]:

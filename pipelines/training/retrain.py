@@ -136,27 +136,36 @@ def _model_card(domain: str, version: str, base: Path, card: dict[str, Any], met
             f"| metric | {' | '.join(metrics)} |\n|---|{'---|' * len(metrics)}\n{rows}\n\nGate: {reason}\n")
 
 
+def prepare_dataset(settings: Settings, domain: str, profile: str, month: str,
+                    base_model: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Build the month's dataset for ``domain`` with the profile's base tokenizer; returns (base, card).
+
+    Raises :class:`DatasetTooSmall` when there is too little to train on.
+    """
+    base = resolve_base(settings, profile, base_model)
+    items = load_items(EVAL_DIR / f"{domain}.jsonl")
+    eval_texts = [it["question"] + " " + " ".join(it["choices"]) for it in items]
+    sequence_len = int(render_config(profile, domain, {"base_model": str(base)})["sequence_len"])
+    card = build_dataset(domain, settings.data_dir, settings.data_dir / "datasets" / domain / month,
+                         token_counter(base), eval_texts, month=month, max_tokens=sequence_len - 96,
+                         watchlist_domains=watchlist_domains())
+    return base, card
+
+
 def retrain(settings: Settings, domain: str, profile: str = "tiny", month: str | None = None,
             min_gain: float = 0.02, max_steps: int | None = None, base_model: str | None = None,
             gpu: int | None = None, log: Log | None = None) -> dict[str, Any]:
     """Run the chain for one domain (see module docstring); returns the summary."""
     month = month or datetime.now(UTC).strftime("%Y-%m")
     say = log or (lambda _m: None)
-    base = resolve_base(settings, profile, base_model)
-    count_tokens = token_counter(base)
-    items = load_items(EVAL_DIR / f"{domain}.jsonl")
-    eval_texts = [it["question"] + " " + " ".join(it["choices"]) for it in items]
-    run = {"base_model": str(base), "seed": 42}
-    if max_steps:
-        run["max_steps"] = max_steps
-    probe = render_config(profile, domain, run)
-    ds_dir = settings.data_dir / "datasets" / domain / month
     try:
-        card = build_dataset(domain, settings.data_dir, ds_dir, count_tokens, eval_texts,
-                             month=month, max_tokens=int(probe["sequence_len"]) - 96,
-                             watchlist_domains=watchlist_domains())
+        base, card = prepare_dataset(settings, domain, profile, month, base_model)
     except DatasetTooSmall as exc:
         return {"domain": domain, "version": None, "published": False, "reason": f"refused: {exc}", "metrics": {}}
+    run: dict[str, Any] = {"base_model": str(base), "seed": 42}
+    if max_steps:
+        run["max_steps"] = max_steps
+    ds_dir = Path(card["files"]["train"]).parent
     say(f"dataset: {card['train']} train / {card['validation']} validation examples, sha256 {card['sha256'][:12]}")
     cfg = render_config(profile, domain, {**run, "datasets": [
         {"path": card["files"]["train"], "type": "alpaca", "ds_type": "json"}]})

@@ -101,3 +101,15 @@ def test_cli_retrain_keeps_torch_out_of_its_process(lake):
     assert result == {"rc": 0, "heavy": []}, proc.stderr[-2000:]
     assert summary["published"] is False and summary["reason"].startswith("refused:")
     assert set(summary) == {"domain", "version", "published", "reason", "metrics"}
+
+
+def test_domain_retraining_dry_run_builds_the_dataset_only(airflow_db, lake):
+    import pendulum
+    from domain_retraining import domain_retraining_dag as dag
+
+    run = dag.test(logical_date=pendulum.datetime(2026, 12, 1, tz="UTC"),
+                   run_conf={"domains": ["catalysis"], "dry_run": True})
+    states = {(ti.task_id, ti.map_index): str(ti.state) for ti in run.get_task_instances()}
+    assert states[("retrain_domain", 0)] == "skipped" and states[("announce_catalysis", -1)] == "skipped"
+    assert (lake.data_dir / "datasets" / "catalysis" / "2026-11" / "dataset_card.json").is_file()
+    assert not (lake.home / "runs").exists()
