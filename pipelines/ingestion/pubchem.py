@@ -82,14 +82,16 @@ class NameCache:
         write_json(self.path, self.entries)
 
 
-def paper_mentions(data_dir: Path, start: datetime, end: datetime, known: Iterable[str] = (),
+def paper_mentions(data_dir: Path, window: tuple[datetime, datetime] | None, known: Iterable[str] = (),
                    records: Iterable[Path] = ()) -> list[str]:
-    """Candidate compound names/formulas in arXiv records staged for days in [start, end) (or ``records``)."""
+    """Candidate compound names/formulas in the given arXiv ``records``, else in those staged for days in
+    ``window`` = [start, end)."""
     files = list(records)
-    day = start
-    while not files and day < end:
-        files.extend(sorted((data_dir / "arxiv" / day.strftime("%Y-%m-%d")).glob("*/records.jsonl")))
-        day += timedelta(days=1)
+    if not files and window is not None:
+        day, end = window
+        while day < end:
+            files.extend(sorted((data_dir / "arxiv" / day.strftime("%Y-%m-%d")).glob("*/records.jsonl")))
+            day += timedelta(days=1)
     known = list(known)
     found: list[str] = []
     for f in files:
@@ -215,8 +217,7 @@ def select_names(settings: Settings, names: Iterable[str] = (), watchlist: bool 
     if watchlist:
         out += known
     if from_papers or paper_records:
-        start, end = from_papers or (datetime.min.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC))
-        out += paper_mentions(settings.data_dir, start, end, known, paper_records)
+        out += paper_mentions(settings.data_dir, from_papers, known, paper_records)
     return list(dict.fromkeys(n for n in out if n.strip()))
 
 

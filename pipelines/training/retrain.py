@@ -26,7 +26,7 @@ from pipelines.evaluation.scoring import load_items
 from pipelines.lake import read_jsonl, write_json
 from pipelines.publishing.model_store import ModelStore
 from pipelines.settings import Settings
-from pipelines.training.configs import render_config, validate_in_train_env, write_config
+from pipelines.training.configs import config_hash, render_config, validate_in_train_env, write_config
 from pipelines.training.datasets import DatasetTooSmall, build_dataset
 from pipelines.training.runner import (
     adapter_changed,
@@ -170,7 +170,7 @@ def retrain(settings: Settings, domain: str, profile: str = "tiny", month: str |
     cfg = render_config(profile, domain, {**run, "datasets": [
         {"path": card["files"]["train"], "type": "alpaca", "ds_type": "json"}]})
     run_dir = run_dir_for(settings.home, domain, month, card["sha256"], cfg)
-    version = f"{month}.{run_dir.name.rsplit('-', 2)[-2][:6]}{run_dir.name.rsplit('-', 1)[-1][:4]}"
+    version = f"{month}.{card['sha256'][:6]}{config_hash(cfg)[:4]}"  # same inputs, same version
     store = ModelStore(settings.model_store)
     done = store.version_dir(domain, version) / "manifest.json"
     if done.is_file():  # same month, dataset and config: that model exists already; nothing to redo
