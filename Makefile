@@ -10,7 +10,7 @@ TRAIN_STAMP := $(TRAIN_VENV)/.installed-stamp
 export CBNANO_HOME ?= $(CURDIR)/var
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup setup-train demo test test-unit test-dags test-integration lint bench airflow clean
+.PHONY: setup setup-train system-deps demo test test-unit test-dags test-integration test-cluster lint bench airflow clean
 
 setup: $(STAMP) $(TRAIN_STAMP)  ## create .venv (Airflow + ingestion) and .venv-train (axolotl); idempotent
 
@@ -31,10 +31,13 @@ $(TRAIN_STAMP): requirements-train.txt
 	$(TRAIN_VENV)/bin/python -m pip install -q -r requirements-train.txt
 	@touch $@
 
+system-deps:  ## Debian's postgresql, redis-server and chromium, which the cluster and browser tiers start
+	bash scripts/system_deps.sh
+
 demo: setup  ## ingest the samples through the DAGs, search, retrain one domain on CPU
 	$(BIN)/python scripts/demo.py
 
-test: setup  ## every tier: unit, DAG integrity, integration (real axolotl in .venv-train)
+test: setup system-deps  ## every tier: unit, dags, integration (real axolotl), cluster (Celery lab), browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: setup
@@ -45,6 +48,9 @@ test-dags: setup
 
 test-integration: setup
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+test-cluster: setup system-deps  ## the lab topology natively: Postgres, Redis, CeleryExecutor, 3 workers
+	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
 
 lint: setup  ## ruff (AIR rules on dags/, banned Airflow import in pipelines/) and mypy on pipelines/
 	$(BIN)/ruff check pipelines dags plugins tests bench scripts

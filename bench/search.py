@@ -62,7 +62,7 @@ def main() -> int:
             rows = [{"chunk_id": f"bench:{k}-{i}#0", "doc_id": f"{k}-{i}", "source": "arxiv",
                      "title": base_texts[i][:80], "text": base_texts[i], "url": "", "published": "",
                      "categories": "", "content_hash": "", "embedding_model": settings.embedding_model,
-                     "version": 1, "chunk_index": 0, "vector": v.tolist()} for i, v in enumerate(vecs)]
+                     "version": 1, "chunk_index": 0, "chunk_count": 1, "vector": v.tolist()} for i, v in enumerate(vecs)]
             store.upsert(rows)
         store.flush()
         load_s = time.perf_counter() - t0

@@ -5,6 +5,7 @@ Not a DAG file (it defines no DAG); the DAGs import it from the dags folder, whi
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from airflow.sdk import Asset
@@ -12,7 +13,8 @@ from airflow.sdk import Asset
 DEFAULT_ARGS = {
     "owner": "cbnano",
     "retries": 3,
-    "retry_delay": timedelta(minutes=2),
+    # First retry after 2 minutes, then doubling; CBNANO_RETRY_DELAY_S shortens it (the native lab test).
+    "retry_delay": timedelta(seconds=float(os.environ.get("CBNANO_RETRY_DELAY_S", "120"))),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=30),
 }

@@ -13,6 +13,8 @@ PubChem does not know are cached and not asked again for 30 days. Logic lives in
 
 from __future__ import annotations
 
+import logging
+
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
@@ -76,13 +78,14 @@ def compound_ingestion():
     def embed_and_upsert(staged: dict) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from pipelines.ingestion.indexing import index_staged
+        from pipelines.ingestion.indexing import index_staged, log_progress
         from pipelines.ingestion.pubchem import record_document
         from pipelines.settings import get_settings
 
         if get_current_context()["params"].get("dry_run"):
             raise AirflowSkipException(f"dry run: {staged['rows']} compounds staged at {staged['uri']}")
-        return index_staged(get_settings(), staged, record_document)
+        return index_staged(get_settings(), staged, record_document,
+                               progress=log_progress(logging.getLogger("airflow.task")))
 
     embed_and_upsert(stage(fetch(select())))
 

@@ -37,6 +37,9 @@ from cbnano_common import DEFAULT_ARGS, DOMAINS, MODEL_ASSETS
         "max_steps": Param(None, type=["null", "integer"], minimum=1, description="Cap on training steps."),
         "min_gain": Param(0.02, type="number", description="Gain on mc_accuracy needed to publish."),
         "base_model": Param(None, type=["null", "string"], description="Base model folder (gpu_qlora)."),
+        "month": Param(None, type=["null", "string"], pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
+                       description="Month to train on (YYYY-MM). Empty: the run's data interval, or for a "
+                                   "manual run without one, the last complete month."),
         "dry_run": Param(False, type="boolean", description="Build the datasets only; no training."),
     },
 )
@@ -51,11 +54,11 @@ def domain_retraining():
 
         from pipelines.settings import get_settings
         from pipelines.training.gpus import gpu_lease
-        from pipelines.training.retrain import retrain
+        from pipelines.training.retrain import resolve_month, retrain
 
         ctx = get_current_context()
         p = ctx["params"]
-        month = ctx["data_interval_start"].strftime("%Y-%m")
+        month = resolve_month(ctx.get("data_interval_start"), p.get("month"))
         settings = get_settings()
         if p["dry_run"]:
             from pipelines.training.retrain import prepare_dataset

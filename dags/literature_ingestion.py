@@ -13,6 +13,8 @@ a cap on results, or a dry run (fetch and stage only). Logic lives in `pipelines
 
 from __future__ import annotations
 
+import logging
+
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
@@ -63,13 +65,14 @@ def literature_ingestion():
         from airflow.sdk.exceptions import AirflowSkipException
 
         from pipelines.ingestion.arxiv import record_document
-        from pipelines.ingestion.indexing import index_staged
+        from pipelines.ingestion.indexing import index_staged, log_progress
         from pipelines.settings import get_settings
 
         ctx = get_current_context()
         if ctx["params"].get("dry_run"):
             raise AirflowSkipException(f"dry run: {staged['rows']} records staged at {staged['uri']}")
-        summary = index_staged(get_settings(), staged, record_document)
+        summary = index_staged(get_settings(), staged, record_document,
+                               progress=log_progress(logging.getLogger("airflow.task")))
         # compound_ingestion (scheduled on this Asset) mines these records for compound names
         ctx["outlet_events"][ARXIV_CORPUS].extra = {"records": staged["uri"], **summary}
         return summary

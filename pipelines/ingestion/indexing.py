@@ -50,6 +50,16 @@ class IndexSummary:
         return out
 
 
+def log_progress(logger: logging.Logger) -> Progress:
+    """A progress callback for workers without a terminal: one log line per embedded batch."""
+
+    def report(stage: str, done: int, total: int | None) -> None:
+        if total:
+            logger.info("%s: %d/%d chunks", stage, done, total)
+
+    return report
+
+
 def index_documents(docs: Sequence[Document], store: MilvusStore, embedder_factory: Callable[[], Any],
                     embedding_model: str, progress: Progress | None = None) -> IndexSummary:
     """Bring the store in line with ``docs``; returns what was new, updated, unchanged, written, deleted.
@@ -90,6 +100,7 @@ def index_documents(docs: Sequence[Document], store: MilvusStore, embedder_facto
                 "text": c.text, "url": doc.url, "published": doc.published,
                 "categories": " ".join(doc.categories), "content_hash": digest,
                 "embedding_model": embedding_model, "version": int(doc.version), "chunk_index": c.index,
+                "chunk_count": len(chunks),
             }))
     # Batches of similar length pad least: sorting all chunks once keeps the pipeline as fast as one big
     # encode() call while still writing (and reporting progress) batch by batch.
@@ -107,7 +118,8 @@ def index_documents(docs: Sequence[Document], store: MilvusStore, embedder_facto
         if progress:
             progress("embed", min(i + EMBED_BATCH_CHUNKS, len(rows)), len(rows))
     # Old chunks go only after every new chunk is in: a document is never missing. If the run dies before
-    # this, the document's chunks disagree on the content hash and the next run redoes it.
+    # this, the document's chunks disagree on the content hash (or a new document has fewer rows than its
+    # chunk_count) and the next run redoes it.
     if stale:
         summary.chunks_deleted += store.delete(stale)
     store.flush()

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,22 @@ def _model_card(domain: str, version: str, base: Path, card: dict[str, Any], met
     return (f"# CB Nano {domain} model {version}\n\nFine-tuned from `{base}` with the `{profile}` profile on "
             f"{card['train']} examples ({json.dumps(card['by_source'])}), dataset sha256 `{card['sha256']}`.\n\n"
             f"| metric | {' | '.join(metrics)} |\n|---|{'---|' * len(metrics)}\n{rows}\n\nGate: {reason}\n")
+
+
+def resolve_month(interval_start: datetime | None, override: str | None = None,
+                  now: datetime | None = None) -> str:
+    """The month (``YYYY-MM``) a retraining run trains on: the override, else the run's data interval, else
+    (a manual run with no interval) the last complete month before ``now``. Raises ValueError on a bad override.
+    """
+    if override:
+        try:
+            return datetime.strptime(override, "%Y-%m").strftime("%Y-%m")
+        except ValueError:
+            raise ValueError(f"month must be YYYY-MM, got {override!r}") from None
+    if interval_start is not None:
+        return interval_start.strftime("%Y-%m")
+    first = (now or datetime.now(UTC)).replace(day=1)
+    return (first - timedelta(days=1)).strftime("%Y-%m")
 
 
 def prepare_dataset(settings: Settings, domain: str, profile: str, month: str,

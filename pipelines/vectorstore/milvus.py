@@ -27,6 +27,7 @@ FIELD_LIMITS = {
     "chunk_id": 256, "doc_id": 128, "source": 16, "title": 2048, "text": 8192, "url": 512, "published": 32,
     "categories": 512, "content_hash": 64, "embedding_model": 128,
 }
+REQUIRED_FIELDS = {*FIELD_LIMITS, "version", "chunk_index", "chunk_count", "vector"}
 QUERY_BATCH = 256  # doc ids per ``in [...]`` filter
 WRITE_BATCH = 1000
 
@@ -136,6 +137,11 @@ class MilvusStore:
                     raise VectorStoreError(
                         f"collection {self.collection} at {self.uri} holds {f['params']['dim']}-d vectors, "
                         f"not {dim}-d: use another collection name for another embedding model")
+            names = {f.get("name") for f in desc.get("fields", [])}
+            if missing := sorted(REQUIRED_FIELDS - names):
+                raise VectorStoreError(
+                    f"collection {self.collection} at {self.uri} predates field(s) {', '.join(missing)}: "
+                    "drop it (or use another collection name) and re-ingest")
             self._ready()
             return
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
@@ -146,6 +152,9 @@ class MilvusStore:
             schema.add_field(name, DataType.VARCHAR, max_length=FIELD_LIMITS[name])
         schema.add_field("version", DataType.INT64)
         schema.add_field("chunk_index", DataType.INT64)
+        # how many chunks the document has: a document written only in part (its writer killed mid-upsert)
+        # holds fewer rows than this and is redone by the next run instead of being taken as unchanged
+        schema.add_field("chunk_count", DataType.INT64)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         index = self.client.prepare_index_params()
         index.add_index(field_name="vector", index_type="IVF_FLAT", metric_type="COSINE",
@@ -156,23 +165,30 @@ class MilvusStore:
         log.info("created collection %s at %s (%d-d, COSINE)", self.collection, self.uri, dim)
 
     def existing_chunks(self, source: str, doc_ids: Iterable[str]) -> dict[str, tuple[str, set[str]]]:
-        """For each stored doc of ``doc_ids``: (content hash, its chunk ids). Docs not stored are absent."""
+        """For each stored doc of ``doc_ids``: (content hash, its chunk ids). Docs not stored are absent.
+
+        The hash is ``""`` for a document that was written only in part (chunks disagreeing on the hash, or
+        fewer chunks than its ``chunk_count``), so that callers redo it.
+        """
         ids = list(dict.fromkeys(doc_ids))
         found: dict[str, tuple[str, set[str]]] = {}
         hashes: dict[str, str] = {}
         chunks: dict[str, set[str]] = defaultdict(set)
+        counts: dict[str, int] = {}
         for i in range(0, len(ids), QUERY_BATCH):
             batch = ids[i:i + QUERY_BATCH]
             flt = f"source == {_quote(source)} and doc_id in [{', '.join(_quote(d) for d in batch)}]"
             for row in self._ready().query(self.collection, filter=flt,
-                                         output_fields=["chunk_id", "doc_id", "content_hash"]):
+                                         output_fields=["chunk_id", "doc_id", "content_hash", "chunk_count"]):
                 chunks[row["doc_id"]].add(row["chunk_id"])
+                counts[row["doc_id"]] = max(counts.get(row["doc_id"], 0), int(row["chunk_count"]))
                 # A doc whose chunks disagree on the hash was half-written: report no hash, so it is redone.
                 prev = hashes.setdefault(row["doc_id"], row["content_hash"])
                 if prev != row["content_hash"]:
                     hashes[row["doc_id"]] = ""
         for doc_id, chunk_ids in chunks.items():
-            found[doc_id] = (hashes[doc_id], chunk_ids)
+            complete = len(chunk_ids) >= counts[doc_id]
+            found[doc_id] = (hashes[doc_id] if complete else "", chunk_ids)
         return found
 
     def upsert(self, rows: Sequence[dict[str, Any]]) -> int:

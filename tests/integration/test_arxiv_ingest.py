@@ -115,3 +115,19 @@ def test_cli_milvus_that_does_not_answer(cbnano_env, monkeypatch):
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1].startswith("cbnano: error: Milvus at http://127.0.0.1:1")
     assert "Traceback" not in out.stderr
+
+
+def test_document_written_in_part_is_redone(replay):
+    """A writer killed between two upsert batches leaves a new document with some of its chunks, all with
+    the right hash; its chunk_count gives it away and the next run writes the missing ones."""
+    replay()
+    settings = get_settings()
+    ingest_arxiv(settings, START, END, CATS)
+    with MilvusStore.from_settings(settings) as store:
+        full = [r["chunk_id"] for r in chunks_of(store, "2611.10004")]
+        store.delete(full[1:])
+        store.flush()
+    again = ingest_arxiv(settings, START, END, CATS)
+    assert (again["new"], again["updated"], again["unchanged"]) == (0, 1, 6)
+    with MilvusStore.from_settings(settings) as store:
+        assert [r["chunk_id"] for r in chunks_of(store, "2611.10004")] == full
