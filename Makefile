@@ -10,7 +10,7 @@ TRAIN_STAMP := $(TRAIN_VENV)/.installed-stamp
 export CBNANO_HOME ?= $(CURDIR)/var
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup setup-train system-deps demo test test-unit test-dags test-integration test-cluster lint bench airflow clean
+.PHONY: setup setup-train system-deps demo test test-unit test-dags test-integration test-cluster test-browser lint bench airflow clean
 
 setup: $(STAMP) $(TRAIN_STAMP)  ## create .venv (Airflow + ingestion) and .venv-train (axolotl); idempotent
 
@@ -48,6 +48,9 @@ test-dags: setup
 
 test-integration: setup
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+test-browser: setup system-deps  ## the Airflow UI in chromium (Playwright): trigger form, registry page
+	$(BIN)/python -m pytest -m browser $(PYTEST_ARGS)
 
 test-cluster: setup system-deps  ## the lab topology natively: Postgres, Redis, CeleryExecutor, 3 workers
 	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)

@@ -8,7 +8,42 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, AsyncCallback, BaseNotifier, DeadlineAlert, DeadlineReference
+
+
+class FailureAlert(BaseNotifier):
+    """On a task's final failure: a webhook post and/or an e-mail (``CBNANO_ALERT_*``), else a log line."""
+
+    def notify(self, context):
+        from pipelines.ops.alerts import send_alert
+        from pipelines.settings import get_settings
+
+        ti = context["ti"]
+        error = context.get("exception")
+        send_alert(get_settings(), f"{ti.dag_id}.{ti.task_id} failed",
+                   f"{type(error).__name__}: {error}"[:1000] if error else "the task failed",
+                   {"dag": ti.dag_id, "task": ti.task_id, "run": ti.run_id, "try": ti.try_number,
+                    "map_index": ti.map_index})
+
+
+async def deadline_missed(context=None, **kwargs):
+    """Deadline callback, run by the triggerer: alert on the failure channels (pipelines.ops.alerts)."""
+    from pipelines.ops.alerts import deadline_missed as alert
+
+    return await alert(context, **kwargs)
+
+
+def finish_deadline(dag_id: str, hours: float) -> DeadlineAlert:
+    """Alert (same channels as failures) when a run of ``dag_id`` is not done ``hours`` after it was queued."""
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(hours=hours),
+        # by dotted path, resolved in the triggerer: parsing the DAG imports nothing from pipelines
+        callback=AsyncCallback("cbnano_common.deadline_missed",
+                               kwargs={"dag_id": dag_id, "deadline": f"{hours:g} h after it was queued",
+                                       "message": f"{dag_id} has not finished {hours:g} h after it was queued"}),
+    )
+
 
 DEFAULT_ARGS = {
     "owner": "cbnano",
@@ -17,7 +52,11 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(seconds=float(os.environ.get("CBNANO_RETRY_DELAY_S", "120"))),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=30),
+    "on_failure_callback": [FailureAlert()],
 }
+
+# Nightly ingestion is queued at 02:00 UTC: by default, alert if it is not done by 06:00.
+INGEST_DEADLINE_H = float(os.environ.get("CBNANO_INGEST_DEADLINE_H", "4"))
 
 # The RAG corpus in Milvus, one Asset per source; downstream DAGs schedule on these.
 ARXIV_CORPUS = Asset(name="cbnano_corpus_arxiv", uri="cbnano://corpus/arxiv", group="corpus")

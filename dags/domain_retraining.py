@@ -14,6 +14,8 @@ Manual trigger: domains, profile, step cap, minimum gain, dry run (dataset only)
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
@@ -48,7 +50,10 @@ def domain_retraining():
     def plan() -> list[str]:
         return list(get_current_context()["params"]["domains"])
 
-    @task(queue="system_b", pool="system_b_gpu", retries=1, max_active_tis_per_dagrun=2)
+    # execution_timeout bounds a fine-tune; the Celery visibility timeout in docker-compose.airflow.yml is
+    # set above it (a test checks), so Redis never hands a running fine-tune to a second worker
+    @task(queue="system_b", pool="system_b_gpu", retries=1, max_active_tis_per_dagrun=2,
+          execution_timeout=timedelta(hours=20))
     def retrain_domain(domain: str) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
@@ -68,7 +73,8 @@ def domain_retraining():
                                        f"examples at {card['files']['train']}; no training")
         with gpu_lease(settings.gpus) as gpu:
             summary = retrain(settings, domain, p["profile"], month, p["min_gain"], p.get("max_steps"),
-                              p.get("base_model"), gpu=gpu, log=print)
+                              p.get("base_model"), gpu=gpu, log=print,
+                              origin={"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]})
         print(f"{domain}: {summary['reason']}")
         return {k: summary[k] for k in ("domain", "version", "published", "reason", "metrics")}
 

@@ -7,8 +7,9 @@ Milvus. A backfill (`airflow backfill create --dag-id literature_ingestion --fro
 or the UI) re-ingests past intervals with the same code; unchanged papers cost no embedding and nothing is
 duplicated.
 
-Manual trigger: choose categories, optionally a window (`window_start`/`window_end`, days, end exclusive),
-a cap on results, or a dry run (fetch and stage only). Logic lives in `pipelines.ingestion.arxiv`.
+Manual trigger: choose categories, optionally a window (`window_start`/`window_end`, days, end exclusive;
+empty means yesterday), a cap on results, or a dry run (fetch and stage only). The run's summary (counts,
+quarantined entries and why) is on the **CB Nano → Ingestion runs** page. Logic lives in `pipelines.ingestion.arxiv`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import logging
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-from cbnano_common import ARXIV_CORPUS, CATEGORY_CHOICES, DEFAULT_ARGS, DEFAULT_CATEGORIES
+from cbnano_common import (
+    ARXIV_CORPUS,
+    CATEGORY_CHOICES,
+    DEFAULT_ARGS,
+    DEFAULT_CATEGORIES,
+    INGEST_DEADLINE_H,
+    finish_deadline,
+)
 
 
 @dag(
@@ -28,18 +36,22 @@ from cbnano_common import ARXIV_CORPUS, CATEGORY_CHOICES, DEFAULT_ARGS, DEFAULT_
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    deadline=finish_deadline("literature_ingestion", INGEST_DEADLINE_H),
     tags=["cbnano", "ingestion", "arxiv"],
     doc_md=__doc__,
     params={
-        "categories": Param(DEFAULT_CATEGORIES, type="array", items={"type": "string"},
-                            examples=CATEGORY_CHOICES, description="arXiv categories to ingest."),
-        "window_start": Param(None, type=["null", "string"], format="date",
-                              description="Optional first day (YYYY-MM-DD); overrides the data interval."),
-        "window_end": Param(None, type=["null", "string"], format="date",
-                            description="Optional day after the last one (exclusive); needs window_start."),
-        "max_results": Param(None, type=["null", "integer"], minimum=1, maximum=30000,
+        "categories": Param(DEFAULT_CATEGORIES, type="array", minItems=1,
+                            items={"type": "string", "enum": CATEGORY_CHOICES}, uniqueItems=True,
+                            examples=CATEGORY_CHOICES,  # the UI renders `examples` as a multi-select
+                            title="arXiv categories", description="arXiv categories to ingest."),
+        "window_start": Param(None, type=["null", "string"], format="date", title="Window start",
+                              description="First day (YYYY-MM-DD). Empty: the run's data interval, or "
+                                          "yesterday for a manual run without one."),
+        "window_end": Param(None, type=["null", "string"], format="date", title="Window end",
+                            description="Day after the last one (exclusive); needs window_start."),
+        "max_results": Param(None, type=["null", "integer"], minimum=1, maximum=30000, title="Max results",
                              description="Stop after this many entries (default: the whole window)."),
-        "dry_run": Param(False, type="boolean", description="Fetch and stage only: no embedding, no Milvus."),
+        "dry_run": Param(False, type="boolean", title="Dry run", description="Fetch and stage only: no embedding, no Milvus."),
     },
 )
 def literature_ingestion():

@@ -34,6 +34,7 @@ class Settings:
     home: Path
     data_dir: Path
     model_store: Path
+    runs_dir: Path
     milvus_uri: str
     milvus_token: str
     milvus_collection: str
@@ -49,6 +50,15 @@ class Settings:
     embedding_batch_size: int
     train_python: str
     gpus: int
+    alert_webhook_url: str = ""
+    alert_email: str = ""
+    smtp_host: str = ""
+    smtp_user: str = ""
+    smtp_password: str = ""
+    statsd_on: bool = False
+    statsd_host: str = "127.0.0.1"
+    statsd_port: int = 8125
+    statsd_prefix: str = "cbnano"
 
     @property
     def milvus_is_lite(self) -> bool:
@@ -59,6 +69,7 @@ class Settings:
         """Every setting as a printable string, the token masked."""
         out = {f.name: str(getattr(self, f.name)) for f in fields(self)}
         out["milvus_token"] = "***" if self.milvus_token else ""
+        out["smtp_password"] = "***" if self.smtp_password else ""
         return out
 
 
@@ -94,6 +105,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     home = Path(env.get("CBNANO_HOME") or "./var").expanduser().resolve()
     data_dir = Path(env.get("CBNANO_DATA_DIR") or home / "data").expanduser().resolve()
     model_store = Path(env.get("CBNANO_MODEL_STORE") or home / "models").expanduser().resolve()
+    # training run folders (rendered config, checkpoints, adapter, merged model): NFS /exports/checkpoints
+    runs_dir = Path(env.get("CBNANO_RUNS_DIR") or home / "runs").expanduser().resolve()
     milvus_uri = env.get("CBNANO_MILVUS_URI") or str(home / "milvus.db")
     # absolute(), not resolve(): a venv's bin/python is a symlink to the base interpreter, and following it
     # would leave the venv (and its packages) behind
@@ -102,6 +115,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         home=home,
         data_dir=data_dir,
         model_store=model_store,
+        runs_dir=runs_dir,
         milvus_uri=milvus_uri,
         milvus_token=env.get("CBNANO_MILVUS_TOKEN", ""),
         milvus_collection=env.get("CBNANO_MILVUS_COLLECTION") or "cbnano_corpus",
@@ -117,6 +131,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         embedding_batch_size=_int(env, "CBNANO_EMBEDDING_BATCH_SIZE", 64),
         train_python=train_python,
         gpus=int(env.get("CBNANO_GPUS") or 0),
+        alert_webhook_url=env.get("CBNANO_ALERT_WEBHOOK_URL", ""),
+        alert_email=env.get("CBNANO_ALERT_EMAIL", ""),
+        smtp_host=env.get("CBNANO_SMTP_HOST", ""),
+        smtp_user=env.get("CBNANO_SMTP_USER", ""),
+        smtp_password=env.get("CBNANO_SMTP_PASSWORD", ""),
+        statsd_on=(env.get("CBNANO_STATSD_ON") or "false").strip().lower() in ("1", "true", "yes", "on"),
+        statsd_host=env.get("CBNANO_STATSD_HOST") or "127.0.0.1",
+        statsd_port=_int(env, "CBNANO_STATSD_PORT", 8125),
+        statsd_prefix=env.get("CBNANO_STATSD_PREFIX") or "cbnano",
     )
 
 

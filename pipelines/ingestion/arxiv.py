@@ -60,7 +60,8 @@ def check_window(start: datetime, end: datetime) -> None:
 
 def resolve_window(interval_start: datetime | None, interval_end: datetime | None,
                    override_start: str | None = None, override_end: str | None = None) -> tuple[datetime, datetime]:
-    """The window a scheduled or manual run ingests: the override days if given, else its data interval.
+    """The window a scheduled or manual run ingests: the override days if given, else its data interval,
+    else (a manual run without one) yesterday, UTC.
 
     Raises ValueError when only one override is given, when an override is not a date, or when the window
     is empty (a bare cron schedule gives start == end: use a data-interval timetable).
@@ -70,9 +71,11 @@ def resolve_window(interval_start: datetime | None, interval_end: datetime | Non
     if override_start and override_end:
         start, end = parse_day(override_start), parse_day(override_end)
     else:
-        if interval_start is None or interval_end is None:
-            raise ValueError("the run has no data interval and no window override")
-        start, end = parse_day(interval_start), parse_day(interval_end)
+        if interval_start is None or interval_end is None:  # a manual run without a logical date
+            today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            start, end = today - timedelta(days=1), today
+        else:
+            start, end = parse_day(interval_start), parse_day(interval_end)
     check_window(start, end)
     return start.astimezone(UTC), end.astimezone(UTC)
 

@@ -150,12 +150,18 @@ def index_staged(settings: Any, stage_manifest: dict[str, Any], document_of: Cal
         return get_embedder(settings.embedding_model, settings.embedding_device, settings.embedding_batch_size)
 
     factory = embedder_factory or default_factory
+    from pipelines.ops.metrics import emit_ingest
+
     docs = [document_of(r) for r in read_jsonl(Path(stage_manifest["uri"]))]
+    source = stage_manifest.get("source") or (docs[0].source if docs else "unknown")
+    t0 = time.perf_counter()
     with MilvusStore.from_settings(settings) as store:
         dim = DIMENSION.get(settings.embedding_model) or factory().dimension
         store.ensure_collection(dim)
         result = index_documents(docs, store, factory, settings.embedding_model, progress=progress)
+        rows = store.count(source)
     summary = summarize(stage_manifest, result)
+    emit_ingest(settings, source, summary, seconds=time.perf_counter() - t0, milvus_rows=rows)
     write_json(Path(stage_manifest["uri"]).parent / "summary.json",
                {**summary, "embed_seconds": round(result.embed_seconds, 3),
                 "finished_at": datetime.now(UTC).isoformat(timespec="seconds")})

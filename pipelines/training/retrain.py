@@ -24,6 +24,7 @@ from typing import Any
 from pipelines.evaluation.gate import decide
 from pipelines.evaluation.scoring import load_items
 from pipelines.lake import read_jsonl, write_json
+from pipelines.ops.metrics import emit_retrain
 from pipelines.publishing.model_store import ModelStore
 from pipelines.settings import Settings
 from pipelines.training.configs import config_hash, render_config, validate_in_train_env, write_config
@@ -170,8 +171,13 @@ def prepare_dataset(settings: Settings, domain: str, profile: str, month: str,
 
 def retrain(settings: Settings, domain: str, profile: str = "tiny", month: str | None = None,
             min_gain: float = 0.02, max_steps: int | None = None, base_model: str | None = None,
-            gpu: int | None = None, log: Log | None = None) -> dict[str, Any]:
-    """Run the chain for one domain (see module docstring); returns the summary."""
+            gpu: int | None = None, log: Log | None = None,
+            origin: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run the chain for one domain (see module docstring); returns the summary.
+
+    ``origin`` (e.g. the Airflow dag and run ids) is recorded in the evaluation report and the manifest, so
+    the model registry links each version to the run that made it.
+    """
     month = month or datetime.now(UTC).strftime("%Y-%m")
     say = log or (lambda _m: None)
     try:
@@ -185,7 +191,7 @@ def retrain(settings: Settings, domain: str, profile: str = "tiny", month: str |
     say(f"dataset: {card['train']} train / {card['validation']} validation examples, sha256 {card['sha256'][:12]}")
     cfg = render_config(profile, domain, {**run, "datasets": [
         {"path": card["files"]["train"], "type": "alpaca", "ds_type": "json"}]})
-    run_dir = run_dir_for(settings.home, domain, month, card["sha256"], cfg)
+    run_dir = run_dir_for(settings.runs_dir, domain, month, card["sha256"], cfg)
     version = f"{month}.{card['sha256'][:6]}{config_hash(cfg)[:4]}"  # same inputs, same version
     store = ModelStore(settings.model_store)
     done = store.version_dir(domain, version) / "manifest.json"
@@ -214,10 +220,12 @@ def retrain(settings: Settings, domain: str, profile: str = "tiny", month: str |
                       max_regression={"val_loss": 0.25, "exact_match": 0.05})
     say(decision.reason)
     report = {"domain": domain, "version": version, "metrics": metrics, "gate": decision.to_dict(),
-              "merge_max_abs_logit_diff": merge_diff, "train_losses": result.losses, "dataset": card}
-    write_json(run_dir / "eval.json", report)
+              "merge_max_abs_logit_diff": merge_diff, "train_losses": result.losses, "dataset": card,
+              "origin": origin or {}, "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    write_json(run_dir / "eval.json", report)  # the run's gate decision with its numbers, published or not
     summary = {"domain": domain, "version": version if decision.publish else None, "published": False,
                "reason": decision.reason, "metrics": metrics, "run_dir": str(run_dir)}
+    emit_retrain(settings, {**summary, "published": decision.publish}, result.losses)
     if not decision.publish:
         return summary
     with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
@@ -234,6 +242,7 @@ def retrain(settings: Settings, domain: str, profile: str = "tiny", month: str |
                                                            profile))
         store.publish(domain, version, content, {
             "base_model": str(base), "profile": profile, "dataset_sha256": card["sha256"], "config": cfg,
-            "metrics": metrics["candidate"], "gate": decision.to_dict(), "code_revision": _code_revision()})
+            "metrics": metrics["candidate"], "gate": decision.to_dict(), "code_revision": _code_revision(),
+            "origin": origin or {}})
     store.apply_retention(domain, keep_last=3)
     return {**summary, "published": True}

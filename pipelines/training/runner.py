@@ -38,9 +38,9 @@ class TrainResult:
     resumed_from: str | None
 
 
-def run_dir_for(home: Path, domain: str, month: str, dataset_sha: str, cfg: dict[str, Any]) -> Path:
-    """The deterministic folder of a (domain, month, dataset, config) run."""
-    return Path(home) / "runs" / f"{domain}-{month}-{dataset_sha[:10]}-{config_hash(cfg)[:10]}"
+def run_dir_for(runs_dir: Path, domain: str, month: str, dataset_sha: str, cfg: dict[str, Any]) -> Path:
+    """The deterministic folder of a (domain, month, dataset, config) run, under ``runs_dir``."""
+    return Path(runs_dir) / f"{domain}-{month}-{dataset_sha[:10]}-{config_hash(cfg)[:10]}"
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:

@@ -109,3 +109,29 @@ def test_domain_retraining_wiring(dagbag):
         assert announce.trigger_rule == "all_done"
     assert dag.params["profile"] == "tiny" and set(dag.params["domains"]) == {
         "chemistry", "materials", "thermal", "catalysis"}
+
+
+def test_failures_alert_on_every_dag_and_nightly_ingestion_has_a_deadline(dagbag, monkeypatch):
+    import cbnano_common
+
+    for dag in dagbag.dags.values():
+        for t in dag.tasks:
+            assert any(isinstance(cb, cbnano_common.FailureAlert) for cb in t.on_failure_callback), (dag.dag_id, t)
+    [deadline] = dagbag.dags["literature_ingestion"].deadline
+    assert deadline.interval.total_seconds() == 4 * 3600
+    assert deadline.callback.path == "cbnano_common.deadline_missed"
+
+    sent = []
+    monkeypatch.setattr("pipelines.ops.alerts.send_alert", lambda *a: sent.append(a) or ["webhook"])
+
+    class TI:
+        dag_id, task_id, run_id, try_number, map_index = "literature_ingestion", "fetch", "manual__x", 4, -1
+
+    cbnano_common.FailureAlert().notify({"ti": TI(), "exception": RuntimeError("arXiv answered 503 five times")})
+    assert sent[0][1] == "literature_ingestion.fetch failed"
+    assert sent[0][2] == "RuntimeError: arXiv answered 503 five times" and sent[0][3]["try"] == 4
+
+    import asyncio
+
+    assert asyncio.run(cbnano_common.deadline_missed(None, **deadline.callback.kwargs)) == ["webhook"]
+    assert sent[1][1] == "literature_ingestion missed its deadline"

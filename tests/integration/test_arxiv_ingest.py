@@ -131,3 +131,32 @@ def test_document_written_in_part_is_redone(replay):
     assert (again["new"], again["updated"], again["unchanged"]) == (0, 1, 6)
     with MilvusStore.from_settings(settings) as store:
         assert [r["chunk_id"] for r in chunks_of(store, "2611.10004")] == full
+
+
+def test_ingest_metrics_reach_a_statsd_listener(replay, monkeypatch):
+    import socket
+
+    from pipelines.settings import reset_settings_cache
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(2)
+    monkeypatch.setenv("CBNANO_STATSD_ON", "1")
+    monkeypatch.setenv("CBNANO_STATSD_PORT", str(sock.getsockname()[1]))
+    replay()
+    reset_settings_cache()
+    ingest_arxiv(get_settings(), START, END, CATS)
+    lines = {}
+    try:
+        while True:
+            name, value = sock.recv(1024).decode().split(":")
+            lines[name] = value
+    except TimeoutError:
+        pass
+    finally:
+        sock.close()
+    assert lines["cbnano.ingest.arxiv.fetched"] == "8|c" and lines["cbnano.ingest.arxiv.new"] == "7|c"
+    assert lines["cbnano.ingest.arxiv.quarantined"] == "1|c"
+    with MilvusStore.from_settings(get_settings()) as store:
+        assert lines["cbnano.milvus.rows.arxiv"] == f"{store.count('arxiv')}|g"
+    assert float(lines["cbnano.embed.arxiv.chunks_per_second"].split("|")[0]) > 0

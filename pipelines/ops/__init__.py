@@ -1,0 +1,1 @@
+"""Operations: alerts to people (webhook, e-mail) and metrics to machines (StatsD)."""

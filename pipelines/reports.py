@@ -1,0 +1,174 @@
+"""What operators read: the model registry, the retraining gate decisions and the ingestion run reports.
+
+Plain Python over the model store, the training run folders and the data lake, so the same views serve the
+Airflow UI page (``plugins/cbnano_registry.py``), tests and scripts. Read-only.
+
+    registry = model_registry(get_settings())
+    page = render_registry(registry, retrain_decisions(get_settings()), airflow_base="/")
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from pipelines.publishing.model_store import ModelStore
+
+METRICS = ("mc_accuracy", "val_loss", "exact_match")
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def model_registry(settings: Any) -> list[dict[str, Any]]:
+    """Per domain: its production version and every published version with metrics, dataset and origin."""
+    store = ModelStore(settings.model_store)
+    out: dict[str, dict[str, Any]] = {}
+    for info in store.versions():
+        report = _json(info.path / "eval.json")
+        card = _json(info.path / "dataset_card.json")
+        manifest = _json(info.path / "manifest.json")
+        entry = out.setdefault(info.domain, {"domain": info.domain, "production": store.production(info.domain),
+                                             "versions": []})
+        entry["versions"].append({
+            "version": info.version, "production": info.production, "published_at": info.published_at,
+            "metrics": report.get("metrics") or {"candidate": info.metrics},
+            "gate": (report.get("gate") or manifest.get("gate") or {}).get("reason", ""),
+            "dataset_sha256": card.get("sha256") or manifest.get("dataset_sha256", ""),
+            "dataset_examples": {"train": card.get("train"), "validation": card.get("validation")},
+            "dataset_tokens": (card.get("tokens") or {}).get("total"),
+            "base_model": manifest.get("base_model", ""), "profile": manifest.get("profile", ""),
+            "origin": manifest.get("origin") or report.get("origin") or {},
+            "chart": str(info.path / "eval.png") if (info.path / "eval.png").is_file() else None,
+        })
+    for entry in out.values():
+        entry["versions"].sort(key=lambda v: (v["published_at"], v["version"]), reverse=True)
+    return [out[d] for d in sorted(out)]
+
+
+def retrain_decisions(settings: Any, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest retraining runs' gate decisions (published or refused), newest first."""
+    reports = sorted(Path(settings.runs_dir).glob("*/eval.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    out = []
+    for path in reports[:limit]:
+        r = _json(path)
+        out.append({"domain": r.get("domain"), "version": r.get("version"),
+                    "publish": (r.get("gate") or {}).get("publish"), "reason": (r.get("gate") or {}).get("reason"),
+                    "finished_at": r.get("finished_at", ""), "origin": r.get("origin") or {},
+                    "run_dir": str(path.parent)})
+    return out
+
+
+def ingestion_runs(settings: Any, limit: int = 30) -> list[dict[str, Any]]:
+    """The newest ingestion runs' reports (``summary.json`` in the lake), with quarantine reasons counted."""
+    data = Path(settings.data_dir)
+    summaries = [p for source in ("arxiv", "pubchem") for p in data.glob(f"{source}/*/*/summary.json")]
+    summaries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    out = []
+    for path in summaries[:limit]:
+        s = _json(path)
+        reasons: Counter[str] = Counter()
+        quarantine = path.with_name("quarantine.jsonl")
+        if quarantine.is_file():
+            for line in quarantine.read_text().splitlines():
+                try:
+                    reasons[str(json.loads(line).get("reason", "?"))] += 1
+                except ValueError:
+                    reasons["unreadable quarantine line"] += 1
+        out.append({"source": path.parts[-4], "partition": path.parts[-3], "run": path.parts[-2],
+                    "finished_at": s.get("finished_at", ""),
+                    "counts": {k: s[k] for k in ("fetched", "new", "updated", "unchanged", "quarantined",
+                                                 "chunks_upserted", "chunks_deleted", "not_found") if k in s},
+                    "quarantine_reasons": dict(reasons.most_common()), "path": str(path.parent)})
+    return out
+
+
+# ---- HTML -------------------------------------------------------------------------------------------------
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1a202c}h1{font-size:1.4rem}h2{font-size:1.15rem;
+margin-top:2rem}table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #cbd5e0;padding:.3rem .6rem;
+text-align:left;font-size:.9rem}th{background:#edf2f7}.prod{background:#c6f6d5;font-weight:600}.muted{color:#718096}
+.refused{color:#c53030}.ok{color:#276749}nav a{margin-right:1rem}img{max-width:520px;border:1px solid #e2e8f0}
+"""
+
+
+def _page(title: str, body: str, base: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body><nav><a href='{base}'>Model registry</a>"
+            f"<a href='{base}ingestion'>Ingestion runs</a></nav><h1>{escape(title)}</h1>{body}</body></html>")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else escape(str(value)) if value is not None else "–"
+
+
+def _run_link(origin: dict[str, str], airflow_base: str) -> str:
+    if not origin.get("dag_id"):
+        return "<span class='muted'>CLI</span>"
+    href = f"{airflow_base}dags/{escape(origin['dag_id'])}/runs/{escape(origin['run_id'])}"
+    return f"<a href='{href}' target='_top'>{escape(origin['run_id'])}</a>"
+
+
+def render_registry(registry: list[dict[str, Any]], decisions: list[dict[str, Any]], base: str = "./",
+                    airflow_base: str = "/") -> str:
+    """The registry page: per domain, versions with base/production/candidate metrics, charts, datasets."""
+    parts = []
+    if not registry:
+        parts.append("<p class='muted'>No model has been published yet.</p>")
+    for entry in registry:
+        d = escape(entry["domain"])
+        parts.append(f"<h2 id='{d}'>{d} <span class='muted'>production: {_fmt(entry['production'])}</span></h2>")
+        for v in entry["versions"]:
+            cls = " class='prod'" if v["production"] else ""
+            models = [m for m in ("base", "production", "candidate") if m in v["metrics"]]
+            head = "".join(f"<th>{m}</th>" for m in models)
+            rows = "".join(f"<tr><td>{m}</td>" + "".join(f"<td>{_fmt(v['metrics'][k].get(m))}</td>" for k in models)
+                           + "</tr>" for m in METRICS)
+            ex = v["dataset_examples"]
+            parts.append(
+                f"<table data-version='{escape(v['version'])}'><tr><th colspan='2'{cls}>version {escape(v['version'])}"
+                f"{' (production)' if v['production'] else ''}</th></tr>"
+                f"<tr><td>published</td><td>{_fmt(v['published_at'])}</td></tr>"
+                f"<tr><td>base model / profile</td><td>{_fmt(v['base_model'])} / {_fmt(v['profile'])}</td></tr>"
+                f"<tr><td>dataset</td><td><code>{escape(v['dataset_sha256'][:16])}</code> · {_fmt(ex['train'])} "
+                f"train / {_fmt(ex['validation'])} validation examples · {_fmt(v['dataset_tokens'])} tokens</td></tr>"
+                f"<tr><td>gate</td><td>{_fmt(v['gate'])}</td></tr>"
+                f"<tr><td>made by run</td><td>{_run_link(v['origin'], airflow_base)}</td></tr></table>"
+                f"<table><tr><th>metric</th>{head}</tr>{rows}</table>")
+            if v["chart"]:
+                parts.append(f"<img alt='evaluation chart' src='{base}charts/{d}/{escape(v['version'])}'>")
+    parts.append("<h2>Recent retraining decisions</h2>")
+    if decisions:
+        rows = "".join(
+            f"<tr><td>{_fmt(r['finished_at'])}</td><td>{_fmt(r['domain'])}</td><td>{_fmt(r['version'])}</td>"
+            f"<td class='{'ok' if r['publish'] else 'refused'}'>{'published' if r['publish'] else 'refused'}</td>"
+            f"<td>{_fmt(r['reason'])}</td><td>{_run_link(r['origin'], airflow_base)}</td></tr>" for r in decisions)
+        parts.append("<table><tr><th>finished</th><th>domain</th><th>version</th><th>gate</th><th>reason</th>"
+                     f"<th>run</th></tr>{rows}</table>")
+    else:
+        parts.append("<p class='muted'>No retraining run has finished yet.</p>")
+    return _page("CB Nano model registry", "".join(parts), base)
+
+
+def render_ingestion(runs: list[dict[str, Any]], base: str = "./") -> str:
+    """The ingestion runs page: counts and quarantine reasons per run."""
+    if not runs:
+        return _page("CB Nano ingestion runs", "<p class='muted'>No ingestion run has finished yet.</p>", base)
+    keys = ["fetched", "new", "updated", "unchanged", "quarantined", "chunks_upserted", "chunks_deleted",
+            "not_found"]
+    rows = "".join(
+        f"<tr><td>{_fmt(r['finished_at'])}</td><td>{escape(r['source'])}</td><td>{escape(r['partition'])}</td>"
+        + "".join(f"<td>{_fmt(r['counts'].get(k))}</td>" for k in keys)
+        + "<td>" + ("<br>".join(f"{n} × {escape(reason)}" for reason, n in r["quarantine_reasons"].items())
+                    or "<span class='muted'>none</span>") + "</td></tr>" for r in runs)
+    head = "".join(f"<th>{k}</th>" for k in keys)
+    body = (f"<table><tr><th>finished</th><th>source</th><th>partition</th>{head}<th>quarantined because</th>"
+            f"</tr>{rows}</table>")
+    return _page("CB Nano ingestion runs", body, base)

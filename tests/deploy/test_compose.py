@@ -1,0 +1,157 @@
+"""docker-compose.airflow.yml, checked against what the code and the DAGs actually use.
+
+There is no Docker engine on the development machines, so the file is never started here; tests/cluster runs
+the same topology natively. These tests keep the file consistent with the DAGs' queues and pools, the
+settings the code reads, the image definitions and the NFS layout.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.dags
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_TEXT = (ROOT / "docker-compose.airflow.yml").read_text()
+COMPOSE = yaml.safe_load(COMPOSE_TEXT)
+SERVICES = COMPOSE["services"]
+AIRFLOW_SERVICES = [n for n, s in SERVICES.items() if "AIRFLOW__CORE__EXECUTOR" in s.get("environment", {})]
+WORKERS = {n: s for n, s in SERVICES.items() if str(s.get("command", "")).startswith("celery worker")}
+
+
+def env(service: str) -> dict[str, str]:
+    return {k: str(v) for k, v in SERVICES[service].get("environment", {}).items()}
+
+
+def mounts(service: str) -> dict[str, str]:
+    """container path -> volume or host path"""
+    out = {}
+    for v in SERVICES[service].get("volumes", []):
+        source, target = v.split(":")[:2]
+        out[target] = source
+    return out
+
+
+def queue_of(worker: str) -> str:
+    return re.search(r"--queues (\S+)", WORKERS[worker]["command"]).group(1)
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert not bag.import_errors
+    return bag
+
+
+def test_the_official_layout_is_there():
+    expected = {"postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler",
+                "airflow-dag-processor", "airflow-triggerer", "worker-default", "worker-system-b",
+                "worker-system-c", "milvus-etcd", "milvus-minio", "milvus-standalone", "attu"}
+    assert expected <= set(SERVICES)
+    assert "x-airflow-common" in COMPOSE
+    for name in AIRFLOW_SERVICES:
+        e = env(name)
+        assert e["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert e["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:"), name
+        assert e["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://"), name
+        assert e["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].endswith(":8080/execution/"), name
+        assert "JWT_SECRET" in e["AIRFLOW__API_AUTH__JWT_SECRET"]  # from the env file, never a literal
+    for name in ["postgres", "redis", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                 "airflow-triggerer", "milvus-etcd", "milvus-minio", "milvus-standalone", *WORKERS]:
+        assert "healthcheck" in SERVICES[name], name
+    assert SERVICES["attu"]["profiles"] == ["attu"]
+
+
+def test_every_queue_the_dags_use_has_a_worker_and_gpus_where_needed(dagbag):
+    used = {t.queue for dag in dagbag.dags.values() for t in dag.tasks}
+    served = {queue_of(w): w for w in WORKERS}
+    assert used <= set(served), f"queues without a worker: {used - set(served)}"
+    assert served["system_b"] == "worker-system-b" and served["system_c"] == "worker-system-c"
+    for worker in ("worker-system-b", "worker-system-c"):
+        devices = SERVICES[worker]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"], worker
+    assert env("worker-system-c")["CBNANO_EMBEDDING_DEVICE"] == "cuda"
+    assert "gpu" not in json.dumps(SERVICES["worker-default"].get("deploy", {}))
+
+
+def test_system_b_runs_the_training_image_with_one_job_per_gpu_slot(dagbag):
+    b = SERVICES["worker-system-b"]
+    assert b["build"]["dockerfile"] == "train.Dockerfile"
+    dockerfile = (ROOT / "train.Dockerfile").read_text()
+    train_python = env("worker-system-b")["CBNANO_TRAIN_PYTHON"]
+    assert train_python.startswith("/opt/train-venv/") and "python -m venv /opt/train-venv" in dockerfile
+    assert "requirements-train.txt" in dockerfile and "torch==2.13.0" in dockerfile
+    pools = json.loads((ROOT / "include/airflow/pools.json").read_text())
+    concurrency = re.search(r"--concurrency \$\{SYSTEM_B_GPU_COUNT:-(\d+)\}", b["command"]).group(1)
+    assert int(concurrency) == pools["system_b_gpu"]["slots"] == 2
+    assert env("worker-system-b")["CBNANO_GPUS"] == "${SYSTEM_B_GPU_COUNT:-2}"
+
+
+def test_celery_visibility_timeout_outlasts_the_longest_task(dagbag):
+    visibility = int(env("airflow-scheduler")["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"])
+    timeouts = [t.execution_timeout.total_seconds() for d in dagbag.dags.values() for t in d.tasks
+                if t.execution_timeout]
+    retrain = dagbag.dags["domain_retraining"].get_task("retrain_domain")
+    assert retrain.execution_timeout is not None  # a fine-tune is bounded, so the timeout can be above it
+    assert visibility > max(timeouts)
+    assert "longest" in COMPOSE_TEXT.split("VISIBILITY_TIMEOUT")[0].rsplit("\n\n", 1)[-1]  # the comment says why
+
+
+def test_pools_and_connections_are_created_at_init(dagbag):
+    init = SERVICES["airflow-init"]["command"][-1]
+    assert "airflow db migrate" in init and "airflow pools import /opt/airflow/include/airflow/pools.json" in init
+    assert mounts("airflow-init")["/opt/airflow/include"] == "./include"
+    pools = json.loads((ROOT / "include/airflow/pools.json").read_text())
+    assert pools["arxiv_api"]["slots"] == 1 and pools["pubchem_api"]["slots"] >= 1
+    used = {t.pool for d in dagbag.dags.values() for t in d.tasks} - {"default_pool"}
+    assert used <= set(pools)
+    assert "airflow connections add cbnano_milvus" in init
+
+
+def test_nfs_exports_are_mounted_where_the_settings_point():
+    volumes = COMPOSE["volumes"]
+    for name, export in [("nfs-models", "/exports/models"), ("nfs-datasets", "/exports/datasets"),
+                         ("nfs-checkpoints", "/exports/checkpoints")]:
+        opts = volumes[name]["driver_opts"]
+        assert opts["type"] == "nfs" and opts["device"] == f":{export}" and "ae86" in opts["o"]
+    paths = {"CBNANO_MODEL_STORE": "nfs-models", "CBNANO_DATA_DIR": "nfs-datasets",
+             "CBNANO_RUNS_DIR": "nfs-checkpoints"}
+    # ingestion (default, system_c) needs the lake; training needs all three; the UI reads the model store
+    needs = {"worker-default": ["CBNANO_DATA_DIR"], "worker-system-c": ["CBNANO_DATA_DIR"],
+             "worker-system-b": list(paths), "airflow-apiserver": ["CBNANO_MODEL_STORE"]}
+    for service, keys in needs.items():
+        for key in keys:
+            assert mounts(service).get(env(service)[key]) == paths[key], (service, key)
+
+
+def test_cbnano_variables_are_ones_the_code_reads_and_every_variable_is_documented():
+    code = "".join(p.read_text() for p in [*ROOT.glob("pipelines/**/*.py"), *ROOT.glob("dags/*.py"),
+                                           *ROOT.glob("plugins/**/*.py")])
+    read = set(re.findall(r'"(CBNANO_[A-Z_]+)"', code))
+    for service in AIRFLOW_SERVICES:
+        for key in env(service):
+            if key.startswith("CBNANO_"):
+                assert key in read, f"{service} sets {key}, which no code reads"
+    header = COMPOSE_TEXT.split("\nname:")[0]
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z_]+)[:}?-]", COMPOSE_TEXT))  # $${X}: the container shell's
+    undocumented = {v for v in used if not re.search(rf"#\s+(\S+ / )*{v}\b", header)}
+    assert not undocumented, f"variables missing from the header: {sorted(undocumented)}"
+
+
+def test_versions_agree_with_the_project():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    airflow_pin = next(d for d in project["optional-dependencies"]["airflow"] if d.startswith("apache-airflow"))
+    airflow_version = airflow_pin.split("==")[1]
+    assert f"FROM apache/airflow:{airflow_version}-python3.11" in (ROOT / "airflow.Dockerfile").read_text()
+    assert SERVICES["worker-default"]["image"] == "${AIRFLOW_IMAGE:-cbnano/airflow:" + airflow_version + "}"
+    pymilvus = next(d for d in project["dependencies"] if d.startswith("pymilvus==")).split("==")[1]
+    milvus_tag = SERVICES["milvus-standalone"]["image"].split(":v")[1]
+    assert milvus_tag.split(".")[0] == pymilvus.split(".")[0]  # pymilvus 3.x talks to Milvus 3.x
+    assert env("worker-default")["CBNANO_MILVUS_URI"].endswith(":19530")
