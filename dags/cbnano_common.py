@@ -69,5 +69,12 @@ CATEGORY_CHOICES = [
 ]
 
 DOMAINS = ["chemistry", "materials", "thermal", "catalysis"]
+# The retraining form's choices and defaults. DAG files import nothing from pipelines at parse time, so these
+# mirror pipelines.settings (TRAIN_PROFILES, DEFAULT_TRAIN_PROFILE) and pipelines.evaluation.gate
+# (DEFAULT_MIN_GAIN); tests/dags checks that they agree. The defaults follow the worker's settings.
+TRAIN_PROFILES = ["tiny", "cpu_lora", "gpu_qlora"]
+TRAIN_PROFILE = os.environ.get("CBNANO_TRAIN_PROFILE") or "gpu_qlora"
+BASE_MODEL = os.environ.get("CBNANO_BASE_MODEL") or None
+MIN_GAIN = 0.01
 # One Asset per domain's published model (the production pointer in the model store).
 MODEL_ASSETS = {d: Asset(name=f"cbnano_model_{d}", uri=f"cbnano://models/{d}", group="models") for d in DOMAINS}

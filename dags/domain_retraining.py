@@ -1,15 +1,18 @@
 """
 ### domain_retraining
 
-Monthly (1st, 00:00 UTC) and on demand: for each domain (chemistry, materials, thermal, catalysis), build the
-month's instruction dataset from the ingested papers and compounds, fine-tune the base model with axolotl
-(QLoRA on System B's GPUs in the lab; `tiny`/`cpu_lora` on CPU), merge, evaluate base vs candidate vs current
-production, and publish to the model store only if the gate passes. One mapped task per domain runs on Celery
-queue `system_b` holding a slot of pool `system_b_gpu` (one slot per GPU), so two domains train at once and
-never share a GPU. A domain whose model was published emits its `cbnano://models/<domain>` Asset.
+Monthly (1st, 00:00 UTC, for the month that ended) and on demand: for each domain (chemistry, materials,
+thermal, catalysis), build the month's chat dataset from the ingested papers and compounds, fine-tune the lab's
+base model (`CBNANO_BASE_MODEL`) with axolotl (`CBNANO_TRAIN_PROFILE`, default `gpu_qlora`: QLoRA on System B's
+GPUs), merge, check the merge, evaluate base vs current production vs candidate per item on the leased GPU, and
+register the candidate as a model-store version. Production moves only when the gate's 95% interval of the
+held-out loss gain clears the minimum gain and no guard metric regresses significantly.
 
-Manual trigger: domains, profile, step cap, minimum gain, dry run (dataset only). Logic lives in
-`pipelines.training.retrain`; training runs in `.venv-train` as a subprocess.
+`plan` fails the run at once, before any dataset is built, when there is no usable base model. One mapped task
+per domain runs on Celery queue `system_b` holding a slot of pool `system_b_gpu` (one slot per GPU), so two
+domains train at once and never share a GPU. A domain whose production moved emits its `cbnano://models/<domain>`
+Asset. Manual trigger: domains, profile, base model, step cap, minimum gain, month, dry run (datasets only).
+Logic lives in `pipelines.training.retrain`; model work runs in `.venv-train` as subprocesses.
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-from cbnano_common import DEFAULT_ARGS, DOMAINS, MODEL_ASSETS
+from cbnano_common import (
+    BASE_MODEL,
+    DEFAULT_ARGS,
+    DOMAINS,
+    MIN_GAIN,
+    MODEL_ASSETS,
+    TRAIN_PROFILE,
+    TRAIN_PROFILES,
+)
 
 
 @dag(
@@ -34,11 +45,15 @@ from cbnano_common import DEFAULT_ARGS, DOMAINS, MODEL_ASSETS
     params={
         "domains": Param(DOMAINS, type="array", items={"type": "string", "enum": DOMAINS},
                          description="Domains to retrain."),
-        "profile": Param("tiny", type="string", enum=["tiny", "cpu_lora", "gpu_qlora"],
-                         description="Hardware profile in axolotl_configs/ (gpu_qlora on System B)."),
+        "profile": Param(TRAIN_PROFILE, type="string", enum=TRAIN_PROFILES,
+                         description="Hardware profile in axolotl_configs/ (default CBNANO_TRAIN_PROFILE; gpu_qlora "
+                                     "on System B; tiny trains a test model that never becomes production)."),
+        "base_model": Param(BASE_MODEL, type=["null", "string"],
+                            description="Base model: a name under the model store's base/, or a folder. Empty: "
+                                        "CBNANO_BASE_MODEL."),
         "max_steps": Param(None, type=["null", "integer"], minimum=1, description="Cap on training steps."),
-        "min_gain": Param(0.02, type="number", description="Gain on mc_accuracy needed to publish."),
-        "base_model": Param(None, type=["null", "string"], description="Base model folder (gpu_qlora)."),
+        "min_gain": Param(MIN_GAIN, type="number",
+                          description="Held-out loss gain (nats/token) the 95% interval's lower bound must exceed."),
         "month": Param(None, type=["null", "string"], pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
                        description="Month to train on (YYYY-MM). Empty: the run's data interval, or for a "
                                    "manual run without one, the last complete month."),
@@ -46,9 +61,21 @@ from cbnano_common import DEFAULT_ARGS, DOMAINS, MODEL_ASSETS
     },
 )
 def domain_retraining():
-    @task
+    @task  # a missing base is configuration, not a transient fault: AirflowFailException skips the retries
     def plan() -> list[str]:
-        return list(get_current_context()["params"]["domains"])
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipelines.settings import get_settings
+        from pipelines.training.base_models import BaseModelMissing, check_base
+
+        p = get_current_context()["params"]
+        settings = get_settings()
+        try:
+            base = check_base(settings, p.get("profile") or settings.train_profile, p.get("base_model"))
+        except BaseModelMissing as exc:
+            raise AirflowFailException(str(exc)) from None
+        print(f"base model: {base}")
+        return list(p["domains"])
 
     # execution_timeout bounds a fine-tune; the Celery visibility timeout in docker-compose.airflow.yml is
     # set above it (a test checks), so Redis never hands a running fine-tune to a second worker
@@ -59,26 +86,36 @@ def domain_retraining():
 
         from pipelines.settings import get_settings
         from pipelines.training.gpus import gpu_lease
-        from pipelines.training.retrain import resolve_month, retrain
+        from pipelines.training.retrain import prepare_dataset, resolve_month, retrain
 
         ctx = get_current_context()
         p = ctx["params"]
         month = resolve_month(ctx.get("data_interval_start"), p.get("month"))
         settings = get_settings()
+        profile = p.get("profile") or settings.train_profile
         if p["dry_run"]:
-            from pipelines.training.retrain import prepare_dataset
-
-            _, card = prepare_dataset(settings, domain, p["profile"], month, p.get("base_model"))
+            _, card = prepare_dataset(settings, domain, profile, month, p.get("base_model"))
             raise AirflowSkipException(f"dry run: {domain} dataset of {card['train']} + {card['validation']} "
                                        f"examples at {card['files']['train']}; no training")
         with gpu_lease(settings.gpus) as gpu:
-            summary = retrain(settings, domain, p["profile"], month, p["min_gain"], p.get("max_steps"),
-                              p.get("base_model"), gpu=gpu, log=print,
+            summary = retrain(settings, domain, profile, month, min_gain=p["min_gain"], max_steps=p.get("max_steps"),
+                              base_model=p.get("base_model"), gpu=gpu, log=print,
                               origin={"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]})
         print(f"{domain}: {summary['reason']}")
         return {k: summary[k] for k in ("domain", "version", "published", "reason", "metrics")}
 
     results = retrain_domain.expand(domain=plan())
+
+    @task
+    def report(summaries: list) -> list[str]:
+        """A leaf with the default trigger rule: the run fails when any domain (or plan) failed."""
+        lines = [f"{s['domain']}: {s['version']} {'-> production' if s['published'] else 'kept'}; {s['reason']}"
+                 for s in summaries if s]
+        for line in lines:
+            print(line)
+        return lines
+
+    report(results)
 
     for domain in DOMAINS:
         @task(task_id=f"announce_{domain}", outlets=[MODEL_ASSETS[domain]], trigger_rule="all_done")
@@ -87,7 +124,7 @@ def domain_retraining():
 
             mine = [s for s in summaries or [] if s and s["domain"] == _domain and s["published"]]
             if not mine:
-                raise AirflowSkipException(f"no new {_domain} model this run")
+                raise AirflowSkipException(f"production of {_domain} did not move this run")
             return mine[0]["version"]
 
         announce(results)

@@ -11,6 +11,8 @@ Copy-paste examples::
     cbnano models list --json ; cbnano models rollback --domain catalysis
     cbnano dataset build --domain catalysis --month 2026-11
     cbnano retrain --domain catalysis --profile tiny --max-steps 10
+    CBNANO_BASE_MODEL=smollm2 cbnano retrain --domain catalysis --profile cpu_lora --max-steps 6
+    cbnano models promote --domain catalysis --version 2026-11.3f2a9c01 --reason "reviewed by the lab"
     cbnano replay --corpus include/samples/arxiv --pubchem-dir include/samples/pubchem --port 8765
 
 Every command that changes state ends by printing one JSON line on stdout. Progress goes to stderr: a bar on
@@ -182,8 +184,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from pipelines.settings import get_settings
+    from pipelines.training.base_models import check_base
     from pipelines.training.configs import DOMAINS
     from pipelines.training.datasets import month_end
+    from pipelines.training.gpus import gpu_lease
     from pipelines.training.retrain import retrain
 
     if args.domain not in DOMAINS:
@@ -193,11 +197,18 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             month_end(args.month)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    settings = get_settings()
     try:
-        summary = retrain(get_settings(), args.domain, args.profile, args.month, args.min_gain, args.max_steps,
-                          args.base_model, log=lambda line: print(line, file=sys.stderr, flush=True))
+        check_base(settings, args.profile or settings.train_profile, args.base_model)  # before waiting for a GPU
+        with gpu_lease(settings.gpus) as gpu:
+            summary = retrain(settings, args.domain, args.profile, args.month, min_gain=args.min_gain,
+                              max_steps=args.max_steps, base_model=args.base_model, gpu=gpu,
+                              log=lambda line: print(line, file=sys.stderr, flush=True))
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    except RuntimeError as exc:  # training, merge or evaluation failed in the training environment
+        print(f"cbnano: error: {exc}", file=sys.stderr)
+        return 1
     _emit({k: summary[k] for k in ("domain", "version", "published", "reason", "metrics")})
     return 0
 
@@ -205,18 +216,20 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def cmd_dataset_build(args: argparse.Namespace) -> int:
     from pipelines.settings import get_settings
     from pipelines.training.datasets import DatasetTooSmall, month_end
-    from pipelines.training.retrain import prepare_dataset
+    from pipelines.training.retrain import prepare_dataset, resolve_month
 
-    month = args.month or time.strftime("%Y-%m", time.gmtime())
+    month = args.month or resolve_month(None)
+    settings = get_settings()
     try:
         month_end(month)
-        _, card = prepare_dataset(get_settings(), args.domain, args.profile, month, args.base_model)
+        _, card = prepare_dataset(settings, args.domain, args.profile or settings.train_profile, month,
+                                  args.base_model)
     except (DatasetTooSmall, ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     for problem in card["bad_internal_lines"]:
         print(f"bad line in lab drop: {problem}", file=sys.stderr)
-    _emit({k: card[k] for k in ("domain", "month", "examples", "train", "validation", "by_source", "dropped",
-                                "sha256", "files")})
+    _emit({k: card[k] for k in ("domain", "month", "examples", "train", "validation", "validation_documents",
+                                "by_source", "dropped", "sha256", "files")})
     return 0
 
 
@@ -251,10 +264,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         if args.action == "promote":
             if not args.version:
                 raise UsageError("models promote needs --version")
-            store.promote(args.domain, args.version)
+            store.promote(args.domain, args.version, reason=args.reason or "",
+                          allow_test_models=settings.allow_test_models)
             version = args.version
         else:
-            version = store.rollback(args.domain, args.version)
+            version = store.rollback(args.domain, args.version, reason=args.reason or "",
+                                     allow_test_models=settings.allow_test_models)
     except (ModelStoreError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     except RuntimeError as exc:  # the import subprocess failed
@@ -289,6 +304,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of ``cbnano``."""
+    from pipelines.evaluation.gate import DEFAULT_MIN_GAIN
+    from pipelines.settings import TRAIN_PROFILES as PROFILES
+
     p = argparse.ArgumentParser(prog="cbnano", description="CB Nano R&D platform command line")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -328,20 +346,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     rt = sub.add_parser("retrain", help="build data, train, merge, evaluate, gate and publish one domain")
     rt.add_argument("--domain", required=True)
-    rt.add_argument("--profile", choices=["tiny", "cpu_lora", "gpu_qlora"], default="tiny")
-    rt.add_argument("--month", help="YYYY-MM (default: this month)")
-    rt.add_argument("--min-gain", type=float, default=0.02, help="required gain on mc_accuracy (default 0.02)")
+    rt.add_argument("--profile", choices=PROFILES, help="axolotl profile (default: CBNANO_TRAIN_PROFILE, gpu_qlora)")
+    rt.add_argument("--month", help="YYYY-MM (default: the last complete month)")
+    rt.add_argument("--min-gain", type=float, default=DEFAULT_MIN_GAIN,
+                    help="the 95%% interval's lower bound of the held-out loss gain must exceed this "
+                         f"(nats/token; default {DEFAULT_MIN_GAIN})")
     rt.add_argument("--max-steps", type=int, help="cap the training steps")
-    rt.add_argument("--base-model", help="base model folder (required for gpu_qlora)")
+    rt.add_argument("--base-model", help="base model: a name under the store's base/, or a folder "
+                                         "(default: CBNANO_BASE_MODEL)")
     rt.set_defaults(func=cmd_retrain)
 
     ds = sub.add_parser("dataset", help="domain instruction datasets")
     ds.add_argument("action", choices=["build"])
     ds.add_argument("--domain", required=True)
-    ds.add_argument("--month", help="YYYY-MM (default: this month)")
-    ds.add_argument("--profile", choices=["tiny", "cpu_lora", "gpu_qlora"], default="tiny",
-                    help="whose base tokenizer counts tokens")
-    ds.add_argument("--base-model", help="base model folder (gpu_qlora)")
+    ds.add_argument("--month", help="YYYY-MM (default: the last complete month)")
+    ds.add_argument("--profile", choices=PROFILES, help="profile whose sequence length applies "
+                                                        "(default: CBNANO_TRAIN_PROFILE)")
+    ds.add_argument("--base-model", help="base whose tokenizer counts tokens (default: CBNANO_BASE_MODEL)")
     ds.set_defaults(func=cmd_dataset_build)
 
     md = sub.add_parser("models", help="published domain models: list, promote, roll back")
@@ -350,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--force", action="store_true", help="with import-base: import again")
     md.add_argument("--domain", help="chemistry, materials, thermal or catalysis")
     md.add_argument("--version", help="version to promote (or to roll back to; default: the previous one)")
+    md.add_argument("--reason", help="with promote/rollback: why (recorded in the history with who did it)")
     md.add_argument("--json", action="store_true", help="list as JSON")
     md.set_defaults(func=cmd_models)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pipelines.publishing.model_store import ModelStore
 
-METRICS = ("mc_accuracy", "val_loss", "exact_match")
+METRICS = ("heldout_loss", "mc_accuracy", "mc_prob")
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -41,6 +41,7 @@ def model_registry(settings: Any) -> list[dict[str, Any]]:
             "version": info.version, "production": info.production, "published_at": info.published_at,
             "metrics": report.get("metrics") or {"candidate": info.metrics},
             "gate": (report.get("gate") or manifest.get("gate") or {}).get("reason", ""),
+            "comparisons": (report.get("gate") or manifest.get("gate") or {}).get("comparisons") or [],
             "dataset_sha256": card.get("sha256") or manifest.get("dataset_sha256", ""),
             "dataset_examples": {"train": card.get("train"), "validation": card.get("validation")},
             "dataset_tokens": (card.get("tokens") or {}).get("total"),
@@ -61,6 +62,7 @@ def retrain_decisions(settings: Any, limit: int = 20) -> list[dict[str, Any]]:
         r = _json(path)
         out.append({"domain": r.get("domain"), "version": r.get("version"),
                     "publish": (r.get("gate") or {}).get("publish"), "reason": (r.get("gate") or {}).get("reason"),
+                    "comparisons": (r.get("gate") or {}).get("comparisons") or [],
                     "finished_at": r.get("finished_at", ""), "origin": r.get("origin") or {},
                     "run_dir": str(path.parent)})
     return out
@@ -109,6 +111,10 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else escape(str(value)) if value is not None else "–"
 
 
+def _signed(value: Any) -> str:
+    return f"{value:+.3f}" if isinstance(value, int | float) else "–"
+
+
 def _run_link(origin: dict[str, str], airflow_base: str) -> str:
     if not origin.get("dag_id"):
         return "<span class='muted'>CLI</span>"
@@ -132,6 +138,13 @@ def render_registry(registry: list[dict[str, Any]], decisions: list[dict[str, An
             rows = "".join(f"<tr><td>{m}</td>" + "".join(f"<td>{_fmt(v['metrics'][k].get(m))}</td>" for k in models)
                            + "</tr>" for m in METRICS)
             ex = v["dataset_examples"]
+            comps = "".join(
+                f"<tr><td>{escape(str(c.get('metric')))}</td><td>{escape(str(c.get('baseline')))}</td>"
+                f"<td>{_fmt(c.get('n'))}</td><td>{_signed(c.get('gain'))}</td>"
+                f"<td>{_signed(c.get('ci_low'))} .. {_signed(c.get('ci_high'))}</td><td>{_fmt(c.get('mde'))}</td></tr>"
+                for c in v.get("comparisons", []))
+            comp_table = (f"<table class='ci'><tr><th>metric</th><th>vs</th><th>n</th><th>gain</th><th>95% CI</th>"
+                          f"<th>detectable</th></tr>{comps}</table>") if comps else ""
             parts.append(
                 f"<table data-version='{escape(v['version'])}'><tr><th colspan='2'{cls}>version {escape(v['version'])}"
                 f"{' (production)' if v['production'] else ''}</th></tr>"
@@ -141,7 +154,7 @@ def render_registry(registry: list[dict[str, Any]], decisions: list[dict[str, An
                 f"train / {_fmt(ex['validation'])} validation examples · {_fmt(v['dataset_tokens'])} tokens</td></tr>"
                 f"<tr><td>gate</td><td>{_fmt(v['gate'])}</td></tr>"
                 f"<tr><td>made by run</td><td>{_run_link(v['origin'], airflow_base)}</td></tr></table>"
-                f"<table><tr><th>metric</th>{head}</tr>{rows}</table>")
+                f"<table><tr><th>metric</th>{head}</tr>{rows}</table>{comp_table}")
             if v["chart"]:
                 parts.append(f"<img alt='evaluation chart' src='{base}charts/{d}/{escape(v['version'])}'>")
     parts.append("<h2>Recent retraining decisions</h2>")

@@ -21,6 +21,11 @@ ARXIV_RSS_URL = "https://rss.arxiv.org/rss"
 PUBCHEM_URL = "https://pubchem.ncbi.nlm.nih.gov/rest/pug"
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Hardware profiles in axolotl_configs/. `tiny` trains a random test model: it exercises the chain in tests and
+# demos, and its candidates never become production unless CBNANO_ALLOW_TEST_MODELS=1.
+TRAIN_PROFILES = ("tiny", "cpu_lora", "gpu_qlora")
+TEST_PROFILES = ("tiny",)
+DEFAULT_TRAIN_PROFILE = "gpu_qlora"  # System B's recipe; what the monthly schedule runs
 
 
 class SettingsError(ValueError):
@@ -50,6 +55,9 @@ class Settings:
     embedding_batch_size: int
     train_python: str
     gpus: int
+    base_model: str = ""  # the lab's base: a name under <model store>/base/, or a model folder
+    train_profile: str = DEFAULT_TRAIN_PROFILE
+    allow_test_models: bool = False
     alert_webhook_url: str = ""
     alert_email: str = ""
     smtp_host: str = ""
@@ -99,6 +107,10 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return (env.get(name) or "false").strip().lower() in ("1", "true", "yes", "on")
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``env`` (default: ``os.environ``); returns a new object each call."""
     env = os.environ if env is None else env
@@ -111,6 +123,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     # absolute(), not resolve(): a venv's bin/python is a symlink to the base interpreter, and following it
     # would leave the venv (and its packages) behind
     train_python = env.get("CBNANO_TRAIN_PYTHON") or str(PROJECT_ROOT / ".venv-train" / "bin" / "python")
+    train_profile = (env.get("CBNANO_TRAIN_PROFILE") or DEFAULT_TRAIN_PROFILE).strip()
+    if train_profile not in TRAIN_PROFILES:
+        raise SettingsError(f"CBNANO_TRAIN_PROFILE={train_profile!r} is not a profile; known: "
+                            f"{', '.join(TRAIN_PROFILES)}")
     return Settings(
         home=home,
         data_dir=data_dir,
@@ -131,12 +147,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         embedding_batch_size=_int(env, "CBNANO_EMBEDDING_BATCH_SIZE", 64),
         train_python=train_python,
         gpus=int(env.get("CBNANO_GPUS") or 0),
+        base_model=(env.get("CBNANO_BASE_MODEL") or "").strip(),
+        train_profile=train_profile,
+        allow_test_models=_flag(env, "CBNANO_ALLOW_TEST_MODELS"),
         alert_webhook_url=env.get("CBNANO_ALERT_WEBHOOK_URL", ""),
         alert_email=env.get("CBNANO_ALERT_EMAIL", ""),
         smtp_host=env.get("CBNANO_SMTP_HOST", ""),
         smtp_user=env.get("CBNANO_SMTP_USER", ""),
         smtp_password=env.get("CBNANO_SMTP_PASSWORD", ""),
-        statsd_on=(env.get("CBNANO_STATSD_ON") or "false").strip().lower() in ("1", "true", "yes", "on"),
+        statsd_on=_flag(env, "CBNANO_STATSD_ON"),
         statsd_host=env.get("CBNANO_STATSD_HOST") or "127.0.0.1",
         statsd_port=_int(env, "CBNANO_STATSD_PORT", 8125),
         statsd_prefix=env.get("CBNANO_STATSD_PREFIX") or "cbnano",

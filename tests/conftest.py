@@ -30,7 +30,8 @@ def fixtures_dir() -> Path:
 
 @pytest.fixture
 def cbnano_env(tmp_path, monkeypatch):
-    """A fresh CBNANO_HOME under tmp_path, no politeness delay, fast retries; returns the Settings."""
+    """A fresh CBNANO_HOME under tmp_path, no politeness delay, fast retries, test models allowed to become
+    production; returns the Settings."""
     from pipelines.settings import get_settings, reset_settings_cache
 
     for key in list(os.environ):
@@ -41,6 +42,7 @@ def cbnano_env(tmp_path, monkeypatch):
     monkeypatch.setenv("CBNANO_HTTP_MAX_ATTEMPTS", "3")
     monkeypatch.setenv("CBNANO_HTTP_BACKOFF_S", "0.01")
     monkeypatch.setenv("CBNANO_HTTP_TIMEOUT_S", "5")
+    monkeypatch.setenv("CBNANO_ALLOW_TEST_MODELS", "1")  # tiny candidates may become production in tests
     reset_settings_cache()
     yield get_settings()
     reset_settings_cache()

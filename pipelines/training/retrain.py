@@ -1,62 +1,46 @@
 """One domain's monthly retraining, end to end; shared by ``cbnano retrain`` and the ``domain_retraining`` DAG.
 
-dataset → render + validate config → train (resumable) → merge (checked against the adapter) → evaluate
-base, candidate and current production → gate → publish (or refuse, leaving nothing under ``versions/``).
+base (fail fast) → dataset → render + validate config → train (resumable) → merge → merge check → evaluate
+base, current production and candidate per item → gate → register the candidate as a version (production
+moves only if the gate passed) → retention.
 
-Returns the summary the CLI prints: ``domain``, ``version``, ``published``, ``reason``, ``metrics``.
+The base comes from :func:`pipelines.training.base_models.resolve_base` (``CBNANO_BASE_MODEL``, or the
+``tiny`` profile's random Llama); with no usable base the run stops before anything is built or written.
+Model work (training, merge check, evaluation) runs in the training environment on the GPU the task leased
+(``gpu``), or on the CPU. A candidate trained on a test model (the ``tiny`` profile, a random-init base) never
+becomes production unless ``CBNANO_ALLOW_TEST_MODELS=1``.
 
-Base models per profile: ``tiny`` builds (once) a tiny random Llama under ``<model store>/base/tiny-llama``;
-``cpu_lora`` uses ``<model store>/base/smollm2`` (``cbnano models import-base smollm2``);
-``gpu_qlora`` takes the production base given as ``base_model`` (the lab's NFS path).
+Returns the summary: ``domain``, ``version`` (the version registered, or None when the run stopped before
+training), ``published`` (production moved to it), ``reason`` (the gate's line, with its 95% interval),
+``metrics`` (role → metric → mean), plus ``run_dir``, ``timings`` (seconds per step) and ``train_stats``.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines.evaluation.gate import decide
+from pipelines.evaluation.evaluate import eval_items_path, evaluate_roles
+from pipelines.evaluation.gate import DEFAULT_MIN_GAIN, decide, overrule
 from pipelines.evaluation.scoring import load_items
-from pipelines.lake import read_jsonl, write_json
+from pipelines.lake import write_json
 from pipelines.ops.metrics import emit_retrain
-from pipelines.publishing.model_store import ModelStore
-from pipelines.settings import Settings
+from pipelines.publishing.model_store import ModelStore, default_actor
+from pipelines.publishing.release import register_candidate
+from pipelines.settings import TEST_PROFILES, Settings
+from pipelines.training.base_models import BaseModel, locate_base, resolve_base
 from pipelines.training.configs import config_hash, render_config, validate_in_train_env, write_config
 from pipelines.training.datasets import DatasetTooSmall, build_dataset
-from pipelines.training.runner import (
-    adapter_changed,
-    check_merge,
-    merge,
-    run_dir_for,
-    run_in_train_env,
-    train,
-)
+from pipelines.training.runner import adapter_changed, check_merge, merge, run_dir_for, train
 
-EVAL_DIR = Path(__file__).resolve().parents[2] / "include" / "eval"
 Log = Callable[[str], None]
-
-# Model work runs in the training environment, never in Airflow's process (no torch there).
-_BUILD_TINY = r"""
-import json, sys
-from pathlib import Path
-from pipelines.training.tiny import build_tiny_llama, sample_corpus
-path = build_tiny_llama(Path(sys.argv[1]), sample_corpus(Path(sys.argv[2])), vocab_size=512)
-print(json.dumps({"base": str(path)}))
-"""
-_EVALUATE = r"""
-import json, sys
-from pipelines.evaluation.scoring import evaluate, load_items
-from pipelines.lake import read_jsonl
-from pathlib import Path
-val = list(read_jsonl(Path(sys.argv[3])))
-print(json.dumps(evaluate(sys.argv[1], load_items(Path(sys.argv[2])), val, val, device=sys.argv[4])))
-"""
+KEEP_VERSIONS = 3
 
 
 def token_counter(base: Path) -> Callable[[str], int]:
@@ -65,30 +49,6 @@ def token_counter(base: Path) -> Callable[[str], int]:
 
     tok = Tokenizer.from_file(str(base / "tokenizer.json"))
     return lambda text: len(tok.encode(text).ids)
-
-
-def evaluate_model(settings: Settings, model_dir: Path, domain: str, val_path: Path, gpu: int | None) -> dict:
-    """``scoring.evaluate`` of one model, run in the training environment."""
-    device = "cuda" if gpu is not None else "cpu"
-    return dict(run_in_train_env(settings.train_python, _EVALUATE,
-                                 [str(model_dir), str(EVAL_DIR / f"{domain}.jsonl"), str(val_path), device]))
-
-
-def resolve_base(settings: Settings, profile: str, base_model: str | None = None) -> Path:
-    """The base model folder for a profile (building the tiny one on first use)."""
-    if base_model:
-        return Path(base_model)
-    if profile == "tiny":
-        path = settings.model_store / "base" / "tiny-llama"
-        if not (path / "config.json").is_file():
-            run_in_train_env(settings.train_python, _BUILD_TINY, [str(path), str(settings.data_dir)], 600)
-        return path
-    if profile == "cpu_lora":
-        path = settings.model_store / "base" / "smollm2"
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"no SmolLM2 base at {path}: import it first (`cbnano models import-base smollm2`)")
-        return path
-    raise ValueError("profile gpu_qlora needs --base-model (the production base on NFS)")
 
 
 def watchlist_domains() -> dict[str, str]:
@@ -109,34 +69,6 @@ def _code_revision() -> str:
         return "unknown"
 
 
-def _chart(path: Path, metrics: dict[str, dict[str, float]], losses: list[float]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    names = [n for n in ("base", "production", "candidate") if n in metrics]
-    a.bar(names, [metrics[n]["mc_accuracy"] for n in names], color=["#999", "#4a7", "#37c"][:len(names)])
-    a.set_title("multiple-choice accuracy")
-    a.set_ylim(0, 1)
-    b.plot(range(1, len(losses) + 1), losses)
-    b.set_title("training loss")
-    b.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _model_card(domain: str, version: str, base: Path, card: dict[str, Any], metrics: dict[str, Any],
-                reason: str, profile: str) -> str:
-    rows = "\n".join(f"| {m} | " + " | ".join(f"{metrics[k].get(m, float('nan')):.4f}" for k in metrics) + " |"
-                     for m in ("mc_accuracy", "val_loss", "exact_match"))
-    return (f"# CB Nano {domain} model {version}\n\nFine-tuned from `{base}` with the `{profile}` profile on "
-            f"{card['train']} examples ({json.dumps(card['by_source'])}), dataset sha256 `{card['sha256']}`.\n\n"
-            f"| metric | {' | '.join(metrics)} |\n|---|{'---|' * len(metrics)}\n{rows}\n\nGate: {reason}\n")
-
-
 def resolve_month(interval_start: datetime | None, override: str | None = None,
                   now: datetime | None = None) -> str:
     """The month (``YYYY-MM``) a retraining run trains on: the override, else the run's data interval, else
@@ -154,95 +86,136 @@ def resolve_month(interval_start: datetime | None, override: str | None = None,
 
 
 def prepare_dataset(settings: Settings, domain: str, profile: str, month: str,
-                    base_model: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """Build the month's dataset for ``domain`` with the profile's base tokenizer; returns (base, card).
-
-    Raises :class:`DatasetTooSmall` when there is too little to train on.
-    """
+                    base_model: str | None = None) -> tuple[BaseModel, dict[str, Any]]:
+    """Resolve the base (failing fast without one), then build the month's dataset for ``domain`` with its
+    tokenizer; returns (base, card). Raises :class:`DatasetTooSmall` when there is too little to train on."""
     base = resolve_base(settings, profile, base_model)
-    items = load_items(EVAL_DIR / f"{domain}.jsonl")
+    items = load_items(eval_items_path(domain))
     eval_texts = [it["question"] + " " + " ".join(it["choices"]) for it in items]
-    sequence_len = int(render_config(profile, domain, {"base_model": str(base)})["sequence_len"])
+    sequence_len = int(render_config(profile, domain, {"base_model": str(base.path)})["sequence_len"])
     card = build_dataset(domain, settings.data_dir, settings.data_dir / "datasets" / domain / month,
-                         token_counter(base), eval_texts, month=month, max_tokens=sequence_len - 96,
+                         token_counter(base.path), eval_texts, month=month, max_tokens=sequence_len - 96,
                          watchlist_domains=watchlist_domains())
     return base, card
 
 
-def retrain(settings: Settings, domain: str, profile: str = "tiny", month: str | None = None,
-            min_gain: float = 0.02, max_steps: int | None = None, base_model: str | None = None,
-            gpu: int | None = None, log: Log | None = None,
-            origin: dict[str, str] | None = None) -> dict[str, Any]:
+def _production_role(store: ModelStore, settings: Settings, domain: str) -> tuple[Path, Path] | None:
+    """(base folder, adapter folder) of the domain's production version, if it has one."""
+    prod = store.production(domain)
+    if not prod:
+        return None
+    man = store.manifest(domain, prod)
+    base_ref = (man.get("base") or {}).get("name") or man.get("base_model")
+    if not base_ref:
+        return None
+    base = locate_base(settings, str(base_ref), f"production {domain}/{prod} base")
+    return base.path, store.version_dir(domain, prod) / "adapter"
+
+
+class _Clock:
+    """Wall time of each named step."""
+
+    def __init__(self, say: Log) -> None:
+        self.timings: dict[str, float] = {}
+        self.say = say
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - t0, 2)
+        self.say(f"step {name}: {self.timings[name]:.1f}s")
+
+
+def retrain(settings: Settings, domain: str, profile: str | None = None, month: str | None = None, *,
+            min_gain: float = DEFAULT_MIN_GAIN, max_steps: int | None = None, base_model: str | None = None,
+            gpu: int | None = None, log: Log | None = None, origin: dict[str, str] | None = None,
+            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the chain for one domain (see module docstring); returns the summary.
 
-    ``origin`` (e.g. the Airflow dag and run ids) is recorded in the evaluation report and the manifest, so
-    the model registry links each version to the run that made it.
+    ``profile`` defaults to ``CBNANO_TRAIN_PROFILE``, ``month`` to the last complete month. ``origin`` (e.g.
+    the Airflow dag and run ids) is recorded in the report and the manifest, so the model registry links each
+    version to the run that made it. ``overrides`` are extra axolotl keys laid over the rendered config (the
+    GPU check's CPU smoke mode uses them); they are part of the config hash.
     """
-    month = month or datetime.now(UTC).strftime("%Y-%m")
+    profile = profile or settings.train_profile
+    month = month or resolve_month(None)
     say = log or (lambda _m: None)
-    try:
-        base, card = prepare_dataset(settings, domain, profile, month, base_model)
-    except DatasetTooSmall as exc:
-        return {"domain": domain, "version": None, "published": False, "reason": f"refused: {exc}", "metrics": {}}
-    run: dict[str, Any] = {"base_model": str(base), "seed": 42}
+    clock = _Clock(say)
+    with clock.step("dataset"):
+        try:
+            base, card = prepare_dataset(settings, domain, profile, month, base_model)
+        except DatasetTooSmall as exc:
+            return {"domain": domain, "version": None, "published": False, "reason": f"refused: {exc}",
+                    "metrics": {}}
+    run: dict[str, Any] = {"base_model": str(base.path), "seed": 42, **(overrides or {})}
     if max_steps:
         run["max_steps"] = max_steps
     ds_dir = Path(card["files"]["train"]).parent
-    say(f"dataset: {card['train']} train / {card['validation']} validation examples, sha256 {card['sha256'][:12]}")
-    cfg = render_config(profile, domain, {**run, "datasets": [
-        {"path": card["files"]["train"], "type": "alpaca", "ds_type": "json"}]})
+    say(f"dataset: {card['train']} train / {card['validation']} held-out examples "
+        f"({card['validation_documents']} documents), sha256 {card['sha256'][:12]}; base {base.name}")
+    cfg = render_config(profile, domain, {**run, "datasets": [{
+        "path": card["files"]["train"], "type": "chat_template", "ds_type": "json", "field_messages": "messages",
+        "roles_to_train": ["assistant"], "train_on_eos": "turn"}]})
     run_dir = run_dir_for(settings.runs_dir, domain, month, card["sha256"], cfg)
     version = f"{month}.{card['sha256'][:6]}{config_hash(cfg)[:4]}"  # same inputs, same version
     store = ModelStore(settings.model_store)
     done = store.version_dir(domain, version) / "manifest.json"
-    if done.is_file():  # same month, dataset and config: that model exists already; nothing to redo
+    if done.is_file():  # same month, dataset and config: that candidate exists already; nothing to redo
         published = json.loads(done.read_text())
-        return {"domain": domain, "version": version, "published": False,
-                "reason": f"unchanged: {version} was already published from this dataset and config",
+        return {"domain": domain, "version": version, "published": store.production(domain) == version,
+                "reason": f"unchanged: {version} was already made from this dataset and config "
+                          f"({(published.get('gate') or {}).get('reason', 'no gate record')})",
                 "metrics": {"candidate": published.get("metrics", {})}, "run_dir": str(run_dir)}
-    problems = validate_in_train_env([write_config(cfg, run_dir / "config.rendered.yml")], settings.train_python)
+    with clock.step("validate"):
+        problems = validate_in_train_env([write_config(cfg, run_dir / "config.rendered.yml")], settings.train_python)
     if problems:
         raise ValueError("config rejected before training: " + "; ".join(problems))
-    result = train(cfg, run_dir, settings.train_python, gpu=gpu, log=say)
+    with clock.step("train"):
+        result = train(cfg, run_dir, settings.train_python, gpu=gpu, log=say)
     if not adapter_changed(result.adapter_dir):
         raise RuntimeError(f"training left the adapter unchanged in {result.adapter_dir}")
-    merged = merge(run_dir, settings.train_python, log=say)
-    val_path = Path(card["files"]["validation"])
-    prompts = [r["instruction"] for r in list(read_jsonl(val_path))[:3]] or ["Describe the material."]
-    merge_diff = check_merge(run_dir, settings.train_python, prompts)
-    metrics = {"base": evaluate_model(settings, base, domain, val_path, gpu)}
-    prod = store.production(domain)
+    with clock.step("merge"):
+        merged = merge(run_dir, settings.train_python, log=say)
+    with clock.step("merge_check"):
+        merge_report = check_merge(base.path, result.adapter_dir, merged, settings.train_python, gpu=gpu)
+    roles: dict[str, tuple[Path, Path | None]] = {"base": (base.path, None)}
+    prod = _production_role(store, settings, domain)
     if prod:
-        metrics["production"] = evaluate_model(settings, store.version_dir(domain, prod) / "merged", domain,
-                                               val_path, gpu)
-    metrics["candidate"] = evaluate_model(settings, merged, domain, val_path, gpu)
-    decision = decide(metrics["candidate"], metrics["base"], metrics.get("production"), "mc_accuracy", min_gain,
-                      max_regression={"val_loss": 0.25, "exact_match": 0.05})
+        roles["production"] = prod
+    roles["candidate"] = (base.path, result.adapter_dir)
+    with clock.step("evaluate"):
+        evaluation = evaluate_roles(settings, domain, roles, Path(card["files"]["validation"]),
+                                    bool(cfg.get("load_in_4bit")), gpu, run_dir / "eval_spec.json")
+    decision = decide(evaluation["per_item"], min_gain=min_gain)
+    test_model = profile in TEST_PROFILES or base.test_model
+    if decision.publish and test_model and not settings.allow_test_models:
+        decision = overrule(decision, f"test model ({'profile ' + profile if profile in TEST_PROFILES else 'random-init base ' + base.name}) "
+                                      "never becomes production without CBNANO_ALLOW_TEST_MODELS=1")
     say(decision.reason)
-    report = {"domain": domain, "version": version, "metrics": metrics, "gate": decision.to_dict(),
-              "merge_max_abs_logit_diff": merge_diff, "train_losses": result.losses, "dataset": card,
-              "origin": origin or {}, "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    write_json(run_dir / "eval.json", report)  # the run's gate decision with its numbers, published or not
-    summary = {"domain": domain, "version": version if decision.publish else None, "published": False,
-               "reason": decision.reason, "metrics": metrics, "run_dir": str(run_dir)}
-    emit_retrain(settings, {**summary, "published": decision.publish}, result.losses)
-    if not decision.publish:
-        return summary
-    with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
-        content = Path(tmp)
-        shutil.copytree(merged, content / "merged")
-        (content / "adapter").mkdir()
-        for f in result.adapter_dir.glob("adapter_*"):
-            shutil.copy2(f, content / "adapter" / f.name)
-        shutil.copy2(run_dir / "config.yml", content / "config.yml")
-        shutil.copy2(ds_dir / "dataset_card.json", content / "dataset_card.json")
-        write_json(content / "eval.json", report)
-        _chart(content / "eval.png", metrics, result.losses)
-        (content / "MODEL_CARD.md").write_text(_model_card(domain, version, base, card, metrics, decision.reason,
-                                                           profile))
-        store.publish(domain, version, content, {
-            "base_model": str(base), "profile": profile, "dataset_sha256": card["sha256"], "config": cfg,
-            "metrics": metrics["candidate"], "gate": decision.to_dict(), "code_revision": _code_revision(),
-            "origin": origin or {}})
-    store.apply_retention(domain, keep_last=3)
-    return {**summary, "published": True}
+    actor = (f"airflow:{origin['dag_id']}/{origin['run_id']}" if origin and origin.get("dag_id")
+             else default_actor())
+    report = {"domain": domain, "version": version, "base": {"name": base.name, "test_model": base.test_model},
+              "profile": profile, "metrics": evaluation["metrics"], "per_item": evaluation["per_item"],
+              "gate": decision.to_dict(), "merge_check": merge_report, "train_losses": result.losses,
+              "train_stats": result.stats, "dataset": card, "origin": origin or {},
+              "evaluation": {k: evaluation[k] for k in ("device", "dtype", "seconds", "peak_gpu_gib", "items",
+                                                        "heldout")},
+              "timings": clock.timings, "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    write_json(run_dir / "eval.json", report)  # the run's decision with its numbers, kept with the run
+    with clock.step("register"):
+        register_candidate(store, domain, version, base_name=base.name, profile=profile, run_dir=run_dir,
+                           adapter_dir=result.adapter_dir, merged=merged, dataset_dir=ds_dir,
+                           report={**report, "timings": clock.timings}, losses=result.losses,
+                           manifest={"base": {"name": base.name}, "base_model": base.name, "profile": profile,
+                                     "test_model": test_model, "dataset_sha256": card["sha256"], "config": cfg,
+                                     "metrics": evaluation["metrics"]["candidate"], "gate": decision.to_dict(),
+                                     "code_revision": _code_revision(), "origin": origin or {}},
+                           promote=decision.publish, actor=actor, allow_test_models=settings.allow_test_models)
+        store.apply_retention(domain, keep_last=KEEP_VERSIONS)
+    write_json(run_dir / "eval.json", {**report, "timings": clock.timings})
+    summary = {"domain": domain, "version": version, "published": decision.publish, "reason": decision.reason,
+               "metrics": evaluation["metrics"], "run_dir": str(run_dir), "timings": clock.timings,
+               "train_stats": result.stats, "evaluation": report["evaluation"]}
+    emit_retrain(settings, summary, result.losses)
+    return summary

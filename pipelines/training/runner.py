@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ class TrainResult:
     adapter_dir: Path
     losses: list[float]
     resumed_from: str | None
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 def run_dir_for(runs_dir: Path, domain: str, month: str, dataset_sha: str, cfg: dict[str, Any]) -> Path:
@@ -49,12 +51,32 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
 
 
+def _pipelines_path() -> str:
+    """A folder holding the ``pipelines`` package and nothing else of Airflow's environment.
+
+    From a source checkout (editable install) that is the project root; from an installed package it is a
+    private folder with a link to the package, so the training environment never sees Airflow's site-packages.
+    """
+    pkg = Path(__file__).resolve().parents[1]
+    if (pkg.parent / "pyproject.toml").is_file():
+        return str(pkg.parent)
+    shim = Path(tempfile.gettempdir()) / f"cbnano-pipelines-{os.getuid()}"
+    shim.mkdir(exist_ok=True)
+    link = shim / "pipelines"
+    if not link.exists():
+        link.symlink_to(pkg)
+    return str(shim)
+
+
 def train_env(train_python: str, gpu: int | None) -> dict[str, str]:
-    """Environment of an axolotl subprocess: its venv first on PATH, one GPU (or none), no telemetry."""
+    """Environment of a training-environment subprocess: its venv first on PATH, ``pipelines`` importable,
+    one GPU (or none: ``CUDA_VISIBLE_DEVICES=""``), no telemetry, offline hub."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(train_python).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = _pipelines_path()
     env["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
     env["AXOLOTL_DO_NOT_TRACK"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = env.get("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
     if not env.get("WANDB_API_KEY"):
         env["WANDB_MODE"] = "offline"
@@ -98,11 +120,63 @@ def train(cfg: dict[str, Any], run_dir: Path, train_python: str, gpu: int | None
     if not (out / "adapter_model.safetensors").is_file():
         raise TrainingError(f"axolotl finished but wrote no adapter in {out}")
     losses = [float(m.group(1)) for line in lines for m in [_STEP_LOSS.search(line)] if m]
-    return TrainResult(run_dir, out, losses, str(resumed) if resumed else None)
+    return TrainResult(run_dir, out, losses, str(resumed) if resumed else None, train_stats(lines))
+
+
+def train_stats(lines: list[str]) -> dict[str, float]:
+    """Throughput and memory from axolotl's log dicts: ``train_runtime_s``, ``s_per_step``, ``steps``,
+    ``tokens``, ``tokens_per_s`` (all tokens axolotl processed, padding included), ``trainable_tokens``,
+    ``peak_gpu_gib`` (torch's max allocated), ``peak_gpu_active_gib``, ``gpu_reserved_gib``; absent keys
+    are left out (CPU runs report no memory)."""
+    import ast
+
+    records = []
+    for line in lines:
+        start, end = line.find("{'"), line.rfind("}")
+        if start < 0 or end < start:
+            continue
+        try:
+            rec = ast.literal_eval(line[start:end + 1])
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(rec, dict):
+            records.append({k: float(v) for k, v in rec.items() if _is_number(v)})
+    out: dict[str, float] = {}
+    final = next((r for r in reversed(records) if "train_runtime" in r), None)
+    steps = [r for r in records if "loss" in r]
+    if final:
+        out["train_runtime_s"] = final["train_runtime"]
+        if final.get("train_steps_per_second"):
+            out["s_per_step"] = round(1 / final["train_steps_per_second"], 3)
+    if steps:
+        out["steps"] = len(steps)
+        for key, name in (("tokens/total", "tokens"), ("tokens/trainable", "trainable_tokens")):
+            if key in steps[-1]:
+                out[name] = steps[-1][key]
+        if final and out.get("tokens") and final["train_runtime"] > 0:
+            out["tokens_per_s"] = round(out["tokens"] / final["train_runtime"], 1)
+    for key, name in (("memory/max_allocated (GiB)", "peak_gpu_gib"), ("memory/max_active (GiB)", "peak_gpu_active_gib"),
+                      ("memory/device_reserved (GiB)", "gpu_reserved_gib")):
+        values = [r[key] for r in records if key in r]
+        if values and max(values) > 0:
+            out[name] = max(values)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool)
 
 
 def merge(run_dir: Path, train_python: str, log: Log | None = None) -> Path:
-    """Merge the run's adapter into its base (``axolotl merge-lora``, de-quantizing for QLoRA); returns the folder."""
+    """Merge the run's adapter into its base (``axolotl merge-lora``); returns the merged folder.
+
+    Runs on the CPU: the merged model is written in the base's full precision (bf16), which for an 8B base is
+    16 GB and would not fit beside the CUDA context on System B's 16 GB cards; host memory holds it easily.
+    """
     axolotl = str(Path(train_python).parent / "axolotl")
     _run([axolotl, "merge-lora", str(run_dir / "config.yml"), "--lora-model-dir", str(run_dir / "out")],
          train_env(train_python, None), run_dir / "merge.log", log)
@@ -112,41 +186,27 @@ def merge(run_dir: Path, train_python: str, log: Log | None = None) -> Path:
     return merged
 
 
-_CHECK_MERGE = r"""
-import json, sys, warnings
-warnings.filterwarnings("ignore")
-import torch, yaml
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
-cfg = yaml.safe_load(open(sys.argv[1]))
-out, prompts = sys.argv[2], json.loads(sys.argv[3])
-tok = AutoTokenizer.from_pretrained(out + "/merged")
-base = AutoModelForCausalLM.from_pretrained(cfg["base_model"], dtype=torch.float32)
-with_adapter = PeftModel.from_pretrained(base, out).eval()
-merged = AutoModelForCausalLM.from_pretrained(out + "/merged", dtype=torch.float32).eval()
-worst = 0.0
-with torch.no_grad():
-    for p in prompts:
-        ids = tok(p, return_tensors="pt").input_ids
-        worst = max(worst, float((with_adapter(ids).logits - merged(ids).logits).abs().max()))
-print(json.dumps({"max_abs_logit_diff": worst}))
-"""
+MERGE_TOLERANCE = 1e-2  # relative; bf16 rounding of a merged weight is ~4e-3
 
 
-def check_merge(run_dir: Path, train_python: str, prompts: list[str]) -> float:
-    """Largest logit difference between base+adapter and the merged model on ``prompts`` (in the train env).
+def check_merge(base: Path, adapter_dir: Path, merged: Path, train_python: str, gpu: int | None = None) -> dict:
+    """Verify the merged weights against base + adapter (``steps.check_merge``, on the leased GPU if any).
 
-    For LoRA it should be float noise; for QLoRA the adapter ran over a 4-bit base while the merge
-    de-quantized it, so expect quantization-sized differences.
+    Returns the step's report; raises :class:`TrainingError` when a merged weight is not base + scale·B·A
+    within :data:`MERGE_TOLERANCE`, when no LoRA target changed, or when a tensor outside the LoRA targets did.
     """
-    import json
-
-    proc = subprocess.run([train_python, "-c", _CHECK_MERGE, str(run_dir / "config.yml"), str(run_dir / "out"),
-                           json.dumps(prompts)], capture_output=True, text=True, env=train_env(train_python, None),
-                          timeout=600)
-    if proc.returncode != 0:
-        raise TrainingError(f"merge check failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["max_abs_logit_diff"])
+    report = dict(run_in_train_env(train_python, "check_merge", ["--base", str(base), "--adapter",
+                                                                 str(adapter_dir), "--merged", str(merged)],
+                                   gpu=gpu, timeout_s=3600))
+    if report["max_rel_diff"] > MERGE_TOLERANCE:
+        raise TrainingError(f"merged weights differ from base + adapter by {report['max_rel_diff']:.3g} "
+                            f"(relative; tolerance {MERGE_TOLERANCE:g}) in {merged}")
+    if not report["changed"]:
+        raise TrainingError(f"the merge left every LoRA target unchanged in {merged}")
+    if report["others_changed"] or report["others_missing"]:
+        raise TrainingError(f"the merge changed or lost tensors outside the LoRA targets: "
+                            f"{(report['others_changed'] + report['others_missing'])[:5]}")
+    return report
 
 
 def adapter_changed(adapter_dir: Path) -> bool:
@@ -173,16 +233,31 @@ def adapter_changed(adapter_dir: Path) -> bool:
     return False
 
 
-def run_in_train_env(train_python: str, code: str, args: list[str], timeout_s: float = 3600) -> Any:
-    """Run ``code`` with the training environment's interpreter, the project's ``pipelines`` importable;
-    returns the JSON its last stdout line holds. Keeps torch/transformers out of Airflow's processes."""
+def run_in_train_env(train_python: str, step: str, args: list[str], gpu: int | None = None,
+                     timeout_s: float = 3600) -> Any:
+    """Run ``pipelines.training.steps.<step>`` with the training environment's interpreter on one GPU (or
+    the CPU); returns the JSON its last stdout line holds. Keeps torch/transformers out of Airflow's processes.
+
+    Raises FileNotFoundError when the environment is missing and :class:`TrainingError` (with the step's
+    last lines) when the step fails or times out.
+    """
     import json as _json
 
-    root = str(Path(__file__).resolve().parents[2])
-    prelude = f"import sys; sys.path.insert(0, {root!r})\n"
-    proc = subprocess.run([train_python, "-c", prelude + code, *args], capture_output=True, text=True,
-                          env=train_env(train_python, None), timeout=timeout_s)
+    if not Path(train_python).exists():
+        raise FileNotFoundError(f"training environment not found: {train_python} (run `make setup-train`, "
+                                "or set CBNANO_TRAIN_PYTHON)")
+    cmd = [train_python, "-m", f"pipelines.training.steps.{step}", *args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=train_env(train_python, gpu),
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise TrainingError(f"training-environment step {step} ran over {timeout_s:.0f}s") from None
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise TrainingError(f"training-environment step failed: {' | '.join(tail)}")
-    return _json.loads(proc.stdout.strip().splitlines()[-1])
+        raise TrainingError(f"training-environment step {step} failed (exit {proc.returncode}): "
+                            f"{' | '.join(tail)}")
+    try:
+        return _json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise TrainingError(f"training-environment step {step} printed no result; stderr: "
+                            f"{proc.stderr.strip()[-300:]}") from None

@@ -1,19 +1,29 @@
-"""A tiny random Llama with a tokenizer trained on the spot: the base model of the ``tiny`` profile.
+"""Random-init test bases: a tiny Llama with a tokenizer trained on the spot, and real model shapes.
 
-Seconds to build, a few hundred thousand parameters, a real Llama architecture and a real (BPE) tokenizer
-with a chat template, so axolotl trains, merges and evaluates it exactly as it would a production base.
-Its answers are noise; it exists to exercise the whole monthly chain on CPU in tests and demos.
+``build_tiny_llama`` is the base of the ``tiny`` profile: seconds to build, a few hundred thousand
+parameters, a real Llama architecture and a real (BPE) tokenizer with a chat template, so axolotl trains,
+merges and evaluates it exactly as it would a production base. ``build_random_llama`` builds a model of a
+real shape (SmolLM2-1.7B's, Llama-3-8B's) around an existing tokenizer, for the GPU check. Their answers are
+noise: every such base is marked ``test_model`` and never becomes production unless test models are allowed.
 
-    .venv/bin/python -m pipelines.training.tiny --out var/models/base/tiny-llama
+    .venv-train/bin/python -m pipelines.training.steps.build_base --shape tiny --out var/models/base/tiny-llama
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+# (hidden, intermediate, layers, attention heads, key/value heads, tied embeddings)
+SHAPES: dict[str, tuple[int, int, int, int, int, bool]] = {
+    "tiny": (64, 128, 2, 4, 4, False),
+    "smoke": (128, 256, 2, 4, 2, False),  # the GPU check's CPU smoke run: a little above tiny
+    "135m": (576, 1536, 30, 9, 3, True),  # SmolLM2-135M
+    "1.7b": (2048, 8192, 24, 32, 32, True),  # SmolLM2-1.7B
+    "8b": (4096, 14336, 32, 32, 8, False),  # Llama-3-8B
+}
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
@@ -47,8 +57,37 @@ def build_tiny_llama(out: Path, corpus: Iterable[str], vocab_size: int = 1024, h
     model.save_pretrained(out, safe_serialization=True)
     n_params = sum(p.numel() for p in model.parameters())
     (out / "cbnano_base.json").write_text(json.dumps({"name": "tiny-llama", "parameters": n_params,
-                                                      "vocab_size": len(fast), "seed": seed}, indent=2))
+                                                      "vocab_size": len(fast), "seed": seed,
+                                                      "test_model": True}, indent=2))
     return out
+
+
+def build_random_llama(out: Path, tokenizer_dir: Path, shape: str, seed: int = 0) -> dict[str, object]:
+    """A random-init Llama of ``shape`` (see :data:`SHAPES`) with the tokenizer of ``tokenizer_dir``, in bf16
+    (initialised on the GPU when there is one: an 8B model takes minutes on the CPU); returns its facts."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    hidden, inter, layers, heads, kv, tied = SHAPES[shape]
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(out)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=8192,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=tied)
+    torch.manual_seed(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model: Any = LlamaForCausalLM(config)
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    facts: dict[str, object] = {"name": out.name, "shape": shape, "parameters": sum(p.numel() for p in model.parameters()),
+                                "vocab_size": len(tok), "tokenizer": str(tokenizer_dir), "seed": seed, "test_model": True}
+    (out / "cbnano_base.json").write_text(json.dumps(facts, indent=2))
+    return facts
 
 
 def sample_corpus(data_dir: Path | None = None) -> list[str]:
@@ -63,19 +102,5 @@ def sample_corpus(data_dir: Path | None = None) -> list[str]:
         sample = Path(__file__).resolve().parents[2] / "include" / "samples" / "arxiv"
         for f in sorted(sample.glob("*.xml")):
             texts += [el.text or "" for el in ET.parse(f).getroot().iter("{http://www.w3.org/2005/Atom}summary")]
-    return texts + ["Below is an instruction that describes a task. Write a response that appropriately "
-                    "completes the request. ### Instruction: ### Input: ### Response:"] * 20
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--vocab-size", type=int, default=1024)
-    args = ap.parse_args()
-    path = build_tiny_llama(args.out, sample_corpus(), vocab_size=args.vocab_size)
-    print(json.dumps({"base": str(path), **json.loads((path / "cbnano_base.json").read_text())}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    # the chat template's markers, so the tokenizer has pieces for them
+    return texts + ["<|user|>\nWhat is it?</s>\n<|assistant|>\nIt is.</s>\n"] * 20

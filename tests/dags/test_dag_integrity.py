@@ -107,8 +107,12 @@ def test_domain_retraining_wiring(dagbag):
         announce = dag.get_task(f"announce_{domain}")
         assert [a.uri for a in announce.outlets] == [f"cbnano://models/{domain}"]
         assert announce.trigger_rule == "all_done"
-    assert dag.params["profile"] == "tiny" and set(dag.params["domains"]) == {
+    # the scheduled run trains the lab's base with System B's recipe, never the tiny test model
+    assert dag.params["profile"] == "gpu_qlora" and set(dag.params["domains"]) == {
         "chemistry", "materials", "thermal", "catalysis"}
+    assert dag.params["base_model"] is None  # CBNANO_BASE_MODEL at run time
+    assert dag.get_task("plan").downstream_task_ids == {"retrain_domain"}
+    assert dag.get_task("report").trigger_rule == "all_success"  # a failed domain fails the run
 
 
 def test_failures_alert_on_every_dag_and_nightly_ingestion_has_a_deadline(dagbag, monkeypatch):

@@ -1,9 +1,14 @@
-"""The monthly chain on the tiny profile with real axolotl: publish when the gate passes, nothing when not."""
+"""The monthly chain with real axolotl on the tiny profile: every candidate becomes a version, the gate moves
+production only on a significant gain, test models stay out of production, and a missing base stops a run
+before anything is built."""
 
+import dataclasses
 import json
+import shutil
 from datetime import UTC, datetime
 
 import pytest
+import yaml
 
 from pipelines.publishing.model_store import ModelStore
 from pipelines.settings import get_settings, reset_settings_cache
@@ -13,6 +18,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def lake(replay, fixtures_dir, monkeypatch):
+    """Papers and compounds staged from the fixtures, plus a lab drop of catalyst test results."""
     from pipelines.ingestion.arxiv import ingest_arxiv
     from pipelines.ingestion.pubchem import ingest_pubchem
 
@@ -25,38 +31,98 @@ def lake(replay, fixtures_dir, monkeypatch):
                  ["cond-mat.mtrl-sci", "physics.chem-ph"], dry_run=True)
     ingest_pubchem(settings, names=["water", "TiO2", "cerium oxide", "ethylene carbonate"], cids=[5564],
                    dry_run=True)
+    drop = settings.data_dir / "internal" / "catalysis"
+    drop.mkdir(parents=True)
+    shutil.copy(fixtures_dir / "internal" / "catalysis.jsonl", drop / "lab.jsonl")
     return settings
 
 
-def test_tiny_retrain_publishes_then_refuses(lake):
+def allow_test_models(monkeypatch, allowed):
+    monkeypatch.setenv("CBNANO_ALLOW_TEST_MODELS", "1" if allowed else "0")
+    reset_settings_cache()
+    return get_settings()
+
+
+def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeypatch, capsys):
+    from pipelines.cli import main
     from pipelines.training.retrain import retrain
 
-    log = []
-    out = retrain(lake, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=4, log=log.append)
-    assert out["published"] is True and out["reason"].startswith("published: mc_accuracy")
-    assert set(out["metrics"]) == {"base", "candidate"}
-    assert set(out["metrics"]["candidate"]) == {"mc_accuracy", "val_loss", "exact_match"}
     store = ModelStore(lake.model_store)
-    assert store.production("catalysis") == out["version"]
-    vdir = store.version_dir("catalysis", out["version"])
+    # 1. a test model (tiny profile) with a gate anyone would pass: a version, but never production
+    settings = allow_test_models(monkeypatch, False)
+    log = []
+    first = retrain(settings, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=4, log=log.append)
+    assert first["published"] is False and first["version"]
+    assert first["reason"].startswith("refused: test model (profile tiny) never becomes production")
+    assert "held-out loss gain" in first["reason"] and "(95% CI " in first["reason"]
+    assert [v.version for v in store.versions("catalysis")] == [first["version"]] and not store.production("catalysis")
+    assert main(["models", "promote", "--domain", "catalysis", "--version", first["version"]]) == 2
+    assert "test model" in capsys.readouterr().err
+    assert any(line.startswith("dataset:") for line in log) and any(line.startswith("step evaluate:") for line in log)
+
+    vdir = store.version_dir("catalysis", first["version"])
+    assert store.verify("catalysis", first["version"]) == []
     man = json.loads((vdir / "manifest.json").read_text())
-    assert {"merged/model.safetensors", "adapter/adapter_model.safetensors", "eval.json", "eval.png",
-            "MODEL_CARD.md", "dataset_card.json", "config.yml"} <= set(man["files"])
-    assert man["dataset_sha256"] and man["code_revision"] and man["base_model"].endswith("tiny-llama")
-    assert store.verify("catalysis", out["version"]) == []
-    assert any(line.startswith("dataset:") for line in log)
+    assert {"merged/model.safetensors", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
+            "eval.json", "eval.png", "MODEL_CARD.md", "dataset_card.json", "config.yml"} <= set(man["files"])
+    assert man["base_model"] == "tiny-llama" and man["test_model"] is True and man["code_revision"]
+    # portable: the adapter names its base by its store name, not a path on this host
+    adapter_cfg = json.loads((vdir / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == "tiny-llama"
+    assert str(lake.home) not in (vdir / "adapter" / "adapter_config.json").read_text()
+    assert (store.base_dir("tiny-llama") / "config.json").is_file()
+    # a Hugging Face model card with YAML front matter
+    card = (vdir / "MODEL_CARD.md").read_text()
+    assert card.startswith("---\n")
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["base_model"] == "tiny-llama" and front["library_name"] == "peft" and "catalysis" in front["tags"]
+    reported = {m["type"] for m in front["model-index"][0]["results"][0]["metrics"]}
+    assert reported == {"heldout_loss", "mc_accuracy", "mc_prob"}
+    # per-item results, paired on identical ids for every role
+    report = json.loads((vdir / "eval.json").read_text())
+    assert set(report["per_item"]) == {"heldout_loss", "mc_accuracy", "mc_prob"}
+    for by_role in report["per_item"].values():
+        assert set(by_role) == {"base", "candidate"} and by_role["base"].keys() == by_role["candidate"].keys()
+    assert len(report["per_item"]["mc_accuracy"]["base"]) == 40
+    assert len(report["per_item"]["heldout_loss"]["base"]) == report["dataset"]["validation_documents"] >= 5
+    assert report["merge_check"]["max_rel_diff"] < 1e-3 and report["merge_check"]["changed"] > 0
+    assert report["evaluation"]["device"] == "cpu" and set(report["timings"]) >= {
+        "dataset", "validate", "train", "merge", "merge_check", "evaluate"}
 
-    # another candidate (other config) with a bar none can clear: refused, compared with production,
-    # nothing new under versions/
-    again = retrain(lake, "catalysis", "tiny", month="2026-11", min_gain=1.0, max_steps=3)
-    assert again["published"] is False and again["reason"].startswith("refused:")
-    assert set(again["metrics"]) == {"base", "production", "candidate"}
-    assert [v.version for v in store.versions("catalysis")] == [out["version"]]
+    # 2. test models allowed (as in this suite): the same kind of candidate becomes production
+    settings = allow_test_models(monkeypatch, True)
+    second = retrain(settings, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=3)
+    assert second["published"] is True and second["reason"].startswith("published: held-out loss gain")
+    assert store.production("catalysis") == second["version"]
+    assert set(second["metrics"]) == {"base", "candidate"}
+    assert set(second["metrics"]["candidate"]) == {"heldout_loss", "mc_accuracy", "mc_prob"}
+    assert store.history("catalysis")[-1]["reason"] == second["reason"]
 
-    # the first run's inputs again: that model exists, so nothing is retrained or republished
-    same = retrain(lake, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=4)
-    assert same["reason"].startswith("unchanged:") and same["version"] == out["version"]
-    assert [v.version for v in store.versions("catalysis")] == [out["version"]]
+    # 3. a bar no candidate can clear: refused against production, yet kept as a version
+    third = retrain(settings, "catalysis", "tiny", month="2026-11", min_gain=5.0, max_steps=2)
+    assert third["published"] is False and third["reason"].startswith("refused: held-out loss gain")
+    assert "vs production" in third["reason"] and set(third["metrics"]) == {"base", "production", "candidate"}
+    assert store.production("catalysis") == second["version"]
+    assert {v.version for v in store.versions("catalysis")} == {first["version"], second["version"], third["version"]}
+
+    # 4. the second run's inputs again: that candidate exists, nothing is retrained
+    same = retrain(settings, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=3)
+    assert same["reason"].startswith("unchanged:") and same["version"] == second["version"]
+
+
+def test_missing_base_fails_first_with_the_setting_named_and_nothing_written(lake, capsys):
+    from pipelines.cli import main
+    from pipelines.training.base_models import BaseModelMissing
+    from pipelines.training.retrain import retrain
+
+    assert lake.train_profile == "gpu_qlora" and not lake.base_model  # the scheduled default
+    assert main(["retrain", "--domain", "catalysis"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cbnano: error: no base model for profile gpu_qlora: set CBNANO_BASE_MODEL")
+    with pytest.raises(BaseModelMissing, match="CBNANO_BASE_MODEL='nope' is not a usable base model"):
+        retrain(dataclasses.replace(lake, base_model="nope"), "catalysis")
+    assert not (lake.data_dir / "datasets").exists() and not lake.runs_dir.exists()
+    assert not lake.model_store.exists()
 
 
 def test_too_small_dataset_is_refused_without_training(lake):
@@ -80,6 +146,24 @@ def test_domain_retraining_dag(airflow_db, lake):
     assert states[("announce_thermal", -1)] == "skipped"
     store = ModelStore(get_settings().model_store)
     assert (store.production("catalysis") or "").startswith("2026-11.")
+    assert store.history("catalysis")[-1]["actor"].startswith("airflow:domain_retraining/")
+
+
+def test_scheduled_run_without_a_base_fails_at_plan(airflow_db, lake):
+    """The scheduled run uses the form's defaults: gpu_qlora on CBNANO_BASE_MODEL, which is unset here."""
+    import importlib
+
+    import domain_retraining
+    import pendulum
+
+    # a fresh DAG object: dag.test(run_conf=...) in other tests leaves its conf in the in-process DAG's params
+    dag = importlib.reload(domain_retraining).domain_retraining_dag
+    assert dag.params["profile"] == "gpu_qlora" and dag.params["base_model"] is None
+    run = dag.test(logical_date=pendulum.datetime(2027, 1, 1, tz="UTC"))  # a date no other test's run used
+    states = {(ti.task_id, ti.map_index): str(ti.state) for ti in run.get_task_instances()}
+    assert states[("plan", -1)] == "failed" and str(run.state) == "failed", (states, run.state)
+    assert not any(task == "retrain_domain" and state == "success" for (task, _), state in states.items())
+    assert not (lake.data_dir / "datasets").exists() and not lake.runs_dir.exists()
 
 
 def test_cli_retrain_keeps_torch_out_of_its_process(lake):
@@ -90,7 +174,7 @@ def test_cli_retrain_keeps_torch_out_of_its_process(lake):
 
     probe = ("import sys, json; from pipelines.cli import main; "
              "rc = main(['retrain', '--domain', 'catalysis', '--profile', 'tiny', '--month', '2026-11', "
-             "'--max-steps', '2', '--min-gain', '1.0']); "
+             "'--max-steps', '2', '--min-gain', '5.0']); "
              "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'axolotl', 'transformers'}); "
              "print(json.dumps({'rc': rc, 'heavy': heavy}))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=dict(os.environ),
@@ -107,8 +191,8 @@ def test_domain_retraining_dry_run_builds_the_dataset_only(airflow_db, lake):
     import pendulum
     from domain_retraining import domain_retraining_dag as dag
 
-    run = dag.test(logical_date=pendulum.datetime(2026, 12, 1, tz="UTC"),
-                   run_conf={"domains": ["catalysis"], "dry_run": True})
+    run = dag.test(logical_date=pendulum.datetime(2026, 12, 2, tz="UTC"),
+                   run_conf={"domains": ["catalysis"], "profile": "tiny", "dry_run": True, "month": "2026-11"})
     states = {(ti.task_id, ti.map_index): str(ti.state) for ti in run.get_task_instances()}
     assert states[("retrain_domain", 0)] == "skipped" and states[("announce_catalysis", -1)] == "skipped"
     assert (lake.data_dir / "datasets" / "catalysis" / "2026-11" / "dataset_card.json").is_file()

@@ -1,72 +1,90 @@
-"""The evaluator's log-likelihoods agree with transformers' own loss on a real (tiny) Llama."""
+"""The per-item scorer agrees with transformers' own loss on a real (tiny) Llama, batched or not."""
 
 import json
+import math
 
 import pytest
 import torch
 
-from pipelines.evaluation.scoring import Scorer, alpaca_prompt, load_items
+from pipelines.evaluation.scoring import Scorer, load_items, user_message
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def scorer(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from pipelines.training.tiny import build_tiny_llama, sample_corpus
 
     path = build_tiny_llama(tmp_path_factory.mktemp("m") / "tiny", sample_corpus(), vocab_size=512, seed=3)
-    return Scorer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    # a small batch budget, so the test exercises several right-padded batches of different widths
+    return Scorer(model, AutoTokenizer.from_pretrained(path), max_batch_tokens=96)
 
 
-def hf_mean_nll(scorer, prompt, continuation):
-    p = scorer.tok(prompt, add_special_tokens=True).input_ids
-    c = scorer.tok(continuation, add_special_tokens=False).input_ids
-    ids = torch.tensor([p + c])
+def hf_mean_nll(scorer, prompt_ids, cont_ids):
+    ids = torch.tensor([prompt_ids + cont_ids])
     labels = ids.clone()
-    labels[0, :len(p)] = -100
+    labels[0, :len(prompt_ids)] = -100
     with torch.no_grad():
         return float(scorer.model(ids, labels=labels).loss)
 
 
-PAIRS = [("Question: What stores oxygen?\nAnswer:", " ceria"),
-         ("Question: Which salt is in Li-ion electrolytes?\nAnswer:", " lithium hexafluorophosphate"),
-         (alpaca_prompt("Give the formula of water."), "H2O")]
+CHATS = [[{"role": "user", "content": "What stores oxygen?"}, {"role": "assistant", "content": "ceria"}],
+         [{"role": "user", "content": "Which salt is in Li-ion electrolytes? Name the usual one."},
+          {"role": "assistant", "content": "lithium hexafluorophosphate, LiPF6"}],
+         [{"role": "user", "content": "Give the formula of water."}, {"role": "assistant", "content": "H2O"}]]
 
 
-def test_continuation_logprob_matches_transformers_loss(scorer):
-    for prompt, cont in PAIRS:
-        total, n = scorer.continuation_logprob(prompt, cont)
-        assert n > 0 and -total / n == pytest.approx(hf_mean_nll(scorer, prompt, cont), rel=1e-4)
+def test_chat_pair_is_the_templated_conversation_cut_at_end_of_turn(scorer):
+    prompt, answer = scorer.chat_pair(CHATS[2])
+    tok = scorer.tok
+    assert tok.decode(prompt) == tok.apply_chat_template(CHATS[2][:1], tokenize=False, add_generation_prompt=True)
+    assert tok.decode(answer) == "H2O</s>" and answer[-1] == tok.eos_token_id
 
 
-def test_mc_accuracy_picks_the_most_likely_choice(scorer, tmp_path):
+def test_batched_logprobs_match_transformers_loss(scorer):
+    pairs = [scorer.chat_pair(c) for c in CHATS] * 3
+    scores = scorer.continuation_logprobs(pairs)
+    assert len(scores) == len(pairs)
+    for (p, c), (total, n) in zip(pairs, scores, strict=True):
+        assert n == len(c) and -total / n == pytest.approx(hf_mean_nll(scorer, p, c), rel=1e-4)
+
+
+def test_heldout_scores_documents_token_weighted(scorer):
+    rows = [{"id": "a", "doc": "arxiv:1", "messages": CHATS[0]}, {"id": "b", "doc": "arxiv:1", "messages": CHATS[1]},
+            {"id": "c", "doc": "pubchem:962", "messages": CHATS[2]}]
+    per = scorer.heldout(rows)
+    assert set(per) == {"arxiv:1", "pubchem:962"}
+    (p0, c0), (p1, c1) = scorer.chat_pair(CHATS[0]), scorer.chat_pair(CHATS[1])
+    expected = (hf_mean_nll(scorer, p0, c0) * len(c0) + hf_mean_nll(scorer, p1, c1) * len(c1)) / (len(c0) + len(c1))
+    assert per["arxiv:1"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_multiple_choice_picks_the_most_likely_choice(scorer, tmp_path):
     q = "Which oxide is a common catalyst support?"
     choices = ["ceria", "alumina", "silica gel beads", "titania"]
-    nll = [hf_mean_nll(scorer, f"Question: {q}\nAnswer:", " " + c) for c in choices]
+    prompt = scorer._encode(scorer.tok.apply_chat_template(user_message(q), tokenize=False, add_generation_prompt=True))
+    nll = [hf_mean_nll(scorer, prompt, scorer._encode(c)) for c in choices]
     best = min(range(4), key=nll.__getitem__)
     f = tmp_path / "eval.jsonl"
     f.write_text(json.dumps({"id": "a", "question": q, "choices": choices, "answer": best}) + "\n"
                  + json.dumps({"id": "b", "question": q, "choices": choices, "answer": (best + 1) % 4}) + "\n")
-    items = load_items(f)
-    assert scorer.mc_accuracy(items[:1]) == 1.0 and scorer.mc_accuracy(items[1:]) == 0.0
+    correct, prob = scorer.multiple_choice(load_items(f))
+    assert correct == {"a": 1.0, "b": 0.0}
+    weights = [math.exp(-x) for x in nll]
+    assert prob["a"] == pytest.approx(weights[best] / sum(weights), rel=1e-3) and prob["b"] < prob["a"]
+    scored = scorer.score(load_items(f), [])
+    assert scored["metrics"]["mc_accuracy"] == 0.5 and set(scored["per_item"]) == {"mc_accuracy", "mc_prob"}
 
 
-def test_val_loss_and_evaluate(scorer):
-    rows = [{"instruction": "Give the formula of water.", "input": "", "output": "H2O"},
-            {"instruction": "Name the support.", "input": "Pt on CeO2", "output": "ceria"}]
-    expected_total = 0.0
-    expected_n = 0
-    for r in rows:
-        prompt = alpaca_prompt(r["instruction"], r["input"])
-        n = len(scorer.tok(r["output"], add_special_tokens=False).input_ids)
-        expected_total += hf_mean_nll(scorer, prompt, r["output"]) * n
-        expected_n += n
-    assert scorer.val_loss(rows) == pytest.approx(expected_total / expected_n, rel=1e-4)
-    assert 0.0 <= scorer.exact_match(rows[:1], max_new_tokens=4) <= 1.0
-
-
-def test_bad_eval_items_are_named(tmp_path):
+def test_bad_or_repeated_eval_items_are_named(tmp_path):
     f = tmp_path / "bad.jsonl"
-    f.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": 5}) + "\n")
+    f.write_text(json.dumps({"id": "x", "question": "q", "choices": ["a", "b"], "answer": 5}) + "\n")
     with pytest.raises(ValueError, match="bad.jsonl:1"):
+        load_items(f)
+    item = json.dumps({"id": "x", "question": "q", "choices": ["a", "b"], "answer": 1})
+    f.write_text(item + "\n" + item + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl:2: item id 'x' repeats"):
         load_items(f)

@@ -4,9 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipelines.training.configs import DOMAINS, PROFILES, render_config, validate_in_train_env, write_config
-from pipelines.training.runner import adapter_changed, check_merge, merge, train
+from pipelines.training.runner import TrainingError, adapter_changed, check_merge, merge, train
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,15 +30,17 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     d = tmp_path_factory.mktemp("ds")
-    rows = [{"instruction": f"What is the molecular formula of compound {i}?", "input": "",
-             "output": f"The formula of compound {i} is C{i}H{2 * i + 2}."} for i in range(1, 41)]
+    rows = [{"messages": [{"role": "user", "content": f"What is the molecular formula of compound {i}?"},
+                          {"role": "assistant", "content": f"The formula of compound {i} is C{i}H{2 * i + 2}."}]}
+            for i in range(1, 41)]
     (d / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return d / "train.jsonl"
 
 
 def run_values(tiny, dataset, **extra):
-    return {"base_model": str(tiny), "datasets": [{"path": str(dataset), "type": "alpaca", "ds_type": "json"}],
-            **extra}
+    return {"base_model": str(tiny), "datasets": [{"path": str(dataset), "type": "chat_template", "ds_type": "json",
+                                                   "field_messages": "messages", "roles_to_train": ["assistant"],
+                                                   "train_on_eos": "turn"}], **extra}
 
 
 def test_every_profile_and_domain_validates(train_python, tiny, dataset, tmp_path):
@@ -50,6 +53,36 @@ def test_keys_axolotl_would_drop_are_rejected(train_python, tiny, dataset, tmp_p
     cfg = render_config("tiny", "thermal", run_values(tiny, dataset, lora_rank=8, learning_rat=0.1))
     problems = validate_in_train_env([write_config(cfg, tmp_path / "typo.yml")], train_python)
     assert len(problems) == 1 and "learning_rat, lora_rank" in problems[0]
+
+
+def test_packing_without_a_packing_safe_attention_is_rejected(train_python, tiny, dataset, tmp_path):
+    """axolotl's own verdict (attn_decontaminates_packing) is required, not just our list of backends."""
+    cfg = render_config("cpu_lora", "thermal", run_values(tiny, dataset))
+    assert cfg["sample_packing"] and cfg["attn_implementation"] == "sdpa"
+    cfg.pop("attn_implementation")
+    problems = validate_in_train_env([write_config(cfg, tmp_path / "packed.yml")], train_python)
+    assert len(problems) == 1 and "lets packed examples attend to each other" in problems[0]
+
+
+def test_sdpa_keeps_packed_examples_apart(train_python, tiny):
+    """What the profiles rely on: with the padding mask dropped (axolotl does so for packed sdpa rows), no
+    KV cache (axolotl trains with use_cache=False) and position ids restarting per example, each example's
+    logits are what it gets alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny, attn_implementation="sdpa").eval()
+    a = tok("The formula of compound 3 is C3H8.", add_special_tokens=False).input_ids
+    b = tok("Ceria stores oxygen.", add_special_tokens=False).input_ids
+    packed = torch.tensor([a + b])
+    positions = torch.tensor([list(range(len(a))) + list(range(len(b)))])
+    with torch.no_grad():
+        together = model(input_ids=packed, position_ids=positions, use_cache=False).logits[0]
+        alone_b = model(input_ids=torch.tensor([b]), use_cache=False).logits[0]
+        leaky = model(input_ids=packed, attention_mask=torch.ones_like(packed), position_ids=positions,
+                      use_cache=False).logits[0]
+    assert torch.allclose(together[len(a):], alone_b, atol=1e-5)
+    assert not torch.allclose(leaky[len(a):], alone_b, atol=1e-3)  # a plain padding mask would leak
 
 
 def test_tiny_lora_trains_resumes_and_merges(train_python, tiny, dataset, tmp_path):
@@ -74,8 +107,19 @@ def test_tiny_lora_trains_resumes_and_merges(train_python, tiny, dataset, tmp_pa
     merged_logits, base_logits = model(ids).logits, base(ids).logits
     assert merged_logits.isfinite().all()
     assert (merged_logits - base_logits).abs().max() > 0  # the merge carried the trained delta
-    # and it computes what base + adapter computes
-    assert check_merge(run_dir, train_python, ["The formula of compound 3 is", "What is the molecular"]) < 1e-3
+    # and its weights are base + scale * B @ A, tensor by tensor
+    report = check_merge(tiny, run_dir / "out", merged, train_python)
+    assert report["max_rel_diff"] < 1e-5 and report["changed"] == report["lora_tensors"] > 0
+    assert report["others_changed"] == [] and report["device"] == "cpu"
+    # a merged weight that is not base + adapter fails the check
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(merged / "model.safetensors")
+    name = next(k for k in weights if k.endswith("q_proj.weight"))
+    weights[name] = weights[name] * 1.5
+    save_file(weights, merged / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(TrainingError, match="merged weights differ from base"):
+        check_merge(tiny, run_dir / "out", merged, train_python)
 
 
 def test_tiny_qlora_trains_on_cpu(train_python, tiny, dataset, tmp_path):

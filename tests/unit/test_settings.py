@@ -15,6 +15,14 @@ def test_defaults_live_under_home(tmp_path):
     assert s.arxiv_delay_s == 3.0  # arXiv's terms
     assert s.arxiv_api_url == "https://export.arxiv.org/api/query"
     assert s.embedding_model == "sentence-transformers/all-MiniLM-L6-v2"
+    # retraining: the scheduled default is the GPU recipe on the lab's base, never the tiny test model
+    assert s.train_profile == "gpu_qlora" and s.base_model == "" and s.allow_test_models is False
+
+
+def test_training_settings(tmp_path):
+    s = load_settings({"CBNANO_HOME": str(tmp_path), "CBNANO_BASE_MODEL": " llama-3-8b ",
+                       "CBNANO_TRAIN_PROFILE": "cpu_lora", "CBNANO_ALLOW_TEST_MODELS": "1"})
+    assert (s.base_model, s.train_profile, s.allow_test_models) == ("llama-3-8b", "cpu_lora", True)
 
 
 def test_overrides_and_server_uri(tmp_path):
@@ -29,7 +37,8 @@ def test_overrides_and_server_uri(tmp_path):
 
 @pytest.mark.parametrize("name,value", [("CBNANO_ARXIV_DELAY_S", "soon"), ("CBNANO_ARXIV_DELAY_S", "-1"),
                                         ("CBNANO_EMBEDDING_BATCH_SIZE", "0"),
-                                        ("CBNANO_HTTP_MAX_ATTEMPTS", "two")])
+                                        ("CBNANO_HTTP_MAX_ATTEMPTS", "two"),
+                                        ("CBNANO_TRAIN_PROFILE", "gpu_fp8")])
 def test_bad_values_are_named(name, value):
     with pytest.raises(SettingsError, match=name):
         load_settings({name: value})

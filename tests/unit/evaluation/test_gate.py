@@ -1,38 +1,107 @@
+"""The gate decides on paired per-item differences with a 95% bootstrap interval, not on raw means."""
+
+import random
+
 import pytest
 
-from pipelines.evaluation.gate import decide
+from pipelines.evaluation.gate import bootstrap_ci, compare, decide, overrule, paired_differences
 
 pytestmark = pytest.mark.unit
-BASE = {"mc_accuracy": 0.50, "val_loss": 2.0, "exact_match": 0.10}
 
 
-def test_beats_base_when_no_production():
-    d = decide({"mc_accuracy": 0.56, "val_loss": 1.8, "exact_match": 0.3}, BASE, None, "mc_accuracy", 0.02)
-    assert d.publish and d.baseline == "base" and d.gain == pytest.approx(0.06)
-    assert d.reason == "published: mc_accuracy 0.56 vs base 0.5 (+0.060 >= 0.020); no regressions"
+def mc(base, candidate, production=None):
+    """per_item for mc_accuracy/mc_prob from 0/1 lists, and a flat held-out loss."""
+    ids = [f"q{i:03d}" for i in range(len(base))]
+    roles = {"base": base, "candidate": candidate, **({"production": production} if production else {})}
+    per = {"mc_accuracy": {r: dict(zip(ids, map(float, v), strict=True)) for r, v in roles.items()}}
+    per["mc_prob"] = {r: {i: 0.25 + 0.5 * s for i, s in d.items()} for r, d in per["mc_accuracy"].items()}
+    return per
 
 
-def test_compares_with_production_when_there_is_one():
-    prod = {"mc_accuracy": 0.60, "val_loss": 1.7, "exact_match": 0.3}
-    d = decide({"mc_accuracy": 0.61, "val_loss": 1.6, "exact_match": 0.3}, BASE, prod, "mc_accuracy", 0.02)
-    assert not d.publish and d.baseline == "production"
-    assert d.reason.startswith("refused: mc_accuracy 0.61 vs production 0.6 (+0.010 < 0.020)")
+def heldout(base, candidate, production=None):
+    ids = [f"doc{i:04d}" for i in range(len(base))]
+    roles = {"base": base, "candidate": candidate, **({"production": production} if production else {})}
+    return {"heldout_loss": {r: dict(zip(ids, v, strict=True)) for r, v in roles.items()}}
 
 
-def test_regression_elsewhere_refuses():
-    d = decide({"mc_accuracy": 0.70, "val_loss": 2.3, "exact_match": 0.1}, BASE, None, "mc_accuracy", 0.02,
-               max_regression={"val_loss": 0.1})
-    assert not d.publish and d.regressions == {"val_loss": pytest.approx(-0.3)}
-    assert "regressed val_loss -0.300" in d.reason
+def test_one_item_gain_on_forty_items_is_noise():
+    """One flipped item is +0.025 in accuracy; it must not pass as a gain, even with min_gain 0."""
+    base = [1] * 20 + [0] * 20
+    cand = [1] * 21 + [0] * 19
+    per = mc(base, cand)
+    c = compare(per, "mc_accuracy", "base")
+    assert c.gain == pytest.approx(0.025) and c.ci_low <= 0.0 < c.ci_high
+    d = decide(per, primary="mc_accuracy", guards=(), min_gain=0.0)
+    assert not d.publish and d.reason.startswith("refused: mc accuracy gain +0.025 (95% CI ")
+    assert "<= 0.000 vs base (n=40" in d.reason
 
 
-def test_lower_is_better_as_primary():
-    d = decide({"val_loss": 1.5}, {"val_loss": 2.0}, None, "val_loss", 0.1)
-    assert d.publish and d.gain == pytest.approx(0.5)
+def test_large_consistent_held_out_gain_passes():
+    rng = random.Random(1)
+    base = [2.5 + rng.gauss(0, 0.3) for _ in range(200)]
+    cand = [b - 0.08 + rng.gauss(0, 0.02) for b in base]  # every document ~0.08 nats/token better
+    d = decide({**heldout(base, cand), **mc([1, 0] * 20, [1, 0] * 20)}, min_gain=0.01)
+    assert d.publish and d.baseline == "base"
+    assert d.reason.startswith("published: held-out loss gain +0.0")
+    head = d.comparisons[0]
+    assert 0.07 < head.ci_low < head.gain < head.ci_high < 0.09 and head.n == 200
+    assert f"(95% CI {head.ci_low:+.3f}..{head.ci_high:+.3f}) > 0.010 vs base (n=200" in d.reason
+    assert head.candidate_mean < head.baseline_mean  # loss: lower is better, gain is positive
 
 
-def test_missing_or_unknown_metrics_are_errors():
-    with pytest.raises(ValueError, match="no 'mc_accuracy'"):
-        decide({"val_loss": 1.0}, BASE, None, "mc_accuracy", 0.02)
-    with pytest.raises(ValueError, match="unknown metric"):
-        decide({"bleu": 1.0}, {"bleu": 0.5}, None, "bleu", 0.02)
+def test_small_noisy_gain_is_refused_with_its_interval():
+    base = [2.5 + 0.01 * i for i in range(30)]
+    cand = [b - 0.01 - (0.1 if i % 2 else -0.1) for i, b in enumerate(base)]  # mean gain 0.01, spread 0.1
+    d = decide(heldout(base, cand), guards=(), min_gain=0.01)
+    assert not d.publish
+    assert d.reason.startswith("refused: held-out loss gain ") and "(95% CI -" in d.reason and "<= 0.010" in d.reason
+
+
+def test_significant_guard_regression_refuses():
+    rng = random.Random(3)
+    base = [2.5 + rng.gauss(0, 0.3) for _ in range(100)]
+    cand = [b - 0.1 for b in base]
+    forgot = mc([1] * 30 + [0] * 10, [1] * 5 + [0] * 35)  # 25 of 30 known answers lost
+    d = decide({**heldout(base, cand), **forgot}, min_gain=0.01)
+    assert not d.publish and "significantly worse: mc accuracy gain -0.625" in d.reason
+    small_loss = mc([1] * 30 + [0] * 10, [1] * 29 + [0] * 11)  # one item: not significant, not a regression
+    assert decide({**heldout(base, cand), **small_loss}, min_gain=0.01).publish
+    # certain but negligible: every item's p(correct) 0.0005 lower is within the tolerance
+    tiny_shift = mc([1, 0] * 20, [1, 0] * 20)
+    tiny_shift["mc_prob"]["candidate"] = {i: p - 0.0005 for i, p in tiny_shift["mc_prob"]["candidate"].items()}
+    assert decide({**heldout(base, cand), **tiny_shift}, min_gain=0.01).publish
+    assert not decide({**heldout(base, cand), **tiny_shift}, min_gain=0.01, tolerance=0.0).publish
+
+
+def test_production_is_the_baseline_when_scored():
+    base = [3.0] * 10 + [2.9] * 10
+    prod = [b - 0.2 for b in base]
+    cand = [b - 0.21 for b in base]  # far better than base, but only 0.01 better than production
+    d = decide(heldout(base, cand, prod), guards=(), min_gain=0.02)
+    assert not d.publish and d.baseline == "production" and "vs production" in d.reason
+
+
+def test_items_must_be_paired_on_identical_ids():
+    per = heldout([1.0, 2.0], [1.0, 2.0])
+    per["heldout_loss"]["candidate"] = {"doc0000": 1.0, "other": 2.0}
+    with pytest.raises(ValueError, match="different items"):
+        paired_differences(per, "heldout_loss", "base")
+    with pytest.raises(ValueError, match="no per-item scores for 'production'"):
+        paired_differences(heldout([1.0], [1.0]), "heldout_loss", "production")
+
+
+def test_bootstrap_is_deterministic_and_covers_the_mean():
+    diffs = [0.1, -0.05, 0.2, 0.0, 0.05, 0.15, -0.1, 0.3]
+    assert bootstrap_ci(diffs) == bootstrap_ci(diffs)
+    lo, hi = bootstrap_ci(diffs)
+    assert lo < sum(diffs) / len(diffs) < hi
+    assert bootstrap_ci([0.2] * 5) == (0.2, 0.2)
+
+
+def test_overrule_keeps_the_numbers():
+    rng = random.Random(4)
+    base = [2.0 + rng.gauss(0, 0.2) for _ in range(50)]
+    d = decide(heldout(base, [b - 0.1 for b in base]), guards=())
+    o = overrule(d, "test model")
+    assert d.publish and not o.publish and o.comparisons == d.comparisons
+    assert o.reason.startswith("refused: test model; held-out loss gain +0.100")

@@ -100,3 +100,52 @@ def test_retention_keeps_production_previous_and_last_n(store, tmp_path):
 def test_names_are_checked(store, tmp_path, domain, version):
     with pytest.raises(ModelStoreError, match="invalid"):
         store.publish(domain, version, content(tmp_path, "a"), {})
+
+
+def test_retention_prunes_refused_candidates_before_former_production(store, tmp_path):
+    for i, promoted in enumerate([True, False, True, True, False, False], 1):
+        store.publish("thermal", f"v{i}", content(tmp_path, f"y{i}"), {}, promote=promoted)
+    # production v4, previous v3; of the others v2, v5 and v6 were refused, v1 was production once
+    assert store.apply_retention("thermal", keep_last=2) == ["v2", "v5"]
+    assert [v.version for v in store.versions("thermal")] == ["v1", "v3", "v4", "v6"]
+    deletes = [h for h in store.history("thermal") if h["action"] == "delete"]
+    assert {h["actor"] for h in deletes} == {"retention"}
+
+
+def test_history_records_who_and_why(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("CBNANO_ACTOR", "alice")
+    store.publish("materials", "v1", content(tmp_path, "a"), {}, actor="airflow:domain_retraining/run1",
+                  reason="published: held-out loss gain +0.05 (95% CI +0.03..+0.07) > 0.010")
+    store.publish("materials", "v2", content(tmp_path, "b"), {}, promote=False, reason="refused: ...")
+    store.promote("materials", "v2", reason="reviewed the samples by hand")
+    last = store.history("materials")[-1]
+    assert (last["action"], last["version"], last["actor"], last["reason"]) == (
+        "promote", "v2", "alice", "reviewed the samples by hand")
+    assert store.history("materials")[1]["actor"] == "airflow:domain_retraining/run1"
+
+
+def test_test_models_never_become_production_unless_allowed(store, tmp_path):
+    store.publish("catalysis", "real", content(tmp_path, "r"), {"test_model": False})
+    path = store.publish("catalysis", "tiny", content(tmp_path, "t"), {"test_model": True}, promote=False)
+    assert path.is_dir()  # every candidate is a version
+    with pytest.raises(ModelStoreError, match="test model"):
+        store.promote("catalysis", "tiny")
+    with pytest.raises(ModelStoreError, match="test model"):
+        store.publish("catalysis", "tiny2", content(tmp_path, "t2"), {"test_model": True}, allow_test_models=False)
+    assert store.production("catalysis") == "real"
+    store.promote("catalysis", "tiny", allow_test_models=True)
+    assert store.production("catalysis") == "tiny"
+
+
+def test_bases_by_store_name(store, tmp_path):
+    (store.root / "base" / "smollm2").mkdir(parents=True)
+    assert store.base_dir("smollm2") == store.root / "base" / "smollm2"
+    elsewhere = tmp_path / "nfs" / "llama-8b"
+    elsewhere.mkdir(parents=True)
+    store.register_base("llama-8b", elsewhere)
+    store.register_base("llama-8b", elsewhere)  # idempotent
+    assert ModelStore(store.root).base_dir("llama-8b") == elsewhere.resolve()
+    with pytest.raises(ModelStoreError, match="already names"):
+        store.register_base("llama-8b", tmp_path)
+    with pytest.raises(ModelStoreError, match="already names"):
+        store.register_base("smollm2", elsewhere)

@@ -3,7 +3,8 @@ import pytest
 from pipelines.training.configs import CONFIG_DIR, DOMAINS, PROFILES, config_hash, deep_merge, render_config
 
 pytestmark = pytest.mark.unit
-RUN = {"base_model": "/models/base/x", "datasets": [{"path": "/d/train.jsonl", "type": "alpaca", "ds_type": "json"}]}
+RUN = {"base_model": "/models/base/x", "datasets": [{"path": "/d/train.jsonl", "type": "chat_template", "ds_type": "json",
+                                                   "field_messages": "messages"}]}
 
 
 def test_every_config_opens_with_its_launch_command():
@@ -22,8 +23,36 @@ def test_cpu_profiles_avoid_cuda_only_settings():
     for profile in ("tiny", "cpu_lora"):
         cfg = render_config(profile, "chemistry", RUN)
         assert not cfg["bf16"] and not cfg["fp16"] and not cfg["tf32"]
-        assert not any(cfg[k] for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"))
+        assert not any(cfg[k] for k in KERNELS)
         assert cfg["sequence_len"] >= 512
+
+
+KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
+# attention backends that keep packed examples apart (axolotl's attn_decontaminates_packing)
+PACKING_SAFE = {"sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"}
+
+
+def test_lora_kernels_are_set_explicitly_in_every_profile():
+    """axolotl switches the fused LoRA kernels on by itself when the keys are left unset."""
+    for profile in PROFILES:
+        cfg = render_config(profile, "materials", RUN)
+        assert all(isinstance(cfg.get(k), bool) for k in KERNELS), (profile, {k: cfg.get(k) for k in KERNELS})
+
+
+def test_packed_profiles_use_an_attention_that_isolates_examples():
+    packed = []
+    for profile in PROFILES:
+        cfg = render_config(profile, "chemistry", RUN)
+        assert "flash_attention" not in cfg or cfg["flash_attention"] is True, profile  # no legacy off-switch
+        if cfg.get("sample_packing"):
+            packed.append(profile)
+            assert cfg.get("attn_implementation") in PACKING_SAFE, profile
+    assert "gpu_qlora" in packed  # the GPU profile packs (throughput) and must do it safely
+
+
+def test_every_profile_trains_through_the_base_chat_template():
+    for profile in PROFILES:
+        assert render_config(profile, "thermal", RUN)["chat_template"] == "tokenizer_default", profile
 
 
 def test_unknown_profile_domain_or_missing_base():
@@ -39,3 +68,19 @@ def test_deep_merge_and_hash():
     assert deep_merge({"a": {"x": 1, "y": 2}, "l": [1]}, {"a": {"y": 3}, "l": [2]}) == {"a": {"x": 1, "y": 3}, "l": [2]}
     assert config_hash({"a": 1, "b": 2}) == config_hash({"b": 2, "a": 1}) != config_hash({"a": 1, "b": 3})
     assert set(PROFILES) == {"tiny", "cpu_lora", "gpu_qlora"} and len(DOMAINS) == 4
+
+
+def test_dag_form_choices_and_defaults_equal_the_pipelines_constants(monkeypatch):
+    """dags/ cannot import pipelines at parse time, so cbnano_common mirrors these; they must agree."""
+    import importlib
+
+    import cbnano_common
+    from pipelines.evaluation.gate import DEFAULT_MIN_GAIN
+    from pipelines.settings import DEFAULT_TRAIN_PROFILE
+
+    monkeypatch.delenv("CBNANO_TRAIN_PROFILE", raising=False)
+    monkeypatch.delenv("CBNANO_BASE_MODEL", raising=False)
+    common = importlib.reload(cbnano_common)
+    assert list(common.TRAIN_PROFILES) == list(PROFILES) and list(common.DOMAINS) == list(DOMAINS)
+    assert common.TRAIN_PROFILE == DEFAULT_TRAIN_PROFILE == "gpu_qlora"
+    assert common.MIN_GAIN == DEFAULT_MIN_GAIN and common.BASE_MODEL is None

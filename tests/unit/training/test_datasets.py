@@ -8,6 +8,7 @@ from pipelines.training.datasets import (
     Example,
     build_dataset,
     compound_examples,
+    held_out_documents,
     internal_examples,
     is_validation,
     month_end,
@@ -76,11 +77,32 @@ def test_internal_drops_report_bad_lines(tmp_path):
     assert "missing or empty instruction" in problems[1]
 
 
-def test_split_is_deterministic():
-    e = Example("What is X?", "", "Y", "internal", "f:1")
-    assert is_validation(e, 10) == is_validation(Example("what is  x?", "", "y", "internal", "g:2"), 10)
-    flags = [is_validation(Example(f"q{i}", "", "a", "internal", ""), 20) for i in range(2000)]
+def test_split_is_by_document_and_deterministic():
+    flags = [is_validation(Example("q", "", "a", "arxiv", f"arxiv:2611.{i:05d}"), 20) for i in range(2000)]
     assert 0.15 < sum(flags) / len(flags) < 0.25
+    held = next(i for i, f in enumerate(flags) if f)
+    # every phrasing of a held-out document is held out, whatever its text
+    phrasings = [Example(q, "", f"answer {k}", "arxiv", f"arxiv:2611.{held:05d}") for k, q in
+                 enumerate(["Suggest a title.", "Summarize this abstract.", "What is the key finding?"])]
+    assert all(is_validation(e, 20) for e in phrasings)
+    # a small corpus still holds out the minimum number of documents, the same ones every time
+    refs = [f"pubchem:{i}" for i in range(12)]
+    held = held_out_documents(refs, 10, 5)
+    assert len(held) == 5 and held == held_out_documents(list(reversed(refs)), 10, 5)
+    big = [f"arxiv:2611.{i:05d}" for i in range(2000)]
+    assert held_out_documents(big, 20, 5) == {r for r in big if is_validation(Example("q", "", "a", "arxiv", r), 20)}
+
+
+def test_lab_drops_can_group_lines_into_one_document(tmp_path):
+    d = tmp_path / "internal" / "catalysis"
+    d.mkdir(parents=True)
+    (d / "facts.jsonl").write_text(
+        json.dumps({"instruction": "What stores oxygen?", "output": "Ceria.", "doc": "ceria-osc"}) + "\n"
+        + json.dumps({"instruction": "Which oxide has oxygen storage capacity?", "output": "Ceria.",
+                      "doc": "ceria-osc"}) + "\n"
+        + json.dumps({"instruction": "Q", "output": "A"}) + "\n")
+    ex, problems = internal_examples(d)
+    assert not problems and [e.ref for e in ex] == ["internal:catalysis:ceria-osc"] * 2 + ["facts.jsonl:3"]
 
 
 def test_month_end():
@@ -100,6 +122,7 @@ def test_build_catalysis_dataset(lake, tmp_path):
         + "{broken\n")
     eval_texts = ["Isolated platinum atoms anchored at step edges of ceria are studied with density functional theory"]
     card = build_dataset("catalysis", lake, out, words, eval_texts=eval_texts, month="2026-11", min_examples=5,
+                         min_validation_docs=2,
                          watchlist_domains={"titanium dioxide": "catalysis", "cerium oxide": "catalysis"})
     assert card["by_source"]["pubchem"] > 0 and card["by_source"]["internal"] == 1
     assert card["dropped"]["duplicates"] >= 1 and card["dropped"]["bad_internal_lines"] == 1
@@ -107,10 +130,19 @@ def test_build_catalysis_dataset(lake, tmp_path):
     rows = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
     rows += [json.loads(x) for x in (out / "val.jsonl").read_text().splitlines()]
     assert len(rows) == card["examples"] == card["train"] + card["validation"]
-    assert all("platinum atoms anchored at step edges" not in (r["input"] + r["output"]).lower() for r in rows)
-    assert set(rows[0]) == {"instruction", "input", "output"}
+    text = [" ".join(m["content"] for m in r["messages"]).lower() for r in rows]
+    assert all("platinum atoms anchored at step edges" not in t for t in text)
+    train = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    val = [json.loads(x) for x in (out / "val.jsonl").read_text().splitlines()]
+    assert set(train[0]) == {"messages"} and set(val[0]) == {"id", "doc", "source", "messages"}
+    assert [m["role"] for m in train[0]["messages"]] == ["user", "assistant"]
+    assert len({r["id"] for r in val}) == len(val) and card["validation_documents"] == len({r["doc"] for r in val})
+    # held-out documents never appear in training: none of their answers is a training answer
+    train_answers = {r["messages"][1]["content"] for r in train}
+    assert val and not any(r["messages"][1]["content"] in train_answers for r in val)
+    assert card["validation_documents"] == 2
     again = build_dataset("catalysis", lake, tmp_path / "ds2", words, eval_texts=eval_texts, month="2026-11",
-                          min_examples=5, watchlist_domains={"titanium dioxide": "catalysis",
+                          min_examples=5, min_validation_docs=2, watchlist_domains={"titanium dioxide": "catalysis",
                                                              "cerium oxide": "catalysis"})
     assert again["sha256"] == card["sha256"]  # same inputs, same dataset
 
@@ -122,5 +154,6 @@ def test_too_few_examples_is_a_clear_refusal(lake, tmp_path):
 
 
 def test_length_filter_uses_the_given_tokenizer(lake, tmp_path):
-    card = build_dataset("materials", lake, tmp_path / "ds", words, max_tokens=30, min_examples=1)
+    card = build_dataset("materials", lake, tmp_path / "ds", words, max_tokens=30, min_examples=1,
+                         min_validation_docs=1)
     assert card["dropped"]["too_long"] > 0 and card["tokens"]["max"] <= 30

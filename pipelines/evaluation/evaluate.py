@@ -1,0 +1,58 @@
+"""Evaluate a retraining run's models (base, production, candidate) on the GPU slot the task holds.
+
+Builds the spec for ``pipelines.training.steps.evaluate`` and runs it in the training environment with the
+leased GPU visible (``CUDA_VISIBLE_DEVICES=<gpu>``), or on the CPU when no GPU was leased. Returns what the
+gate and the report need: each role's mean metrics and ``per_item`` as metric → role → item id → score, on
+identical ids for every role.
+
+    result = evaluate_roles(settings, domain, roles, heldout_path, load_in_4bit=True, gpu=0, spec_path=...)
+    decide(result["per_item"])
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipelines.settings import PROJECT_ROOT, Settings
+
+EVAL_DIR = PROJECT_ROOT / "include" / "eval"
+
+
+def eval_items_path(domain: str) -> Path:
+    """The domain's fixed multiple-choice set."""
+    return EVAL_DIR / f"{domain}.jsonl"
+
+
+def evaluate_roles(settings: Settings, domain: str, roles: dict[str, tuple[Path, Path | None]], heldout: Path,
+                   load_in_4bit: bool, gpu: int | None, spec_path: Path,
+                   timeout_s: float = 4 * 3600) -> dict[str, Any]:
+    """Score every role — ``{role: (base folder, adapter folder or None)}`` — on the domain's items and the
+    held-out rows; returns ``{"metrics": {role: {metric: mean}}, "per_item": {metric: {role: {id: score}}},
+    "device", "dtype", "seconds", "peak_gpu_gib"}``.
+
+    Roles sharing a base are scored in one model load. Raises ValueError when the roles were not scored on
+    identical items (which the gate needs).
+    """
+    from pipelines.training.runner import run_in_train_env
+
+    groups: dict[str, dict[str, str | None]] = {}
+    for role, (base, adapter) in roles.items():
+        groups.setdefault(str(base), {})[role] = str(adapter) if adapter else None
+    spec = {"groups": [{"base": b, "roles": r} for b, r in groups.items()], "items": str(eval_items_path(domain)),
+            "heldout": str(heldout), "load_in_4bit": load_in_4bit}
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps(spec, indent=2))
+    out = run_in_train_env(settings.train_python, "evaluate", ["--spec", str(spec_path)], gpu=gpu,
+                           timeout_s=timeout_s)
+    per_item: dict[str, dict[str, dict[str, float]]] = {}
+    for role, scored in out["roles"].items():
+        for metric, scores in scored["per_item"].items():
+            per_item.setdefault(metric, {})[role] = scores
+    for metric, by_role in per_item.items():
+        ids = {frozenset(s) for s in by_role.values()}
+        if len(ids) != 1:
+            raise ValueError(f"{metric}: the models were scored on different items")
+    return {"metrics": {role: scored["metrics"] for role, scored in out["roles"].items()}, "per_item": per_item,
+            **{k: out.get(k) for k in ("device", "dtype", "seconds", "peak_gpu_gib", "items", "heldout")}}
