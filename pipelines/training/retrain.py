@@ -176,7 +176,7 @@ def retrain(settings: Settings, domain: str, profile: str | None = None, month: 
     if not adapter_changed(result.adapter_dir):
         raise RuntimeError(f"training left the adapter unchanged in {result.adapter_dir}")
     with clock.step("merge"):
-        merged = merge(run_dir, settings.train_python, log=say)
+        merged = merge(run_dir, settings.train_python, gpu=gpu, log=say)
     with clock.step("merge_check"):
         merge_report = check_merge(base.path, result.adapter_dir, merged, settings.train_python, gpu=gpu)
     roles: dict[str, tuple[Path, Path | None]] = {"base": (base.path, None)}

@@ -148,8 +148,8 @@ def train_stats(lines: list[str]) -> dict[str, float]:
         out["train_runtime_s"] = final["train_runtime"]
         if final.get("train_steps_per_second"):
             out["s_per_step"] = round(1 / final["train_steps_per_second"], 3)
+            out["steps"] = round(final["train_runtime"] * final["train_steps_per_second"])
     if steps:
-        out["steps"] = len(steps)
         for key, name in (("tokens/total", "tokens"), ("tokens/trainable", "trainable_tokens")):
             if key in steps[-1]:
                 out[name] = steps[-1][key]
@@ -171,15 +171,23 @@ def _is_number(value: Any) -> bool:
     return not isinstance(value, bool)
 
 
-def merge(run_dir: Path, train_python: str, log: Log | None = None) -> Path:
-    """Merge the run's adapter into its base (``axolotl merge-lora``); returns the merged folder.
+def merge(run_dir: Path, train_python: str, gpu: int | None = None, log: Log | None = None) -> Path:
+    """Merge the run's adapter into its base (``axolotl merge-lora``, shard by shard); returns the folder.
 
-    Runs on the CPU: the merged model is written in the base's full precision (bf16), which for an 8B base is
-    16 GB and would not fit beside the CUDA context on System B's 16 GB cards; host memory holds it easily.
+    The merged weights are exactly ``W_base + scale · B·A``: what System A computes when it serves the base with
+    the adapter. For a QLoRA run axolotl would otherwise "simulate NF4", round-tripping every 2-D tensor of the
+    base through 4-bit, embeddings and lm_head included, which QLoRA training never quantized; so the merge
+    runs from a copy of the config that says ``adapter: lora`` without 4-bit loading. axolotl's merge works one
+    safetensors shard at a time, so it fits beside an 8B model on the leased GPU (or runs on the CPU).
     """
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "config.yml").read_text())
+    merge_cfg = write_config({**cfg, "adapter": "lora", "load_in_4bit": False, "load_in_8bit": False},
+                             run_dir / "merge.yml")
     axolotl = str(Path(train_python).parent / "axolotl")
-    _run([axolotl, "merge-lora", str(run_dir / "config.yml"), "--lora-model-dir", str(run_dir / "out")],
-         train_env(train_python, None), run_dir / "merge.log", log)
+    _run([axolotl, "merge-lora", str(merge_cfg), "--lora-model-dir", str(run_dir / "out")],
+         train_env(train_python, gpu), run_dir / "merge.log", log)
     merged = run_dir / "out" / "merged"
     if not (merged / "config.json").is_file():
         raise TrainingError(f"merge-lora wrote no model in {merged}")

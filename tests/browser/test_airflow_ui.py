@@ -72,7 +72,8 @@ def airflow_ui(tmp_path_factory):
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
            "CBNANO_HOME": str(work / "cbnano"), "CBNANO_ARXIV_API_URL": replay.arxiv_api_url,
-           "CBNANO_ARXIV_DELAY_S": "0", "CBNANO_PUBCHEM_URL": replay.pubchem_url, "HF_HUB_OFFLINE": "1"}
+           "CBNANO_ARXIV_DELAY_S": "0", "CBNANO_PUBCHEM_URL": replay.pubchem_url, "HF_HUB_OFFLINE": "1",
+           "CBNANO_ALLOW_TEST_MODELS": "1"}  # the tiny model below may become production here
     subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
     subprocess.run([str(BIN / "airflow"), "pools", "import", str(ROOT / "include/airflow/pools.json")], env=env,
                    check=True, capture_output=True)
@@ -167,6 +168,7 @@ def test_log_in_trigger_from_the_form_and_see_the_registry(airflow_ui, page):
     frame = page.frame_locator("iframe").first
     frame.locator(f"table[data-version='{summary['version']}']").wait_for()
     assert "(production)" in frame.locator(f"table[data-version='{summary['version']}']").inner_text()
+    assert "95% CI" in frame.locator("table.ci").first.inner_text()  # the gate's intervals
     frame.locator("img[alt='evaluation chart']").first.wait_for()
     page.screenshot(path=OUT / "model_registry.png", full_page=True)
 

@@ -128,3 +128,7 @@ def test_tiny_qlora_trains_on_cpu(train_python, tiny, dataset, tmp_path):
     result = train(cfg, tmp_path / "qrun", train_python)
     assert adapter_changed(result.adapter_dir) and result.losses
     assert json.loads((result.adapter_dir / "adapter_config.json").read_text())["r"] == 8
+    # the merge is base + adapter exactly (no NF4 round trip of embeddings or lm_head), as System A serves it
+    merged = merge(tmp_path / "qrun", train_python)
+    report = check_merge(tiny, result.adapter_dir, merged, train_python)
+    assert report["max_rel_diff"] < 1e-5 and report["others_changed"] == []
