@@ -48,9 +48,11 @@ from cbnano_common import (
         "profile": Param(TRAIN_PROFILE, type="string", enum=TRAIN_PROFILES,
                          description="Hardware profile in axolotl_configs/ (default CBNANO_TRAIN_PROFILE; gpu_qlora "
                                      "on System B; tiny trains a test model that never becomes production)."),
-        "base_model": Param(BASE_MODEL, type=["null", "string"],
+        # empty by default, so that the tiny profile keeps its own test model; the description shows the setting
+        "base_model": Param(None, type=["null", "string"],
                             description="Base model: a name under the model store's base/, or a folder. Empty: "
-                                        "CBNANO_BASE_MODEL."),
+                                        f"CBNANO_BASE_MODEL (now {BASE_MODEL or 'unset'}); the tiny profile "
+                                        "builds its own test model."),
         "max_steps": Param(None, type=["null", "integer"], minimum=1, description="Cap on training steps."),
         "min_gain": Param(MIN_GAIN, type="number",
                           description="Held-out loss gain (nats/token) the 95% interval's lower bound must exceed."),

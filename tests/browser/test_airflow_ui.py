@@ -158,11 +158,11 @@ def test_log_in_trigger_from_the_form_and_see_the_registry(airflow_ui, page):
     subprocess.run([str(BIN / "cbnano"), "ingest", "pubchem", "--watchlist", "--dry-run"], env=env, check=True,
                    capture_output=True, timeout=300)
     out = subprocess.run([str(BIN / "cbnano"), "retrain", "--domain", "catalysis", "--profile", "tiny",
-                          "--max-steps", "4", "--min-gain", "-1"], env=env, capture_output=True, text=True,
-                         timeout=900)
+                          "--month", "2026-11", "--max-steps", "4", "--min-gain", "-1"], env=env,
+                         capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert summary["published"] is True
+    assert summary["published"] is True, summary["reason"]
 
     page.goto(base + "/plugin/cbnano-registry")  # the menu entry: the registry inside Airflow's UI
     frame = page.frame_locator("iframe").first
