@@ -120,7 +120,7 @@ def register_candidate(store: ModelStore, domain: str, version: str, *, base_nam
         shutil.copy2(dataset_dir / "dataset_card.json", content / "dataset_card.json")
         write_json(content / "eval.json", report)
         chart(content / "eval.png", report["metrics"], losses)
-        dataset = json.loads((dataset_dir / "dataset_card.json").read_text())
-        (content / "MODEL_CARD.md").write_text(model_card(domain, version, base_name, profile, dataset, report))
+        (content / "MODEL_CARD.md").write_text(model_card(domain, version, base_name, profile, report["dataset"],
+                                                          report))
         return store.publish(domain, version, content, manifest, promote=promote, actor=actor,
                              reason=report["gate"]["reason"], allow_test_models=allow_test_models)

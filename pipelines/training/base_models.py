@@ -45,13 +45,6 @@ class BaseModel:
     path: Path
     test_model: bool
 
-    def manifest(self) -> dict[str, Any]:
-        """Its ``cbnano_base.json`` (empty when it has none)."""
-        try:
-            return dict(json.loads((self.path / BASE_MANIFEST).read_text()))
-        except (OSError, ValueError):
-            return {}
-
 
 def _usable(path: Path) -> str | None:
     """Why ``path`` is not a model folder a run can use, or None."""
@@ -64,7 +57,7 @@ def _usable(path: Path) -> str | None:
     return None
 
 
-def _describe(settings: Settings, name: str, path: Path) -> BaseModel:
+def _describe(name: str, path: Path) -> BaseModel:
     try:
         meta = json.loads((path / BASE_MANIFEST).read_text())
     except (OSError, ValueError):
@@ -97,31 +90,39 @@ def locate_base(settings: Settings, value: str, what: str) -> BaseModel:
             store.register_base(name, path)
         except ModelStoreError as exc:
             raise BaseModelMissing(f"{what}={value!r}: {exc}") from None
-    return _describe(settings, name, path)
+    return _describe(name, path)
 
 
-def check_base(settings: Settings, profile: str, base_model: str | None = None) -> str:
-    """Say which base a run would use without building anything; raises :class:`BaseModelMissing`."""
+def _configured(settings: Settings, profile: str, base_model: str | None) -> tuple[str, str] | None:
+    """(value, where it came from) of the base a run uses; None for the test profile's own model.
+
+    Raises :class:`BaseModelMissing` when nothing names a base for a real profile.
+    """
     if base_model:
-        return locate_base(settings, base_model, "--base-model").name
+        return base_model, "--base-model"
     if profile in TEST_PROFILES:
-        return TINY_BASE
+        return None
     if not settings.base_model:
         raise BaseModelMissing(
             f"no base model for profile {profile}: set CBNANO_BASE_MODEL to a base in "
             f"{settings.model_store / 'base'} (e.g. `cbnano models import-base smollm2`, then "
             f"CBNANO_BASE_MODEL=smollm2) or to a model folder")
-    return locate_base(settings, settings.base_model, "CBNANO_BASE_MODEL").name
+    return settings.base_model, "CBNANO_BASE_MODEL"
+
+
+def check_base(settings: Settings, profile: str, base_model: str | None = None) -> str:
+    """Say which base a run would use without building anything; raises :class:`BaseModelMissing`."""
+    configured = _configured(settings, profile, base_model)
+    return locate_base(settings, *configured).name if configured else TINY_BASE
 
 
 def resolve_base(settings: Settings, profile: str, base_model: str | None = None) -> BaseModel:
     """The base a run of ``profile`` fine-tunes (see module docstring); builds the tiny one on first use."""
     from pipelines.training.runner import run_in_train_env
 
-    if base_model or profile not in TEST_PROFILES:
-        check_base(settings, profile, base_model)
-        return locate_base(settings, base_model or settings.base_model,
-                           "--base-model" if base_model else "CBNANO_BASE_MODEL")
+    configured = _configured(settings, profile, base_model)
+    if configured:
+        return locate_base(settings, *configured)
     path = settings.model_store / "base" / TINY_BASE
     if _usable(path):
         tmp = path.with_name(f".{TINY_BASE}-build")
@@ -130,7 +131,7 @@ def resolve_base(settings: Settings, profile: str, base_model: str | None = None
                          ["--shape", "tiny", "--out", str(tmp), "--data-dir", str(settings.data_dir)], timeout_s=600)
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
-    return _describe(settings, TINY_BASE, path)
+    return _describe(TINY_BASE, path)
 
 
 def import_smollm2(model_store: Path, train_python: str, force: bool = False) -> dict[str, Any]:
