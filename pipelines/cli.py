@@ -7,6 +7,8 @@ Copy-paste examples::
     cbnano ingest pubchem --watchlist --name "lithium iron phosphate" --cid 2244
     cbnano ingest pubchem --from-papers 2026-11-23 2026-11-27
     cbnano search "solid electrolyte ionic conductivity" --top-k 5 --json
+    cbnano search "Li6PS5Cl" --mode keyword --since 2024-01-01 --source arxiv
+    CBNANO_SEARCH_TOKEN=... cbnano search-service --host 0.0.0.0 --port 8600
     cbnano stats --json
     cbnano models list --json ; cbnano models rollback --domain catalysis
     cbnano dataset build --domain catalysis --month 2026-11
@@ -137,28 +139,38 @@ def cmd_ingest_pubchem(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from pipelines.embedding.minilm import get_embedder
+    from pipelines.retrieval.search import Searcher, SearchError, parse_query
     from pipelines.settings import get_settings
-    from pipelines.vectorstore.milvus import MilvusStore
 
-    if not args.query.strip():
-        raise UsageError("the query is empty")
-    if not 1 <= args.top_k <= 1000:
-        raise UsageError("--top-k must be between 1 and 1000")
-    settings = get_settings()
-    with MilvusStore.from_settings(settings) as store:
-        if not store.exists():
-            raise UsageError(f"nothing ingested yet: no collection {settings.milvus_collection} at "
-                             f"{settings.milvus_uri} (run `cbnano ingest arxiv` first)")
-        emb = get_embedder(settings.embedding_model, settings.embedding_device, settings.embedding_batch_size)
-        hits = store.search(emb.encode([args.query])[0], top_k=args.top_k, source=args.source)
+    try:
+        query = parse_query(args.query, top_k=args.top_k, mode=args.mode, source=args.source,
+                            category=args.category, since=args.since, until=args.until)
+        with Searcher.from_settings(get_settings()) as searcher:
+            answer = searcher.search(query)
+    except SearchError as exc:
+        raise UsageError(str(exc)) from None
+    if answer.mode != query.mode:
+        print(f"cbnano: note: {query.mode} search is not available on this collection; "
+              f"results are {answer.mode}", file=sys.stderr)
     if args.json:
-        _emit([h.to_dict() for h in hits])
+        _emit([r.to_dict() for r in answer.results])
         return 0
-    if not hits:
+    if not answer.results:
         print("no results")
-    for rank, h in enumerate(hits, 1):
-        print(f"{rank:>2}. [{h.score:.3f}] {h.title}  ({h.source}:{h.doc_id})\n    {h.url}")
+    for rank, r in enumerate(answer.results, 1):
+        when = f", {r.published[:10]}" if r.published else ""
+        print(f"{rank:>2}. [{r.score:.3f}] {r.title}  ({r.source}:{r.doc_id}{when})\n    {r.url}\n"
+              f"    {r.snippet}")
+    return 0
+
+
+def cmd_search_service(args: argparse.Namespace) -> int:
+    from pipelines.retrieval.service import serve
+    from pipelines.settings import get_settings
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError("--port must be between 0 and 65535")
+    serve(get_settings(), host=args.host, port=args.port)
     return 0
 
 
@@ -305,6 +317,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of ``cbnano``."""
     from pipelines.evaluation.gate import DEFAULT_MIN_GAIN
+    from pipelines.retrieval.search import MODES as SEARCH_MODES
     from pipelines.settings import TRAIN_PROFILES as PROFILES
 
     p = argparse.ArgumentParser(prog="cbnano", description="CB Nano R&D platform command line")
@@ -333,12 +346,22 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--dry-run", action="store_true", help="fetch and stage only; no embedding, no writes")
     pc.set_defaults(func=cmd_ingest_pubchem)
 
-    se = sub.add_parser("search", help="semantic search over the corpus")
+    se = sub.add_parser("search", help="search the corpus (keywords + meaning), one result per document")
     se.add_argument("query")
     se.add_argument("--top-k", type=int, default=5)
+    se.add_argument("--mode", choices=SEARCH_MODES, default="hybrid",
+                    help="hybrid (default: BM25 keywords and MiniLM fused), dense or keyword")
     se.add_argument("--source", choices=["arxiv", "pubchem"])
-    se.add_argument("--json", action="store_true", help="print hits as a JSON list")
+    se.add_argument("--category", help="arXiv category, e.g. cond-mat.mtrl-sci")
+    se.add_argument("--since", metavar="YYYY-MM-DD", help="published on or after (undated documents drop out)")
+    se.add_argument("--until", metavar="YYYY-MM-DD", help="published on or before")
+    se.add_argument("--json", action="store_true", help="print results as a JSON list")
     se.set_defaults(func=cmd_search)
+
+    ss = sub.add_parser("search-service", help="System C's search HTTP API (/search, /stats, /healthz)")
+    ss.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    ss.add_argument("--port", type=int, default=8600)
+    ss.set_defaults(func=cmd_search_service)
 
     st = sub.add_parser("stats", help="documents and chunks per source")
     st.add_argument("--json", action="store_true")

@@ -58,6 +58,8 @@ class Settings:
     base_model: str = ""  # the lab's base: a name under <model store>/base/, or a model folder
     train_profile: str = DEFAULT_TRAIN_PROFILE
     allow_test_models: bool = False
+    max_chunks_per_doc: int = 64  # chunks one document may take in the corpus (its beginning is kept)
+    search_token: str = ""  # bearer token of the search service (System C); empty: no auth
     alert_webhook_url: str = ""
     alert_email: str = ""
     smtp_host: str = ""
@@ -78,6 +80,7 @@ class Settings:
         out = {f.name: str(getattr(self, f.name)) for f in fields(self)}
         out["milvus_token"] = "***" if self.milvus_token else ""
         out["smtp_password"] = "***" if self.smtp_password else ""
+        out["search_token"] = "***" if self.search_token else ""
         return out
 
 
@@ -150,6 +153,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         base_model=(env.get("CBNANO_BASE_MODEL") or "").strip(),
         train_profile=train_profile,
         allow_test_models=_flag(env, "CBNANO_ALLOW_TEST_MODELS"),
+        max_chunks_per_doc=_int(env, "CBNANO_MAX_CHUNKS_PER_DOC", 64),
+        search_token=env.get("CBNANO_SEARCH_TOKEN", ""),
         alert_webhook_url=env.get("CBNANO_ALERT_WEBHOOK_URL", ""),
         alert_email=env.get("CBNANO_ALERT_EMAIL", ""),
         smtp_host=env.get("CBNANO_SMTP_HOST", ""),

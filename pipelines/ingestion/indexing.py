@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int | None], None]
 EMBED_BATCH_CHUNKS = 256
+MAX_CHUNKS_PER_DOC = 64  # about 13,000 word pieces: far beyond an abstract or a compound record
 
 
 @dataclass
@@ -41,6 +42,7 @@ class IndexSummary:
     unchanged: int = 0
     chunks_upserted: int = 0
     chunks_deleted: int = 0
+    capped_documents: int = 0  # documents whose chunks beyond ``max_chunks`` were left out
     embed_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,11 +63,13 @@ def log_progress(logger: logging.Logger) -> Progress:
 
 
 def index_documents(docs: Sequence[Document], store: MilvusStore, embedder_factory: Callable[[], Any],
-                    embedding_model: str, progress: Progress | None = None) -> IndexSummary:
+                    embedding_model: str, progress: Progress | None = None,
+                    max_chunks: int = MAX_CHUNKS_PER_DOC) -> IndexSummary:
     """Bring the store in line with ``docs``; returns what was new, updated, unchanged, written, deleted.
 
     ``store.ensure_collection`` must have been called. ``embedder_factory()`` returns an object with
-    ``encode(texts) -> array`` and ``token_offsets(text)``; it is called at most once.
+    ``encode(texts) -> array`` and ``token_offsets(text)``; it is called at most once. A document keeps at
+    most ``max_chunks`` chunks (its beginning): one huge record cannot flood the corpus or every result list.
     """
     summary = IndexSummary()
     docs = dedupe_documents(docs)
@@ -93,6 +97,11 @@ def index_documents(docs: Sequence[Document], store: MilvusStore, embedder_facto
     stale: list[str] = []
     for doc, digest, prev_chunks in todo:
         chunks = chunk_text(doc.text, doc.doc_id, doc.source, embedder.token_offsets)
+        if len(chunks) > max_chunks:
+            log.warning("%s:%s has %d chunks; indexing the first %d", doc.source, doc.doc_id, len(chunks),
+                        max_chunks)
+            chunks = chunks[:max_chunks]
+            summary.capped_documents += 1
         stale.extend(sorted(prev_chunks - {c.chunk_id for c in chunks}))
         for c in chunks:
             rows.append((c.tokens, {
@@ -134,6 +143,8 @@ def summarize(stage_manifest: dict[str, Any], result: IndexSummary | None) -> di
            "chunks_deleted": result.chunks_deleted, "quarantined": stage_manifest["quarantined"]}
     if "not_found" in stage_manifest:
         out["not_found"] = stage_manifest["not_found"]
+    if result.capped_documents:
+        out["capped_documents"] = result.capped_documents
     return out
 
 
@@ -158,7 +169,8 @@ def index_staged(settings: Any, stage_manifest: dict[str, Any], document_of: Cal
     with MilvusStore.from_settings(settings) as store:
         dim = DIMENSION.get(settings.embedding_model) or factory().dimension
         store.ensure_collection(dim)
-        result = index_documents(docs, store, factory, settings.embedding_model, progress=progress)
+        result = index_documents(docs, store, factory, settings.embedding_model, progress=progress,
+                                 max_chunks=settings.max_chunks_per_doc)
         rows = store.count(source)
     summary = summarize(stage_manifest, result)
     emit_ingest(settings, source, summary, seconds=time.perf_counter() - t0, milvus_rows=rows)

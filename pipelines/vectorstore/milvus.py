@@ -2,14 +2,22 @@
 
 Milvus Lite (a local file, the default) or a Milvus server (``http://host:19530`` plus a token) hold one
 collection with an explicit schema: a text primary key (the chunk id, ``auto_id=False``), the vector with
-a COSINE IVF_FLAT index, and scalar fields for filtering and display. All writes are ``upsert``s, so a
-retried task rewrites the same keys instead of adding rows.
+a COSINE IVF_FLAT index, scalar fields for filtering and display, and Milvus's own full-text search: a
+``keywords`` field (the chunk's terms from :mod:`pipelines.retrieval.terms`) that a BM25 function turns into
+the ``sparse`` vector Milvus indexes. ``published_day`` (``YYYYMMDD``, 0 when unknown) makes dates
+filterable. All writes are ``upsert``s, so a retried task rewrites the same keys instead of adding rows.
+
+A collection made before the keyword and date fields existed is migrated in place on first use (its rows,
+vectors included, are copied through a side collection: nothing is re-embedded, and a migration cut short
+resumes). A Milvus too old for BM25 functions gets the collection without ``sparse``; keyword search then
+says so (:attr:`MilvusStore.full_text`).
 
 Usage::
 
     store = MilvusStore.from_settings(get_settings())
     store.ensure_collection(dim=384)
-    store.upsert(rows); hits = store.search(vector, top_k=5, source="arxiv")
+    store.upsert(rows)
+    hits = store.search_dense(vector, limit=5, filter=store.filter_for(source="arxiv"))
 """
 
 from __future__ import annotations
@@ -25,11 +33,16 @@ log = logging.getLogger(__name__)
 # VARCHAR limits are in bytes; the text fields are cut to fit (on a UTF-8 boundary) before writing.
 FIELD_LIMITS = {
     "chunk_id": 256, "doc_id": 128, "source": 16, "title": 2048, "text": 8192, "url": 512, "published": 32,
-    "categories": 512, "content_hash": 64, "embedding_model": 128,
+    "categories": 512, "content_hash": 64, "embedding_model": 128, "keywords": 16384,
 }
-REQUIRED_FIELDS = {*FIELD_LIMITS, "version", "chunk_index", "chunk_count", "vector"}
+# what every collection has had since the first release; newer fields are added by migration
+REQUIRED_FIELDS = {*FIELD_LIMITS, "version", "chunk_index", "chunk_count", "vector"} - {"keywords"}
+MIGRATED_FIELDS = ("keywords", "published_day")
 QUERY_BATCH = 256  # doc ids per ``in [...]`` filter
 WRITE_BATCH = 1000
+MIGRATE_SUFFIX = "__migrating"
+# with group_by refused (older servers), chunks fetched per wanted document before grouping client-side
+OVERSAMPLE = 10
 
 
 class VectorStoreError(RuntimeError):
@@ -38,7 +51,7 @@ class VectorStoreError(RuntimeError):
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result (cosine similarity as ``score``, higher is closer)."""
+    """One matching chunk: ``score`` is cosine similarity (dense) or BM25 (keywords), higher is closer."""
 
     doc_id: str
     chunk_id: str
@@ -47,11 +60,24 @@ class Hit:
     score: float
     url: str
     text: str
+    published: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of ``cbnano search --json`` (text shortened)."""
-        return {"doc_id": self.doc_id, "chunk_id": self.chunk_id, "title": self.title, "source": self.source,
-                "score": round(self.score, 4), "url": self.url}
+
+OUTPUT_FIELDS = ["chunk_id", "doc_id", "title", "source", "url", "text", "published"]
+
+
+def chunk_keywords(row: dict[str, Any]) -> str:
+    """The ``keywords`` of a chunk row: the terms of its title, text and document id (an arXiv id as typed)."""
+    from pipelines.retrieval.terms import keyword_text
+
+    return keyword_text(str(row.get("title", "")), str(row.get("text", "")), str(row.get("doc_id", "")),
+                        limit_bytes=FIELD_LIMITS["keywords"])
+
+
+def published_day(published: str) -> int:
+    """``YYYYMMDD`` of an ISO date or timestamp (``2024-05-01T…``), 0 when there is none."""
+    digits = published[:10].replace("-", "")
+    return int(digits) if len(digits) == 8 and digits.isdigit() else 0
 
 
 def fit_bytes(value: str, limit: int) -> str:
@@ -76,6 +102,7 @@ class MilvusStore:
         self.timeout_s = timeout_s
         self._client: Any = None
         self._loaded = False
+        self.full_text = False  # set by ensure_collection: the collection has the BM25 ``sparse`` field
 
     @classmethod
     def from_settings(cls, settings: Any) -> MilvusStore:
@@ -126,43 +153,123 @@ class MilvusStore:
         """True when the collection has been created."""
         return bool(self.client.has_collection(self.collection))
 
-    def ensure_collection(self, dim: int) -> None:
-        """Create the collection and its index if missing; raises if it exists with another vector size."""
-        from pymilvus import DataType, MilvusClient
+    def _fields(self, name: str) -> dict[str, dict[str, Any]]:
+        return {f.get("name"): f for f in self.client.describe_collection(name).get("fields", [])}
 
+    def ensure_collection(self, dim: int) -> None:
+        """Create (or migrate, or finish migrating) the collection; raises if it holds another vector size."""
+        staged = self.collection + MIGRATE_SUFFIX
         if self.exists():
-            desc = self.client.describe_collection(self.collection)
-            for f in desc.get("fields", []):
-                if f.get("name") == "vector" and int(f.get("params", {}).get("dim", dim)) != dim:
-                    raise VectorStoreError(
-                        f"collection {self.collection} at {self.uri} holds {f['params']['dim']}-d vectors, "
-                        f"not {dim}-d: use another collection name for another embedding model")
-            names = {f.get("name") for f in desc.get("fields", [])}
-            if missing := sorted(REQUIRED_FIELDS - names):
+            fields = self._fields(self.collection)
+            vec = fields.get("vector", {})
+            if int(vec.get("params", {}).get("dim", dim)) != dim:
+                raise VectorStoreError(
+                    f"collection {self.collection} at {self.uri} holds {vec['params']['dim']}-d vectors, "
+                    f"not {dim}-d: use another collection name for another embedding model")
+            if missing := sorted(REQUIRED_FIELDS - set(fields)):
                 raise VectorStoreError(
                     f"collection {self.collection} at {self.uri} predates field(s) {', '.join(missing)}: "
                     "drop it (or use another collection name) and re-ingest")
-            self._ready()
-            return
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
-                                            description="CB Nano RAG corpus: one row per chunk")
-        schema.add_field("chunk_id", DataType.VARCHAR, max_length=FIELD_LIMITS["chunk_id"], is_primary=True)
-        for name in ("doc_id", "source", "title", "text", "url", "published", "categories", "content_hash",
-                     "embedding_model"):
-            schema.add_field(name, DataType.VARCHAR, max_length=FIELD_LIMITS[name])
-        schema.add_field("version", DataType.INT64)
-        schema.add_field("chunk_index", DataType.INT64)
-        # how many chunks the document has: a document written only in part (its writer killed mid-upsert)
-        # holds fewer rows than this and is redone by the next run instead of being taken as unchanged
-        schema.add_field("chunk_count", DataType.INT64)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-        index = self.client.prepare_index_params()
-        index.add_index(field_name="vector", index_type="IVF_FLAT", metric_type="COSINE",
-                        params={"nlist": 256})
-        index.add_index(field_name="doc_id", index_type="INVERTED")
-        self.client.create_collection(self.collection, schema=schema, index_params=index)
-        self._loaded = True  # create_collection with index params loads it
-        log.info("created collection %s at %s (%d-d, COSINE)", self.collection, self.uri, dim)
+            if any(f not in fields for f in MIGRATED_FIELDS):
+                self._migrate(dim)
+            elif self.client.has_collection(staged):  # the copy back finished, the side copy was not dropped
+                self.client.drop_collection(staged)
+        elif self.client.has_collection(staged):  # cut short after the old collection was dropped
+            self._create(self.collection, dim)
+            self._copy(staged, self.collection)
+            self.client.drop_collection(staged)
+        else:
+            self._create(self.collection, dim)
+        self.full_text = "sparse" in self._fields(self.collection)
+        self._ready()
+
+    def _create(self, name: str, dim: int) -> None:
+        """A new collection with the current schema (without BM25 where the server has no such function)."""
+        from pymilvus import DataType, Function, FunctionType, MilvusClient
+
+        def build(full_text: bool) -> tuple[Any, Any]:
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                                description="CB Nano RAG corpus: one row per chunk")
+            schema.add_field("chunk_id", DataType.VARCHAR, max_length=FIELD_LIMITS["chunk_id"],
+                             is_primary=True)
+            for field in ("doc_id", "source", "title", "text", "url", "published", "categories",
+                          "content_hash", "embedding_model"):
+                schema.add_field(field, DataType.VARCHAR, max_length=FIELD_LIMITS[field])
+            schema.add_field("version", DataType.INT64)
+            schema.add_field("chunk_index", DataType.INT64)
+            # how many chunks the document has: a document written only in part (its writer killed
+            # mid-upsert) holds fewer rows than this and is redone by the next run instead of taken as unchanged
+            schema.add_field("chunk_count", DataType.INT64)
+            schema.add_field("published_day", DataType.INT64)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+            index = self.client.prepare_index_params()
+            index.add_index(field_name="vector", index_type="IVF_FLAT", metric_type="COSINE",
+                            params={"nlist": 256})
+            index.add_index(field_name="doc_id", index_type="INVERTED")
+            if full_text:
+                # the terms are made by pipelines.retrieval.terms; Milvus only splits them at spaces
+                schema.add_field("keywords", DataType.VARCHAR, max_length=FIELD_LIMITS["keywords"],
+                                 enable_analyzer=True, analyzer_params={"tokenizer": "whitespace"})
+                schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+                schema.add_function(Function(name="keywords_bm25", function_type=FunctionType.BM25,
+                                             input_field_names=["keywords"], output_field_names=["sparse"]))
+                index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+            else:
+                schema.add_field("keywords", DataType.VARCHAR, max_length=FIELD_LIMITS["keywords"])
+            return schema, index
+
+        try:
+            schema, index = build(full_text=True)
+            self.client.create_collection(name, schema=schema, index_params=index)
+        except Exception as exc:  # a server without BM25 functions (Milvus < 2.5) refuses the schema
+            if self.client.has_collection(name):
+                raise
+            log.warning("Milvus at %s refused full-text search (%s): collection %s is dense-only",
+                        self.uri, exc, name)
+            schema, index = build(full_text=False)
+            self.client.create_collection(name, schema=schema, index_params=index)
+        if name == self.collection:
+            self._loaded = True  # create_collection with index params loads it
+        log.info("created collection %s at %s (%d-d, COSINE)", name, self.uri, dim)
+
+    def _copy(self, src: str, dst: str) -> int:
+        """Copy every row of ``src`` into ``dst``, adding the migrated fields; returns rows copied."""
+        self.client.load_collection(src)
+        names = [n for n in self._fields(src) if n != "sparse"]
+        copied = 0
+        it = self.client.query_iterator(src, batch_size=1000, filter="", output_fields=names)
+        try:
+            while batch := it.next():
+                for row in batch:
+                    row.setdefault("published_day", published_day(row.get("published", "")))
+                    if "keywords" not in row:
+                        row["keywords"] = chunk_keywords(row)
+                self.client.upsert(dst, batch)
+                copied += len(batch)
+        finally:
+            it.close()
+        self.client.flush(dst)
+        return copied
+
+    def _migrate(self, dim: int) -> None:
+        """Bring an older collection to the current schema: copy aside, drop, recreate, copy back."""
+        staged = self.collection + MIGRATE_SUFFIX
+        log.warning("migrating collection %s at %s to the current schema (%s); vectors are kept",
+                    self.collection, self.uri, ", ".join(MIGRATED_FIELDS))
+        if not self.client.has_collection(staged):
+            self._create(staged, dim)
+        rows = self._copy(self.collection, staged)
+        self.client.load_collection(staged)
+        have = int(self.client.query(staged, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        if have < rows:
+            raise VectorStoreError(f"migration of {self.collection} at {self.uri} copied {have} of {rows} rows: "
+                                   "nothing was dropped; run again")
+        self.client.drop_collection(self.collection)
+        self._loaded = False
+        self._create(self.collection, dim)
+        self._copy(staged, self.collection)
+        self.client.drop_collection(staged)
+        log.warning("migrated collection %s: %d rows", self.collection, rows)
 
     def existing_chunks(self, source: str, doc_ids: Iterable[str]) -> dict[str, tuple[str, set[str]]]:
         """For each stored doc of ``doc_ids``: (content hash, its chunk ids). Docs not stored are absent.
@@ -197,6 +304,8 @@ class MilvusStore:
         clean = []
         for row in unique.values():
             row = dict(row)
+            row.setdefault("published_day", published_day(str(row.get("published", ""))))
+            row.setdefault("keywords", chunk_keywords(row))
             for name, limit in FIELD_LIMITS.items():
                 if name in row:
                     row[name] = fit_bytes(str(row[name]), limit)
@@ -217,22 +326,62 @@ class MilvusStore:
         an in-memory table that every search has to scan and snapshot (100k rows: seconds per query)."""
         self._ready().flush(self.collection)
 
-    def search(self, vector: Sequence[float], top_k: int = 5, source: str | None = None,
-               nprobe: int = 32) -> list[Hit]:
-        """The ``top_k`` closest chunks to ``vector`` (optionally of one source), best first."""
-        flt = f"source == {_quote(source)}" if source else ""
-        res = self._ready().search(
-            self.collection, data=[list(map(float, vector))], anns_field="vector", limit=top_k, filter=flt,
-            output_fields=["doc_id", "title", "source", "url", "text"],
-            search_params={"metric_type": "COSINE", "params": {"nprobe": nprobe}},
-        )
-        hits = []
+    @staticmethod
+    def filter_for(source: str | None = None, category: str | None = None, since: int = 0,
+                   until: int = 0) -> str:
+        """A Milvus filter expression: one source, one arXiv category, ``published_day`` bounds (YYYYMMDD).
+
+        Documents without a date (``published_day`` 0) never pass a date bound.
+        """
+        parts = []
+        if source:
+            parts.append(f"source == {_quote(source)}")
+        if category:  # categories are stored space-joined: match a whole entry
+            parts.append(f"categories like {_quote('%' + category + '%')}")
+        if since:
+            parts.append(f"published_day >= {int(since)}")
+        if until:
+            parts.append(f"published_day <= {int(until)}")
+        if since or until:
+            parts.append("published_day > 0")
+        return " and ".join(parts)
+
+    def search_dense(self, vector: Sequence[float], limit: int = 5, filter: str = "",
+                     nprobe: int = 32) -> list[Hit]:
+        """The best chunk of each of the ``limit`` documents closest to ``vector``, best first."""
+        return self._search(data=[list(map(float, vector))], anns_field="vector", limit=limit, filter=filter,
+                            search_params={"metric_type": "COSINE", "params": {"nprobe": nprobe}})
+
+    def search_keywords(self, terms: str, limit: int = 5, filter: str = "") -> list[Hit]:
+        """The best chunk of each of the ``limit`` documents ranked by BM25 over ``terms`` (space-joined)."""
+        if not self.full_text:
+            raise VectorStoreError(f"collection {self.collection} at {self.uri} has no full-text index "
+                                   "(this Milvus has no BM25 functions): use dense search")
+        if not terms.strip():
+            return []
+        return self._search(data=[terms], anns_field="sparse", limit=limit, filter=filter,
+                            search_params={"metric_type": "BM25"})
+
+    def _search(self, *, data: list[Any], anns_field: str, limit: int, filter: str,
+                search_params: dict[str, Any]) -> list[Hit]:
+        """One hit per document: Milvus groups by ``doc_id`` where it can, else oversample and group here."""
+        client = self._ready()
+        kw = {"anns_field": anns_field, "filter": filter, "output_fields": OUTPUT_FIELDS,
+              "search_params": search_params}
+        try:
+            res = client.search(self.collection, data=data, limit=limit, group_by_field="doc_id", **kw)
+        except Exception as exc:  # servers before 2.4 have no grouping search
+            log.debug("grouped search refused (%s); grouping client-side", exc)
+            res = client.search(self.collection, data=data, limit=min(limit * OVERSAMPLE, 16384), **kw)
+        hits: dict[str, Hit] = {}
         for item in res[0]:
             ent = item["entity"]
-            hits.append(Hit(doc_id=ent["doc_id"], chunk_id=item.get("chunk_id") or item.get("id"),
-                            title=ent["title"], source=ent["source"], score=float(item["distance"]),
-                            url=ent["url"], text=ent["text"]))
-        return hits
+            if ent["doc_id"] in hits:
+                continue
+            hits[ent["doc_id"]] = Hit(doc_id=ent["doc_id"], chunk_id=ent.get("chunk_id") or item.get("id"),
+                                      title=ent["title"], source=ent["source"], score=float(item["distance"]),
+                                      url=ent["url"], text=ent["text"], published=ent.get("published", ""))
+        return list(hits.values())[:limit]
 
     def count(self, source: str | None = None) -> int:
         """Rows (chunks) in the collection, optionally of one source."""

@@ -57,10 +57,10 @@ def test_ingest_rerun_revise_search(replay, fixtures_dir):
         assert "corrects the isotope-enrichment estimate" in rows[0]["text"]
         assert store.count() == 7
         # a paraphrase, sharing few words with the abstract, finds the garnet paper first
-        hits = store.search(emb.encode(["ceramic lithium-ion conductor for batteries without liquid"])[0], 3)
+        hits = store.search_dense(emb.encode(["ceramic lithium-ion conductor for batteries without liquid"])[0], 3)
         assert hits[0].doc_id == "2611.10002"
-        hits = store.search(emb.encode(["water sticking to titanium dioxide surfaces"])[0], 3,
-                            source="arxiv")
+        hits = store.search_dense(emb.encode(["water sticking to titanium dioxide surfaces"])[0], 3,
+                                  filter=store.filter_for(source="arxiv"))
         assert hits[0].doc_id == "2611.10005"
 
 

@@ -43,7 +43,8 @@ def test_ingest_misbehaving_server_then_rerun_is_noop(pubchem):
 
     emb = get_embedder(settings.embedding_model)
     with MilvusStore.from_settings(settings) as store:
-        hits = store.search(emb.encode(["solvent in lithium-ion battery electrolytes"])[0], 2, source="pubchem")
+        hits = store.search_dense(emb.encode(["solvent in lithium-ion battery electrolytes"])[0], 2,
+                                  filter=store.filter_for(source="pubchem"))
         assert hits[0].doc_id == "7303" and hits[0].url.endswith("/compound/7303")
         assert store.count("pubchem") == 4
 

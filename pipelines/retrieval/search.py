@@ -1,0 +1,220 @@
+"""Search the corpus: dense (MiniLM), keyword (Milvus BM25) or both fused, one result per document.
+
+Hybrid is the default. Each ranker asks Milvus for its best chunk per document (``group_by_field``), and
+the two document rankings are fused here by reciprocal rank fusion (score = sum of 1 / (60 + rank)). The
+fusion is done per document rather than with Milvus's ``hybrid_search`` because that fuses chunks: Milvus
+Lite returns several chunks of one document from it, and a document whose best dense chunk and best
+keyword chunk differ would get no credit for matching both ways.
+
+Usage::
+
+    searcher = Searcher.from_settings(get_settings())
+    answer = searcher.search(parse_query("Li6PS5Cl", top_k=5, since="2024-01-01"))
+    [r.to_dict() for r in answer.results]
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import unicodedata
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from typing import Any
+
+from pipelines.retrieval.terms import keyword_terms
+from pipelines.vectorstore.milvus import Hit, MilvusStore
+
+log = logging.getLogger(__name__)
+
+MODES = ("hybrid", "dense", "keyword")
+DEFAULT_MODE = "hybrid"
+SOURCES = ("arxiv", "pubchem")
+RRF_K = 60  # the constant of Cormack et al. (2009); larger flattens the rank differences
+FUSION_DEPTH = 50  # documents each ranker contributes to the fusion (at least 4x top_k)
+MAX_TOP_K = 100
+MAX_QUERY_CHARS = 1000
+SNIPPET_CHARS = 240
+_CATEGORY = re.compile(r"^[a-z\-]+(\.[A-Za-z\-]+)?$")
+
+
+class SearchError(ValueError):
+    """A search request the platform cannot run (bad parameter, nothing ingested); one readable line."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """A validated search request (dates as ``YYYYMMDD`` integers, 0 when open)."""
+
+    text: str
+    top_k: int = 5
+    mode: str = DEFAULT_MODE
+    source: str | None = None
+    category: str | None = None
+    since: int = 0
+    until: int = 0
+
+
+def _day(value: str | None, name: str) -> int:
+    if not value:
+        return 0
+    try:
+        return int(date.fromisoformat(value).strftime("%Y%m%d"))
+    except ValueError:
+        raise SearchError(f"{name} must be a date YYYY-MM-DD, not {value!r}") from None
+
+
+def parse_query(text: str, top_k: int = 5, mode: str = DEFAULT_MODE, source: str | None = None,
+                category: str | None = None, since: str | None = None, until: str | None = None) -> Query:
+    """A :class:`Query` from user input; raises :class:`SearchError` naming the bad parameter."""
+    text = (text or "").strip()
+    if not text:
+        raise SearchError("the query is empty")
+    if len(text) > MAX_QUERY_CHARS:
+        raise SearchError(f"the query is {len(text)} characters long; at most {MAX_QUERY_CHARS}")
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise SearchError(f"top-k must be between 1 and {MAX_TOP_K}, not {top_k}")
+    if mode not in MODES:
+        raise SearchError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if source and source not in SOURCES:
+        raise SearchError(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
+    if category and not _CATEGORY.match(category):
+        raise SearchError(f"category must look like an arXiv category (cond-mat.mtrl-sci), not {category!r}")
+    lo, hi = _day(since, "since"), _day(until, "until")
+    if lo and hi and lo > hi:
+        raise SearchError(f"since ({since}) is after until ({until})")
+    return Query(text=text, top_k=top_k, mode=mode, source=source or None, category=category or None,
+                 since=lo, until=hi)
+
+
+@dataclass(frozen=True)
+class Result(Hit):
+    """One document found: its best chunk, the score (see :class:`Answer`), a snippet of the chunk, and the
+    document's rank in each ranker that found it."""
+
+    snippet: str = ""
+    ranks: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of ``cbnano search --json`` and of the search service's results."""
+        return {"doc_id": self.doc_id, "chunk_id": self.chunk_id, "title": self.title, "source": self.source,
+                "score": round(self.score, 6), "url": self.url, "published": self.published,
+                "snippet": self.snippet, "ranks": self.ranks}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The results of one query and the mode that produced them (hybrid falls back to dense on a Milvus
+    without BM25). Scores are cosine similarity (dense), BM25 (keyword) or the fused RRF score (hybrid)."""
+
+    results: list[Result]
+    mode: str
+
+
+def snippet(text: str, terms: list[str], width: int = SNIPPET_CHARS) -> str:
+    """About ``width`` characters of ``text`` around the first query term found in it (else its start)."""
+    flat = unicodedata.normalize("NFKC", text)
+    low = flat.lower()
+    hits = [i for t in terms if len(t) > 1 and (i := low.find(t)) >= 0]
+    start = max(0, min(hits) - width // 3) if hits else 0
+    if start:  # begin at a word
+        space = flat.find(" ", start)
+        start = space + 1 if 0 <= space < start + 20 else start
+    end = min(len(flat), start + width)
+    if end < len(flat):
+        space = flat.rfind(" ", start, end)
+        end = space if space > start + width // 2 else end
+    return ("…" if start else "") + flat[start:end].strip() + ("…" if end < len(flat) else "")
+
+
+def fuse(rankings: dict[str, list[Hit]], limit: int, k: int = RRF_K) -> list[tuple[Hit, float, dict[str, int]]]:
+    """Reciprocal rank fusion of per-document rankings: (best hit, fused score, ranks), best first.
+
+    The hit shown for a document is the one from the first ranker in ``rankings`` that found it.
+    """
+    scores: dict[str, float] = {}
+    ranks: dict[str, dict[str, int]] = {}
+    shown: dict[str, Hit] = {}
+    for name, hits in rankings.items():
+        for rank, hit in enumerate(hits, 1):
+            scores[hit.doc_id] = scores.get(hit.doc_id, 0.0) + 1.0 / (k + rank)
+            ranks.setdefault(hit.doc_id, {})[name] = rank
+            shown.setdefault(hit.doc_id, hit)
+    order = sorted(scores, key=lambda d: (-scores[d], min(ranks[d].values()), d))[:limit]
+    return [(shown[d], scores[d], ranks[d]) for d in order]
+
+
+class Searcher:
+    """A store and an embedder held together for many queries (the CLI uses one, the service keeps one)."""
+
+    def __init__(self, store: MilvusStore, embedder_factory: Callable[[], Any], dim: int) -> None:
+        if not store.exists():
+            raise SearchError(f"nothing ingested yet: no collection {store.collection} at {store.uri} "
+                              "(run `cbnano ingest arxiv` first)")
+        store.ensure_collection(dim)
+        self.store = store
+        self._embedder_factory = embedder_factory
+        self._embedder: Any = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Searcher:
+        """A searcher on the configured Milvus and embedding model (the model loads on the first query)."""
+        from pipelines.embedding.minilm import DIMENSION, get_embedder
+
+        def factory() -> Any:
+            return get_embedder(settings.embedding_model, settings.embedding_device,
+                                settings.embedding_batch_size)
+
+        store = MilvusStore.from_settings(settings)
+        try:
+            dim = DIMENSION.get(settings.embedding_model) or factory().dimension
+            return cls(store, factory, dim)
+        except BaseException:
+            store.close()
+            raise
+
+    def close(self) -> None:
+        """Release the Milvus connection."""
+        self.store.close()
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def embed(self, text: str) -> list[float]:
+        """The query's embedding (the model is loaded once, and used by one thread at a time)."""
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = self._embedder_factory()
+            return [float(x) for x in self._embedder.encode([text])[0]]
+
+    def search(self, query: Query) -> Answer:
+        """Run ``query``: one result per document, best first."""
+        flt = self.store.filter_for(query.source, query.category, query.since, query.until)
+        terms = keyword_terms(query.text)
+        mode = query.mode
+        if mode != "dense" and not self.store.full_text:
+            if mode == "keyword":
+                raise SearchError(f"keyword search needs Milvus's BM25 full-text search, which the collection "
+                                  f"{self.store.collection} at {self.store.uri} does not have")
+            log.warning("collection %s has no full-text index: hybrid search falls back to dense",
+                        self.store.collection)
+            mode = "dense"
+        depth = max(FUSION_DEPTH, 4 * query.top_k) if mode == "hybrid" else query.top_k
+        rankings: dict[str, list[Hit]] = {}
+        if mode in ("hybrid", "dense"):
+            rankings["dense"] = self.store.search_dense(self.embed(query.text), limit=depth, filter=flt)
+        if mode in ("hybrid", "keyword"):
+            rankings["keyword"] = self.store.search_keywords(" ".join(terms), limit=depth, filter=flt)
+        if mode == "hybrid":
+            fused = fuse(rankings, query.top_k)
+        else:
+            fused = [(h, h.score, {mode: rank}) for rank, h in enumerate(rankings[mode], 1)]
+        results = [Result(**{**asdict(h), "score": score}, snippet=snippet(h.text, terms), ranks=ranks)
+                   for h, score, ranks in fused[:query.top_k]]
+        return Answer(results=results, mode=mode)
