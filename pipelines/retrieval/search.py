@@ -20,6 +20,7 @@ import re
 import threading
 import unicodedata
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
@@ -158,6 +159,8 @@ class Searcher:
         self._embedder_factory = embedder_factory
         self._embedder: Any = None
         self._lock = threading.Lock()
+        # hybrid runs the BM25 search on this thread while the query is embedded and searched densely
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="keyword-search")
 
     @classmethod
     def from_settings(cls, settings: Any) -> Searcher:
@@ -178,6 +181,7 @@ class Searcher:
 
     def close(self) -> None:
         """Release the Milvus connection."""
+        self._pool.shutdown(wait=True)
         self.store.close()
 
     def __enter__(self) -> Searcher:
@@ -207,10 +211,12 @@ class Searcher:
             mode = "dense"
         depth = max(FUSION_DEPTH, 4 * query.top_k) if mode == "hybrid" else query.top_k
         rankings: dict[str, list[Hit]] = {}
+        keyword = (self._pool.submit(self.store.search_keywords, " ".join(terms), limit=depth, filter=flt)
+                   if mode in ("hybrid", "keyword") else None)
         if mode in ("hybrid", "dense"):
             rankings["dense"] = self.store.search_dense(self.embed(query.text), limit=depth, filter=flt)
-        if mode in ("hybrid", "keyword"):
-            rankings["keyword"] = self.store.search_keywords(" ".join(terms), limit=depth, filter=flt)
+        if keyword is not None:
+            rankings["keyword"] = keyword.result()
         if mode == "hybrid":
             fused = fuse(rankings, query.top_k)
         else:

@@ -155,3 +155,20 @@ def test_versions_agree_with_the_project():
     milvus_tag = SERVICES["milvus-standalone"]["image"].split(":v")[1]
     assert milvus_tag.split(".")[0] == pymilvus.split(".")[0]  # pymilvus 3.x talks to Milvus 3.x
     assert env("worker-default")["CBNANO_MILVUS_URI"].endswith(":19530")
+
+
+def test_system_c_serves_search_with_a_token_and_a_health_check():
+    svc = SERVICES["search-service"]
+    assert svc["profiles"] == ["system-c"]
+    cmd = svc["command"]
+    assert cmd[:4] == ["python", "-m", "pipelines.cli", "search-service"]
+    port = cmd[cmd.index("--port") + 1]
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0" and svc["ports"] == ["${SEARCH_PORT:-8600}:" + port]
+    assert env("search-service")["CBNANO_SEARCH_TOKEN"] == "${SEARCH_TOKEN:?}"  # never open by accident
+    assert env("search-service")["CBNANO_MILVUS_URI"] == env("worker-system-c")["CBNANO_MILVUS_URI"]
+    assert f"http://localhost:{port}/healthz" in svc["healthcheck"]["test"]
+    from pipelines.cli import build_parser
+
+    args = build_parser().parse_args(cmd[3:])
+    assert (args.host, args.port) == ("0.0.0.0", int(port))
+    assert svc["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["${SYSTEM_C_GPU:-0}"]

@@ -229,3 +229,45 @@ def test_search_service_over_http(cbnano_env, capsys):
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
     assert "s3cret-token" not in out
+
+
+def test_pipelined_encode_matches_plain_encode_in_order():
+    from pipelines.embedding.minilm import Embedder
+
+    texts = [("LiFePO4 cathode " * n).strip() for n in (1, 40, 3, 120, 7)] + ["MOF-808", "zeolite"]
+    plain = get_embedder(MINILM).encode(texts)
+    piped = Embedder(MINILM, batch_size=2, pipelined=True)  # 4 batches: the prefetch queue fills and drains
+    out = piped.encode(texts)
+    assert out.shape == plain.shape and out.dtype == plain.dtype
+    assert float((out * plain).sum(axis=1).min()) > 0.9999  # same vectors, same order despite length sorting
+    assert piped.encode([]).shape == (0, 384)
+
+
+def test_gpu_embed_check_rehearses_on_cpu():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_embed.py"), "--device", "cpu", "--texts", "24",
+                           "--batch", "8", "--words", "60"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["precision"] for r in lines] == ["fp32"]  # fp16 only on CUDA
+    r = lines[0]
+    assert r["texts"] == 24 and r["platform_texts_per_s"] > 0 and r["plain_texts_per_s"] > 0
+    assert 0 < r["tokenize_share"] < 1
+
+
+def test_the_demo_formula_query_needs_hybrid(replay):
+    """What `make demo` shows on the bundled samples: a formula dense search misses and hybrid finds."""
+    from datetime import UTC, datetime
+
+    from pipelines.ingestion.arxiv import ingest_arxiv
+    from pipelines.settings import get_settings
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from demo import FORMULA_QUERY
+
+    replay(corpus=[ROOT / "include/samples/arxiv"])
+    settings = get_settings()
+    ingest_arxiv(settings, datetime(2026, 11, 23, tzinfo=UTC), datetime(2026, 11, 27, tzinfo=UTC))
+    query, wanted = FORMULA_QUERY
+    dense = [r.doc_id for r in search(settings, query, top_k=3, mode="dense").results]
+    hybrid = [r.doc_id for r in search(settings, query, top_k=3).results]
+    assert wanted not in dense and hybrid[0] == wanted
