@@ -78,3 +78,25 @@ BASE_MODEL = os.environ.get("CBNANO_BASE_MODEL") or None
 MIN_GAIN = 0.01
 # One Asset per domain's published model (the production pointer in the model store).
 MODEL_ASSETS = {d: Asset(name=f"cbnano_model_{d}", uri=f"cbnano://models/{d}", group="models") for d in DOMAINS}
+
+
+def system_a_settings():
+    """The platform settings with System A's URL and token from the Connection ``cbnano_system_a`` (host =
+    URL, password = token) when it exists, else as the environment gives them. Call inside a task."""
+    from dataclasses import replace
+
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from pipelines.settings import get_settings
+
+    settings = get_settings()
+    try:
+        conn = Connection.get("cbnano_system_a")
+    except AirflowNotFoundException:
+        return settings
+    url = conn.host or ""
+    if url and "://" not in url:
+        url = f"http://{url}:{conn.port or 8000}"
+    return replace(settings, system_a_url=url or settings.system_a_url,
+                   system_a_token=conn.password or settings.system_a_token)

@@ -9,6 +9,8 @@ Copy-paste examples::
     cbnano search "solid electrolyte ionic conductivity" --top-k 5 --json
     cbnano search "Li6PS5Cl" --mode keyword --since 2024-01-01 --source arxiv
     CBNANO_SEARCH_TOKEN=... cbnano search-service --host 0.0.0.0 --port 8600
+    cbnano ask "Which additive stabilises black-phase CsPbI3?" --domain materials --json
+    cbnano models serve-config ; cbnano models handoff --domain catalysis
     cbnano stats --json
     cbnano models list --json ; cbnano models rollback --domain catalysis
     cbnano dataset build --domain catalysis --month 2026-11
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import shutil
 import sys
 import time
@@ -39,6 +42,10 @@ log = logging.getLogger("cbnano")
 
 class UsageError(ValueError):
     """Bad input from the command line."""
+
+
+class _Failure(RuntimeError):
+    """A failure to report in one line with exit status 1 (an unreachable service, a missing model)."""
 
 
 def _progress_reporter() -> Any:
@@ -260,6 +267,27 @@ def cmd_models(args: argparse.Namespace) -> int:
             manifest = import_smollm2(settings.model_store, settings.train_python, force=args.force)
             _emit({k: v for k, v in manifest.items() if k != "files"})
             return 0
+        if args.action == "serve-config":
+            from pipelines.publishing.serving import serve_command
+
+            try:
+                cmd = serve_command(settings, [args.domain] if args.domain else None)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            if args.json:
+                _emit({"env": {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}, "command": cmd})
+            else:
+                print("VLLM_ALLOW_RUNTIME_LORA_UPDATING=True " + " ".join(shlex.quote(c) for c in cmd))
+            return 0
+        if args.action == "handoff":
+            from pipelines.publishing.serving import hand_off
+            from pipelines.training.configs import DOMAINS
+
+            if not settings.system_a_url:
+                raise UsageError("models handoff needs CBNANO_SYSTEM_A_URL (System A's vLLM server)")
+            outcomes = [hand_off(settings, d) for d in ([args.domain] if args.domain else DOMAINS)]
+            _emit(outcomes)
+            return 1 if any(o["state"] == "failed" for o in outcomes) else 0
         if args.action == "list":
             versions = [v.to_dict() for v in store.versions(args.domain)]
             if args.json:
@@ -287,7 +315,39 @@ def cmd_models(args: argparse.Namespace) -> int:
     except RuntimeError as exc:  # the import subprocess failed
         print(f"cbnano: error: {exc}", file=sys.stderr)
         return 1
-    _emit({"domain": args.domain, "action": args.action, "production": version})
+    # production moved: tell System A (never undoes the move; a failure is recorded, alerted and retried by
+    # the serving_handoff DAG or `cbnano models handoff`)
+    from pipelines.publishing.serving import hand_off
+
+    outcome = hand_off(settings, args.domain)
+    if outcome["state"] == "failed":
+        print(f"cbnano: warning: production moved, but System A did not take it: {outcome['error']}",
+              file=sys.stderr)
+    _emit({"domain": args.domain, "action": args.action, "production": version, "system_a": outcome["state"]})
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from pipelines.retrieval.ask import AskError, ask
+    from pipelines.retrieval.search import SearchError
+    from pipelines.settings import get_settings
+
+    if not 1 <= args.top_k <= 20:
+        raise UsageError("--top-k must be between 1 and 20")
+    try:
+        out = ask(get_settings(), args.question, domain=args.domain, top_k=args.top_k,
+                  max_tokens=args.max_tokens)
+    except SearchError as exc:
+        raise UsageError(str(exc)) from None
+    except AskError as exc:
+        raise _Failure(str(exc)) from None
+    if args.json:
+        _emit({"answer": out["answer"], "sources": out["sources"]})
+        return 0
+    print(out["answer"])
+    print(f"\n-- {out['model']} ({'System A' if out['answered_by'] == 'system_a' else 'local, CPU'}); sources:")
+    for n, src in enumerate(out["sources"], 1):
+        print(f"[{n}] {src['title']}  {src['url']}")
     return 0
 
 
@@ -389,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.set_defaults(func=cmd_dataset_build)
 
     md = sub.add_parser("models", help="published domain models: list, promote, roll back")
-    md.add_argument("action", choices=["list", "promote", "rollback", "import-base"])
+    md.add_argument("action", choices=["list", "promote", "rollback", "import-base", "serve-config", "handoff"],
+                    help="serve-config: System A's vLLM command line; handoff: (re)load production adapters there")
     md.add_argument("name", nargs="?", help="with import-base: smollm2")
     md.add_argument("--force", action="store_true", help="with import-base: import again")
     md.add_argument("--domain", help="chemistry, materials, thermal or catalysis")
@@ -397,6 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--reason", help="with promote/rollback: why (recorded in the history with who did it)")
     md.add_argument("--json", action="store_true", help="list as JSON")
     md.set_defaults(func=cmd_models)
+
+    ak = sub.add_parser("ask", help="answer a question from the corpus with a domain's model, citing sources")
+    ak.add_argument("question")
+    ak.add_argument("--domain", help="chemistry, materials, thermal or catalysis (default: the base model)")
+    ak.add_argument("--top-k", type=int, default=5, help="sources to retrieve (default 5)")
+    ak.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens")
+    ak.add_argument("--json", action="store_true", help='print {"answer": ..., "sources": [...]}')
+    ak.set_defaults(func=cmd_ask)
 
     rp = sub.add_parser("replay", help="serve local arXiv/PubChem stand-ins from files (offline runs, demo)")
     rp.add_argument("--corpus", action="append", default=[], help="folder or file of Atom feeds, repeatable")
@@ -427,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"cbnano: error: {exc}", file=sys.stderr)
         return 2
-    except (SourceError, VectorStoreError, SettingsError, OSError) as exc:
+    except (SourceError, VectorStoreError, SettingsError, OSError, _Failure) as exc:
         print(f"cbnano: error: {exc}", file=sys.stderr)
         return 1
     except MilvusException as exc:

@@ -49,9 +49,26 @@ def model_registry(settings: Any) -> list[dict[str, Any]]:
             "origin": manifest.get("origin") or report.get("origin") or {},
             "chart": str(info.path / "eval.png") if (info.path / "eval.png").is_file() else None,
         })
+    from pipelines.publishing.serving import serving_state
+
     for entry in out.values():
         entry["versions"].sort(key=lambda v: (v["published_at"], v["version"]), reverse=True)
+        entry["system_a"] = serving_state(settings, entry["domain"])
     return [out[d] for d in sorted(out)]
+
+
+def _system_a_line(state: dict[str, Any]) -> str:
+    """What System A serves for a domain, from the last hand-off's record."""
+    if not state:
+        return "<p class='muted'>System A: no hand-off recorded</p>"
+    if state.get("state") == "confirmed":
+        return (f"<p class='system-a ok'>System A serves {_fmt(state.get('version'))} "
+                f"(confirmed {_fmt(state.get('confirmed_at'))})</p>")
+    confirmed = state.get("confirmed") or {}
+    last = (f"; it last confirmed {_fmt(confirmed.get('version'))} at {_fmt(confirmed.get('confirmed_at'))}"
+            if confirmed else "; it has never confirmed a version")
+    return (f"<p class='system-a refused'>System A did not take {_fmt(state.get('version'))} "
+            f"({_fmt(state.get('attempted_at'))}): {_fmt(state.get('error'))}{last}</p>")
 
 
 def retrain_decisions(settings: Any, limit: int = 20) -> list[dict[str, Any]]:
@@ -131,6 +148,7 @@ def render_registry(registry: list[dict[str, Any]], decisions: list[dict[str, An
     for entry in registry:
         d = escape(entry["domain"])
         parts.append(f"<h2 id='{d}'>{d} <span class='muted'>production: {_fmt(entry['production'])}</span></h2>")
+        parts.append(_system_a_line(entry.get("system_a") or {}))
         for v in entry["versions"]:
             cls = " class='prod'" if v["production"] else ""
             models = [m for m in ("base", "production", "candidate") if m in v["metrics"]]

@@ -60,6 +60,9 @@ class Settings:
     allow_test_models: bool = False
     max_chunks_per_doc: int = 64  # chunks one document may take in the corpus (its beginning is kept)
     search_token: str = ""  # bearer token of the search service (System C); empty: no auth
+    system_a_url: str = ""  # vLLM's OpenAI-compatible server on System A; empty: no hand-off, local answers
+    system_a_token: str = ""
+    system_a_store: str = ""  # the model store's mount point on System A; empty: the same path as here
     alert_webhook_url: str = ""
     alert_email: str = ""
     smtp_host: str = ""
@@ -81,6 +84,7 @@ class Settings:
         out["milvus_token"] = "***" if self.milvus_token else ""
         out["smtp_password"] = "***" if self.smtp_password else ""
         out["search_token"] = "***" if self.search_token else ""
+        out["system_a_token"] = "***" if self.system_a_token else ""
         return out
 
 
@@ -155,6 +159,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         allow_test_models=_flag(env, "CBNANO_ALLOW_TEST_MODELS"),
         max_chunks_per_doc=_int(env, "CBNANO_MAX_CHUNKS_PER_DOC", 64),
         search_token=env.get("CBNANO_SEARCH_TOKEN", ""),
+        system_a_url=(env.get("CBNANO_SYSTEM_A_URL") or "").strip(),
+        system_a_token=env.get("CBNANO_SYSTEM_A_TOKEN", ""),
+        system_a_store=(env.get("CBNANO_SYSTEM_A_STORE") or "").strip(),
         alert_webhook_url=env.get("CBNANO_ALERT_WEBHOOK_URL", ""),
         alert_email=env.get("CBNANO_ALERT_EMAIL", ""),
         smtp_host=env.get("CBNANO_SMTP_HOST", ""),

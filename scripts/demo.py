@@ -13,7 +13,10 @@
    and retrains one domain (catalysis) with a short `cpu_lora` run in .venv-train: dataset -> train -> merge ->
    merge check -> evaluate base and candidate per item -> gate -> register the version, printing the scores,
    the gate's decision with its 95% interval (the same gate and minimum gain as the monthly DAG, whatever it
-   decides) and where the version went. Set DEMO_SKIP_TRAINING=1 to stop after step 4.
+   decides) and where the version went;
+6. asks one question with `cbnano ask`: retrieval, a prompt with numbered sources, an answer from the
+   catalysis production model (or the SmolLM2 base when the gate kept production unset) generated on the CPU,
+   as System A would answer it with vLLM. Set DEMO_SKIP_TRAINING=1 to stop after step 4.
 
 Safe to run twice: the second run finds every paper unchanged and embeds nothing.
 """
@@ -31,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOME = Path(os.environ.get("CBNANO_HOME", ROOT / "var")).resolve()
 AIRFLOW_HOME = HOME / "airflow-demo"
 WINDOW = {"window_start": "2026-11-23", "window_end": "2026-11-27"}
+ASK_QUESTION = "How does ceria keep nickel catalysts free of coke in dry reforming of methane?"
 FORMULA_QUERY = ("CH4", "2611.08115")  # a formula as typed, and the paper that answers it
 QUERIES = [("solid electrolyte for all-solid-state lithium batteries", "arxiv"),
            ("keeping power electronics cool with high thermal conductivity materials", "arxiv"),
@@ -122,6 +126,16 @@ def main() -> int:
         elif out["version"]:
             moved = f"production -> {out['version']}" if out["published"] else "production did not move"
             print(f"   registered {vdir} ({moved}); per-item scores and intervals in {vdir / 'eval.json'}")
+        from pipelines.retrieval.ask import ask
+
+        print(f"== cbnano ask {ASK_QUESTION!r} --domain catalysis --top-k 3", flush=True)
+        print("   (no CBNANO_SYSTEM_A_URL: answered on this CPU by catalysis's production model, else the base)")
+        answer = ask(settings, ASK_QUESTION, domain="catalysis", top_k=3, max_tokens=96)
+        print(f"   model: {answer['model']}, {answer['seconds']}s, {answer['new_tokens']} tokens")
+        for line in answer["answer"].splitlines() or [""]:
+            print(f"   > {line}")
+        for n, src in enumerate(answer["sources"], 1):
+            print(f"   [{n}] {src['title']}  {src['url']}")
     print(f"""
 Where to look:
   data lake (raw answers, records.jsonl, quarantine, summary.json): {settings.data_dir}/{{arxiv,pubchem}}

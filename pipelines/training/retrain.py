@@ -217,5 +217,9 @@ def retrain(settings: Settings, domain: str, profile: str | None = None, month: 
     summary = {"domain": domain, "version": version, "published": decision.publish, "reason": decision.reason,
                "metrics": evaluation["metrics"], "run_dir": str(run_dir), "timings": clock.timings,
                "train_stats": result.stats, "evaluation": report["evaluation"]}
+    if decision.publish:  # production moved: tell System A (never undoes the publish; see publishing.serving)
+        from pipelines.publishing.serving import hand_off
+
+        summary["system_a"] = hand_off(settings, domain)["state"]
     emit_retrain(settings, summary, result.losses)
     return summary

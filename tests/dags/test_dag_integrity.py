@@ -139,3 +139,12 @@ def test_failures_alert_on_every_dag_and_nightly_ingestion_has_a_deadline(dagbag
 
     assert asyncio.run(cbnano_common.deadline_missed(None, **deadline.callback.kwargs)) == ["webhook"]
     assert sent[1][1] == "literature_ingestion missed its deadline"
+
+
+def test_serving_handoff_runs_on_every_model_asset(dagbag):
+    dag = dagbag.dags["serving_handoff"]
+    uris = {a.uri for a in dag.timetable.asset_condition.objects}
+    assert uris == {f"cbnano://models/{d}" for d in ("chemistry", "materials", "thermal", "catalysis")}
+    assert type(dag.timetable.asset_condition).__name__ == "AssetAny"  # any one domain's move triggers it
+    assert dag.get_task("hand_off").retries >= 3
+    assert set(dag.params["domains"]) == {"chemistry", "materials", "thermal", "catalysis"}

@@ -172,3 +172,24 @@ def test_system_c_serves_search_with_a_token_and_a_health_check():
     args = build_parser().parse_args(cmd[3:])
     assert (args.host, args.port) == ("0.0.0.0", int(port))
     assert svc["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["${SYSTEM_C_GPU:-0}"]
+
+
+def test_system_a_serves_vllm_with_runtime_lora_from_the_read_only_store():
+    svc = SERVICES["vllm"]
+    assert svc["profiles"] == ["system-a"]
+    args = svc["command"]
+    assert svc["entrypoint"] == ["vllm", "serve"] and args[0] == "/exports/models/base/${BASE_MODEL:?}"
+    assert args[args.index("--served-model-name") + 1] == "${BASE_MODEL:?}"
+    assert "--enable-lora" in args and int(args[args.index("--max-loras") + 1]) >= 4
+    assert args[args.index("--api-key") + 1] == "${SYSTEM_A_TOKEN:?}"
+    assert svc["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    # the store is mounted read-only where the platform's model store is, so the adapter paths it sends work
+    assert "nfs-models:/exports/models:ro" in svc["volumes"]
+    assert env("worker-system-b")["CBNANO_MODEL_STORE"] == "/exports/models"
+    port = args[args.index("--port") + 1]
+    assert f"http://localhost:{port}/health" in " ".join(svc["healthcheck"]["test"])
+    assert svc["ports"] == ["${SYSTEM_A_PORT:-8000}:" + port]
+    # the platform knows where System A is, from the environment and from the Connection the init creates
+    assert env("worker-system-b")["CBNANO_SYSTEM_A_URL"] == "${SYSTEM_A_URL:-}"
+    init = " ".join(SERVICES["airflow-init"]["command"])
+    assert "connections add cbnano_system_a" in init and "CBNANO_SYSTEM_A_TOKEN" in init

@@ -31,3 +31,26 @@ def test_registry_lists_refused_versions_with_their_intervals(cbnano_env, tmp_pa
     assert "version 2026-11.aa" in html and "(production)" not in html
     assert "<th>95% CI</th>" in html and "-0.004 .. +0.028" in html and "<td>48</td>" in html
     assert "refused: held-out loss gain +0.012 (95% CI -0.004..+0.028)" in html
+
+
+def test_registry_shows_what_system_a_last_confirmed_and_a_failed_hand_off(cbnano_env, tmp_path):
+    from pipelines.publishing.serving import STATE_FILE
+
+    store = ModelStore(cbnano_env.model_store)
+    content = tmp_path / "c"
+    content.mkdir()
+    (content / "eval.json").write_text("{}")
+    store.publish("catalysis", "v2", content, {}, promote=True)
+    html = render_registry(model_registry(cbnano_env), [])
+    assert "System A: no hand-off recorded" in html
+    write_json(cbnano_env.model_store / "catalysis" / STATE_FILE, {
+        "domain": "catalysis", "version": "v2", "state": "failed", "attempted_at": "2026-12-01T04:00:00+00:00",
+        "error": "System A at http://systema:8000 did not answer GET /v1/models after 3 attempt(s): <refused>",
+        "confirmed": {"version": "v1", "confirmed_at": "2026-11-01T04:00:00+00:00"}})
+    html = render_registry(model_registry(cbnano_env), [])
+    assert "System A did not take v2 (2026-12-01T04:00:00+00:00)" in html
+    assert "&lt;refused&gt;" in html and "<refused>" not in html  # escaped
+    assert "it last confirmed v1 at 2026-11-01T04:00:00+00:00" in html
+    write_json(cbnano_env.model_store / "catalysis" / STATE_FILE,
+               {"domain": "catalysis", "version": "v2", "state": "confirmed", "confirmed_at": "2026-12-01T05:00:00"})
+    assert "System A serves v2 (confirmed 2026-12-01T05:00:00)" in render_registry(model_registry(cbnano_env), [])

@@ -1,0 +1,105 @@
+"""``cbnano ask``: answer a question from the corpus with a domain's model, citing numbered sources.
+
+1. retrieve: the platform's search (hybrid where the collection has BM25), ``top_k`` documents;
+2. prompt: a system message that asks for an answer from the numbered sources only, with ``[n]`` citations,
+   and the sources (title, identifier, the best chunk's text, cut to ``SOURCE_CHARS``) before the question;
+3. answer: System A's ``/v1/chat/completions`` with ``model`` = the domain's name (its production adapter,
+   see :mod:`pipelines.publishing.serving`), or the served base without ``--domain``. Without
+   ``CBNANO_SYSTEM_A_URL`` the answer is generated locally in the training environment, on the CPU, with the
+   domain's production merged model (or the base): slow but real, so that the platform works offline.
+
+Returns ``{"answer", "sources": [{"doc_id", "title", "url"}], "model", "answered_by"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipelines.retrieval.search import Result, Searcher, parse_query
+
+SOURCE_CHARS = 600
+SYSTEM_PROMPT = ("You are the CB Nano lab's {domain} assistant. Answer the question using only the numbered "
+                 "sources below, and cite the sources you use as [1], [2], ... If the sources do not answer the "
+                 "question, say so.")
+
+
+class AskError(RuntimeError):
+    """The question cannot be answered as asked (no corpus, no model, System A down); one readable line."""
+
+
+def build_messages(question: str, results: list[Result], domain: str | None) -> list[dict[str, str]]:
+    """The chat conversation: the system instruction, then the numbered sources and the question."""
+    blocks = []
+    for n, r in enumerate(results, 1):
+        text = r.text if len(r.text) <= SOURCE_CHARS else r.text[:SOURCE_CHARS].rsplit(" ", 1)[0] + " …"
+        blocks.append(f"[{n}] {r.title} ({r.source}:{r.doc_id})\n{text}")
+    sources = "\n\n".join(blocks) if blocks else "(no sources found)"
+    return [{"role": "system", "content": SYSTEM_PROMPT.format(domain=domain or "materials and chemistry")},
+            {"role": "user", "content": f"Sources:\n\n{sources}\n\nQuestion: {question}"}]
+
+
+def _local_model(settings: Any, domain: str | None) -> tuple[Path, str]:
+    """The folder to answer with offline: the domain's production merged model, else the base."""
+    from pipelines.publishing.model_store import ModelStore
+    from pipelines.training.base_models import BaseModelMissing, locate_base
+
+    store = ModelStore(settings.model_store)
+    if domain and (version := store.production(domain)):
+        merged = store.version_dir(domain, version) / "merged"
+        if (merged / "config.json").is_file():
+            return merged, f"{domain} {version}"
+    if not settings.base_model:
+        where = f"{domain} has no production model and " if domain else ""
+        raise AskError(f"{where}CBNANO_BASE_MODEL is not set: no model to answer with (set CBNANO_SYSTEM_A_URL "
+                       "to ask System A)")
+    try:
+        base = locate_base(settings, settings.base_model, "CBNANO_BASE_MODEL")
+    except BaseModelMissing as exc:
+        raise AskError(str(exc)) from None
+    return Path(base.path), f"base {base.name}"
+
+
+def ask(settings: Any, question: str, domain: str | None = None, top_k: int = 5,
+        max_tokens: int = 256) -> dict[str, Any]:
+    """Retrieve, prompt, answer (System A, or locally without it); see the module docstring."""
+    from pipelines.training.configs import DOMAINS
+
+    if domain is not None and domain not in DOMAINS:
+        raise AskError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
+    with Searcher.from_settings(settings) as searcher:
+        results = searcher.search(parse_query(question, top_k=top_k)).results
+    messages = build_messages(question, results, domain)
+    sources = [{"doc_id": r.doc_id, "title": r.title, "url": r.url} for r in results]
+    if settings.system_a_url:
+        from pipelines.publishing.serving import SystemAError, client_for
+
+        client = client_for(settings)
+        model = domain or Path(settings.base_model).name
+        if not model:
+            raise AskError("without --domain, ask needs CBNANO_BASE_MODEL: the base's name System A serves")
+        try:
+            text = client.chat(model, messages, max_tokens=max_tokens)
+        except SystemAError as exc:
+            if exc.status == 404:
+                raise AskError(f"System A at {client.url} does not serve {model!r}: "
+                               f"{'no production model has been handed to it' if domain else 'another base'} "
+                               f"({exc})") from None
+            raise AskError(str(exc)) from None
+        return {"answer": text, "sources": sources, "model": model, "answered_by": "system_a"}
+    from pipelines.training.runner import TrainingError, run_in_train_env
+
+    folder, label = _local_model(settings, domain)
+    with tempfile.TemporaryDirectory(prefix="cbnano-ask-") as tmp:
+        path = Path(tmp) / "messages.json"
+        path.write_text(json.dumps(messages))
+        try:
+            out = run_in_train_env(settings.train_python, "generate",
+                                   ["--model", str(folder), "--messages", str(path),
+                                    "--max-new-tokens", str(max_tokens)], timeout_s=1800)
+        except (TrainingError, FileNotFoundError) as exc:
+            raise AskError(f"local answer with {label} failed: {exc}") from None
+    return {"answer": out["answer"], "sources": sources, "model": label, "answered_by": "local",
+            "new_tokens": out["new_tokens"], "prompt_tokens": out["prompt_tokens"], "seconds": out["seconds"]}

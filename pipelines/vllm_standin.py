@@ -1,0 +1,172 @@
+"""A local stand-in for System A: the parts of vLLM's OpenAI-compatible server the platform talks to.
+
+vLLM does not run on these machines (no CUDA, and its CPU build is compiled from source), so tests and the
+demo point the real client (:class:`pipelines.publishing.serving.VLLMClient`) at this server instead. It
+behaves like a vLLM started with ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``:
+
+* ``GET /health`` → 200; ``GET /v1/models`` → the base (``parent`` null) and each loaded adapter with
+  ``root`` = the path it was loaded from and ``parent`` = the base;
+* ``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path"[, "load_inplace"]}``: a name already loaded is
+  refused with 400 unless ``load_inplace`` is true and ``inplace=True`` (vLLM versions before in-place
+  loading ignore the field and refuse: ``inplace=False``), as is the base's own name; then it reads the
+  adapter folder (``adapter_config.json`` and ``adapter_model.*`` must be there, else 404);
+* ``POST /v1/unload_lora_adapter`` ``{"lora_name"}``: 404 for a name not loaded;
+* ``POST /v1/chat/completions``: 404 for a model it does not serve; otherwise a deterministic reply that
+  names the model and cites the first numbered source (``[1]``) in the last user message.
+
+Errors use vLLM's JSON shape ``{"error": {"message", "type", "param", "code"}}`` and its messages (checked
+against vLLM 0.33's ``entrypoints/openai/models/serving.py``). With ``token`` set every
+route but ``/health`` wants ``Authorization: Bearer <token>`` (vLLM's ``--api-key``). ``requests`` records
+(method, path, body) for tests.
+
+Usage::
+
+    with VLLMStandIn(base="smollm2") as srv:        # srv.url == "http://127.0.0.1:<port>"
+        ...
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+
+class VLLMStandIn:
+    """A threaded HTTP server on 127.0.0.1 (``port`` 0: any free one) that behaves like vLLM's LoRA API."""
+
+    def __init__(self, base: str = "base", port: int = 0, token: str = "", inplace: bool = True) -> None:
+        self.base = base
+        self.port = port
+        self.token = token
+        self.inplace = inplace
+        self.adapters: dict[str, str] = {}
+        self.requests: list[tuple[str, str, Any]] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Where the server listens."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> VLLMStandIn:
+        """Listen (on the same port again after :meth:`stop`: System A coming back)."""
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: Any) -> None:
+                raw = (body if isinstance(body, str) else json.dumps(body)).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json" if not isinstance(body, str) else "text/plain")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def _error(self, status: int, message: str) -> None:
+                kind = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError"}.get(status, "Error")
+                self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": status}})
+
+            def _authorized(self) -> bool:
+                if owner.token and self.headers.get("Authorization", "") != f"Bearer {owner.token}":
+                    self._error(401, "Unauthorized")
+                    return False
+                return True
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                with owner._lock:
+                    owner.requests.append(("GET", self.path, None))
+                if self.path == "/health":
+                    return self._send(200, "")
+                if not self._authorized():
+                    return None
+                if self.path == "/v1/models":
+                    with owner._lock:
+                        data = [{"id": owner.base, "object": "model", "root": owner.base, "parent": None}]
+                        data += [{"id": n, "object": "model", "root": p, "parent": owner.base}
+                                 for n, p in sorted(owner.adapters.items())]
+                    return self._send(200, {"object": "list", "data": data})
+                return self._error(404, "Not Found")
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except ValueError:
+                    return self._error(400, "invalid JSON body")
+                with owner._lock:
+                    owner.requests.append(("POST", self.path, body))
+                if not self._authorized():
+                    return None
+                if self.path == "/v1/load_lora_adapter":
+                    return self._load(body)
+                if self.path == "/v1/unload_lora_adapter":
+                    name = body.get("lora_name", "")
+                    with owner._lock:
+                        if name not in owner.adapters:
+                            return self._error(404, f"The lora adapter '{name}' cannot be found.")
+                        del owner.adapters[name]
+                    return self._send(200, f"Success: LoRA adapter '{name}' removed successfully.")
+                if self.path == "/v1/chat/completions":
+                    return self._chat(body)
+                return self._error(404, "Not Found")
+
+            def _load(self, body: dict[str, Any]) -> None:
+                name, path = body.get("lora_name", ""), body.get("lora_path", "")
+                if not name or not path:
+                    return self._error(400, "Both 'lora_name' and 'lora_path' must be provided.")
+                if name == owner.base:
+                    return self._error(400, f"The lora adapter '{name}' conflicts with a served base model.")
+                with owner._lock:
+                    if name in owner.adapters and not (owner.inplace and body.get("load_inplace")):
+                        return self._error(400, f"The lora adapter '{name}' has already been loaded. If you want "
+                                                "to load the adapter in place, set 'load_inplace' to True.")
+                folder = Path(path)
+                if not (folder / "adapter_config.json").is_file() or not any(folder.glob("adapter_model.*")):
+                    return self._error(404, f"Loading lora {name} failed: No adapter found for {path}")
+                with owner._lock:
+                    owner.adapters[name] = path
+                return self._send(200, f"Success: LoRA adapter '{name}' added successfully.")
+
+            def _chat(self, body: dict[str, Any]) -> None:
+                model = body.get("model", "")
+                with owner._lock:
+                    served = model == owner.base or model in owner.adapters
+                if not served:
+                    return self._error(404, f"The model `{model}` does not exist.")
+                messages = body.get("messages") or []
+                last = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+                cite = re.search(r"\[(\d+)\]", last)
+                text = f"Stand-in answer from {model}" + (f" [{cite.group(1)}]." if cite else ".")
+                return self._send(200, {"id": "chatcmpl-standin", "object": "chat.completion", "model": model,
+                                        "choices": [{"index": 0, "finish_reason": "stop",
+                                                     "message": {"role": "assistant", "content": text}}],
+                                        "usage": {"prompt_tokens": len(last.split()), "completion_tokens": 6}})
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening (System A down); loaded adapters are forgotten, as on a vLLM restart."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        self.adapters.clear()
+
+    def __enter__(self) -> VLLMStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
