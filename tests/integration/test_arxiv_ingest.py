@@ -100,7 +100,7 @@ def test_cli_end_to_end(replay, tmp_path):
     hits = json.loads(run_cli("search", "perovskite solar cell passivation", "--json", "--top-k", "2",
                               env=env).stdout)
     assert hits[0]["doc_id"] == "2611.10006"
-    assert set(hits[0]) == {"doc_id", "chunk_id", "title", "source", "score", "url"}
+    assert set(hits[0]) == {"doc_id", "chunk_id", "title", "source", "score", "url", "published", "snippet", "ranks"}
 
     stats = json.loads(run_cli("stats", "--json", env=env).stdout)
     assert stats["sources"]["arxiv"]["documents"] == 7
