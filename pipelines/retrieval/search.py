@@ -73,6 +73,10 @@ def parse_query(text: str, top_k: int = 5, mode: str = DEFAULT_MODE, source: str
     text = (text or "").strip()
     if not text:
         raise SearchError("the query is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 on the command line arrive as lone surrogates
+        raise SearchError("the query is not valid UTF-8 text") from None
     if len(text) > MAX_QUERY_CHARS:
         raise SearchError(f"the query is {len(text)} characters long; at most {MAX_QUERY_CHARS}")
     if not 1 <= top_k <= MAX_TOP_K:

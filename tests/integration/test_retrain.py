@@ -89,11 +89,22 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     assert report["evaluation"]["device"] == "cpu" and set(report["timings"]) >= {
         "dataset", "validate", "train", "merge", "merge_check", "evaluate"}
 
-    # 2. test models allowed (as in this suite): the same kind of candidate becomes production
+    # 2. test models allowed (as in this suite): the same kind of candidate becomes production, and System A
+    # (the vLLM stand-in) is told to serve its adapter under the domain's name
+    from pipelines.vllm_standin import VLLMStandIn
+
+    system_a = VLLMStandIn(base="tiny-llama").start()
+    monkeypatch.setenv("CBNANO_SYSTEM_A_URL", system_a.url)
     settings = allow_test_models(monkeypatch, True)
     second = retrain(settings, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=3)
     assert second["published"] is True and second["reason"].startswith("published: held-out loss gain")
     assert store.production("catalysis") == second["version"]
+    assert second["system_a"] == "confirmed"  # the stand-in read the real adapter folder (config + weights)
+    assert system_a.adapters == {"catalysis": str(store.version_dir("catalysis", second["version"]).resolve()
+                                                  / "adapter")}
+    system_a.stop()
+    monkeypatch.delenv("CBNANO_SYSTEM_A_URL")
+    settings = allow_test_models(monkeypatch, True)
     assert set(second["metrics"]) == {"base", "candidate"}
     assert set(second["metrics"]["candidate"]) == {"heldout_loss", "mc_accuracy", "mc_prob"}
     assert store.history("catalysis")[-1]["reason"] == second["reason"]

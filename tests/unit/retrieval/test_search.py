@@ -39,6 +39,7 @@ def test_parse_query_defaults_and_dates():
     ({"text": "q", "until": "yesterday"}, "until must be a date"),
     ({"text": "q", "since": "2025-01-01", "until": "2024-01-01"}, "after until"),
     ({"text": "q", "category": 'x" or 1'}, "category"),
+    ({"text": b"Li\xff".decode("utf-8", "surrogateescape")}, "not valid UTF-8"),
 ])
 def test_parse_query_refuses_bad_input_naming_it(kwargs, message):
     with pytest.raises(SearchError, match=message):
