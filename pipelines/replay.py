@@ -46,6 +46,8 @@ ET.register_namespace("opensearch", "http://a9.com/-/spec/opensearch/1.1/")
 _CAT_RE = re.compile(r"cat:([A-Za-z][\w.\-]*)")
 _DATE_RE = re.compile(r"submittedDate:\[(\d{12}) TO (\d{12})\]")
 
+_RSS_CATEGORY = re.compile(r"^[a-z][a-z\-]*(\.[A-Za-z][A-Za-z\-]*)?\Z")
+
 
 @dataclass
 class Rule:
@@ -278,8 +280,10 @@ class ReplayServer:
             if rule is not None and rule.mode == "empty_page":
                 body = re.sub(rb"\s*<entry[ >].*?</entry>", b"", body, flags=re.S)
             return 200, xml, body
-        if parts.path.startswith("/rss/") and self.rss_dir is not None:
-            f = self.rss_dir / f"{parts.path.removeprefix('/rss/')}.xml"
+        category = parts.path.removeprefix("/rss/")
+        # only an arXiv category name: a path such as ../../x must not reach files outside rss_dir
+        if parts.path.startswith("/rss/") and self.rss_dir is not None and _RSS_CATEGORY.match(category):
+            f = self.rss_dir / f"{category}.xml"
             if f.is_file():
                 return 200, {"Content-Type": "application/rss+xml"}, f.read_bytes()
         return 404, {"Content-Type": "text/plain"}, b"not found\n"

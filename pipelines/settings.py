@@ -58,6 +58,7 @@ class Settings:
     base_model: str = ""  # the lab's base: a name under <model store>/base/, or a model folder
     train_profile: str = DEFAULT_TRAIN_PROFILE
     allow_test_models: bool = False
+    milvus_lock_wait_s: float = 120.0  # how long to wait for another process's hold on a Milvus Lite file
     max_chunks_per_doc: int = 64  # chunks one document may take in the corpus (its beginning is kept)
     search_token: str = ""  # bearer token of the search service (System C); empty: no auth
     system_a_url: str = ""  # vLLM's OpenAI-compatible server on System A; empty: no hand-off, local answers
@@ -85,6 +86,10 @@ class Settings:
         out["smtp_password"] = "***" if self.smtp_password else ""
         out["search_token"] = "***" if self.search_token else ""
         out["system_a_token"] = "***" if self.system_a_token else ""
+        if self.alert_webhook_url:  # webhook URLs carry their token in the path
+            from pipelines.ops.alerts import redact_url
+
+            out["alert_webhook_url"] = redact_url(self.alert_webhook_url)
         return out
 
 
@@ -157,6 +162,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         base_model=(env.get("CBNANO_BASE_MODEL") or "").strip(),
         train_profile=train_profile,
         allow_test_models=_flag(env, "CBNANO_ALLOW_TEST_MODELS"),
+        milvus_lock_wait_s=_float(env, "CBNANO_MILVUS_LOCK_WAIT_S", 120.0),
         max_chunks_per_doc=_int(env, "CBNANO_MAX_CHUNKS_PER_DOC", 64),
         search_token=env.get("CBNANO_SEARCH_TOKEN", ""),
         system_a_url=(env.get("CBNANO_SYSTEM_A_URL") or "").strip(),

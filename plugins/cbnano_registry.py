@@ -19,7 +19,9 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
-registry_app = FastAPI(title="CB Nano model registry", dependencies=[Depends(requires_authenticated())])
+# no /docs, /redoc or /openapi.json: FastAPI serves those outside the app's dependencies, i.e. without login
+registry_app = FastAPI(title="CB Nano model registry", dependencies=[Depends(requires_authenticated())],
+                       docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @registry_app.get("/", response_class=HTMLResponse)

@@ -20,6 +20,30 @@ import requests
 log = logging.getLogger(__name__)
 
 
+def redact_url(url: str) -> str:
+    """``url`` without what may carry a secret (its path, query and credentials): ``https://host/…``.
+
+    Webhook URLs (Slack, Teams, Mattermost) carry their token in the path.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable URL>"
+    return f"{parts.scheme}://{host}{port}/…" if host else "<URL without host>"
+
+
+def _why(exc: requests.RequestException) -> str:
+    """Why a webhook post failed, without the URL that requests puts in its messages."""
+    response = getattr(exc, "response", None)
+    if response is not None:
+        return f"HTTP {response.status_code}"
+    return type(exc).__name__
+
+
 def send_alert(settings: Any, subject: str, body: str, fields: Mapping[str, Any] | None = None) -> list[str]:
     """Deliver one alert on every configured channel; returns the channels that accepted it."""
     fields = dict(fields or {})
@@ -32,7 +56,7 @@ def send_alert(settings: Any, subject: str, body: str, fields: Mapping[str, Any]
             resp.raise_for_status()
             delivered.append("webhook")
         except requests.RequestException as exc:
-            log.error("alert webhook %s failed: %s", settings.alert_webhook_url, exc)
+            log.error("alert webhook %s failed: %s", redact_url(settings.alert_webhook_url), _why(exc))
     if settings.alert_email and settings.smtp_host:
         msg = EmailMessage()
         msg["Subject"] = f"[cbnano] {subject}"

@@ -46,7 +46,7 @@ from typing import Any
 
 from pipelines.lake import sha256_file, write_json
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 MANIFEST = "manifest.json"
 
 

@@ -38,7 +38,7 @@ FUSION_DEPTH = 50  # documents each ranker contributes to the fusion (at least 4
 MAX_TOP_K = 100
 MAX_QUERY_CHARS = 1000
 SNIPPET_CHARS = 240
-_CATEGORY = re.compile(r"^[a-z\-]+(\.[A-Za-z\-]+)?$")
+_CATEGORY = re.compile(r"^[a-z\-]+(\.[A-Za-z\-]+)?\Z")
 
 
 class SearchError(ValueError):

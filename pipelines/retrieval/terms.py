@@ -26,7 +26,7 @@ _WORD = r"[^\W_]"  # a letter or digit in any script
 _TERM = re.compile(rf"{_WORD}+(?:[\-.+/,:()\[\]']{_WORD}+)*")
 # where a joined term splits into parts: any joiner but a decimal point (``0.8`` stays whole)
 _JOINERS = re.compile(r"[\-+/,:()\[\]']+|\.(?![0-9])|(?<![0-9])\.")
-_ARXIV_VERSIONED = re.compile(r"^([0-9]{4}\.[0-9]{4,5})v[0-9]+$")
+_ARXIV_VERSIONED = re.compile(r"^([0-9]{4}\.[0-9]{4,5})v[0-9]+\Z")
 STOPWORDS = frozenset(
     "a an and are as at be been but by can for from has have in into is it its of on or our that the their "
     "these this those to was we were which with".split())

@@ -52,7 +52,7 @@ _ID_RE = re.compile(
     r"(?:v(?P<version>\d+))?$"
 )
 _ERROR_ID_RE = re.compile(r"^https?://(?:export\.)?arxiv\.org/api/errors")
-_CATEGORY_RE = re.compile(r"^[a-z][a-z\-]*(?:\.[A-Za-z\-]+)?$")
+_CATEGORY_RE = re.compile(r"^[a-z][a-z\-]*(?:\.[A-Za-z\-]+)?\Z")
 
 
 class ArxivQueryError(SourceError):

@@ -88,7 +88,12 @@ def resolve_month(interval_start: datetime | None, override: str | None = None,
 def prepare_dataset(settings: Settings, domain: str, profile: str, month: str,
                     base_model: str | None = None) -> tuple[BaseModel, dict[str, Any]]:
     """Resolve the base (failing fast without one), then build the month's dataset for ``domain`` with its
-    tokenizer; returns (base, card). Raises :class:`DatasetTooSmall` when there is too little to train on."""
+    tokenizer; returns (base, card). Raises :class:`DatasetTooSmall` when there is too little to train on, and
+    ValueError for an unknown domain before anything is resolved, built or written."""
+    from pipelines.training.configs import DOMAINS
+
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
     base = resolve_base(settings, profile, base_model)
     items = load_items(eval_items_path(domain))
     eval_texts = [it["question"] + " " + " ".join(it["choices"]) for it in items]

@@ -96,13 +96,16 @@ def _quote(value: str) -> str:
 class MilvusStore:
     """One collection of chunks in one Milvus (Lite file or server)."""
 
-    def __init__(self, uri: str, collection: str, token: str = "", timeout_s: float = 10.0) -> None:
+    def __init__(self, uri: str, collection: str, token: str = "", timeout_s: float = 10.0,
+                 lock_wait_s: float = 120.0) -> None:
         self.uri = uri
+        self.lock_wait_s = lock_wait_s
         self.collection = collection
         self.token = token
         self.timeout_s = timeout_s
         self._client: Any = None
         self._loaded = False
+        self._lite_held = False
         self.full_text = False  # set by ensure_collection: the collection has the BM25 ``sparse`` field
 
     @classmethod
@@ -112,7 +115,13 @@ class MilvusStore:
             from pathlib import Path
 
             Path(settings.milvus_uri).parent.mkdir(parents=True, exist_ok=True)
-        return cls(settings.milvus_uri, settings.milvus_collection, settings.milvus_token)
+        return cls(settings.milvus_uri, settings.milvus_collection, settings.milvus_token,
+                   lock_wait_s=settings.milvus_lock_wait_s)
+
+    @property
+    def is_lite(self) -> bool:
+        """True for a Milvus Lite file (a local path) rather than a server URI."""
+        return not self.uri.startswith(("http://", "https://", "tcp://", "unix:"))
 
     @property
     def client(self) -> Any:
@@ -124,11 +133,27 @@ class MilvusStore:
             logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
             for name in ("faiss", "faiss.loader", "milvus_lite"):
                 logging.getLogger(name).setLevel(logging.WARNING)
+            if self.is_lite and not self._lite_held:
+                from pipelines.vectorstore.lite_lock import LiteBusy, hold_lite
+
+                try:
+                    hold_lite(self.uri, self.lock_wait_s)
+                except LiteBusy as exc:
+                    raise VectorStoreError(str(exc)) from None
+                self._lite_held = True
             try:
                 self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout_s)
             except Exception as exc:  # pymilvus raises several types for "not there"
+                self._release_lite()
                 raise VectorStoreError(f"Milvus at {self.uri} does not answer: {exc}") from None
         return self._client
+
+    def _release_lite(self) -> None:
+        if self._lite_held:
+            from pipelines.vectorstore.lite_lock import release_lite
+
+            self._lite_held = False
+            release_lite(self.uri)
 
     def _ready(self) -> Any:
         """The client, with the collection loaded into memory (a reopened collection starts released)."""
@@ -138,11 +163,13 @@ class MilvusStore:
         return self.client
 
     def close(self) -> None:
-        """Close the connection (a Milvus Lite file is released for other processes)."""
+        """Close the connection; a Milvus Lite file is released for other processes once this process's last
+        store on it closes (see :mod:`pipelines.vectorstore.lite_lock`)."""
         if self._client is not None:
             self._client.close()
             self._client = None
             self._loaded = False
+        self._release_lite()
 
     def __enter__(self) -> MilvusStore:
         return self

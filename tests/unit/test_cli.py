@@ -15,11 +15,16 @@ pytestmark = pytest.mark.unit
     (["ingest", "arxiv", "--start", "2026-11-26"], "--start and --end are required"),
     (["ingest", "arxiv", "--start", "2026-11-26", "--end", "2026-11-27", "--max-results", "0"], "positive"),
     (["search", "   "], "query is empty"),
+    (["search", "x", "--category", "cond-mat.mtrl-sci\n"], "category must look like"),
+    (["dataset", "build", "--domain", "../../etc", "--profile", "tiny"], "unknown domain '../../etc'"),
+    (["models", "promote", "--domain", "catalysis\n", "--version", "v1"], "invalid domain name"),
+    (["ask", "q", "--top-k", "0"], "--top-k must be between 1 and 20"),
 ])
 def test_bad_input(cbnano_env, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (cbnano_env.home / "data" / "datasets").exists()  # refused before any work
 
 
 def test_bad_category_is_a_one_line_error(cbnano_env, capsys):
@@ -58,7 +63,7 @@ def test_models_list_promote_rollback(cbnano_env, capsys, tmp_path):
     assert [(m["version"], m["production"]) for m in listed] == [("v1", False), ("v2", True)]
     assert main(["models", "rollback", "--domain", "thermal"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {
-        "domain": "thermal", "action": "rollback", "production": "v1"}
+        "domain": "thermal", "action": "rollback", "production": "v1", "system_a": "not_configured"}
     assert main(["models", "promote", "--domain", "thermal", "--version", "v2"]) == 0
     assert store.production("thermal") == "v2"
     capsys.readouterr()

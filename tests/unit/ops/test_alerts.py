@@ -50,3 +50,18 @@ def test_failures_and_missing_channels_are_logged_not_raised(webhook, caplog):
     assert "alert e-mail via 127.0.0.1:1 failed" in caplog.text
     assert send_alert(load_settings({}), "nothing configured", "b") == []
     assert "ALERT (no channel delivered it): *nothing configured*" in caplog.text
+
+
+def test_a_failed_webhook_never_logs_its_token(webhook, caplog):
+    url, _ = webhook
+    secret = url.replace("/hook", "/services/T0001/B0002/s3cr3tT0k3n")
+    assert send_alert(load_settings({"CBNANO_ALERT_WEBHOOK_URL": secret}), "explode", "body") == []
+    port = secret.split(":")[2].split("/")[0]
+    closed = "http://127.0.0.1:1/services/T0001/B0002/s3cr3tT0k3n"  # nothing listens: a connection error
+    assert send_alert(load_settings({"CBNANO_ALERT_WEBHOOK_URL": closed}), "s", "b") == []
+    assert "s3cr3tT0k3n" not in caplog.text and "/services/" not in caplog.text
+    assert f"alert webhook http://127.0.0.1:{port}/… failed: HTTP 500" in caplog.text
+    assert "alert webhook http://127.0.0.1:1/… failed: ConnectionError" in caplog.text
+    dumped = load_settings({"CBNANO_ALERT_WEBHOOK_URL": secret, "CBNANO_SEARCH_TOKEN": "t0k",
+                            "CBNANO_SYSTEM_A_TOKEN": "t1k"}).as_dict()
+    assert "s3cr3tT0k3n" not in str(dumped) and "t0k" not in str(dumped) and "t1k" not in str(dumped)

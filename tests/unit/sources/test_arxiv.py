@@ -160,3 +160,26 @@ def test_max_results_caps_the_fetch(fixtures_dir):
     with ReplayServer(corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"]) as srv:
         pages = list(_client(srv, page_size=2).iter_window_pages(CATS, DAY, NEXT, max_results=5))
     assert sum(p.entry_count for p in pages) == 5
+
+
+def test_replay_rss_serves_category_feeds_only(fixtures_dir, tmp_path):
+    import http.client
+
+    secret = tmp_path / "secret.xml"
+    secret.write_text("<not-a-feed/>")
+    rss_dir = tmp_path / "rss"
+    rss_dir.mkdir()
+    (rss_dir / "cond-mat.mtrl-sci.xml").write_bytes((fixtures_dir / "arxiv/rss/cond-mat.mtrl-sci.xml").read_bytes())
+    with ReplayServer(rss_dir=rss_dir) as srv:
+        port = int(srv.arxiv_rss_url.rsplit(":", 1)[1].split("/")[0])
+
+        def get(path):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", path)  # sent as written: no client-side normalisation of ..
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+
+        assert get("/rss/cond-mat.mtrl-sci")[0] == 200
+        for path in ("/rss/../secret", "/rss/..%2Fsecret", "/rss/%2E%2E/secret", "/rss/../../etc/passwd"):
+            status, body = get(path)
+            assert status == 404 and b"not-a-feed" not in body, path
