@@ -288,17 +288,22 @@ def cmd_models(args: argparse.Namespace) -> int:
             outcomes = [hand_off(settings, d) for d in ([args.domain] if args.domain else DOMAINS)]
             _emit(outcomes)
             return 1 if any(o["state"] == "failed" for o in outcomes) else 0
-        if args.action == "list":
-            versions = [v.to_dict() for v in store.versions(args.domain)]
+        if args.action == "list":  # verifies every file's checksum and each domain's pointer and history
+            versions = [v.to_dict() for v in store.versions(args.domain, verify=True)]
+            problems = [p for d in ([args.domain] if args.domain else store.domains()) for p in store.check(d)]
+            problems += [f"{v['domain']}/{v['version']}: {p}" for v in versions for p in v["problems"]]
+            for problem in problems:
+                print(f"cbnano: warning: {problem}", file=sys.stderr)
             if args.json:
                 _emit(versions)
             else:
                 for v in versions:
                     mark = "*" if v["production"] else " "
-                    print(f"{mark} {v['domain']:<10} {v['version']:<24} {v['published_at']}  {v['metrics']}")
+                    flag = f"  PROBLEMS: {len(v['problems'])}" if v["problems"] else ""
+                    print(f"{mark} {v['domain']:<10} {v['version']:<24} {v['published_at']}  {v['metrics']}{flag}")
                 if not versions:
                     print("no published models")
-            return 0
+            return 1 if problems else 0
         if not args.domain:
             raise UsageError(f"models {args.action} needs --domain")
         if args.action == "promote":

@@ -35,6 +35,7 @@ Usage::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -46,6 +47,8 @@ from typing import Any
 
 from pipelines.lake import sha256_file, write_json
 
+log = logging.getLogger(__name__)
+STALE_STAGING_S = 24 * 3600  # a staging folder this old belongs to a publish that died
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 MANIFEST = "manifest.json"
 
@@ -64,11 +67,13 @@ class VersionInfo:
     production: bool
     published_at: str
     metrics: dict[str, Any]
+    problems: tuple[str, ...] = ()  # filled by ModelStore.versions(verify=True) and unreadable manifests
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
         return {"domain": self.domain, "version": self.version, "path": str(self.path),
-                "production": self.production, "published_at": self.published_at, "metrics": self.metrics}
+                "production": self.production, "published_at": self.published_at, "metrics": self.metrics,
+                "problems": list(self.problems)}
 
 
 def default_actor() -> str:
@@ -94,6 +99,16 @@ def file_hashes(root: Path) -> dict[str, str]:
         if p.is_file() and p.name != MANIFEST:
             out[p.relative_to(root).as_posix()] = sha256_file(p)
     return out
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` to disk (so a rename publishes complete files)."""
+    for p in sorted(root.rglob("*"), key=lambda q: len(q.parts), reverse=True) + [root]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class ModelStore:
@@ -123,6 +138,7 @@ class ModelStore:
             raise ModelStoreError(f"nothing to publish: {content} is not a folder")
         staging_root = self.root / ".staging"
         staging_root.mkdir(parents=True, exist_ok=True)
+        self.clean_staging()
         staging = Path(tempfile.mkdtemp(prefix=f"{domain}-{version}-", dir=staging_root))
         try:
             shutil.copytree(content, staging, dirs_exist_ok=True)
@@ -131,6 +147,7 @@ class ModelStore:
                 **manifest, "domain": domain, "version": version, "files": files,
                 "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
             })
+            fsync_tree(staging)  # the rename below must not publish files still in the page cache
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(staging, target)  # atomic on one filesystem; fails if target appeared meanwhile
         except BaseException:
@@ -147,7 +164,10 @@ class ModelStore:
         mpath = vdir / MANIFEST
         if not mpath.is_file():
             return [f"{domain}/{version}: no {MANIFEST}"]
-        expected = json.loads(mpath.read_text())["files"]
+        try:
+            expected = dict(json.loads(mpath.read_text())["files"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return [f"{domain}/{version}: {MANIFEST} is unreadable ({type(exc).__name__})"]
         actual = file_hashes(vdir)
         problems = [f"missing {f}" for f in sorted(set(expected) - set(actual))]
         problems += [f"changed {f}" for f in sorted(set(expected) & set(actual)) if expected[f] != actual[f]]
@@ -155,11 +175,61 @@ class ModelStore:
         return problems
 
     def production(self, domain: str) -> str | None:
-        """The version production points at, or None."""
+        """The version production points at, or None (also for a pointer that is not ``versions/<name>``,
+        which :meth:`check` reports)."""
         link = self._domain(domain) / "production"
         if not link.is_symlink():
             return None
-        return Path(os.readlink(link)).name
+        target = Path(os.readlink(link))
+        if len(target.parts) != 2 or target.parts[0] != "versions" or not _NAME.match(target.name):
+            return None
+        return target.name
+
+    def check(self, domain: str) -> list[str]:
+        """Problems with a domain's production pointer and history (each one line); [] if sound."""
+        problems = []
+        link = self._domain(domain) / "production"
+        if link.is_symlink():
+            target = os.readlink(link)
+            version = self.production(domain)
+            if version is None:
+                problems.append(f"{domain}: production points outside the store's versions: {target}")
+            elif not self.version_dir(domain, version).is_dir():
+                problems.append(f"{domain}: production points at {version}, which does not exist")
+        elif link.exists():
+            problems.append(f"{domain}: production is not a pointer (symlink)")
+        problems += [f"{domain}: {p}" for p in self._history_problems(domain)]
+        return problems
+
+    def clean_staging(self, max_age_s: float = STALE_STAGING_S) -> list[str]:
+        """Delete staging folders older than ``max_age_s`` (publishes that died); returns their names."""
+        import time
+
+        removed = []
+        for p in sorted((self.root / ".staging").glob("*")):
+            try:
+                old = time.time() - p.stat().st_mtime > max_age_s
+            except OSError:
+                continue
+            if old:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+                log.warning("removed stale staging folder %s (a publish that did not finish)", p)
+        return removed
+
+    def interrupted_promotion(self, domain: str, version: str) -> bool:
+        """True when ``version`` was published to become production (its gate said so) but the pointer never
+        moved to it, and nobody moved production since it was published: a crash between the rename and the
+        pointer move, which a retry should complete."""
+        try:
+            man = self.manifest(domain, version)
+        except ModelStoreError:
+            return False
+        if not (man.get("gate") or {}).get("publish") or self.production(domain) == version:
+            return False
+        since = str(man.get("published_at", ""))
+        return not any(m.get("action") in ("promote", "rollback") and str(m.get("at", "")) >= since
+                       for m in self.history(domain))
 
     def manifest(self, domain: str, version: str) -> dict[str, Any]:
         """A version's manifest; raises :class:`ModelStoreError` if it is missing or unreadable."""
@@ -188,26 +258,54 @@ class ModelStore:
         return version
 
     def history(self, domain: str) -> list[dict[str, Any]]:
-        """Every recorded action of a domain, oldest first."""
+        """Every readable recorded action of a domain, oldest first (unreadable lines, e.g. one torn by a
+        crash mid-write, are skipped; :meth:`check` reports them)."""
+        return self._read_history(domain)[0]
+
+    def _history_problems(self, domain: str) -> list[str]:
+        return self._read_history(domain)[1]
+
+    def _read_history(self, domain: str) -> tuple[list[dict[str, Any]], list[str]]:
         path = self._domain(domain) / "history.jsonl"
         if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            return [], []
+        entries, problems = [], []
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                if not isinstance(entry, dict) or "action" not in entry or "version" not in entry:
+                    raise ValueError("not an action record")
+                entries.append(entry)
+            except ValueError as exc:
+                problems.append(f"history.jsonl line {n} is unreadable ({exc}); skipped")
+        return entries, problems
 
-    def versions(self, domain: str | None = None) -> list[VersionInfo]:
-        """Published versions (all domains, or one), oldest first within a domain."""
+    def versions(self, domain: str | None = None, verify: bool = False) -> list[VersionInfo]:
+        """Published versions (all domains, or one), oldest first within a domain. A version whose manifest
+        is unreadable is listed with that problem; ``verify`` also checks every file's sha256."""
         domains = [domain] if domain else sorted(p.name for p in self.root.glob("*") if (p / "versions").is_dir())
         out = []
         for d in domains:
             prod = self.production(d)
             for vdir in (self._domain(d) / "versions").glob("*"):
-                mpath = vdir / MANIFEST
-                if not mpath.is_file():
+                if not vdir.is_dir() or not (vdir / MANIFEST).exists():
                     continue
-                man = json.loads(mpath.read_text())
-                out.append(VersionInfo(d, vdir.name, vdir, vdir.name == prod, man.get("published_at", ""),
-                                       man.get("metrics", {})))
+                problems: list[str] = []
+                try:
+                    man = self.manifest(d, vdir.name)
+                except ModelStoreError as exc:
+                    man, problems = {}, [str(exc)]
+                if verify and not problems:
+                    problems = self.verify(d, vdir.name)
+                out.append(VersionInfo(d, vdir.name, vdir, vdir.name == prod, str(man.get("published_at", "")),
+                                       dict(man.get("metrics") or {}), tuple(problems)))
         return sorted(out, key=lambda v: (v.domain, v.published_at, v.version))
+
+    def domains(self) -> list[str]:
+        """Domains that have a versions folder."""
+        return sorted(p.name for p in self.root.glob("*") if (p / "versions").is_dir())
 
     def apply_retention(self, domain: str, keep_last: int = 3) -> list[str]:
         """Keep production, the previous production and ``keep_last`` other versions; returns the deleted.

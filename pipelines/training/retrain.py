@@ -85,6 +85,12 @@ def resolve_month(interval_start: datetime | None, override: str | None = None,
     return (first - timedelta(days=1)).strftime("%Y-%m")
 
 
+def _actor(origin: dict[str, Any] | None) -> str:
+    """Who a retraining run acts as in the model store's history: the Airflow run, else the user."""
+    return (f"airflow:{origin['dag_id']}/{origin['run_id']}" if origin and origin.get("dag_id")
+            else default_actor())
+
+
 def prepare_dataset(settings: Settings, domain: str, profile: str, month: str,
                     base_model: str | None = None) -> tuple[BaseModel, dict[str, Any]]:
     """Resolve the base (failing fast without one), then build the month's dataset for ``domain`` with its
@@ -168,6 +174,13 @@ def retrain(settings: Settings, domain: str, profile: str | None = None, month: 
     done = store.version_dir(domain, version) / "manifest.json"
     if done.is_file():  # same month, dataset and config: that candidate exists already; nothing to redo
         published = json.loads(done.read_text())
+        if store.interrupted_promotion(domain, version):  # a crash between publish and the pointer move
+            store.promote(domain, version, actor=_actor(origin), allow_test_models=settings.allow_test_models,
+                          reason=f"{(published.get('gate') or {}).get('reason', '')} (completing an interrupted "
+                                 "publish)")
+            from pipelines.publishing.serving import hand_off
+
+            hand_off(settings, domain)
         return {"domain": domain, "version": version, "published": store.production(domain) == version,
                 "reason": f"unchanged: {version} was already made from this dataset and config "
                           f"({(published.get('gate') or {}).get('reason', 'no gate record')})",
@@ -198,8 +211,7 @@ def retrain(settings: Settings, domain: str, profile: str | None = None, month: 
         decision = overrule(decision, f"test model ({'profile ' + profile if profile in TEST_PROFILES else 'random-init base ' + base.name}) "
                                       "never becomes production without CBNANO_ALLOW_TEST_MODELS=1")
     say(decision.reason)
-    actor = (f"airflow:{origin['dag_id']}/{origin['run_id']}" if origin and origin.get("dag_id")
-             else default_actor())
+    actor = _actor(origin)
     report = {"domain": domain, "version": version, "base": {"name": base.name, "test_model": base.test_model},
               "profile": profile, "metrics": evaluation["metrics"], "per_item": evaluation["per_item"],
               "gate": decision.to_dict(), "merge_check": merge_report, "train_losses": result.losses,

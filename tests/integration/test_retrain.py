@@ -105,9 +105,20 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     system_a.stop()
     monkeypatch.delenv("CBNANO_SYSTEM_A_URL")
     settings = allow_test_models(monkeypatch, True)
+
     assert set(second["metrics"]) == {"base", "candidate"}
     assert set(second["metrics"]["candidate"]) == {"heldout_loss", "mc_accuracy", "mc_prob"}
     assert store.history("catalysis")[-1]["reason"] == second["reason"]
+
+    # 2b. a crash between the version's rename and the pointer move: the retry completes the promotion
+    (lake.model_store / "catalysis" / "production").unlink()
+    history = (lake.model_store / "catalysis" / "history.jsonl").read_text().splitlines()
+    assert json.loads(history[-1])["action"] == "promote"
+    (lake.model_store / "catalysis" / "history.jsonl").write_text("\n".join(history[:-1]) + "\n")
+    retry = retrain(settings, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=3)
+    assert retry["reason"].startswith("unchanged:") and retry["published"] is True
+    assert store.production("catalysis") == second["version"]
+    assert store.history("catalysis")[-1]["reason"].endswith("(completing an interrupted publish)")
 
     # 3. a bar no candidate can clear: refused against production, yet kept as a version
     third = retrain(settings, "catalysis", "tiny", month="2026-11", min_gain=5.0, max_steps=2)

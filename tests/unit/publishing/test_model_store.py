@@ -149,3 +149,65 @@ def test_bases_by_store_name(store, tmp_path):
         store.register_base("llama-8b", tmp_path)
     with pytest.raises(ModelStoreError, match="already names"):
         store.register_base("smollm2", elsewhere)
+
+
+def test_torn_history_and_bad_manifest_are_reported_not_fatal(store, tmp_path, cbnano_env, monkeypatch, capsys):
+    from pipelines.cli import main
+    from pipelines.reports import model_registry, render_registry
+
+    monkeypatch.setenv("CBNANO_MODEL_STORE", str(store.root))
+    from pipelines.settings import get_settings, reset_settings_cache
+
+    reset_settings_cache()
+    store.publish("catalysis", "v1", content(tmp_path, "v1"), {})
+    store.publish("catalysis", "v2", content(tmp_path, "v2"), {})
+    with open(store.root / "catalysis" / "history.jsonl", "a") as fh:
+        fh.write('{"at": "2026-12-01T00:00:00+00:00", "action": "prom')  # a crash mid-write
+    (store.version_dir("catalysis", "v1") / "manifest.json").write_text("{not json")
+    assert [m["version"] for m in store.history("catalysis")] == ["v1", "v1", "v2", "v2"]
+    assert any("history.jsonl line 5 is unreadable" in p for p in store.check("catalysis"))
+    listed = {v.version: v for v in store.versions("catalysis")}
+    assert listed["v1"].problems and "cannot read manifest.json" in listed["v1"].problems[0]
+    assert store.rollback("catalysis", "v2", actor="t") == "v2"  # still works
+    assert main(["models", "list", "--json"]) == 1  # listed, with the problems on stderr
+    out = capsys.readouterr()
+    assert {v["version"] for v in json.loads(out.out)} == {"v1", "v2"}
+    assert "history.jsonl line 5 is unreadable" in out.err and "catalysis/v1: catalysis/v1: cannot read" in out.err
+    html = render_registry(model_registry(get_settings()), [])  # the registry page renders
+    assert "version v2" in html
+
+
+def test_models_list_verifies_files_and_pointers(store, tmp_path):
+    store.publish("thermal", "t1", content(tmp_path, "t1"), {})
+    store.publish("thermal", "t2", content(tmp_path, "t2"), {})
+    (store.version_dir("thermal", "t2") / "adapter" / "adapter_model.safetensors").write_text("tampered")
+    problems = {v.version: v.problems for v in store.versions("thermal", verify=True)}
+    assert problems == {"t1": (), "t2": ("changed adapter/adapter_model.safetensors",)}
+    link = store.root / "thermal" / "production"
+    link.unlink()
+    os.symlink("versions/t9", link)  # dangling
+    assert store.check("thermal") == ["thermal: production points at t9, which does not exist"]
+    link.unlink()
+    os.symlink(str(tmp_path), link)  # outside the store
+    assert store.production("thermal") is None
+    assert store.check("thermal")[0].startswith("thermal: production points outside the store's versions")
+
+
+def test_stale_staging_is_cleaned_and_publish_completes_an_interrupted_promotion(store, tmp_path):
+    stale = store.root / ".staging" / "catalysis-v0-dead"
+    stale.mkdir(parents=True)
+    os.utime(stale, (0, 0))
+    fresh = store.root / ".staging" / "catalysis-v0-running"
+    fresh.mkdir()
+    gate = {"publish": True, "reason": "published: held-out loss gain +0.03"}
+    store.publish("catalysis", "v1", content(tmp_path, "v1"), {"gate": gate}, promote=False)  # crash before the move
+    assert not stale.exists() and fresh.exists()
+    assert store.production("catalysis") is None and store.interrupted_promotion("catalysis", "v1")
+    store.promote("catalysis", "v1", actor="retry")
+    assert not store.interrupted_promotion("catalysis", "v1")
+    # a refused candidate, or one whose production someone moved since, is not "interrupted"
+    store.publish("catalysis", "v2", content(tmp_path, "v2"), {"gate": {"publish": False}}, promote=False)
+    assert not store.interrupted_promotion("catalysis", "v2")
+    store.publish("catalysis", "v3", content(tmp_path, "v3"), {"gate": gate}, promote=False)
+    store.rollback("catalysis", "v1", actor="alice")  # a human moved production after v3 was published
+    assert not store.interrupted_promotion("catalysis", "v3")
