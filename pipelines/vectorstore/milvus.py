@@ -181,6 +181,44 @@ class MilvusStore:
         """True when the collection has been created."""
         return bool(self.client.has_collection(self.collection))
 
+    def server_version(self) -> tuple[int, int]:
+        """(major, minor) of the Milvus behind the URI; Milvus Lite counts as the 2.5 engine it embeds."""
+        if self.is_lite:
+            return (2, 5)
+        import re
+
+        try:
+            raw = str(self.client.get_server_version())
+        except Exception:  # noqa: BLE001 - a server that does not say is taken as current
+            return (2, 5)
+        m = re.search(r"(\d+)\.(\d+)", raw)
+        return (int(m.group(1)), int(m.group(2))) if m else (2, 5)
+
+    def _scalar_index(self) -> str:
+        """The index type this Milvus wants on a VARCHAR field (2.3 accepts only ``Trie`` there)."""
+        return "INVERTED" if self.server_version() >= (2, 4) else "Trie"
+
+    def _complete_indexes(self, name: str) -> None:
+        """Create the indexes a collection lacks (a first run that died after creating the collection but
+        before its indexes leaves one half-made; it is completed here, never used without them)."""
+        fields = self._fields(name)
+        have = set(self.client.list_indexes(name))
+        wanted: dict[str, dict[str, Any]] = {
+            "vector": {"index_type": "IVF_FLAT", "metric_type": "COSINE", "params": {"nlist": 256}},
+            "doc_id": {"index_type": self._scalar_index()}}
+        if "sparse" in fields and self.server_version() >= (2, 5):
+            wanted["sparse"] = {"index_type": "SPARSE_INVERTED_INDEX", "metric_type": "BM25"}
+        missing = [f for f in wanted if f not in have]
+        if not missing:
+            return
+        index = self.client.prepare_index_params()
+        for field in missing:
+            index.add_index(field_name=field, **wanted[field])
+        log.warning("collection %s at %s lacks index(es) on %s: creating them", name, self.uri, ", ".join(missing))
+        self.client.release_collection(name)
+        self.client.create_index(name, index)
+        self.client.load_collection(name)
+
     def _fields(self, name: str) -> dict[str, dict[str, Any]]:
         return {f.get("name"): f for f in self.client.describe_collection(name).get("fields", [])}
 
@@ -198,6 +236,7 @@ class MilvusStore:
                 raise VectorStoreError(
                     f"collection {self.collection} at {self.uri} predates field(s) {', '.join(missing)}: "
                     "drop it (or use another collection name) and re-ingest")
+            self._complete_indexes(self.collection)
             if any(f not in fields for f in MIGRATED_FIELDS):
                 self._migrate(dim)
             elif self.client.has_collection(staged):  # the copy back finished, the side copy was not dropped
@@ -208,7 +247,7 @@ class MilvusStore:
             self.client.drop_collection(staged)
         else:
             self._create(self.collection, dim)
-        self.full_text = "sparse" in self._fields(self.collection)
+        self.full_text = "sparse" in self._fields(self.collection) and self.server_version() >= (2, 5)
         self._ready()
 
     def _create(self, name: str, dim: int) -> None:
@@ -233,7 +272,7 @@ class MilvusStore:
             index = self.client.prepare_index_params()
             index.add_index(field_name="vector", index_type="IVF_FLAT", metric_type="COSINE",
                             params={"nlist": 256})
-            index.add_index(field_name="doc_id", index_type="INVERTED")
+            index.add_index(field_name="doc_id", index_type=self._scalar_index())
             if full_text:
                 # the terms are made by pipelines.retrieval.terms; Milvus only splits them at spaces
                 schema.add_field("keywords", DataType.VARCHAR, max_length=FIELD_LIMITS["keywords"],
@@ -246,16 +285,13 @@ class MilvusStore:
                 schema.add_field("keywords", DataType.VARCHAR, max_length=FIELD_LIMITS["keywords"])
             return schema, index
 
-        try:
-            schema, index = build(full_text=True)
-            self.client.create_collection(name, schema=schema, index_params=index)
-        except Exception as exc:  # a server without BM25 functions (Milvus < 2.5) refuses the schema
-            if self.client.has_collection(name):
-                raise
-            log.warning("Milvus at %s refused full-text search (%s): collection %s is dense-only",
-                        self.uri, exc, name)
-            schema, index = build(full_text=False)
-            self.client.create_collection(name, schema=schema, index_params=index)
+        # Milvus 2.3 does not refuse a BM25 schema, it creates a collection it cannot search: ask its version
+        full_text = self.server_version() >= (2, 5)
+        if not full_text:
+            log.warning("Milvus at %s is older than 2.5 (no BM25 functions): collection %s is dense-only",
+                        self.uri, name)
+        schema, index = build(full_text=full_text)
+        self.client.create_collection(name, schema=schema, index_params=index)
         if name == self.collection:
             self._loaded = True  # create_collection with index params loads it
         log.info("created collection %s at %s (%d-d, COSINE)", name, self.uri, dim)
