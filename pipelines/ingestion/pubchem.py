@@ -132,7 +132,7 @@ def fetch_compounds(settings: Settings, cids: Iterable[int] = (), names: Iterabl
         batch = wanted[i:i + client.batch_size]
         n = i // client.batch_size
         props = client.properties(batch)
-        descs = client.descriptions([int(r["CID"]) for r in props])
+        descs = client.descriptions([r["CID"] for r in props if isinstance(r.get("CID"), int)])
         write_json(raw / f"properties-{n:04d}.json", {"PropertyTable": {"Properties": props}})
         write_json(raw / f"descriptions-{n:04d}.json", {"InformationList": {"Information": [
             info for cid, d in descs.items() for info in _information(cid, d)]}})
@@ -183,7 +183,8 @@ def stage_compounds(fetch_manifest: dict[str, Any]) -> dict[str, Any]:
         descs = parse_descriptions(json.loads((run_dir / "raw" / f"descriptions-{page}.json").read_text()))
         for row in rows:
             try:
-                comp = compound_from(row, descs.get(int(row["CID"])))
+                cid = row.get("CID")
+                comp = compound_from(row, descs.get(cid) if isinstance(cid, int) else None)
             except (KeyError, ValueError, TypeError) as exc:
                 quarantine.append({"reason": f"unreadable property row: {exc}", "raw": json.dumps(row)})
                 continue

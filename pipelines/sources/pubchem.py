@@ -136,10 +136,26 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def parse_properties(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of a ``PropertyTable``, legacy SMILES keys renamed to the current ones, weight as a float."""
+def _list(value: Any) -> list[Any]:
+    """``value`` if it is a list, else [] (PubChem answers are sometimes not the shape they should be)."""
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def parse_properties(payload: Any) -> list[dict[str, Any]]:
+    """Rows of a ``PropertyTable``, legacy SMILES keys renamed to the current ones, weight as a float.
+
+    An entry that is not an object comes back as ``{"_malformed": <its text>}`` so that staging quarantines it
+    instead of the whole answer failing.
+    """
     rows = []
-    for raw in payload.get("PropertyTable", {}).get("Properties", []):
+    for raw in _list(_dict(_dict(payload).get("PropertyTable")).get("Properties")):
+        if not isinstance(raw, dict):
+            rows.append({"_malformed": json.dumps(raw)[:500]})
+            continue
         row = dict(raw)
         for old, new in LEGACY_SMILES.items():
             if old in row and new not in row:
@@ -152,21 +168,41 @@ def parse_properties(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def parse_descriptions(payload: dict[str, Any]) -> dict[int, dict[str, Any]]:
+def parse_descriptions(payload: Any) -> dict[int, dict[str, Any]]:
     """``InformationList`` of /description as {cid: {"title": ..., "descriptions": [(text, source, url)]}}.
 
-    PubChem sends one record with only the Title, then one record per description with its source.
+    PubChem sends one record with only the Title, then one record per description with its source. Records
+    without a usable CID, and titles or descriptions that are not text, are left out (logged): a compound then
+    lacks that description, it is not lost.
     """
     out: dict[int, dict[str, Any]] = {}
-    for info in payload.get("InformationList", {}).get("Information", []):
-        cid = int(info["CID"])
+    for info in _list(_dict(_dict(payload).get("InformationList")).get("Information")):
+        try:
+            cid = int(_dict(info)["CID"])
+        except (KeyError, TypeError, ValueError):
+            log.warning("PubChem description record without a usable CID skipped: %s", json.dumps(info)[:200])
+            continue
         entry = out.setdefault(cid, {"title": "", "descriptions": []})
-        if info.get("Title"):
-            entry["title"] = info["Title"]
-        if info.get("Description"):
-            entry["descriptions"].append((info["Description"].strip(), info.get("DescriptionSourceName", ""),
-                                          info.get("DescriptionURL", "")))
+        title, text = info.get("Title"), info.get("Description")
+        if isinstance(title, str) and title:
+            entry["title"] = title
+        if isinstance(text, str) and text.strip():
+            entry["descriptions"].append((text.strip(), str(info.get("DescriptionSourceName") or ""),
+                                          str(info.get("DescriptionURL") or "")))
+        elif text is not None or (title is not None and not isinstance(title, str)):
+            log.warning("PubChem description of CID %s is not text; skipped", cid)
     return out
+
+
+def _json(resp: requests.Response) -> Any:
+    """The JSON body of a PubChem answer; raises :class:`SourceError` naming the URL when it is not JSON (an
+    HTML error page from a proxy, a truncated body)."""
+    try:
+        return resp.json()
+    except ValueError:
+        kind = resp.headers.get("Content-Type", "no content type")
+        raise SourceError(f"PubChem answered {kind}, not JSON: {resp.text[:80]!r}", url=resp.url, attempts=1,
+                          status=resp.status_code) from None
 
 
 def fault_of(resp: requests.Response) -> dict[str, Any] | None:
@@ -178,9 +214,29 @@ def fault_of(resp: requests.Response) -> dict[str, Any] | None:
     return body.get("Fault") if isinstance(body, dict) else None
 
 
+def _text(row: dict[str, Any], key: str) -> str:
+    """A text property; raises ValueError when PubChem sent something else (a list, a number, an object)."""
+    value = row.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{key} is a {type(value).__name__}, not text")
+    return value
+
+
 def compound_from(row: dict[str, Any], desc: dict[str, Any] | None) -> Compound:
-    """A :class:`Compound` from a parsed property row and its description entry."""
+    """A :class:`Compound` from a parsed property row and its description entry; raises KeyError, ValueError or
+    TypeError for a row that is not a usable compound (staging quarantines it)."""
     desc = desc or {}
+    if "_malformed" in row:
+        raise ValueError(f"property entry is not an object: {row['_malformed'][:200]}")
+    if "CID" not in row:
+        raise ValueError("property entry has no CID")
+    cid = int(row["CID"])
+    if cid <= 0:
+        raise ValueError(f"CID {cid} is not a compound id")
+    for key in ("Title", "MolecularFormula", "IUPACName", "SMILES", "ConnectivitySMILES", "InChIKey"):
+        _text(row, key)
     return Compound(
         cid=int(row["CID"]), title=row.get("Title") or desc.get("title", ""),
         formula=row.get("MolecularFormula", ""), weight=row.get("MolecularWeight"),
@@ -244,7 +300,14 @@ class PubChemClient:
         resp = self._post("/compound/name/cids/JSON", {"name": name})
         if resp.status_code == 404:
             return []
-        return [int(c) for c in resp.json().get("IdentifierList", {}).get("CID", []) if int(c) > 0]
+        cids = []
+        for c in _list(_dict(_dict(_json(resp)).get("IdentifierList")).get("CID")):
+            try:
+                if int(c) > 0:
+                    cids.append(int(c))
+            except (TypeError, ValueError):
+                log.warning("PubChem answered a CID that is not a number for %r: %r", name, c)
+        return cids
 
     def properties(self, cids: Iterable[int]) -> list[dict[str, Any]]:
         """Property rows for ``cids`` (batched POSTs); CIDs PubChem does not know are absent."""
@@ -255,7 +318,7 @@ class PubChemClient:
             resp = self._post(f"/compound/cid/property/{','.join(PROPERTIES)}/JSON",
                               {"cid": ",".join(map(str, batch))})
             if resp.status_code != 404:
-                rows.extend(parse_properties(resp.json()))
+                rows.extend(parse_properties(_json(resp)))
         return rows
 
     def descriptions(self, cids: Iterable[int]) -> dict[int, dict[str, Any]]:
@@ -265,12 +328,13 @@ class PubChemClient:
         for i in range(0, len(ids), self.batch_size):
             resp = self._post("/compound/cid/description/JSON", {"cid": ",".join(map(str, ids[i:i + self.batch_size]))})
             if resp.status_code != 404:
-                out.update(parse_descriptions(resp.json()))
+                out.update(parse_descriptions(_json(resp)))
         return out
 
     def compounds(self, cids: Iterable[int]) -> list[Compound]:
         """Full :class:`Compound` records for ``cids``: two batched requests per ``batch_size`` CIDs."""
         ids = list(dict.fromkeys(int(c) for c in cids))
         rows = self.properties(ids)
+        rows = [r for r in rows if isinstance(r.get("CID"), int)]
         descs = self.descriptions([int(r["CID"]) for r in rows])
         return [compound_from(r, descs.get(int(r["CID"]))) for r in rows]

@@ -172,3 +172,53 @@ def test_name_cache_ttl(tmp_path):
     assert later.get("unobtainium") == [] and later.get("WATER") == [962]
     expired = NameCache(tmp_path / "c.json", now=t0 + timedelta(days=NEGATIVE_TTL_DAYS + 1))
     assert expired.get("unobtainium") is None and expired.get("water") == [962]
+
+
+def test_an_html_answer_to_a_name_lookup_is_one_error_naming_the_url(fixtures_dir):
+    html = Rule("/rest/pug/compound/name/cids/JSON", status=200, body=b"<html><body>Service busy</body></html>",
+                headers={"Content-Type": "text/html"})
+    with ReplayServer(pubchem_dir=fixtures_dir / "pubchem", rules=[html]) as srv:
+        with pytest.raises(SourceError) as err:
+            _client(srv).cids_for_name("aspirin")
+    msg = str(err.value)
+    assert "PubChem answered text/html, not JSON" in msg and "/compound/name/cids/JSON" in msg
+    assert "Expecting value" not in msg
+
+
+def test_malformed_answers_are_quarantined_not_fatal(tmp_path):
+    from pipelines.ingestion.pubchem import stage_compounds
+
+    raw = tmp_path / "run" / "raw"
+    raw.mkdir(parents=True)
+    props = {"PropertyTable": {"Properties": [
+        {"CID": 2244, "Title": "Aspirin", "MolecularFormula": "C9H8O4", "MolecularWeight": "180.16"},
+        {"CID": 7303, "Title": ["Ethylene carbonate", "EC"], "MolecularFormula": "C3H4O3"},  # a list-typed Title
+        {"Title": "no CID at all"},  # a missing key
+        "a string where an object belongs",
+        {"CID": "not a number", "Title": "x"},
+    ]}}
+    descs = {"InformationList": {"Information": [
+        {"CID": 2244, "Title": "Aspirin"},
+        {"CID": 2244, "Description": "An analgesic.", "DescriptionSourceName": "test"},
+        {"CID": 2244, "Description": ["not", "text"]},
+        {"Description": "a description without its CID"},
+        "a string",
+    ]}}
+    (raw / "properties-0000.json").write_text(json.dumps(props))
+    (raw / "descriptions-0000.json").write_text(json.dumps(descs))
+    manifest = stage_compounds({"dir": str(tmp_path / "run"), "pages": ["0000"], "resolved": {"aspirin": 2244},
+                                "requested": [2244, 7303], "not_found": []})
+    records = [json.loads(line) for line in open(manifest["uri"])]
+    assert [r["cid"] for r in records] == [2244]
+    assert records[0]["descriptions"] == [["An analgesic.", "test", ""]]
+    quarantine = [json.loads(line) for line in open(manifest["quarantine_uri"])]
+    reasons = " | ".join(q["reason"] for q in quarantine)
+    assert manifest["quarantined"] == 4, reasons
+    assert "Title is a list, not text" in reasons and "has no CID" in reasons and "not an object" in reasons
+    assert "invalid literal for int()" in reasons  # the CID that is not a number
+    # a table that is not even a list: nothing to stage, no crash
+    (raw / "properties-0000.json").write_text(json.dumps({"PropertyTable": {"Properties": "oops"}}))
+    (raw / "descriptions-0000.json").write_text(json.dumps({"InformationList": "oops"}))
+    empty = stage_compounds({"dir": str(tmp_path / "run"), "pages": ["0000"], "resolved": {}, "requested": [2244],
+                             "not_found": []})
+    assert empty["rows"] == 0
