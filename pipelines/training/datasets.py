@@ -147,6 +147,9 @@ def compound_examples(rec: dict[str, Any]) -> list[Example]:
     return out
 
 
+MAX_LINE_CHARS = 200_000  # a lab-drop line longer than this cannot fit any sequence length we train with
+
+
 def domain_of(folder: Path) -> str:
     """The domain a lab-drop folder belongs to (its name)."""
     return folder.name
@@ -159,11 +162,20 @@ def internal_examples(folder: Path) -> tuple[list[Example], list[str]]:
     the train/validation split.
     """
     examples, problems = [], []
+    root = folder.resolve()
     for f in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        if f.is_symlink() and not f.resolve().is_relative_to(root):
+            problems.append(f"{f.name}: a link to {f.resolve()}, outside the drop folder; skipped")
+            continue
+        # JSONL lines end at "\n" only: U+2028 or NEL inside a JSON string is text, not a line break; a UTF-8
+        # byte-order mark at the start of the file is not part of line 1
+        for n, line in enumerate(f.read_text(encoding="utf-8-sig").split("\n"), 1):
             if not line.strip():
                 continue
             where = f"{f.name}:{n}"
+            if len(line) > MAX_LINE_CHARS:
+                problems.append(f"{where}: {len(line):,} characters, longer than any example that fits; skipped")
+                continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -248,8 +260,11 @@ def build_dataset(domain: str, data_dir: Path, out_dir: Path, count_tokens: Call
     for e in raw:
         by_key.setdefault(e.key(), e)
     unique = list(by_key.values())
-    lengths = {e.key(): count_tokens(e.text()) for e in unique}
-    fitting = [e for e in unique if lengths[e.key()] <= max_tokens]
+    # a token covers at most a few dozen characters: longer texts cannot fit and are not tokenized at all
+    # (one 50 MB example would otherwise take gigabytes in the tokenizer)
+    short = [e for e in unique if len(e.text()) <= max_tokens * 32]
+    lengths = {e.key(): count_tokens(e.text()) for e in short}
+    fitting = [e for e in short if lengths[e.key()] <= max_tokens]
     banned: set[tuple[str, ...]] = set()
     for t in eval_texts:
         banned |= shingles(t, ngram)

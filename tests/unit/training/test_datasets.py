@@ -157,3 +157,40 @@ def test_length_filter_uses_the_given_tokenizer(lake, tmp_path):
     card = build_dataset("materials", lake, tmp_path / "ds", words, max_tokens=30, min_examples=1,
                          min_validation_docs=1)
     assert card["dropped"]["too_long"] > 0 and card["tokens"]["max"] <= 30
+
+
+def test_lab_drops_split_lines_as_jsonl_does_and_stay_in_their_folder(tmp_path):
+    d = tmp_path / "internal" / "catalysis"
+    d.mkdir(parents=True)
+    rows = [{"instruction": "Q1\u2028with a line separator", "output": "A1 \u0085 with NEL"},
+            {"instruction": "Q2", "output": "A2"}]
+    # a byte-order mark before line 1, and JSON text that holds U+2028 and NEL unescaped
+    (d / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r, ensure_ascii=False)
+                                                              for r in rows).encode())
+    outside = tmp_path / "secret.jsonl"
+    outside.write_text('{"instruction": "leaked", "output": "from elsewhere"}\n')
+    (d / "link.jsonl").symlink_to(outside)
+    (d / "inside.jsonl").write_text('{"instruction": "Q3", "output": "A3"}\n')
+    (d / "again.jsonl").symlink_to(d / "inside.jsonl")  # a link within the folder is fine
+    (d / "huge.jsonl").write_text(json.dumps({"instruction": "Q", "output": "x" * 300_000}) + "\n")
+    ex, problems = internal_examples(d)
+    assert sorted(e.instruction for e in ex) == ["Q1\u2028with a line separator", "Q2", "Q3", "Q3"]
+    assert not any("leaked" in e.instruction for e in ex)
+    assert any(p.startswith("link.jsonl: a link to") and "outside the drop folder" in p for p in problems)
+    assert any(p.startswith("huge.jsonl:1: 300,") for p in problems)
+    assert len(problems) == 2
+
+
+def test_texts_far_beyond_the_window_are_never_tokenized(lake, tmp_path):
+    seen = []
+
+    def counting(text):
+        seen.append(len(text))
+        return len(text.split())
+
+    drop = lake / "internal" / "materials"
+    drop.mkdir(parents=True, exist_ok=True)
+    (drop / "big.jsonl").write_text(json.dumps({"instruction": "Q", "output": "word " * 30_000}) + "\n")
+    card = build_dataset("materials", lake, tmp_path / "ds", counting, max_tokens=200, min_examples=1,
+                         min_validation_docs=1)
+    assert card["dropped"]["too_long"] >= 1 and max(seen) <= 200 * 32
