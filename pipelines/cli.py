@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shlex
 import shutil
 import sys
@@ -216,7 +217,14 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             month_end(args.month)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, not {args.max_steps}")
+    if not math.isfinite(args.min_gain):
+        raise UsageError(f"--min-gain must be a number, not {args.min_gain}")
     settings = get_settings()
+    if args.min_gain < 0 and not settings.allow_test_models:
+        raise UsageError(f"--min-gain {args.min_gain} would let a candidate worse than production publish; a "
+                         "negative bar is for test runs only (CBNANO_ALLOW_TEST_MODELS=1)")
     try:
         check_base(settings, args.profile or settings.train_profile, args.base_model)  # before waiting for a GPU
         with gpu_lease(settings.gpus) as gpu:
@@ -490,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from pipelines.settings import SettingsError
     from pipelines.sources.http import SourceError
+    from pipelines.training.runner import TrainingError
     from pipelines.vectorstore.milvus import VectorStoreError
 
     try:
@@ -501,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"cbnano: error: {exc}", file=sys.stderr)
         return 2
-    except (SourceError, VectorStoreError, SettingsError, OSError, _Failure) as exc:
+    except (SourceError, VectorStoreError, SettingsError, OSError, _Failure, TrainingError) as exc:
         print(f"cbnano: error: {exc}", file=sys.stderr)
         return 1
     except MilvusException as exc:

@@ -19,6 +19,9 @@ pytestmark = pytest.mark.unit
     (["dataset", "build", "--domain", "../../etc", "--profile", "tiny"], "unknown domain '../../etc'"),
     (["models", "promote", "--domain", "catalysis\n", "--version", "v1"], "invalid domain name"),
     (["ask", "q", "--top-k", "0"], "--top-k must be between 1 and 20"),
+    (["retrain", "--domain", "catalysis", "--max-steps", "-3"], "--max-steps must be at least 1"),
+    (["retrain", "--domain", "catalysis", "--min-gain", "nan"], "--min-gain must be a number"),
+    (["retrain", "--domain", "catalysis", "--min-gain", "inf"], "--min-gain must be a number"),
 ])
 def test_bad_input(cbnano_env, capsys, argv, message):
     assert main(argv) == 2
@@ -70,3 +73,26 @@ def test_models_list_promote_rollback(cbnano_env, capsys, tmp_path):
     assert main(["models", "promote", "--domain", "thermal", "--version", "v9"]) == 2
     assert "thermal/v9 is not published" in capsys.readouterr().err
     assert main(["models", "promote", "--domain", "thermal"]) == 2
+
+
+def test_a_negative_min_gain_is_for_test_runs_only(cbnano_env, capsys, monkeypatch):
+    from pipelines.settings import reset_settings_cache
+
+    monkeypatch.setenv("CBNANO_ALLOW_TEST_MODELS", "0")
+    reset_settings_cache()
+    assert main(["retrain", "--domain", "catalysis", "--min-gain", "-1"]) == 2
+    assert "negative bar is for test runs only" in capsys.readouterr().err
+
+
+def test_a_broken_training_environment_is_one_line(cbnano_env, capsys, monkeypatch, tmp_path):
+    from pipelines.settings import reset_settings_cache
+
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'No module named axolotl' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CBNANO_TRAIN_PYTHON", str(broken))
+    reset_settings_cache()
+    assert main(["dataset", "build", "--domain", "catalysis", "--profile", "tiny"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cbnano: error: training-environment step build_base failed") and err.count("\n") == 1
+    assert "No module named axolotl" in err and "Traceback" not in err
