@@ -106,7 +106,7 @@ def fetch_window(settings: Settings, start: datetime, end: datetime, categories:
     _clear_raw(raw_dir)
     pages, entries, total = [], 0, 0
     for page in client.iter_window_pages(categories, start, end, max_results=max_results):
-        name = f"page-{page.start:06d}.xml"
+        name = f"page-{page.start:06d}.xml" if not page.part else f"page-p{page.part:03d}-{page.start:06d}.xml"
         write_atomic(raw_dir / name, page.body)
         pages.append(name)
         entries += page.entry_count

@@ -112,6 +112,7 @@ class FetchedPage:
     body: bytes
     entry_count: int
     total_results: int
+    part: int = 0  # which piece of a window split to stay under arXiv's per-query cap (0: not split)
 
 
 def parse_arxiv_id(raw: str) -> tuple[str, int | None]:
@@ -212,7 +213,7 @@ def parse_api_feed(body: bytes, query: str = "") -> ParsedFeed:
             raise ArxivQueryError(f"arXiv rejected the query {query!r}: {message}", url=query, attempts=1,
                                   status=400)
     feed = ParsedFeed(
-        total_results=_int(root, "opensearch:totalResults", 0),
+        total_results=_int(root, "opensearch:totalResults", -1),  # -1: the feed does not say
         start_index=_int(root, "opensearch:startIndex", 0),
         items_per_page=_int(root, "opensearch:itemsPerPage", len(entries)),
     )
@@ -295,6 +296,7 @@ class ArxivClient:
 
     def __init__(self, api_url: str, rss_url: str, *, delay_s: float = 3.0, page_size: int = 200,
                  retry: RetryPolicy | None = None, timeout_s: float = 60.0, http: PoliteClient | None = None):
+        self.max_query_results = MAX_QUERY_RESULTS
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}")
         self.api_url = api_url
@@ -314,40 +316,78 @@ class ArxivClient:
         """Yield raw API pages for papers submitted in [start, end), oldest first.
 
         Stops when ``totalResults`` is reached (or ``max_results`` entries were returned). An empty page
-        before the total is reached is retried; if it stays empty the fetch fails with :class:`SourceError`
-        rather than silently returning fewer papers.
+        before the total is reached, or a feed without ``totalResults``, is retried; if it stays so the fetch
+        fails with :class:`SourceError` rather than silently returning fewer papers. arXiv serves at most
+        30,000 results per query: a larger window is split in time (pages then carry ``part``), and a
+        one-minute window that is still larger fails naming the limit; nothing is cut silently.
         """
+        if max_results is not None:  # the caller asked for at most this many: no splitting
+            yield from self._window_pages(categories, start, end, max_results, part=0)
+            return
+        pending = [(start, end)]
+        part = 0
+        while pending:
+            lo, hi = pending.pop(0)
+            query = build_window_query(categories, lo, hi)
+            first = self._page(query, 0, min(self.page_size, self.max_query_results))
+            if first.total_results <= self.max_query_results:
+                part += 1 if (part or len(pending) or (lo, hi) != (start, end)) else 0
+                yield from self._window_pages(categories, lo, hi, None, part=part, first=first)
+                continue
+            minutes = int((hi - lo).total_seconds() // 60)
+            if minutes < 2:
+                raise SourceError(f"{first.total_results} papers were submitted in the minute {lo.isoformat()} "
+                                  f"for {query!r}, above arXiv's {self.max_query_results} results per query",
+                                  url=first.url, attempts=1)
+            mid = lo + timedelta(minutes=minutes // 2)
+            log.info("%s: %d results exceed arXiv's %d per query; splitting the window at %s", query,
+                     first.total_results, self.max_query_results, mid.isoformat())
+            pending[:0] = [(lo, mid), (mid, hi)]
+
+    def _page(self, query: str, offset: int, size: int) -> FetchedPage:
+        """One API page (retried while it is not a feed, lacks its total, or is empty before the total)."""
+        params = {"search_query": query, "start": offset, "max_results": size,
+                  "sortBy": "submittedDate", "sortOrder": "ascending"}
+        seen: dict[str, ParsedFeed] = {}
+
+        def validate(resp: requests.Response) -> None:
+            try:
+                parsed = parse_api_feed(resp.content, query)
+            except FeedFormatError as exc:
+                raise TransientResponse(str(exc)) from None
+            if parsed.total_results < 0:
+                raise TransientResponse("feed without opensearch:totalResults")
+            if parsed.entry_count == 0 and offset < parsed.total_results:
+                raise TransientResponse(f"empty page at start={offset} of {parsed.total_results}")
+            seen["feed"] = parsed
+
+        resp = self.http.get(self.api_url, params=params, validate=validate)
+        if resp.status_code >= 400:
+            # arXiv's error feed (HTTP 400 + an Error entry) becomes ArxivQueryError here.
+            parse_api_feed(resp.content, query)
+            raise SourceError(f"HTTP {resp.status_code} for query {query!r}", url=resp.url, attempts=1,
+                              status=resp.status_code)
+        parsed = seen["feed"]
+        return FetchedPage(start=offset, url=resp.url, body=resp.content, entry_count=parsed.entry_count,
+                           total_results=parsed.total_results)
+
+    def _window_pages(self, categories: Sequence[str], start: datetime, end: datetime, max_results: int | None,
+                      part: int, first: FetchedPage | None = None) -> Iterator[FetchedPage]:
+        """The pages of one query, up to its total (or ``max_results``, at most arXiv's cap)."""
         query = build_window_query(categories, start, end)
-        cap = min(max_results or MAX_QUERY_RESULTS, MAX_QUERY_RESULTS)
+        cap = min(max_results or self.max_query_results, self.max_query_results)
         offset = 0
         total: int | None = None
         while total is None or offset < min(total, cap):
             size = min(self.page_size, cap - offset)
-            params = {"search_query": query, "start": offset, "max_results": size,
-                      "sortBy": "submittedDate", "sortOrder": "ascending"}
-            seen: dict[str, ParsedFeed] = {}
-
-            def validate(resp: requests.Response, _offset: int = offset, _seen: dict = seen) -> None:
-                try:
-                    parsed = parse_api_feed(resp.content, query)
-                except FeedFormatError as exc:
-                    raise TransientResponse(str(exc)) from None
-                if parsed.entry_count == 0 and _offset < parsed.total_results:
-                    raise TransientResponse(f"empty page at start={_offset} of {parsed.total_results}")
-                _seen["feed"] = parsed
-
-            resp = self.http.get(self.api_url, params=params, validate=validate)
-            if resp.status_code >= 400:
-                # arXiv's error feed (HTTP 400 + an Error entry) becomes ArxivQueryError here.
-                parse_api_feed(resp.content, query)
-                raise SourceError(f"HTTP {resp.status_code} for query {query!r}", url=resp.url, attempts=1,
-                                  status=resp.status_code)
-            parsed = seen["feed"]
-            total = parsed.total_results
-            yield FetchedPage(start=offset, url=resp.url, body=resp.content, entry_count=parsed.entry_count,
-                              total_results=total)
-            offset += parsed.entry_count
-            if parsed.entry_count == 0:
+            page = first if first is not None and offset == 0 else self._page(query, offset, size)
+            if page.entry_count > size:  # the first page was asked for with the full page size
+                page = self._page(query, offset, size)
+            total = page.total_results
+            yield FetchedPage(start=page.start, url=page.url, body=page.body, entry_count=page.entry_count,
+                              total_results=total, part=part)
+            offset += page.entry_count
+            if page.entry_count == 0:
                 break
 
     def fetch_rss(self, category: str) -> bytes:

@@ -183,3 +183,37 @@ def test_replay_rss_serves_category_feeds_only(fixtures_dir, tmp_path):
         for path in ("/rss/../secret", "/rss/..%2Fsecret", "/rss/%2E%2E/secret", "/rss/../../etc/passwd"):
             status, body = get(path)
             assert status == 404 and b"not-a-feed" not in body, path
+
+
+def test_a_window_over_the_per_query_cap_is_split_never_cut(fixtures_dir):
+    with ReplayServer(corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"]) as srv:
+        client = _client(srv, page_size=2)
+        client.max_query_results = 3  # arXiv's is 30,000; the window holds 8 entries
+        pages = list(client.iter_window_pages(CATS, DAY, NEXT))
+        queries = {r[2]["search_query"][0] for r in srv.requests}
+    assert len(_ids(pages)) == 7 and len(set(_ids(pages))) == 7  # all of them, none twice
+    assert {p.part for p in pages} >= {1, 2} and all(p.part for p in pages)
+    assert all(p.total_results <= 3 for p in pages) and len(queries) > 2
+
+
+def test_one_minute_over_the_cap_fails_naming_the_limit(fixtures_dir, tmp_path):
+    xml = (fixtures_dir / "arxiv/window_2026-11-26.xml").read_text()
+    xml = xml.replace("2026-11-26T10:03:19Z", "2026-11-26T09:12:50Z")  # two papers in the minute 09:12
+    (tmp_path / "w.xml").write_text(xml)
+    with ReplayServer(corpus=[tmp_path / "w.xml"]) as srv:
+        client = _client(srv)
+        client.max_query_results = 1
+        with pytest.raises(SourceError, match=r"2 papers were submitted in the minute 2026-11-26T09:12:00\+00:00.*"
+                                              r"above arXiv's 1 results per query"):
+            list(client.iter_window_pages(CATS, DAY, NEXT))
+
+
+def test_a_feed_without_its_total_is_retried_then_refused(fixtures_dir):
+    import re
+
+    body = re.sub(rb"<opensearch:totalResults[^<]*</opensearch:totalResults>", b"",
+                  (fixtures_dir / "arxiv/window_2026-11-26.xml").read_bytes())
+    rule = Rule("/api/query", status=200, body=body, headers={"Content-Type": "application/atom+xml"}, times=10)
+    with ReplayServer(corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"], rules=[rule]) as srv:
+        with pytest.raises(SourceError, match="totalResults"):
+            list(_client(srv).iter_window_pages(CATS, DAY, NEXT))
