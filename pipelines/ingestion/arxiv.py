@@ -53,9 +53,13 @@ def parse_day(value: str | date | datetime) -> datetime:
 
 
 def check_window(start: datetime, end: datetime) -> None:
-    """Raise ValueError unless start < end (both aware)."""
+    """Raise ValueError unless start < end (both aware) and the window is not before arXiv began."""
+    from pipelines.sources.arxiv import FIRST_YEAR
+
     if start >= end:
         raise ValueError(f"start {start:%Y-%m-%d %H:%M} must be before end {end:%Y-%m-%d %H:%M}")
+    if start.year < FIRST_YEAR:
+        raise ValueError(f"start {start.date().isoformat()} is before arXiv began ({FIRST_YEAR})")
 
 
 def resolve_window(interval_start: datetime | None, interval_end: datetime | None,

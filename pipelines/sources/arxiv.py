@@ -46,11 +46,30 @@ DEFAULT_CATEGORIES = ("cond-mat.mtrl-sci", "physics.chem-ph")
 MAX_PAGE_SIZE = 2000  # arXiv's per-request cap
 MAX_QUERY_RESULTS = 30000  # arXiv's per-query cap
 
-_ID_RE = re.compile(
-    r"(?:https?://(?:export\.)?arxiv\.org/abs/)?"
-    r"(?P<id>\d{4}\.\d{4,5}|[a-z][a-z\-]*(?:\.[A-Z]{2})?/\d{7})"
-    r"(?:v(?P<version>\d+))?$"
-)
+_ID_BODY = r"(?P<id>\d{4}\.\d{4,5}|[a-z][a-z\-]*(?:\.[A-Z]{2})?/\d{7})(?:v(?P<version>\d+))?"
+# an abs URL on arXiv's own hosts, or a bare id: an id inside a URL of another host is not an arXiv paper
+_ID_URL_RE = re.compile(rf"https?://(?:www\.|export\.)?arxiv\.org/abs/{_ID_BODY}")
+_ID_BARE_RE = re.compile(_ID_BODY)
+FIRST_YEAR = 1991  # arXiv's first submissions: windows before it are a typo, not an empty result
+
+# arXiv's category taxonomy (https://arxiv.org/category_taxonomy): a typo would otherwise fetch 0 papers
+ARXIV_CATEGORIES = frozenset(
+    [f"cs.{c}" for c in "AI AR CC CE CG CL CR CV CY DB DC DL DM DS ET FL GL GR GT HC IR IT LG LO MA MM MS NA NE NI "
+                        "OH OS PF PL RO SC SD SE SI SY".split()]
+    + [f"econ.{c}" for c in "EM GN TH".split()] + [f"eess.{c}" for c in "AS IV SP SY".split()]
+    + [f"math.{c}" for c in "AC AG AP AT CA CO CT CV DG DS FA GM GN GR GT HO IT KT LO MG MP NA NT OA OC PR QA RA "
+                            "RT SG SP ST".split()]
+    + ["astro-ph"] + [f"astro-ph.{c}" for c in "CO EP GA HE IM SR".split()]
+    + ["cond-mat"] + [f"cond-mat.{c}" for c in "dis-nn mes-hall mtrl-sci other quant-gas soft stat-mech str-el "
+                                                "supr-con".split()]
+    + "gr-qc hep-ex hep-lat hep-ph hep-th math-ph nucl-ex nucl-th quant-ph".split()
+    + [f"nlin.{c}" for c in "AO CD CG PS SI".split()]
+    + [f"physics.{c}" for c in "acc-ph ao-ph app-ph atm-clus atom-ph bio-ph chem-ph class-ph comp-ph data-an "
+                                "ed-ph flu-dyn gen-ph geo-ph hist-ph ins-det med-ph optics plasm-ph pop-ph soc-ph "
+                                "space-ph".split()]
+    + [f"q-bio.{c}" for c in "BM CB GN MN NC OT PE QM SC TO".split()]
+    + [f"q-fin.{c}" for c in "CP EC GN MF PM PR RM ST TR".split()]
+    + [f"stat.{c}" for c in "AP CO ME ML OT TH".split()])
 _ERROR_ID_RE = re.compile(r"^https?://(?:export\.)?arxiv\.org/api/errors")
 _CATEGORY_RE = re.compile(r"^[a-z][a-z\-]*(?:\.[A-Za-z\-]+)?\Z")
 
@@ -117,7 +136,8 @@ class FetchedPage:
 
 def parse_arxiv_id(raw: str) -> tuple[str, int | None]:
     """Split an id or abs URL into (versionless id, version or None); raises ValueError if not an arXiv id."""
-    m = _ID_RE.search(raw.strip())
+    text = raw.strip()
+    m = (_ID_URL_RE if "://" in text else _ID_BARE_RE).fullmatch(text)
     if not m:
         raise ValueError(f"not an arXiv id: {raw!r}")
     version = m.group("version")
@@ -274,6 +294,11 @@ def validate_categories(categories: Sequence[str]) -> None:
     for cat in categories:
         if not _CATEGORY_RE.match(cat):
             raise ValueError(f"not an arXiv category: {cat!r}")
+        if cat not in ARXIV_CATEGORIES:
+            import difflib
+
+            near = difflib.get_close_matches(cat, sorted(ARXIV_CATEGORIES), n=1)
+            raise ValueError(f"not an arXiv category: {cat!r}" + (f" (did you mean {near[0]}?)" if near else ""))
 
 
 def build_window_query(categories: Sequence[str], start: datetime, end: datetime) -> str:
@@ -284,6 +309,8 @@ def build_window_query(categories: Sequence[str], start: datetime, end: datetime
     validate_categories(categories)
     if start >= end:
         raise ValueError(f"window start {start.isoformat()} is not before end {end.isoformat()}")
+    if start.astimezone(UTC).year < FIRST_YEAR:
+        raise ValueError(f"window start {start.date().isoformat()} is before arXiv began ({FIRST_YEAR})")
     fmt = "%Y%m%d%H%M"
     last = end.astimezone(UTC) - timedelta(minutes=1)
     cats = " OR ".join(f"cat:{c}" for c in categories)

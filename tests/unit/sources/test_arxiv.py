@@ -217,3 +217,21 @@ def test_a_feed_without_its_total_is_retried_then_refused(fixtures_dir):
     with ReplayServer(corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"], rules=[rule]) as srv:
         with pytest.raises(SourceError, match="totalResults"):
             list(_client(srv).iter_window_pages(CATS, DAY, NEXT))
+
+
+def test_ids_only_from_arxiv_hosts():
+    with pytest.raises(ValueError, match="not an arXiv id"):
+        parse_arxiv_id("http://evil.example/abs/2611.10001v1")
+    with pytest.raises(ValueError):
+        parse_arxiv_id("http://arxiv.org.evil.example/abs/2611.10001v1")
+    assert parse_arxiv_id("http://export.arxiv.org/abs/2611.10001v3") == ("2611.10001", 3)
+
+
+def test_categories_are_checked_against_the_taxonomy_and_years_against_arxiv():
+    from pipelines.sources.arxiv import validate_categories
+
+    with pytest.raises(ValueError, match=r"not an arXiv category: 'cond-mat.mtrl-sc' \(did you mean cond-mat.mtrl-sci"):
+        validate_categories(["cond-mat.mtrl-sc"])
+    validate_categories(["cond-mat.mtrl-sci", "physics.chem-ph", "cs.LG", "quant-ph"])
+    with pytest.raises(ValueError, match="before arXiv began"):
+        build_window_query(CATS, datetime(999, 1, 1, tzinfo=UTC), datetime(999, 1, 2, tzinfo=UTC))
