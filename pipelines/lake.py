@@ -8,11 +8,16 @@ so a reader never sees half a file and a retried task simply rewrites it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,44 @@ from typing import Any
 def partition_dir(data_dir: Path, source: str, day: str, run_key: str) -> Path:
     """The folder of one run's files: ``<data_dir>/<source>/<day>/<run_key>``."""
     return Path(data_dir) / source / day / run_key
+
+
+class RunBusy(RuntimeError):
+    """Another process is working in the same run folder; the message names it."""
+
+
+RUN_LOCK_WAIT_S = 600.0  # a fetch of a large window takes minutes; a second run of it waits that long
+
+
+@contextmanager
+def run_lock(run_dir: Path, wait_s: float | None = None) -> Iterator[None]:
+    """Hold the run folder exclusively (``flock`` on ``<run_dir>/.lock``) while fetching or staging into it.
+
+    Two runs of the same window share a folder (its name is the window's: a retry resumes it); without the
+    lock, the second one's refetch would delete the first one's raw pages while it reads them. A second
+    process waits up to ``wait_s`` and then raises :class:`RunBusy` naming the holder. The kernel drops the
+    lock with a process that dies.
+    """
+    wait_s = RUN_LOCK_WAIT_S if wait_s is None else wait_s
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 300, 0).decode("utf-8", errors="replace").strip() or "unknown"
+                    raise RunBusy(f"another run is working in {run_dir} ({holder}); waited {wait_s:.0f}s") from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (f"pid {os.getpid()}, {' '.join(sys.argv)[:120]}, since "
+                       f"{datetime.now(UTC).isoformat(timespec='seconds')}").encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def write_atomic(path: Path, data: bytes) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 from pipelines.documents import Document, normalize_text
 from pipelines.ingestion.indexing import Progress, index_staged, summarize
-from pipelines.lake import partition_dir, write_atomic, write_json, write_jsonl
+from pipelines.lake import partition_dir, run_lock, write_atomic, write_json, write_jsonl
 from pipelines.settings import Settings
 from pipelines.sources.arxiv import (
     DEFAULT_CATEGORIES,
@@ -107,23 +107,24 @@ def fetch_window(settings: Settings, start: datetime, end: datetime, categories:
     client = client or ArxivClient.from_settings(settings)
     run_dir = _run_dir(settings, "api", categories, start, end)
     raw_dir = run_dir / "raw"
-    _clear_raw(raw_dir)
-    pages, entries, total = [], 0, 0
-    for page in client.iter_window_pages(categories, start, end, max_results=max_results):
-        name = f"page-{page.start:06d}.xml" if not page.part else f"page-p{page.part:03d}-{page.start:06d}.xml"
-        write_atomic(raw_dir / name, page.body)
-        pages.append(name)
-        entries += page.entry_count
-        total = page.total_results
-        if progress:
-            progress("fetch", entries, min(total, max_results or total))
-    manifest = {
-        "source": SOURCE, "kind": "api", "query": query, "categories": categories,
-        "start": start.isoformat(), "end": end.isoformat(), "dir": str(run_dir), "pages": pages,
-        "entries": entries, "total_results": total, "requests": client.http.requests_sent,
-        "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    write_json(run_dir / "fetch.json", manifest)
+    with run_lock(run_dir):  # another run of this window must not clear the pages while we write them
+        _clear_raw(raw_dir)
+        pages, entries, total = [], 0, 0
+        for page in client.iter_window_pages(categories, start, end, max_results=max_results):
+            name = f"page-{page.start:06d}.xml" if not page.part else f"page-p{page.part:03d}-{page.start:06d}.xml"
+            write_atomic(raw_dir / name, page.body)
+            pages.append(name)
+            entries += page.entry_count
+            total = page.total_results
+            if progress:
+                progress("fetch", entries, min(total, max_results or total))
+        manifest = {
+            "source": SOURCE, "kind": "api", "query": query, "categories": categories,
+            "start": start.isoformat(), "end": end.isoformat(), "dir": str(run_dir), "pages": pages,
+            "entries": entries, "total_results": total, "requests": client.http.requests_sent,
+            "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        write_json(run_dir / "fetch.json", manifest)
     log.info("fetched %d entries in %d pages for %s", entries, len(pages), query)
     return manifest
 
@@ -170,6 +171,11 @@ def record_document(rec: dict[str, Any]) -> Document:
 def stage_pages(fetch_manifest: dict[str, Any]) -> dict[str, Any]:
     """Parse the fetched pages into ``records.jsonl`` and ``quarantine.jsonl``; returns the stage manifest."""
     run_dir = Path(fetch_manifest["dir"])
+    with run_lock(run_dir):  # the pages stay as fetched while they are read
+        return _stage_pages(fetch_manifest, run_dir)
+
+
+def _stage_pages(fetch_manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     best: dict[str, Paper] = {}
     quarantine: list[dict[str, Any]] = []
     for name in fetch_manifest["pages"]:

@@ -160,3 +160,31 @@ def test_ingest_metrics_reach_a_statsd_listener(replay, monkeypatch):
     with MilvusStore.from_settings(get_settings()) as store:
         assert lines["cbnano.milvus.rows.arxiv"] == f"{store.count('arxiv')}|g"
     assert float(lines["cbnano.embed.arxiv.chunks_per_second"].split("|")[0]) > 0
+
+
+def test_a_second_run_of_a_window_never_clears_the_first_ones_pages(replay, monkeypatch):
+    import threading
+
+    import pipelines.lake
+    from pipelines.ingestion.arxiv import _run_dir, fetch_window, stage_pages
+    from pipelines.lake import RunBusy, run_lock
+
+    replay()
+    settings = get_settings()
+    first = fetch_window(settings, START, END, CATS)
+    run_dir = _run_dir(settings, "api", CATS, START, END)
+    monkeypatch.setattr(pipelines.lake, "RUN_LOCK_WAIT_S", 0.5)
+    with run_lock(run_dir):  # the first run is still reading its pages
+        with pytest.raises(RunBusy, match="another run is working in"):
+            fetch_window(settings, START, END, CATS)
+        assert sorted(p.name for p in (run_dir / "raw").glob("page-*")) == first["pages"]  # untouched
+    # waiting instead of failing: the second run proceeds once the first is done
+    monkeypatch.setattr(pipelines.lake, "RUN_LOCK_WAIT_S", 30)
+    done = []
+    with run_lock(run_dir):
+        t = threading.Thread(target=lambda: done.append(fetch_window(settings, START, END, CATS)))
+        t.start()
+        t.join(1.0)
+        assert t.is_alive() and not done  # waiting for the lock, not deleting
+    t.join(30)
+    assert done and stage_pages(done[0])["rows"] == 7

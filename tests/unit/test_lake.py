@@ -30,3 +30,17 @@ def test_jsonl_roundtrip_and_empty(tmp_path):
     n, _ = write_jsonl(tmp_path / "x.jsonl", [{"é": "ü"}, {"b": [1, 2]}])
     assert n == 2 and list(read_jsonl(tmp_path / "x.jsonl")) == [{"é": "ü"}, {"b": [1, 2]}]
     assert write_jsonl(tmp_path / "e.jsonl", [])[0] == 0 and list(read_jsonl(tmp_path / "e.jsonl")) == []
+
+
+def test_run_lock_is_exclusive_names_the_holder_and_is_released(tmp_path):
+    import os
+
+    from pipelines.lake import RunBusy, run_lock
+
+    run = tmp_path / "run"
+    with run_lock(run):
+        with pytest.raises(RunBusy, match=f"another run is working in {run} \\(pid {os.getpid()}"):
+            with run_lock(run, wait_s=0.3):
+                pass
+    with run_lock(run, wait_s=0.3):  # released
+        pass
