@@ -58,6 +58,8 @@ class Settings:
     base_model: str = ""  # the lab's base: a name under <model store>/base/, or a model folder
     train_profile: str = DEFAULT_TRAIN_PROFILE
     allow_test_models: bool = False
+    http_max_bytes: int = 64 * 1024 * 1024  # the largest answer read from arXiv or PubChem
+    max_abstract_chars: int = 20_000  # longer abstracts are cut (arXiv's own limit is 1,920 characters)
     milvus_lock_wait_s: float = 120.0  # how long to wait for another process's hold on a Milvus Lite file
     max_chunks_per_doc: int = 64  # chunks one document may take in the corpus (its beginning is kept)
     search_token: str = ""  # bearer token of the search service (System C); empty: no auth
@@ -162,6 +164,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         base_model=(env.get("CBNANO_BASE_MODEL") or "").strip(),
         train_profile=train_profile,
         allow_test_models=_flag(env, "CBNANO_ALLOW_TEST_MODELS"),
+        http_max_bytes=_int(env, "CBNANO_HTTP_MAX_BYTES", 64 * 1024 * 1024),
+        max_abstract_chars=_int(env, "CBNANO_MAX_ABSTRACT_CHARS", 20_000),
         milvus_lock_wait_s=_float(env, "CBNANO_MILVUS_LOCK_WAIT_S", 120.0),
         max_chunks_per_doc=_int(env, "CBNANO_MAX_CHUNKS_PER_DOC", 64),
         search_token=env.get("CBNANO_SEARCH_TOKEN", ""),

@@ -123,6 +123,7 @@ def fetch_window(settings: Settings, start: datetime, end: datetime, categories:
             "start": start.isoformat(), "end": end.isoformat(), "dir": str(run_dir), "pages": pages,
             "entries": entries, "total_results": total, "requests": client.http.requests_sent,
             "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "max_abstract_chars": settings.max_abstract_chars,
         }
         write_json(run_dir / "fetch.json", manifest)
     log.info("fetched %d entries in %d pages for %s", entries, len(pages), query)
@@ -147,17 +148,27 @@ def fetch_announcements(settings: Settings, categories: Sequence[str] = DEFAULT_
         entries += len(parse_rss(body))
     manifest = {"source": SOURCE, "kind": "rss", "categories": list(categories), "dir": str(run_dir),
                 "pages": pages, "entries": entries, "requests": client.http.requests_sent,
-                "fetched_at": now.isoformat(timespec="seconds")}
+                "fetched_at": now.isoformat(timespec="seconds"), "max_abstract_chars": settings.max_abstract_chars}
     write_json(run_dir / "fetch.json", manifest)
     return manifest
 
 
-def paper_record(paper: Paper) -> dict[str, Any]:
-    """The staged record of a paper: every raw field plus the normalised title and embedding text."""
+MAX_ABSTRACT_CHARS = 20_000  # arXiv itself caps abstracts at 1,920 characters
+
+
+def paper_record(paper: Paper, max_abstract_chars: int = MAX_ABSTRACT_CHARS) -> dict[str, Any]:
+    """The staged record of a paper: every raw field plus the normalised title and embedding text.
+
+    An abstract longer than ``max_abstract_chars`` is cut at a word there (``abstract_truncated`` holds its
+    full length): a malformed multi-megabyte entry would otherwise become thousands of chunks.
+    """
     rec = paper.to_dict()
     title = normalize_text(paper.title)
-    rec.update(source=SOURCE, doc_id=paper.arxiv_id, title_clean=title,
-               text=f"{title}. {normalize_text(paper.abstract)}")
+    abstract = normalize_text(paper.abstract)
+    if len(abstract) > max_abstract_chars:
+        rec["abstract_truncated"] = len(abstract)
+        abstract = abstract[:max_abstract_chars].rsplit(" ", 1)[0]
+    rec.update(source=SOURCE, doc_id=paper.arxiv_id, title_clean=title, text=f"{title}. {abstract}")
     return rec
 
 
@@ -190,14 +201,19 @@ def _stage_pages(fetch_manifest: dict[str, Any], run_dir: Path) -> dict[str, Any
         for p in papers:
             if p.arxiv_id not in best or p.version >= best[p.arxiv_id].version:
                 best[p.arxiv_id] = p
-    records = [paper_record(p) for p in best.values()]
+    records = [paper_record(p, int(fetch_manifest.get("max_abstract_chars") or MAX_ABSTRACT_CHARS))
+               for p in best.values()]
+    truncated = sum(1 for r in records if "abstract_truncated" in r)
+    if truncated:
+        log.warning("%d abstract(s) longer than %s characters were cut", truncated,
+                    fetch_manifest.get("max_abstract_chars") or MAX_ABSTRACT_CHARS)
     rows, digest = write_jsonl(run_dir / "records.jsonl", records)
     write_jsonl(run_dir / "quarantine.jsonl", quarantine)
     for q in quarantine:
         log.warning("quarantined entry %s on %s: %s", q.get("entry_id") or "?", q["page"], q["reason"])
     manifest = {"source": SOURCE, "uri": str(run_dir / "records.jsonl"), "rows": rows, "sha256": digest,
                 "fetched": fetch_manifest["entries"], "quarantined": len(quarantine),
-                "quarantine_uri": str(run_dir / "quarantine.jsonl")}
+                "quarantine_uri": str(run_dir / "quarantine.jsonl"), "truncated_abstracts": truncated}
     write_json(run_dir / "stage.json", manifest)
     return manifest
 

@@ -145,6 +145,8 @@ def summarize(stage_manifest: dict[str, Any], result: IndexSummary | None) -> di
         out["not_found"] = stage_manifest["not_found"]
     if result.capped_documents:
         out["capped_documents"] = result.capped_documents
+    if stage_manifest.get("truncated_abstracts"):
+        out["truncated_abstracts"] = stage_manifest["truncated_abstracts"]
     return out
 
 

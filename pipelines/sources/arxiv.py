@@ -28,6 +28,7 @@ from typing import Any
 import requests
 
 from pipelines.sources.http import (
+    MAX_RESPONSE_BYTES,
     MinIntervalLimiter,
     PoliteClient,
     RetryPolicy,
@@ -322,21 +323,23 @@ class ArxivClient:
     """The export API and RSS feed behind one polite HTTP client (see module docstring for the limits)."""
 
     def __init__(self, api_url: str, rss_url: str, *, delay_s: float = 3.0, page_size: int = 200,
-                 retry: RetryPolicy | None = None, timeout_s: float = 60.0, http: PoliteClient | None = None):
+                 retry: RetryPolicy | None = None, timeout_s: float = 60.0, http: PoliteClient | None = None,
+                 max_bytes: int = MAX_RESPONSE_BYTES):
         self.max_query_results = MAX_QUERY_RESULTS
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}")
         self.api_url = api_url
         self.rss_url = rss_url.rstrip("/")
         self.page_size = page_size
-        self.http = http or PoliteClient(limiter=MinIntervalLimiter(delay_s), retry=retry, timeout_s=timeout_s)
+        self.http = http or PoliteClient(limiter=MinIntervalLimiter(delay_s), retry=retry, timeout_s=timeout_s,
+                                         max_bytes=max_bytes)
 
     @classmethod
     def from_settings(cls, settings: Any, **kwargs: Any) -> ArxivClient:
         """A client on the configured endpoints, delay and retry policy."""
         retry = RetryPolicy(max_attempts=settings.http_max_attempts, base_s=settings.http_backoff_s)
         return cls(settings.arxiv_api_url, settings.arxiv_rss_url, delay_s=settings.arxiv_delay_s, retry=retry,
-                   timeout_s=settings.http_timeout_s, **kwargs)
+                   timeout_s=settings.http_timeout_s, max_bytes=settings.http_max_bytes, **kwargs)
 
     def iter_window_pages(self, categories: Sequence[str], start: datetime, end: datetime,
                           max_results: int | None = None) -> Iterator[FetchedPage]:

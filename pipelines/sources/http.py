@@ -122,11 +122,15 @@ def _short_reason(exc: Exception) -> str:
 Validator = Callable[[requests.Response], None]
 
 
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # an arXiv page of 2,000 entries is ~5 MB; PubChem batches far less
+
+
 class PoliteClient:
     """GETs and POSTs with a limiter and a retry policy; returns the final :class:`requests.Response`.
 
     Answers whose status is not in ``retry.retry_statuses`` are returned to the caller as they are (a 400
-    or 404 means something to the source client); so are successful answers that ``validate`` accepts.
+    or 404 means something to the source client); so are successful answers that ``validate`` accepts. A body
+    larger than ``max_bytes`` is not read past the limit: :class:`SourceError` naming the limit, not retried.
     """
 
     def __init__(
@@ -139,7 +143,9 @@ class PoliteClient:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         on_response: Callable[[requests.Response], None] | None = None,
+        max_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
+        self.max_bytes = max_bytes
         self.limiter = limiter
         self.retry = retry or RetryPolicy()
         self.timeout_s = timeout_s
@@ -149,6 +155,25 @@ class PoliteClient:
         self.rng = rng or random.Random()
         self.on_response = on_response
         self.requests_sent = 0
+
+    def _read_capped(self, resp: requests.Response, shown: str) -> None:
+        """Read the body of a streamed response, refusing one over ``max_bytes`` before it is all in memory."""
+        declared = resp.headers.get("Content-Length", "")
+        too_big = declared.isdigit() and int(declared) > self.max_bytes
+        chunks, size = [], 0
+        if not too_big:
+            for chunk in resp.iter_content(chunk_size=1 << 16):
+                size += len(chunk)
+                if size > self.max_bytes:
+                    too_big = True
+                    break
+                chunks.append(chunk)
+        if too_big:
+            resp.close()
+            raise SourceError(f"the answer is larger than the {self.max_bytes:,}-byte limit "
+                              "(CBNANO_HTTP_MAX_BYTES); not read", url=shown, attempts=1, status=resp.status_code)
+        resp._content = b"".join(chunks)  # what resp.content returns from now on
+        resp._content_consumed = True  # type: ignore[attr-defined]
 
     def get(self, url: str, params: Mapping[str, Any] | None = None, validate: Validator | None = None) -> requests.Response:
         """GET ``url`` under the policy; see the class docstring for what is returned or raised."""
@@ -176,7 +201,9 @@ class PoliteClient:
             self.limiter.acquire()
             self.requests_sent += 1
             try:
-                resp = self.session.request(method, url, params=params, data=data, timeout=self.timeout_s)
+                resp = self.session.request(method, url, params=params, data=data, timeout=self.timeout_s,
+                                            stream=True)
+                self._read_capped(resp, shown)
             except (requests.Timeout, requests.ConnectionError) as exc:
                 last_reason, last_status = _short_reason(exc), None
             else:

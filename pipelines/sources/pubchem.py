@@ -32,7 +32,7 @@ from typing import Any
 
 import requests
 
-from pipelines.sources.http import PoliteClient, RetryPolicy, SourceError
+from pipelines.sources.http import MAX_RESPONSE_BYTES, PoliteClient, RetryPolicy, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -250,13 +250,14 @@ class PubChemClient:
     """PUG REST under the usage policy (see the module docstring)."""
 
     def __init__(self, base_url: str, *, limiter: WindowLimiter | None = None,
-                 retry: RetryPolicy | None = None, timeout_s: float = 30.0, batch_size: int = 100) -> None:
+                 retry: RetryPolicy | None = None, timeout_s: float = 30.0, batch_size: int = 100,
+                 max_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self.base_url = base_url.rstrip("/")
         self.batch_size = batch_size
         self.limiter = limiter or POLICY_LIMITER
         self.retry = retry or RetryPolicy(retry_statuses=frozenset({500, 502, 503, 504}))
         self.http = PoliteClient(limiter=self.limiter, retry=self.retry, timeout_s=timeout_s,
-                                 on_response=self._watch_throttling)
+                                 on_response=self._watch_throttling, max_bytes=max_bytes)
         self.throttle_events: list[str] = []
 
     @classmethod
@@ -264,7 +265,8 @@ class PubChemClient:
         """A client on the configured endpoint and retry policy, sharing the process-wide policy limiter."""
         retry = RetryPolicy(max_attempts=settings.http_max_attempts, base_s=settings.http_backoff_s,
                             retry_statuses=frozenset({500, 502, 503, 504}))
-        return cls(settings.pubchem_url, retry=retry, timeout_s=settings.http_timeout_s, **kwargs)
+        return cls(settings.pubchem_url, retry=retry, timeout_s=settings.http_timeout_s,
+                   max_bytes=settings.http_max_bytes, **kwargs)
 
     def _watch_throttling(self, resp: requests.Response) -> None:
         status = parse_throttling(resp.headers.get("X-Throttling-Control"))

@@ -188,3 +188,16 @@ def test_a_second_run_of_a_window_never_clears_the_first_ones_pages(replay, monk
         assert t.is_alive() and not done  # waiting for the lock, not deleting
     t.join(30)
     assert done and stage_pages(done[0])["rows"] == 7
+
+
+def test_overlong_abstracts_are_cut_and_reported(replay, monkeypatch):
+    from pipelines.settings import reset_settings_cache
+
+    replay()
+    monkeypatch.setenv("CBNANO_MAX_ABSTRACT_CHARS", "300")
+    reset_settings_cache()
+    out = ingest_arxiv(get_settings(), START, END, CATS, dry_run=True)
+    assert out["truncated_abstracts"] >= 1
+    records = [json.loads(line) for line in open(out["records"])]
+    long_one = next(r for r in records if r["doc_id"] == "2611.10004")
+    assert long_one["abstract_truncated"] > 300 and len(long_one["text"]) <= len(long_one["title_clean"]) + 2 + 300

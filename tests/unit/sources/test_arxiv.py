@@ -235,3 +235,14 @@ def test_categories_are_checked_against_the_taxonomy_and_years_against_arxiv():
     validate_categories(["cond-mat.mtrl-sci", "physics.chem-ph", "cs.LG", "quant-ph"])
     with pytest.raises(ValueError, match="before arXiv began"):
         build_window_query(CATS, datetime(999, 1, 1, tzinfo=UTC), datetime(999, 1, 2, tzinfo=UTC))
+
+
+def test_an_answer_over_the_size_limit_is_not_read_nor_retried(fixtures_dir):
+    big = b"<feed>" + b"x" * 300_000 + b"</feed>"
+    rule = Rule("/api/query", status=200, body=big, headers={"Content-Type": "application/atom+xml"}, times=5)
+    with ReplayServer(corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"], rules=[rule]) as srv:
+        client = ArxivClient(srv.arxiv_api_url, srv.arxiv_rss_url, delay_s=0, max_bytes=100_000,
+                             retry=RetryPolicy(max_attempts=3, base_s=0.001))
+        with pytest.raises(SourceError, match="larger than the 100,000-byte limit"):
+            list(client.iter_window_pages(CATS, DAY, NEXT))
+        assert len(srv.requests) == 1
