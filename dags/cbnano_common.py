@@ -5,6 +5,7 @@ Not a DAG file (it defines no DAG); the DAGs import it from the dags folder, whi
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 
@@ -16,11 +17,9 @@ class FailureAlert(BaseNotifier):
 
     def notify(self, context):
         from pipelines.ops.alerts import send_alert
-        from pipelines.settings import get_settings
-
         ti = context["ti"]
         error = context.get("exception")
-        send_alert(get_settings(), f"{ti.dag_id}.{ti.task_id} failed",
+        send_alert(dag_settings(), f"{ti.dag_id}.{ti.task_id} failed",
                    f"{type(error).__name__}: {error}"[:1000] if error else "the task failed",
                    {"dag": ti.dag_id, "task": ti.task_id, "run": ti.run_id, "try": ti.try_number,
                     "map_index": ti.map_index})
@@ -80,23 +79,62 @@ MIN_GAIN = 0.01
 MODEL_ASSETS = {d: Asset(name=f"cbnano_model_{d}", uri=f"cbnano://models/{d}", group="models") for d in DOMAINS}
 
 
-def system_a_settings():
-    """The platform settings with System A's URL and token from the Connection ``cbnano_system_a`` (host =
-    URL, password = token) when it exists, else as the environment gives them. Call inside a task."""
-    from dataclasses import replace
-
+def _connection(conn_id):
+    """The Airflow Connection ``conn_id``, or None when it is not defined."""
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None
+    except Exception as exc:  # outside a task (no execution API to ask): the environment's settings apply
+        logging.getLogger(__name__).debug("connection %s not readable here: %s", conn_id, exc)
+        return None
+
+
+def _url(conn, default_port):
+    """A URL from a Connection whose host holds either a whole URL or a host name."""
+    host = conn.host or ""
+    if not host or "://" in host:
+        return host
+    return f"http://{host}:{conn.port or default_port}"
+
+
+def dag_settings():
+    """The platform settings, with the secrets and endpoints of the Airflow Connections the deployment creates
+    taking precedence over the environment (call inside a task or callback):
+
+    * ``cbnano_milvus``: host = Milvus URI, password = token;
+    * ``cbnano_smtp``: host (and port), login, password;
+    * ``cbnano_alerts_webhook``: host = the webhook URL;
+    * ``cbnano_system_a``: host = vLLM's URL, password = token.
+
+    An empty field keeps the environment's value; a missing Connection changes nothing.
+    """
+    from dataclasses import replace
 
     from pipelines.settings import get_settings
 
     settings = get_settings()
-    try:
-        conn = Connection.get("cbnano_system_a")
-    except AirflowNotFoundException:
-        return settings
-    url = conn.host or ""
-    if url and "://" not in url:
-        url = f"http://{url}:{conn.port or 8000}"
-    return replace(settings, system_a_url=url or settings.system_a_url,
-                   system_a_token=conn.password or settings.system_a_token)
+    changes = {}
+    if conn := _connection("cbnano_milvus"):
+        if conn.host:
+            changes["milvus_uri"] = _url(conn, 19530) if not conn.host.startswith("/") else conn.host
+        if conn.password:
+            changes["milvus_token"] = conn.password
+    if conn := _connection("cbnano_smtp"):
+        if conn.host:
+            changes["smtp_host"] = f"{conn.host}:{conn.port}" if conn.port else conn.host
+        if conn.login:
+            changes["smtp_user"] = conn.login
+        if conn.password:
+            changes["smtp_password"] = conn.password
+    if (conn := _connection("cbnano_alerts_webhook")) and conn.host:
+        changes["alert_webhook_url"] = conn.host
+    if conn := _connection("cbnano_system_a"):
+        if conn.host:
+            changes["system_a_url"] = _url(conn, 8000)
+        if conn.password:
+            changes["system_a_token"] = conn.password
+    return replace(settings, **changes) if changes else settings

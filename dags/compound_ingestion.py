@@ -18,7 +18,7 @@ import logging
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from cbnano_common import ARXIV_CORPUS, DEFAULT_ARGS, PUBCHEM_CORPUS
+from cbnano_common import ARXIV_CORPUS, DEFAULT_ARGS, PUBCHEM_CORPUS, dag_settings
 
 
 @dag(
@@ -48,7 +48,6 @@ def compound_ingestion():
     def select() -> dict:
         from pipelines.ingestion.arxiv import resolve_window
         from pipelines.ingestion.pubchem import select_names
-        from pipelines.settings import get_settings
 
         ctx = get_current_context()
         p = ctx["params"]
@@ -58,15 +57,14 @@ def compound_ingestion():
         # Asset-triggered runs: the literature runs name their staged records in the event's extra.
         records = [ev.extra["records"] for evs in (ctx.get("triggering_asset_events") or {}).values()
                    for ev in evs if ev.extra and ev.extra.get("records")]
-        names = select_names(get_settings(), p["names"], p["watchlist"], window, paper_records=records)
+        names = select_names(dag_settings(), p["names"], p["watchlist"], window, paper_records=records)
         return {"cids": p["cids"], "names": names, "papers": records}
 
     @task(pool="pubchem_api")
     def fetch(selection: dict) -> dict:
         from pipelines.ingestion.pubchem import fetch_compounds
-        from pipelines.settings import get_settings
 
-        return fetch_compounds(get_settings(), selection["cids"], selection["names"])
+        return fetch_compounds(dag_settings(), selection["cids"], selection["names"])
 
     @task
     def stage(fetched: dict) -> dict:
@@ -80,11 +78,10 @@ def compound_ingestion():
 
         from pipelines.ingestion.indexing import index_staged, log_progress
         from pipelines.ingestion.pubchem import record_document
-        from pipelines.settings import get_settings
 
         if get_current_context()["params"].get("dry_run"):
             raise AirflowSkipException(f"dry run: {staged['rows']} compounds staged at {staged['uri']}")
-        return index_staged(get_settings(), staged, record_document,
+        return index_staged(dag_settings(), staged, record_document,
                                progress=log_progress(logging.getLogger("airflow.task")))
 
     embed_and_upsert(stage(fetch(select())))

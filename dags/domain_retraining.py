@@ -30,6 +30,7 @@ from cbnano_common import (
     MODEL_ASSETS,
     TRAIN_PROFILE,
     TRAIN_PROFILES,
+    dag_settings,
 )
 
 
@@ -67,11 +68,10 @@ def domain_retraining():
     def plan() -> list[str]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipelines.settings import get_settings
         from pipelines.training.base_models import BaseModelMissing, check_base
 
         p = get_current_context()["params"]
-        settings = get_settings()
+        settings = dag_settings()
         try:
             base = check_base(settings, p.get("profile") or settings.train_profile, p.get("base_model"))
         except BaseModelMissing as exc:
@@ -86,14 +86,13 @@ def domain_retraining():
     def retrain_domain(domain: str) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from pipelines.settings import get_settings
         from pipelines.training.gpus import gpu_lease
         from pipelines.training.retrain import prepare_dataset, resolve_month, retrain
 
         ctx = get_current_context()
         p = ctx["params"]
         month = resolve_month(ctx.get("data_interval_start"), p.get("month"))
-        settings = get_settings()
+        settings = dag_settings()
         profile = p.get("profile") or settings.train_profile
         if p["dry_run"]:
             _, card = prepare_dataset(settings, domain, profile, month, p.get("base_model"))

@@ -25,6 +25,7 @@ from cbnano_common import (
     DEFAULT_ARGS,
     DEFAULT_CATEGORIES,
     INGEST_DEADLINE_H,
+    dag_settings,
     finish_deadline,
 )
 
@@ -58,13 +59,12 @@ def literature_ingestion():
     @task(pool="arxiv_api")
     def fetch() -> dict:
         from pipelines.ingestion.arxiv import fetch_window, resolve_window
-        from pipelines.settings import get_settings
 
         ctx = get_current_context()
         p = ctx["params"]
         start, end = resolve_window(ctx.get("data_interval_start"), ctx.get("data_interval_end"),
                                     p.get("window_start"), p.get("window_end"))
-        return fetch_window(get_settings(), start, end, p["categories"], max_results=p.get("max_results"))
+        return fetch_window(dag_settings(), start, end, p["categories"], max_results=p.get("max_results"))
 
     @task
     def stage(fetched: dict) -> dict:
@@ -78,12 +78,11 @@ def literature_ingestion():
 
         from pipelines.ingestion.arxiv import record_document
         from pipelines.ingestion.indexing import index_staged, log_progress
-        from pipelines.settings import get_settings
 
         ctx = get_current_context()
         if ctx["params"].get("dry_run"):
             raise AirflowSkipException(f"dry run: {staged['rows']} records staged at {staged['uri']}")
-        summary = index_staged(get_settings(), staged, record_document,
+        summary = index_staged(dag_settings(), staged, record_document,
                                progress=log_progress(logging.getLogger("airflow.task")))
         # compound_ingestion (scheduled on this Asset) mines these records for compound names
         ctx["outlet_events"][ARXIV_CORPUS].extra = {"records": staged["uri"], **summary}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from cbnano_common import DEFAULT_ARGS, DOMAINS, MODEL_ASSETS, system_a_settings
+from cbnano_common import DEFAULT_ARGS, DOMAINS, MODEL_ASSETS, dag_settings
 
 
 @dag(
@@ -50,7 +50,7 @@ def serving_handoff():
 
         from pipelines.publishing.serving import hand_off as tell_system_a
 
-        settings = system_a_settings()
+        settings = dag_settings()
         if not settings.system_a_url:
             raise AirflowFailException("no System A configured: set the cbnano_system_a Connection (host = "
                                        "vLLM's URL) or CBNANO_SYSTEM_A_URL")

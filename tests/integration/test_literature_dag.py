@@ -59,3 +59,24 @@ def test_manual_dry_run_with_window_override(airflow_db, replay):
     assert len(staged) == 1 and staged[0].read_text().count("\n") == 5  # chem-ph papers (primary or cross-listed) of the two days
     with MilvusStore.from_settings(get_settings()) as store:
         assert not store.exists()
+
+
+def test_tasks_take_milvus_and_the_webhook_from_the_airflow_connections(airflow_db, replay, monkeypatch, tmp_path):
+    """The deployment creates Connections (cbnano_milvus, cbnano_alerts_webhook, ...): the DAGs use them."""
+    import json
+
+    replay()
+    from literature_ingestion import literature_ingestion_dag
+
+    dag = without_deadline(literature_ingestion_dag)
+    conn_db = tmp_path / "from-the-connection" / "milvus.db"
+    conn_db.parent.mkdir()
+    monkeypatch.setenv("AIRFLOW_CONN_CBNANO_MILVUS", json.dumps({"conn_type": "generic", "host": str(conn_db)}))
+    # a logical date no other test uses (dag.test returns an existing run of the same date as it is)
+    run = dag.test(logical_date=pendulum.datetime(2026, 11, 12, 2, tz="UTC"),
+                   run_conf={"window_start": "2026-11-26", "window_end": "2026-11-27", "dry_run": False,
+                             "categories": ["cond-mat.mtrl-sci", "physics.chem-ph"]})
+    assert states(run) == {"fetch": "success", "stage": "success", "embed_and_upsert": "success"}
+    assert not (get_settings().home / "milvus.db").exists()  # not the environment's default
+    with MilvusStore(str(conn_db), get_settings().milvus_collection) as store:
+        assert store.count() > 0
