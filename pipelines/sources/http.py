@@ -15,6 +15,7 @@ Clock, sleep and random source are injectable so that tests check the policy wit
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import random
 import re
@@ -36,9 +37,16 @@ class SourceError(RuntimeError):
 
     def __init__(self, message: str, *, url: str, attempts: int, status: int | None = None) -> None:
         super().__init__(f"{message} (url={url}, attempts={attempts})")
+        self.message = message
         self.url = url
         self.attempts = attempts
         self.status = status
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # Airflow and Celery pickle task exceptions; the default reduce would call cls(str(self)) without the
+        # keyword-only fields and fail to unpickle
+        return (functools.partial(type(self), url=self.url, attempts=self.attempts, status=self.status),
+                (self.message,))
 
 
 class TransientResponse(Exception):

@@ -110,3 +110,17 @@ def test_connection_refused_is_retried_then_reported_briefly():
         _client(sleeps, attempts=2).get("http://127.0.0.1:1/api/query")
     assert len(sleeps) == 1
     assert "ConnectionError" in str(err.value) and len(str(err.value)) < 300
+
+
+def test_source_errors_survive_pickling():
+    import pickle
+
+    from pipelines.sources.arxiv import ArxivQueryError
+
+    for exc in (SourceError("giving up: HTTP 503", url="https://export.arxiv.org/api/query?x=1", attempts=5,
+                            status=503),
+                ArxivQueryError("arXiv rejected the query", url="q", attempts=1, status=400)):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc)
+        assert (back.url, back.attempts, back.status, back.message) == (exc.url, exc.attempts, exc.status,
+                                                                       exc.message)

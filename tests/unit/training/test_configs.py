@@ -84,3 +84,21 @@ def test_dag_form_choices_and_defaults_equal_the_pipelines_constants(monkeypatch
     assert list(common.TRAIN_PROFILES) == list(PROFILES) and list(common.DOMAINS) == list(DOMAINS)
     assert common.TRAIN_PROFILE == DEFAULT_TRAIN_PROFILE == "gpu_qlora"
     assert common.MIN_GAIN == DEFAULT_MIN_GAIN and common.BASE_MODEL is None
+
+
+def test_every_domain_and_category_is_defined_once_and_everywhere():
+    """The domain list drives the DAG form, the routing file, the axolotl overlays and the eval sets; the
+    arXiv categories drive the CLI default and the DAG form: each copy must agree with the one definition."""
+    import yaml
+
+    import cbnano_common
+    from pipelines.sources.arxiv import ARXIV_CATEGORIES, DEFAULT_CATEGORIES
+    from pipelines.training.datasets import DOMAINS_FILE
+
+    root = DOMAINS_FILE.parents[1]
+    assert set(yaml.safe_load(DOMAINS_FILE.read_text())["domains"]) == set(DOMAINS)
+    assert {p.stem for p in (root / "axolotl_configs" / "domains").glob("*.yml")} == set(DOMAINS)
+    assert {p.stem for p in (root / "include" / "eval").glob("*.jsonl")} == set(DOMAINS)
+    assert list(cbnano_common.DEFAULT_CATEGORIES) == list(DEFAULT_CATEGORIES)
+    assert set(cbnano_common.CATEGORY_CHOICES) <= ARXIV_CATEGORIES  # the form offers real categories only
+    assert set(DEFAULT_CATEGORIES) <= set(cbnano_common.CATEGORY_CHOICES)
