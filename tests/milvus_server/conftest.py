@@ -16,6 +16,39 @@ PORT_FLAGS = ("--proxy-port", "--etcd-port", "--root-coord-port", "--proxy-inter
               "--data-node-port")
 
 
+def _servers(marker: str) -> list[int]:
+    """Pids of processes whose command line contains ``marker`` (the server's data folder, or the pytest
+    folders of earlier sessions): milvus-server runs the real binary, copied into the data folder, as a child
+    in a session of its own, so signalling the wrapper's process group does not reach it."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and "milvus run standalone" in cmdline:  # not Milvus Lite servers
+            pids.append(int(entry))
+    return pids
+
+
+def _stop(marker: str) -> None:
+    """SIGTERM every server process matching ``marker``, SIGKILL what is left after 30 s."""
+    for sig, grace in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 5.0)):
+        pids = _servers(marker)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while _servers(marker) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not _servers(marker):
+            return
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -28,6 +61,8 @@ def milvus_server(tmp_path_factory):
     exe = Path(sys.executable).with_name("milvus-server")
     if not exe.exists():
         pytest.fail("milvus-server is not installed: `make setup` installs the `milvus` package (the dev extra)")
+    # a server left by an earlier session that was killed holds fixed ports (etcd peer 2380, metrics 9091)
+    _stop("/pytest-of-")
     data = tmp_path_factory.mktemp("milvus-server")
     ports = {flag: free_port() for flag in PORT_FLAGS}
     cmd = [str(exe), "--data", str(data)] + [str(x) for kv in ports.items() for x in kv]
@@ -54,4 +89,5 @@ def milvus_server(tmp_path_factory):
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    _stop(str(data))  # the binary itself, which the wrapper's process group does not include
     log.close()
