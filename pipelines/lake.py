@@ -34,6 +34,37 @@ class RunBusy(RuntimeError):
 RUN_LOCK_WAIT_S = 600.0  # a fetch of a large window takes minutes; a second run of it waits that long
 
 
+def lock_file(path: Path, wait_s: float, poll_s: float = 0.2) -> int | None:
+    """Take an exclusive ``flock`` on ``path`` (created if missing), waiting up to ``wait_s``.
+
+    Returns the open descriptor, whose closing drops the lock (as does the process dying), after writing the
+    holder (pid, command, since) into the file for whoever waits next; None when the wait ran out.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(poll_s)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv)[:200],
+                              "since": datetime.now(UTC).isoformat(timespec="seconds")}).encode(), 0)
+    return fd
+
+
+def lock_holder(path: Path) -> dict[str, Any]:
+    """What the current (or last) holder of a :func:`lock_file` lock wrote (empty if nothing readable)."""
+    try:
+        return dict(json.loads(Path(path).read_text() or "{}"))
+    except (OSError, ValueError):
+        return {}
+
+
 @contextmanager
 def run_lock(run_dir: Path, wait_s: float | None = None) -> Iterator[None]:
     """Hold the run folder exclusively (``flock`` on ``<run_dir>/.lock``) while fetching or staging into it.
@@ -45,21 +76,12 @@ def run_lock(run_dir: Path, wait_s: float | None = None) -> Iterator[None]:
     """
     wait_s = RUN_LOCK_WAIT_S if wait_s is None else wait_s
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = lock_file(run_dir / ".lock", wait_s)
+    if fd is None:
+        who = lock_holder(run_dir / ".lock")
+        raise RunBusy(f"another run is working in {run_dir} (pid {who.get('pid', '?')}, {who.get('command', '?')}, "
+                      f"since {who.get('since', '?')}); waited {wait_s:.0f}s")
     try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 300, 0).decode("utf-8", errors="replace").strip() or "unknown"
-                    raise RunBusy(f"another run is working in {run_dir} ({holder}); waited {wait_s:.0f}s") from None
-                time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (f"pid {os.getpid()}, {' '.join(sys.argv)[:120]}, since "
-                       f"{datetime.now(UTC).isoformat(timespec='seconds')}").encode(), 0)
         yield
     finally:
         os.close(fd)  # closing drops the lock

@@ -22,13 +22,11 @@ Usage::
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import sys
 import threading
-import time
-from datetime import UTC, datetime
 from pathlib import Path
+
+from pipelines.lake import lock_file, lock_holder
 
 _HOLDS: dict[str, list[int]] = {}  # resolved path -> [fd, open stores]
 _GUARD = threading.Lock()
@@ -46,10 +44,7 @@ def lock_path(path: str) -> Path:
 
 def holder(path: str) -> dict[str, object]:
     """What the current (or last) holder wrote into the lock file (empty if nothing readable)."""
-    try:
-        return dict(json.loads(lock_path(path).read_text() or "{}"))
-    except (OSError, ValueError):
-        return {}
+    return lock_holder(lock_path(path))
 
 
 def hold_lite(path: str, wait_s: float) -> None:
@@ -59,24 +54,13 @@ def hold_lite(path: str, wait_s: float) -> None:
         if key in _HOLDS:
             _HOLDS[key][1] += 1
             return
-        fd = os.open(lock_path(key), os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    who = holder(key)
-                    raise LiteBusy(
-                        f"Milvus Lite file {key} is in use by pid {who.get('pid', '?')} ({who.get('command', '?')}, "
-                        f"since {who.get('since', '?')}); waited {wait_s:.0f}s. Milvus Lite admits one process at "
-                        "a time: wait for it, or point CBNANO_MILVUS_URI at a Milvus server") from None
-                time.sleep(POLL_S)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv)[:200],
-                                  "since": datetime.now(UTC).isoformat(timespec="seconds")}).encode(), 0)
+        fd = lock_file(lock_path(key), wait_s, POLL_S)
+        if fd is None:
+            who = holder(key)
+            raise LiteBusy(
+                f"Milvus Lite file {key} is in use by pid {who.get('pid', '?')} ({who.get('command', '?')}, "
+                f"since {who.get('since', '?')}); waited {wait_s:.0f}s. Milvus Lite admits one process at "
+                "a time: wait for it, or point CBNANO_MILVUS_URI at a Milvus server")
         _HOLDS[key] = [fd, 1]
 
 
