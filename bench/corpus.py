@@ -12,23 +12,81 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-MATERIALS = ["LiFePO4", "LiNi0.8Mn0.1Co0.1O2", "Li7La3Zr2O12", "TiO2 anatase", "CeO2 nanorods", "MoS2 monolayers",
-             "boron arsenide", "graphene oxide", "ZIF-8", "MOF-808", "perovskite CsPbI3", "Cu2O nanowires",
-             "SrTiO3", "hexagonal boron nitride", "Bi2Te3", "PtSn clusters", "Ni/Al2O3", "Fe-N-C sites",
-             "high-entropy alloys", "silicon anodes", "sodium layered oxides", "Li3YCl6", "ScF3 films",
-             "silica aerogels", "paraffin composites", "zeolite H-ZSM-5", "Ru/MgO", "GaN on diamond"]
-METHODS = ["density functional theory", "operando X-ray diffraction", "molecular dynamics with a machine-learned "
-           "potential", "time-domain thermoreflectance", "inelastic neutron scattering", "impedance spectroscopy",
-           "in situ infrared spectroscopy", "transmission electron microscopy", "temperature-programmed desorption",
-           "the phonon Boltzmann transport equation", "coupled-cluster calculations", "Raman mapping"]
-PROPERTIES = ["ionic conductivity", "lattice thermal conductivity", "catalytic turnover frequency",
-              "capacity retention", "Faradaic efficiency", "band gap", "adsorption energy", "thermal stability",
-              "selectivity to propylene", "oxygen evolution overpotential", "thermal boundary conductance",
-              "Coulombic efficiency", "photoluminescence lifetime", "water uptake"]
+MATERIALS = [
+    "LiFePO4",
+    "LiNi0.8Mn0.1Co0.1O2",
+    "Li7La3Zr2O12",
+    "TiO2 anatase",
+    "CeO2 nanorods",
+    "MoS2 monolayers",
+    "boron arsenide",
+    "graphene oxide",
+    "ZIF-8",
+    "MOF-808",
+    "perovskite CsPbI3",
+    "Cu2O nanowires",
+    "SrTiO3",
+    "hexagonal boron nitride",
+    "Bi2Te3",
+    "PtSn clusters",
+    "Ni/Al2O3",
+    "Fe-N-C sites",
+    "high-entropy alloys",
+    "silicon anodes",
+    "sodium layered oxides",
+    "Li3YCl6",
+    "ScF3 films",
+    "silica aerogels",
+    "paraffin composites",
+    "zeolite H-ZSM-5",
+    "Ru/MgO",
+    "GaN on diamond",
+]
+METHODS = [
+    "density functional theory",
+    "operando X-ray diffraction",
+    "molecular dynamics with a machine-learned potential",
+    "time-domain thermoreflectance",
+    "inelastic neutron scattering",
+    "impedance spectroscopy",
+    "in situ infrared spectroscopy",
+    "transmission electron microscopy",
+    "temperature-programmed desorption",
+    "the phonon Boltzmann transport equation",
+    "coupled-cluster calculations",
+    "Raman mapping",
+]
+PROPERTIES = [
+    "ionic conductivity",
+    "lattice thermal conductivity",
+    "catalytic turnover frequency",
+    "capacity retention",
+    "Faradaic efficiency",
+    "band gap",
+    "adsorption energy",
+    "thermal stability",
+    "selectivity to propylene",
+    "oxygen evolution overpotential",
+    "thermal boundary conductance",
+    "Coulombic efficiency",
+    "photoluminescence lifetime",
+    "water uptake",
+]
 VERBS = ["increases", "suppresses", "controls", "stabilises", "limits", "enhances", "tunes", "doubles"]
-CAUSES = ["oxygen vacancies", "grain boundaries", "dopant clustering", "surface hydroxyls", "strain",
-          "four-phonon scattering", "interfacial disorder", "lattice oxygen mobility", "cation ordering",
-          "solvent co-intercalation", "coke deposition", "isotope disorder"]
+CAUSES = [
+    "oxygen vacancies",
+    "grain boundaries",
+    "dopant clustering",
+    "surface hydroxyls",
+    "strain",
+    "four-phonon scattering",
+    "interfacial disorder",
+    "lattice oxygen mobility",
+    "cation ordering",
+    "solvent co-intercalation",
+    "coke deposition",
+    "isotope disorder",
+]
 
 
 def _sentence(rng: random.Random) -> str:
@@ -72,14 +130,17 @@ def write_window(path: Path, n: int, day: datetime, seed: int = 1234, first_id: 
             f'    <link href="https://arxiv.org/abs/{aid}v1" rel="alternate" type="text/html"/>\n'
             f"    <summary>{escape(abstract)}</summary>\n"
             f'    <category term="{cat}" scheme="http://arxiv.org/schemas/atom"/>\n'
-            f"    <published>{ts}</published>\n    <arxiv:primary_category term=\"{cat}\"/>\n"
-            f"    <author>\n      <name>Bench Author {i}</name>\n    </author>\n  </entry>\n")
+            f'    <published>{ts}</published>\n    <arxiv:primary_category term="{cat}"/>\n'
+            f"    <author>\n      <name>Bench Author {i}</name>\n    </author>\n  </entry>\n"
+        )
         ids.append(aid)
-    head = ("<?xml version='1.0' encoding='UTF-8'?>\n"
-            '<feed xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/" '
-            'xmlns:arxiv="http://arxiv.org/schemas/atom" xmlns="http://www.w3.org/2005/Atom">\n'
-            f"  <id>https://arxiv.org/api/cbnano-bench</id>\n  <title>bench window</title>\n"
-            f"  <updated>{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}</updated>\n"
-            f"  <opensearch:totalResults>{n}</opensearch:totalResults>\n")
+    head = (
+        "<?xml version='1.0' encoding='UTF-8'?>\n"
+        '<feed xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/" '
+        'xmlns:arxiv="http://arxiv.org/schemas/atom" xmlns="http://www.w3.org/2005/Atom">\n'
+        f"  <id>https://arxiv.org/api/cbnano-bench</id>\n  <title>bench window</title>\n"
+        f"  <updated>{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}</updated>\n"
+        f"  <opensearch:totalResults>{n}</opensearch:totalResults>\n"
+    )
     path.write_text(head + "".join(entries) + "</feed>\n")
     return ids

@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("report", type=Path, help="eval.json of a version or a run")
     ap.add_argument("--trials", type=int, default=1000)
-    ap.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples per simulated evaluation")
+    ap.add_argument(
+        "--resamples", type=int, default=2000, help="bootstrap resamples per simulated evaluation"
+    )
     args = ap.parse_args(argv)
     report = json.loads(args.report.read_text())
     per_item = report["per_item"]
@@ -44,8 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         sd = float(diffs.std(ddof=1)) if n > 1 else 0.0
         mde = 2.8016 * sd / math.sqrt(n)
         lo, hi = interval(list(diffs))
-        row = {"metric": metric, "baseline": baseline, "n": n, "gain": round(mean, 4), "sd": round(sd, 4),
-               "mde": round(mde, 4), "ci": [round(lo, 4), round(hi, 4)]}
+        row = {
+            "metric": metric,
+            "baseline": baseline,
+            "n": n,
+            "gain": round(mean, 4),
+            "sd": round(sd, 4),
+            "mde": round(mde, 4),
+            "ci": [round(lo, 4), round(hi, 4)],
+        }
         if sd > 0:
             rates = {}
             for label, effect in (("false_publish_rate", 0.0), ("power_at_mde", mde)):

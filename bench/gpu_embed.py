@@ -80,32 +80,49 @@ def main() -> int:
     for precision in args.precision:
         if precision == "fp16" and not args.device.startswith("cuda"):
             continue  # fp16 matmuls on CPU are not a path the platform uses
-        emb = Embedder(MINILM, device=args.device, batch_size=args.batch, precision=precision,
-                       pipelined=True)
-        emb.encode(texts[:args.batch])  # warm-up: kernels, allocator, tokenizer
+        emb = Embedder(MINILM, device=args.device, batch_size=args.batch, precision=precision, pipelined=True)
+        emb.encode(texts[: args.batch])  # warm-up: kernels, allocator, tokenizer
 
         def plain(emb: Embedder = emb) -> None:
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
             try:
-                emb.model.encode(texts, batch_size=args.batch, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False)
+                emb.model.encode(
+                    texts,
+                    batch_size=args.batch,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
             finally:
                 os.environ["TOKENIZERS_PARALLELISM"] = "true" if args.device.startswith("cuda") else "false"
 
         def tokenize_only(emb: Embedder = emb) -> None:
             order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
             for i in range(0, len(order), args.batch):
-                emb.tokenize([texts[j] for j in order[i:i + args.batch]])
+                emb.tokenize([texts[j] for j in order[i : i + args.batch]])
 
         t_plain = timed(plain)
         t_platform = timed(emb.encode, texts)
         t_tok = timed(tokenize_only)
         n = len(texts)
-        print(json.dumps({"bench": "gpu_embed", "device": args.device, "precision": precision, "texts": n,
-                          "words": args.words, "batch": args.batch,
-                          "plain_texts_per_s": round(n / t_plain), "platform_texts_per_s": round(n / t_platform),
-                          "tokenize_only_texts_per_s": round(n / t_tok),
-                          "tokenize_share": round(t_tok / t_platform, 2), "machine": machine}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "gpu_embed",
+                    "device": args.device,
+                    "precision": precision,
+                    "texts": n,
+                    "words": args.words,
+                    "batch": args.batch,
+                    "plain_texts_per_s": round(n / t_plain),
+                    "platform_texts_per_s": round(n / t_platform),
+                    "tokenize_only_texts_per_s": round(n / t_tok),
+                    "tokenize_share": round(t_tok / t_platform, 2),
+                    "machine": machine,
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

@@ -30,24 +30,53 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CPU_SMOKE = {"bf16": False, "tf32": False, "lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False,
-             "optimizer": "adamw_torch", "gradient_checkpointing": False, "sequence_len": 512, "micro_batch_size": 1,
-             "gradient_accumulation_steps": 1, "save_steps": 1000, "logging_steps": 1}
+CPU_SMOKE = {
+    "bf16": False,
+    "tf32": False,
+    "lora_mlp_kernel": False,
+    "lora_qkv_kernel": False,
+    "lora_o_kernel": False,
+    "optimizer": "adamw_torch",
+    "gradient_checkpointing": False,
+    "sequence_len": 512,
+    "micro_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "save_steps": 1000,
+    "logging_steps": 1,
+}
 
 
 def lab_drop(path: Path, docs: int, seed: int = 0) -> None:
     """Synthetic catalyst test results, two phrasings per batch (one document each)."""
     rng = random.Random(seed)
-    metals, supports = ["Pt", "Pd", "Rh", "Ni", "Cu", "Co", "Ru", "Ag"], ["CeO2", "Al2O3", "TiO2", "ZrO2", "SiO2"]
+    metals, supports = (
+        ["Pt", "Pd", "Rh", "Ni", "Cu", "Co", "Ru", "Ag"],
+        ["CeO2", "Al2O3", "TiO2", "ZrO2", "SiO2"],
+    )
     lines = []
     for i in range(docs):
-        m, s, load, t50 = rng.choice(metals), rng.choice(supports), rng.choice([0.5, 1, 2, 5]), rng.randint(120, 480)
+        m, s, load, t50 = (
+            rng.choice(metals),
+            rng.choice(supports),
+            rng.choice([0.5, 1, 2, 5]),
+            rng.randint(120, 480),
+        )
         batch = f"BENCH-{i:05d}"
-        lines.append({"doc": batch, "instruction": f"At what temperature did batch {batch} reach 50% CO conversion?",
-                      "output": f"Batch {batch} ({load:g} wt% {m} on {s}) reached 50% CO conversion at {t50} °C, "
-                                f"measured in 1% CO / 10% O2 at a space velocity of 60,000 h-1."})
-        lines.append({"doc": batch, "instruction": f"What is the composition of catalyst batch {batch}?",
-                      "output": f"Batch {batch} is {load:g} wt% {m} supported on {s}, calcined at 500 °C."})
+        lines.append(
+            {
+                "doc": batch,
+                "instruction": f"At what temperature did batch {batch} reach 50% CO conversion?",
+                "output": f"Batch {batch} ({load:g} wt% {m} on {s}) reached 50% CO conversion at {t50} °C, "
+                f"measured in 1% CO / 10% O2 at a space velocity of 60,000 h-1.",
+            }
+        )
+        lines.append(
+            {
+                "doc": batch,
+                "instruction": f"What is the composition of catalyst batch {batch}?",
+                "output": f"Batch {batch} is {load:g} wt% {m} supported on {s}, calcined at 500 °C.",
+            }
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n")
 
@@ -65,32 +94,67 @@ def run_shape(shape: str, domain: str, steps: int, gpu: int | None, smoke: bool,
     name = f"random-{shape}"
     base = settings.model_store / "base" / name
     if not (base / "config.json").is_file():
-        run_in_train_env(settings.train_python, "build_base",
-                         ["--shape", shape, "--tokenizer", str(settings.model_store / "base" / "smollm2"),
-                          "--out", str(base)], gpu=gpu, timeout_s=3600)
+        run_in_train_env(
+            settings.train_python,
+            "build_base",
+            [
+                "--shape",
+                shape,
+                "--tokenizer",
+                str(settings.model_store / "base" / "smollm2"),
+                "--out",
+                str(base),
+            ],
+            gpu=gpu,
+            timeout_s=3600,
+        )
     build_s = round(time.perf_counter() - t0, 1)
     facts = json.loads((base / "cbnano_base.json").read_text())
     lines: list[str] = []
-    summary = retrain(settings, domain, "gpu_qlora", base_model=name, max_steps=steps, gpu=gpu,
-                      overrides=CPU_SMOKE if smoke else None,
-                      log=lambda line: (lines.append(line), print("   " + line, file=sys.stderr) if verbose else None))
+    summary = retrain(
+        settings,
+        domain,
+        "gpu_qlora",
+        base_model=name,
+        max_steps=steps,
+        gpu=gpu,
+        overrides=CPU_SMOKE if smoke else None,
+        log=lambda line: (lines.append(line), print("   " + line, file=sys.stderr) if verbose else None),
+    )
     if summary["version"] is None:
         raise SystemExit(f"the chain stopped before training: {summary['reason']}")
     train, ev = summary.get("train_stats", {}), summary.get("evaluation", {})
-    return {"bench": "gpu_retrain", "shape": shape, "parameters": facts.get("parameters"), "smoke": smoke,
-            "device": ev.get("device"), "eval_dtype": ev.get("dtype"), "steps": train.get("steps"),
-            "train_tokens_per_s": train.get("tokens_per_s"), "train_s_per_step": train.get("s_per_step"),
-            "train_peak_gpu_gib": train.get("peak_gpu_gib"), "eval_seconds": ev.get("seconds"),
-            "eval_peak_gpu_gib": ev.get("peak_gpu_gib"), "eval_items": ev.get("items"),
-            "eval_heldout_rows": ev.get("heldout"), "step_seconds": summary.get("timings"),
-            "base_build_s": build_s, "version": summary["version"], "gate": summary["reason"],
-            "machine": f"{platform.machine()} {platform.node()}"}
+    return {
+        "bench": "gpu_retrain",
+        "shape": shape,
+        "parameters": facts.get("parameters"),
+        "smoke": smoke,
+        "device": ev.get("device"),
+        "eval_dtype": ev.get("dtype"),
+        "steps": train.get("steps"),
+        "train_tokens_per_s": train.get("tokens_per_s"),
+        "train_s_per_step": train.get("s_per_step"),
+        "train_peak_gpu_gib": train.get("peak_gpu_gib"),
+        "eval_seconds": ev.get("seconds"),
+        "eval_peak_gpu_gib": ev.get("peak_gpu_gib"),
+        "eval_items": ev.get("items"),
+        "eval_heldout_rows": ev.get("heldout"),
+        "step_seconds": summary.get("timings"),
+        "base_build_s": build_s,
+        "version": summary["version"],
+        "gate": summary["reason"],
+        "machine": f"{platform.machine()} {platform.node()}",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", action="append", choices=["smoke", "135m", "1.7b", "8b"],
-                    help="model shape, repeatable (default 1.7b and 8b; smoke with --smoke)")
+    ap.add_argument(
+        "--shape",
+        action="append",
+        choices=["smoke", "135m", "1.7b", "8b"],
+        help="model shape, repeatable (default 1.7b and 8b; smoke with --smoke)",
+    )
     ap.add_argument("--domain", default="catalysis")
     ap.add_argument("--steps", type=int, default=30, help="training steps per shape (default 30)")
     ap.add_argument("--docs", type=int, default=600, help="lab-drop documents (2 examples each) to train on")

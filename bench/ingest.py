@@ -75,11 +75,18 @@ def main() -> int:
         again_s = time.perf_counter() - t0
     assert first["new"] == len(docs) and again["unchanged"] == len(docs), (first, again)
     result = {
-        "bench": "ingest", "docs": len(docs), "chunks": len(texts), "model_load_s": round(load_s, 2),
-        "bare_encode_s": round(bare_s, 2), "bare_docs_per_s": round(len(docs) / bare_s, 1),
-        "pipeline_s": round(first_s, 2), "pipeline_docs_per_s": round(len(docs) / first_s, 1),
-        "ratio_vs_bare": round(bare_s / first_s, 3), "rerun_s": round(again_s, 2),
-        "rerun_fraction": round(again_s / first_s, 4), "requests": srv.requests.__len__(),
+        "bench": "ingest",
+        "docs": len(docs),
+        "chunks": len(texts),
+        "model_load_s": round(load_s, 2),
+        "bare_encode_s": round(bare_s, 2),
+        "bare_docs_per_s": round(len(docs) / bare_s, 1),
+        "pipeline_s": round(first_s, 2),
+        "pipeline_docs_per_s": round(len(docs) / first_s, 1),
+        "ratio_vs_bare": round(bare_s / first_s, 3),
+        "rerun_s": round(again_s, 2),
+        "rerun_fraction": round(again_s / first_s, 4),
+        "requests": srv.requests.__len__(),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, {platform.python_version()}",
     }
     print(json.dumps(result))

@@ -26,15 +26,34 @@ def write_corpus(root: Path, n: int) -> list[str]:
     for i in range(n):
         cid = 100000 + i
         name = f"benchmarkium compound {i}"
-        row = {"CID": cid, "MolecularFormula": f"C{i % 20 + 1}H{i % 30 + 2}O{i % 5}",
-               "MolecularWeight": f"{100 + i * 0.37:.2f}", "SMILES": "C" * (i % 12 + 1),
-               "ConnectivitySMILES": "C" * (i % 12 + 1), "InChIKey": f"BENCH{i:09d}-UHFFFAOYSA-N",
-               "IUPACName": f"benchmark-{i}-ol", "Title": name.title()}
+        row = {
+            "CID": cid,
+            "MolecularFormula": f"C{i % 20 + 1}H{i % 30 + 2}O{i % 5}",
+            "MolecularWeight": f"{100 + i * 0.37:.2f}",
+            "SMILES": "C" * (i % 12 + 1),
+            "ConnectivitySMILES": "C" * (i % 12 + 1),
+            "InChIKey": f"BENCH{i:09d}-UHFFFAOYSA-N",
+            "IUPACName": f"benchmark-{i}-ol",
+            "Title": name.title(),
+        }
         (root / f"cid_{cid}.property.json").write_text(json.dumps({"PropertyTable": {"Properties": [row]}}))
-        (root / f"cid_{cid}.description.json").write_text(json.dumps({"InformationList": {"Information": [
-            {"CID": cid, "Title": name.title()},
-            {"CID": cid, "Description": f"Synthetic compound {i} for the ingestion benchmark.",
-             "DescriptionSourceName": "CB Nano benchmark", "DescriptionURL": ""}]}}))
+        (root / f"cid_{cid}.description.json").write_text(
+            json.dumps(
+                {
+                    "InformationList": {
+                        "Information": [
+                            {"CID": cid, "Title": name.title()},
+                            {
+                                "CID": cid,
+                                "Description": f"Synthetic compound {i} for the ingestion benchmark.",
+                                "DescriptionSourceName": "CB Nano benchmark",
+                                "DescriptionURL": "",
+                            },
+                        ]
+                    }
+                }
+            )
+        )
         names[name] = [cid]
     (root / "names.json").write_text(json.dumps(names))
     return list(names)
@@ -65,11 +84,18 @@ def main() -> int:
     n_req = len(arrivals)
     worst_1s = max(sum(1 for t in arrivals if a <= t < a + 1.0) for a in arrivals)
     worst_60s = max(sum(1 for t in arrivals if a <= t < a + 60.0) for a in arrivals)
-    result = {"bench": "pubchem", "compounds": staged["rows"], "seconds": round(took, 1),
-              "compounds_per_s": round(staged["rows"] / took, 2), "requests": n_req,
-              "requests_per_s": round(n_req / took, 2), "requests_per_compound": round(n_req / staged["rows"], 3),
-              "max_requests_in_any_1s": worst_1s, "max_requests_in_any_60s": worst_60s,
-              "machine": f"{platform.machine()} {os.cpu_count()} cpu, {platform.python_version()}"}
+    result = {
+        "bench": "pubchem",
+        "compounds": staged["rows"],
+        "seconds": round(took, 1),
+        "compounds_per_s": round(staged["rows"] / took, 2),
+        "requests": n_req,
+        "requests_per_s": round(n_req / took, 2),
+        "requests_per_compound": round(n_req / staged["rows"], 3),
+        "max_requests_in_any_1s": worst_1s,
+        "max_requests_in_any_60s": worst_60s,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu, {platform.python_version()}",
+    }
     print(json.dumps(result))
     return 0
 

@@ -45,13 +45,23 @@ def main() -> int:
     for mode, kinds in report["metrics"].items():
         for kind in ("identifier", "paraphrase", "cross_source", "all"):
             m = kinds[kind]
-            print(f"{mode:<8} {kind:<13} {m['queries']:>3} {m['recall@5']:>9.3f} {m['mrr@10']:>7.3f} "
-                  f"{m['ndcg@10']:>8.3f}")
+            print(
+                f"{mode:<8} {kind:<13} {m['queries']:>3} {m['recall@5']:>9.3f} {m['mrr@10']:>7.3f} "
+                f"{m['ndcg@10']:>8.3f}"
+            )
     from pipelines.retrieval.golden import hybrid_verdict
 
     problems = hybrid_verdict(report["metrics"]) if {"dense", "hybrid"} <= set(args.modes) else []
-    print(json.dumps({"bench": "retrieval", "metrics": report["metrics"], "problems": problems,
-                      "machine": f"{platform.machine()} {os.cpu_count()} cpu, {platform.python_version()}"}))
+    print(
+        json.dumps(
+            {
+                "bench": "retrieval",
+                "metrics": report["metrics"],
+                "problems": problems,
+                "machine": f"{platform.machine()} {os.cpu_count()} cpu, {platform.python_version()}",
+            }
+        )
+    )
     for p in problems:
         print("TARGET MISSED:", p, file=sys.stderr)
     return 1 if problems else 0

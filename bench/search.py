@@ -64,10 +64,25 @@ def main() -> int:
         for k in range(copies):
             vecs = base + nrng.normal(0, 0.02, base.shape).astype(np.float32)
             vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-            rows = [{"chunk_id": f"bench:{k}-{i}#0", "doc_id": f"{k}-{i}", "source": "arxiv",
-                     "title": base_texts[i][:80], "text": base_texts[i], "url": "", "published": "",
-                     "categories": "", "content_hash": "", "embedding_model": settings.embedding_model,
-                     "version": 1, "chunk_index": 0, "chunk_count": 1, "vector": v.tolist()} for i, v in enumerate(vecs)]
+            rows = [
+                {
+                    "chunk_id": f"bench:{k}-{i}#0",
+                    "doc_id": f"{k}-{i}",
+                    "source": "arxiv",
+                    "title": base_texts[i][:80],
+                    "text": base_texts[i],
+                    "url": "",
+                    "published": "",
+                    "categories": "",
+                    "content_hash": "",
+                    "embedding_model": settings.embedding_model,
+                    "version": 1,
+                    "chunk_index": 0,
+                    "chunk_count": 1,
+                    "vector": v.tolist(),
+                }
+                for i, v in enumerate(vecs)
+            ]
             store.upsert(rows)
         store.flush()
         load_s = time.perf_counter() - t0
@@ -87,10 +102,19 @@ def main() -> int:
                 lat.append((time.perf_counter() - t0) * 1000)
             lat.sort()
             pct = statistics.quantiles(lat, n=100)
-            result = {"bench": "search", "mode": mode, "rows": count, "insert_rows_per_s": round(count / load_s),
-                      "base_embed_s": round(embed_s, 1), "queries": len(lat), "p50_ms": round(pct[49], 1),
-                      "p95_ms": round(pct[94], 1), "p99_ms": round(pct[98], 1), "max_ms": round(lat[-1], 1),
-                      "machine": machine}
+            result = {
+                "bench": "search",
+                "mode": mode,
+                "rows": count,
+                "insert_rows_per_s": round(count / load_s),
+                "base_embed_s": round(embed_s, 1),
+                "queries": len(lat),
+                "p50_ms": round(pct[49], 1),
+                "p95_ms": round(pct[94], 1),
+                "p99_ms": round(pct[98], 1),
+                "max_ms": round(lat[-1], 1),
+                "machine": machine,
+            }
             print(json.dumps(result), flush=True)
             if mode in ("dense", "hybrid") and result["p95_ms"] > 50:
                 ok = False

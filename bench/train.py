@@ -27,8 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def rows(n: int) -> list[dict[str, str]]:
     out = []
     for i in range(n):
-        out.append({"instruction": f"What is the molecular weight of test compound {i}?", "input": "",
-                    "output": f"Test compound {i} has a molecular weight of {100 + i * 0.37:.2f} g/mol."})
+        out.append(
+            {
+                "instruction": f"What is the molecular weight of test compound {i}?",
+                "input": "",
+                "output": f"Test compound {i} has a molecular weight of {100 + i * 0.37:.2f} g/mol.",
+            }
+        )
     return out
 
 
@@ -49,21 +54,41 @@ def main() -> int:
     ds = tmp / "train.jsonl"
     ds.write_text("\n".join(json.dumps(r) for r in rows(200)) + "\n")
     for packing in (False, True):
-        cfg = render_config("cpu_lora", "chemistry", {
-            "base_model": str(base), "datasets": [{"path": str(ds), "type": "alpaca", "ds_type": "json"}],
-            "max_steps": args.steps, "sample_packing": packing, "pad_to_sequence_len": packing,
-            "save_steps": 1000})
+        cfg = render_config(
+            "cpu_lora",
+            "chemistry",
+            {
+                "base_model": str(base),
+                "datasets": [{"path": str(ds), "type": "alpaca", "ds_type": "json"}],
+                "max_steps": args.steps,
+                "sample_packing": packing,
+                "pad_to_sequence_len": packing,
+                "save_steps": 1000,
+            },
+        )
         lines: list[str] = []
         train(cfg, tmp / f"run-packing-{packing}", settings.train_python, log=lines.append)
         text = "\n".join(lines)
         runtime = float(re.findall(r"'train_runtime': '?([0-9.]+)", text)[-1])
         total = int(re.findall(r"'tokens/total': '?([0-9]+)", text)[-1])
         trainable = int(re.findall(r"'tokens/trainable': '?([0-9]+)", text)[-1])
-        print(json.dumps({"bench": "train_cpu_lora", "model": "SmolLM2-135M", "sample_packing": packing,
-                          "steps": args.steps, "train_runtime_s": runtime, "tokens": total,
-                          "tokens_per_s": round(total / runtime, 1), "trainable_tokens": trainable,
-                          "trainable_tokens_per_s": round(trainable / runtime, 1),
-                          "machine": f"{platform.machine()} {os.cpu_count()} cpu"}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "train_cpu_lora",
+                    "model": "SmolLM2-135M",
+                    "sample_packing": packing,
+                    "steps": args.steps,
+                    "train_runtime_s": runtime,
+                    "tokens": total,
+                    "tokens_per_s": round(total / runtime, 1),
+                    "trainable_tokens": trainable,
+                    "trainable_tokens_per_s": round(trainable / runtime, 1),
+                    "machine": f"{platform.machine()} {os.cpu_count()} cpu",
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

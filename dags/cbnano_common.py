@@ -17,12 +17,21 @@ class FailureAlert(BaseNotifier):
 
     def notify(self, context):
         from pipelines.ops.alerts import send_alert
+
         ti = context["ti"]
         error = context.get("exception")
-        send_alert(dag_settings(), f"{ti.dag_id}.{ti.task_id} failed",
-                   f"{type(error).__name__}: {error}"[:1000] if error else "the task failed",
-                   {"dag": ti.dag_id, "task": ti.task_id, "run": ti.run_id, "try": ti.try_number,
-                    "map_index": ti.map_index})
+        send_alert(
+            dag_settings(),
+            f"{ti.dag_id}.{ti.task_id} failed",
+            f"{type(error).__name__}: {error}"[:1000] if error else "the task failed",
+            {
+                "dag": ti.dag_id,
+                "task": ti.task_id,
+                "run": ti.run_id,
+                "try": ti.try_number,
+                "map_index": ti.map_index,
+            },
+        )
 
 
 async def deadline_missed(context=None, **kwargs):
@@ -38,9 +47,14 @@ def finish_deadline(dag_id: str, hours: float) -> DeadlineAlert:
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=timedelta(hours=hours),
         # by dotted path, resolved in the triggerer: parsing the DAG imports nothing from pipelines
-        callback=AsyncCallback("cbnano_common.deadline_missed",
-                               kwargs={"dag_id": dag_id, "deadline": f"{hours:g} h after it was queued",
-                                       "message": f"{dag_id} has not finished {hours:g} h after it was queued"}),
+        callback=AsyncCallback(
+            "cbnano_common.deadline_missed",
+            kwargs={
+                "dag_id": dag_id,
+                "deadline": f"{hours:g} h after it was queued",
+                "message": f"{dag_id} has not finished {hours:g} h after it was queued",
+            },
+        ),
     )
 
 
@@ -63,8 +77,14 @@ PUBCHEM_CORPUS = Asset(name="cbnano_corpus_pubchem", uri="cbnano://corpus/pubche
 
 DEFAULT_CATEGORIES = ["cond-mat.mtrl-sci", "physics.chem-ph"]
 CATEGORY_CHOICES = [
-    "cond-mat.mtrl-sci", "physics.chem-ph", "cond-mat.soft", "cond-mat.stat-mech", "physics.app-ph",
-    "cond-mat.supr-con", "cond-mat.mes-hall", "physics.comp-ph",
+    "cond-mat.mtrl-sci",
+    "physics.chem-ph",
+    "cond-mat.soft",
+    "cond-mat.stat-mech",
+    "physics.app-ph",
+    "cond-mat.supr-con",
+    "cond-mat.mes-hall",
+    "physics.comp-ph",
 ]
 
 DOMAINS = ["chemistry", "materials", "thermal", "catalysis"]
@@ -76,7 +96,9 @@ TRAIN_PROFILE = os.environ.get("CBNANO_TRAIN_PROFILE") or "gpu_qlora"
 BASE_MODEL = os.environ.get("CBNANO_BASE_MODEL") or None
 MIN_GAIN = 0.01
 # One Asset per domain's published model (the production pointer in the model store).
-MODEL_ASSETS = {d: Asset(name=f"cbnano_model_{d}", uri=f"cbnano://models/{d}", group="models") for d in DOMAINS}
+MODEL_ASSETS = {
+    d: Asset(name=f"cbnano_model_{d}", uri=f"cbnano://models/{d}", group="models") for d in DOMAINS
+}
 
 
 def _connection(conn_id):

@@ -31,15 +31,31 @@ from cbnano_common import ARXIV_CORPUS, DEFAULT_ARGS, PUBCHEM_CORPUS, dag_settin
     tags=["cbnano", "ingestion", "pubchem"],
     doc_md=__doc__,
     params={
-        "cids": Param([], type="array", items={"type": "integer", "minimum": 1},
-                      description="PubChem CIDs to (re)ingest, e.g. 2244."),
-        "names": Param([], type="array", items={"type": "string"},
-                       description="Compound names or formulas to resolve, e.g. 'cerium oxide', 'LiPF6'."),
+        "cids": Param(
+            [],
+            type="array",
+            items={"type": "integer", "minimum": 1},
+            description="PubChem CIDs to (re)ingest, e.g. 2244.",
+        ),
+        "names": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            description="Compound names or formulas to resolve, e.g. 'cerium oxide', 'LiPF6'.",
+        ),
         "watchlist": Param(True, type="boolean", description="Include the lab's watch list."),
-        "papers_start": Param(None, type=["null", "string"], format="date",
-                              description="Mine papers staged from this day (YYYY-MM-DD) for compound names."),
-        "papers_end": Param(None, type=["null", "string"], format="date",
-                            description="...up to this day (exclusive); needs papers_start."),
+        "papers_start": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Mine papers staged from this day (YYYY-MM-DD) for compound names.",
+        ),
+        "papers_end": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="...up to this day (exclusive); needs papers_start.",
+        ),
         "dry_run": Param(False, type="boolean", description="Fetch and stage only: no embedding, no Milvus."),
     },
 )
@@ -55,8 +71,12 @@ def compound_ingestion():
         if p.get("papers_start") or p.get("papers_end"):
             window = resolve_window(None, None, p.get("papers_start"), p.get("papers_end"))
         # Asset-triggered runs: the literature runs name their staged records in the event's extra.
-        records = [ev.extra["records"] for evs in (ctx.get("triggering_asset_events") or {}).values()
-                   for ev in evs if ev.extra and ev.extra.get("records")]
+        records = [
+            ev.extra["records"]
+            for evs in (ctx.get("triggering_asset_events") or {}).values()
+            for ev in evs
+            if ev.extra and ev.extra.get("records")
+        ]
         names = select_names(dag_settings(), p["names"], p["watchlist"], window, paper_records=records)
         return {"cids": p["cids"], "names": names, "papers": records}
 
@@ -81,8 +101,9 @@ def compound_ingestion():
 
         if get_current_context()["params"].get("dry_run"):
             raise AirflowSkipException(f"dry run: {staged['rows']} compounds staged at {staged['uri']}")
-        return index_staged(dag_settings(), staged, record_document,
-                               progress=log_progress(logging.getLogger("airflow.task")))
+        return index_staged(
+            dag_settings(), staged, record_document, progress=log_progress(logging.getLogger("airflow.task"))
+        )
 
     embed_and_upsert(stage(fetch(select())))
 

@@ -44,22 +44,40 @@ from cbnano_common import (
     tags=["cbnano", "training"],
     doc_md=__doc__,
     params={
-        "domains": Param(DOMAINS, type="array", items={"type": "string", "enum": DOMAINS},
-                         description="Domains to retrain."),
-        "profile": Param(TRAIN_PROFILE, type="string", enum=TRAIN_PROFILES,
-                         description="Hardware profile in axolotl_configs/ (default CBNANO_TRAIN_PROFILE; gpu_qlora "
-                                     "on System B; tiny trains a test model that never becomes production)."),
+        "domains": Param(
+            DOMAINS,
+            type="array",
+            items={"type": "string", "enum": DOMAINS},
+            description="Domains to retrain.",
+        ),
+        "profile": Param(
+            TRAIN_PROFILE,
+            type="string",
+            enum=TRAIN_PROFILES,
+            description="Hardware profile in axolotl_configs/ (default CBNANO_TRAIN_PROFILE; gpu_qlora "
+            "on System B; tiny trains a test model that never becomes production).",
+        ),
         # empty by default, so that the tiny profile keeps its own test model; the description shows the setting
-        "base_model": Param(None, type=["null", "string"],
-                            description="Base model: a name under the model store's base/, or a folder. Empty: "
-                                        f"CBNANO_BASE_MODEL (now {BASE_MODEL or 'unset'}); the tiny profile "
-                                        "builds its own test model."),
+        "base_model": Param(
+            None,
+            type=["null", "string"],
+            description="Base model: a name under the model store's base/, or a folder. Empty: "
+            f"CBNANO_BASE_MODEL (now {BASE_MODEL or 'unset'}); the tiny profile "
+            "builds its own test model.",
+        ),
         "max_steps": Param(None, type=["null", "integer"], minimum=1, description="Cap on training steps."),
-        "min_gain": Param(MIN_GAIN, type="number",
-                          description="Held-out loss gain (nats/token) the 95% interval's lower bound must exceed."),
-        "month": Param(None, type=["null", "string"], pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
-                       description="Month to train on (YYYY-MM). Empty: the run's data interval, or for a "
-                                   "manual run without one, the last complete month."),
+        "min_gain": Param(
+            MIN_GAIN,
+            type="number",
+            description="Held-out loss gain (nats/token) the 95% interval's lower bound must exceed.",
+        ),
+        "month": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
+            description="Month to train on (YYYY-MM). Empty: the run's data interval, or for a "
+            "manual run without one, the last complete month.",
+        ),
         "dry_run": Param(False, type="boolean", description="Build the datasets only; no training."),
     },
 )
@@ -81,8 +99,13 @@ def domain_retraining():
 
     # execution_timeout bounds a fine-tune; the Celery visibility timeout in docker-compose.airflow.yml is
     # set above it (a test checks), so Redis never hands a running fine-tune to a second worker
-    @task(queue="system_b", pool="system_b_gpu", retries=1, max_active_tis_per_dagrun=2,
-          execution_timeout=timedelta(hours=20))
+    @task(
+        queue="system_b",
+        pool="system_b_gpu",
+        retries=1,
+        max_active_tis_per_dagrun=2,
+        execution_timeout=timedelta(hours=20),
+    )
     def retrain_domain(domain: str) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
@@ -96,12 +119,23 @@ def domain_retraining():
         profile = p.get("profile") or settings.train_profile
         if p["dry_run"]:
             _, card = prepare_dataset(settings, domain, profile, month, p.get("base_model"))
-            raise AirflowSkipException(f"dry run: {domain} dataset of {card['train']} + {card['validation']} "
-                                       f"examples at {card['files']['train']}; no training")
+            raise AirflowSkipException(
+                f"dry run: {domain} dataset of {card['train']} + {card['validation']} "
+                f"examples at {card['files']['train']}; no training"
+            )
         with gpu_lease(settings.gpus) as gpu:
-            summary = retrain(settings, domain, profile, month, min_gain=p["min_gain"], max_steps=p.get("max_steps"),
-                              base_model=p.get("base_model"), gpu=gpu, log=print,
-                              origin={"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]})
+            summary = retrain(
+                settings,
+                domain,
+                profile,
+                month,
+                min_gain=p["min_gain"],
+                max_steps=p.get("max_steps"),
+                base_model=p.get("base_model"),
+                gpu=gpu,
+                log=print,
+                origin={"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]},
+            )
         print(f"{domain}: {summary['reason']}")
         return {k: summary[k] for k in ("domain", "version", "published", "reason", "metrics")}
 
@@ -110,8 +144,11 @@ def domain_retraining():
     @task
     def report(summaries: list) -> list[str]:
         """A leaf with the default trigger rule: the run fails when any domain (or plan) failed."""
-        lines = [f"{s['domain']}: {s['version']} {'-> production' if s['published'] else 'kept'}; {s['reason']}"
-                 for s in summaries if s]
+        lines = [
+            f"{s['domain']}: {s['version']} {'-> production' if s['published'] else 'kept'}; {s['reason']}"
+            for s in summaries
+            if s
+        ]
         for line in lines:
             print(line)
         return lines
@@ -119,6 +156,7 @@ def domain_retraining():
     report(results)
 
     for domain in DOMAINS:
+
         @task(task_id=f"announce_{domain}", outlets=[MODEL_ASSETS[domain]], trigger_rule="all_done")
         def announce(summaries: list, _domain: str = domain) -> str:
             from airflow.sdk.exceptions import AirflowSkipException

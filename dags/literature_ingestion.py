@@ -41,18 +41,45 @@ from cbnano_common import (
     tags=["cbnano", "ingestion", "arxiv"],
     doc_md=__doc__,
     params={
-        "categories": Param(DEFAULT_CATEGORIES, type="array", minItems=1,
-                            items={"type": "string", "enum": CATEGORY_CHOICES}, uniqueItems=True,
-                            examples=CATEGORY_CHOICES,  # the UI renders `examples` as a multi-select
-                            title="arXiv categories", description="arXiv categories to ingest."),
-        "window_start": Param(None, type=["null", "string"], format="date", title="Window start",
-                              description="First day (YYYY-MM-DD). Empty: the run's data interval, or "
-                                          "yesterday for a manual run without one."),
-        "window_end": Param(None, type=["null", "string"], format="date", title="Window end",
-                            description="Day after the last one (exclusive); needs window_start."),
-        "max_results": Param(None, type=["null", "integer"], minimum=1, maximum=30000, title="Max results",
-                             description="Stop after this many entries (default: the whole window)."),
-        "dry_run": Param(False, type="boolean", title="Dry run", description="Fetch and stage only: no embedding, no Milvus."),
+        "categories": Param(
+            DEFAULT_CATEGORIES,
+            type="array",
+            minItems=1,
+            items={"type": "string", "enum": CATEGORY_CHOICES},
+            uniqueItems=True,
+            examples=CATEGORY_CHOICES,  # the UI renders `examples` as a multi-select
+            title="arXiv categories",
+            description="arXiv categories to ingest.",
+        ),
+        "window_start": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Window start",
+            description="First day (YYYY-MM-DD). Empty: the run's data interval, or "
+            "yesterday for a manual run without one.",
+        ),
+        "window_end": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Window end",
+            description="Day after the last one (exclusive); needs window_start.",
+        ),
+        "max_results": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=30000,
+            title="Max results",
+            description="Stop after this many entries (default: the whole window).",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Fetch and stage only: no embedding, no Milvus.",
+        ),
     },
 )
 def literature_ingestion():
@@ -62,8 +89,12 @@ def literature_ingestion():
 
         ctx = get_current_context()
         p = ctx["params"]
-        start, end = resolve_window(ctx.get("data_interval_start"), ctx.get("data_interval_end"),
-                                    p.get("window_start"), p.get("window_end"))
+        start, end = resolve_window(
+            ctx.get("data_interval_start"),
+            ctx.get("data_interval_end"),
+            p.get("window_start"),
+            p.get("window_end"),
+        )
         return fetch_window(dag_settings(), start, end, p["categories"], max_results=p.get("max_results"))
 
     @task
@@ -82,8 +113,9 @@ def literature_ingestion():
         ctx = get_current_context()
         if ctx["params"].get("dry_run"):
             raise AirflowSkipException(f"dry run: {staged['rows']} records staged at {staged['uri']}")
-        summary = index_staged(dag_settings(), staged, record_document,
-                               progress=log_progress(logging.getLogger("airflow.task")))
+        summary = index_staged(
+            dag_settings(), staged, record_document, progress=log_progress(logging.getLogger("airflow.task"))
+        )
         # compound_ingestion (scheduled on this Asset) mines these records for compound names
         ctx["outlet_events"][ARXIV_CORPUS].extra = {"records": staged["uri"], **summary}
         return summary

@@ -22,8 +22,12 @@ from cbnano_common import DEFAULT_ARGS, DOMAINS, MODEL_ASSETS, dag_settings
 
 @dag(
     dag_id="serving_handoff",
-    schedule=(MODEL_ASSETS["chemistry"] | MODEL_ASSETS["materials"] | MODEL_ASSETS["thermal"]
-              | MODEL_ASSETS["catalysis"]),
+    schedule=(
+        MODEL_ASSETS["chemistry"]
+        | MODEL_ASSETS["materials"]
+        | MODEL_ASSETS["thermal"]
+        | MODEL_ASSETS["catalysis"]
+    ),
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -31,17 +35,26 @@ from cbnano_common import DEFAULT_ARGS, DOMAINS, MODEL_ASSETS, dag_settings
     tags=["cbnano", "serving"],
     doc_md=__doc__,
     params={
-        "domains": Param(DOMAINS, type="array", items={"type": "string", "enum": DOMAINS},
-                         description="Domains to hand to System A (an Asset-triggered run takes the domains "
-                                     "whose production moved)."),
+        "domains": Param(
+            DOMAINS,
+            type="array",
+            items={"type": "string", "enum": DOMAINS},
+            description="Domains to hand to System A (an Asset-triggered run takes the domains "
+            "whose production moved).",
+        ),
     },
 )
 def serving_handoff():
     @task
     def domains() -> list[str]:
         ctx = get_current_context()
-        moved = sorted({asset.uri.rsplit("/", 1)[-1] for asset in (ctx.get("triggering_asset_events") or {})
-                        if getattr(asset, "uri", "").startswith("cbnano://models/")})
+        moved = sorted(
+            {
+                asset.uri.rsplit("/", 1)[-1]
+                for asset in (ctx.get("triggering_asset_events") or {})
+                if getattr(asset, "uri", "").startswith("cbnano://models/")
+            }
+        )
         return moved or list(ctx["params"]["domains"])
 
     @task(retries=5)
@@ -52,15 +65,19 @@ def serving_handoff():
 
         settings = dag_settings()
         if not settings.system_a_url:
-            raise AirflowFailException("no System A configured: set the cbnano_system_a Connection (host = "
-                                       "vLLM's URL) or CBNANO_SYSTEM_A_URL")
+            raise AirflowFailException(
+                "no System A configured: set the cbnano_system_a Connection (host = "
+                "vLLM's URL) or CBNANO_SYSTEM_A_URL"
+            )
         ti = get_current_context()["ti"]
         # no alert per try: the task's failure callback (cbnano_common.FailureAlert) alerts after the last one
         outcome = tell_system_a(settings, domain, alert=False)
         print(f"{domain}: {outcome}")
         if outcome["state"] == "failed":
-            raise RuntimeError(f"System A did not take {domain} {outcome['version']} (try {ti.try_number}): "
-                               f"{outcome['error']}")
+            raise RuntimeError(
+                f"System A did not take {domain} {outcome['version']} (try {ti.try_number}): "
+                f"{outcome['error']}"
+            )
         return outcome
 
     hand_off.expand(domain=domains())

@@ -63,8 +63,9 @@ def _progress_reporter() -> Any:
             if bar is None:
                 # a terminal that reports a 0x0 size (some ptys) makes tqdm hide the bar: fall back to 100x24
                 cols, rows = shutil.get_terminal_size((100, 24))
-                bar = bars[stage] = tqdm(total=total, desc=stage, unit="item", file=sys.stderr, leave=True,
-                                         ncols=cols, nrows=rows)
+                bar = bars[stage] = tqdm(
+                    total=total, desc=stage, unit="item", file=sys.stderr, leave=True, ncols=cols, nrows=rows
+                )
             if total is not None and bar.total != total:
                 bar.total = total
             bar.n = done
@@ -110,9 +111,16 @@ def cmd_ingest_arxiv(args: argparse.Namespace) -> int:
         raise UsageError("--max-results must be a positive number")
     progress = _progress_reporter()
     try:
-        summary = ingest_arxiv(get_settings(), start, end, categories,  # type: ignore[arg-type]
-                               max_results=args.max_results, dry_run=args.dry_run, today=args.today,
-                               progress=progress)
+        summary = ingest_arxiv(
+            get_settings(),
+            start,
+            end,
+            categories,  # type: ignore[arg-type]
+            max_results=args.max_results,
+            dry_run=args.dry_run,
+            today=args.today,
+            progress=progress,
+        )
     finally:
         progress.close()
     _emit(summary)
@@ -137,9 +145,15 @@ def cmd_ingest_pubchem(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
     progress = _progress_reporter()
     try:
-        summary = ingest_pubchem(get_settings(), cids=args.cid or [], names=args.name or [],
-                                 watchlist=args.watchlist, from_papers=window, dry_run=args.dry_run,
-                                 progress=progress)
+        summary = ingest_pubchem(
+            get_settings(),
+            cids=args.cid or [],
+            names=args.name or [],
+            watchlist=args.watchlist,
+            from_papers=window,
+            dry_run=args.dry_run,
+            progress=progress,
+        )
     finally:
         progress.close()
     _emit(summary)
@@ -151,15 +165,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     from pipelines.settings import get_settings
 
     try:
-        query = parse_query(args.query, top_k=args.top_k, mode=args.mode, source=args.source,
-                            category=args.category, since=args.since, until=args.until)
+        query = parse_query(
+            args.query,
+            top_k=args.top_k,
+            mode=args.mode,
+            source=args.source,
+            category=args.category,
+            since=args.since,
+            until=args.until,
+        )
         with Searcher.from_settings(get_settings()) as searcher:
             answer = searcher.search(query)
     except SearchError as exc:
         raise UsageError(str(exc)) from None
     if answer.mode != query.mode:
-        print(f"cbnano: note: {query.mode} search is not available on this collection; "
-              f"results are {answer.mode}", file=sys.stderr)
+        print(
+            f"cbnano: note: {query.mode} search is not available on this collection; "
+            f"results are {answer.mode}",
+            file=sys.stderr,
+        )
     if args.json:
         _emit([r.to_dict() for r in answer.results])
         return 0
@@ -167,8 +191,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("no results")
     for rank, r in enumerate(answer.results, 1):
         when = f", {r.published[:10]}" if r.published else ""
-        print(f"{rank:>2}. [{r.score:.3f}] {r.title}  ({r.source}:{r.doc_id}{when})\n    {r.url}\n"
-              f"    {r.snippet}")
+        print(
+            f"{rank:>2}. [{r.score:.3f}] {r.title}  ({r.source}:{r.doc_id}{when})\n    {r.url}\n"
+            f"    {r.snippet}"
+        )
     return 0
 
 
@@ -189,8 +215,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     settings = get_settings()
     with MilvusStore.from_settings(settings) as store:
         body = store.stats() if store.exists() else {"sources": {}, "embedding_models": []}
-    out = {"collection": settings.milvus_collection, "milvus_uri": settings.milvus_uri,
-           "embedding_model": settings.embedding_model, **body}
+    out = {
+        "collection": settings.milvus_collection,
+        "milvus_uri": settings.milvus_uri,
+        "embedding_model": settings.embedding_model,
+        **body,
+    }
     if args.json:
         _emit(out)
         return 0
@@ -223,14 +253,26 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         raise UsageError(f"--min-gain must be a number, not {args.min_gain}")
     settings = get_settings()
     if args.min_gain < 0 and not settings.allow_test_models:
-        raise UsageError(f"--min-gain {args.min_gain} would let a candidate worse than production publish; a "
-                         "negative bar is for test runs only (CBNANO_ALLOW_TEST_MODELS=1)")
+        raise UsageError(
+            f"--min-gain {args.min_gain} would let a candidate worse than production publish; a "
+            "negative bar is for test runs only (CBNANO_ALLOW_TEST_MODELS=1)"
+        )
     try:
-        check_base(settings, args.profile or settings.train_profile, args.base_model)  # before waiting for a GPU
+        check_base(
+            settings, args.profile or settings.train_profile, args.base_model
+        )  # before waiting for a GPU
         with gpu_lease(settings.gpus) as gpu:
-            summary = retrain(settings, args.domain, args.profile, args.month, min_gain=args.min_gain,
-                              max_steps=args.max_steps, base_model=args.base_model, gpu=gpu,
-                              log=lambda line: print(line, file=sys.stderr, flush=True))
+            summary = retrain(
+                settings,
+                args.domain,
+                args.profile,
+                args.month,
+                min_gain=args.min_gain,
+                max_steps=args.max_steps,
+                base_model=args.base_model,
+                gpu=gpu,
+                log=lambda line: print(line, file=sys.stderr, flush=True),
+            )
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     except RuntimeError as exc:  # training, merge or evaluation failed in the training environment
@@ -249,14 +291,30 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
     settings = get_settings()
     try:
         month_end(month)
-        _, card = prepare_dataset(settings, args.domain, args.profile or settings.train_profile, month,
-                                  args.base_model)
+        _, card = prepare_dataset(
+            settings, args.domain, args.profile or settings.train_profile, month, args.base_model
+        )
     except (DatasetTooSmall, ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     for problem in card["bad_internal_lines"]:
         print(f"bad line in lab drop: {problem}", file=sys.stderr)
-    _emit({k: card[k] for k in ("domain", "month", "examples", "train", "validation", "validation_documents",
-                                "by_source", "dropped", "sha256", "files")})
+    _emit(
+        {
+            k: card[k]
+            for k in (
+                "domain",
+                "month",
+                "examples",
+                "train",
+                "validation",
+                "validation_documents",
+                "by_source",
+                "dropped",
+                "sha256",
+                "files",
+            )
+        }
+    )
     return 0
 
 
@@ -298,7 +356,9 @@ def cmd_models(args: argparse.Namespace) -> int:
             return 1 if any(o["state"] == "failed" for o in outcomes) else 0
         if args.action == "list":  # verifies every file's checksum and each domain's pointer and history
             versions = [v.to_dict() for v in store.versions(args.domain, verify=True)]
-            problems = [p for d in ([args.domain] if args.domain else store.domains()) for p in store.check(d)]
+            problems = [
+                p for d in ([args.domain] if args.domain else store.domains()) for p in store.check(d)
+            ]
             problems += [f"{v['domain']}/{v['version']}: {p}" for v in versions for p in v["problems"]]
             for problem in problems:
                 print(f"cbnano: warning: {problem}", file=sys.stderr)
@@ -308,7 +368,9 @@ def cmd_models(args: argparse.Namespace) -> int:
                 for v in versions:
                     mark = "*" if v["production"] else " "
                     flag = f"  PROBLEMS: {len(v['problems'])}" if v["problems"] else ""
-                    print(f"{mark} {v['domain']:<10} {v['version']:<24} {v['published_at']}  {v['metrics']}{flag}")
+                    print(
+                        f"{mark} {v['domain']:<10} {v['version']:<24} {v['published_at']}  {v['metrics']}{flag}"
+                    )
                 if not versions:
                     print("no published models")
             return 1 if problems else 0
@@ -317,12 +379,20 @@ def cmd_models(args: argparse.Namespace) -> int:
         if args.action == "promote":
             if not args.version:
                 raise UsageError("models promote needs --version")
-            store.promote(args.domain, args.version, reason=args.reason or "",
-                          allow_test_models=settings.allow_test_models)
+            store.promote(
+                args.domain,
+                args.version,
+                reason=args.reason or "",
+                allow_test_models=settings.allow_test_models,
+            )
             version = args.version
         else:
-            version = store.rollback(args.domain, args.version, reason=args.reason or "",
-                                     allow_test_models=settings.allow_test_models)
+            version = store.rollback(
+                args.domain,
+                args.version,
+                reason=args.reason or "",
+                allow_test_models=settings.allow_test_models,
+            )
     except (ModelStoreError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     except RuntimeError as exc:  # the import subprocess failed
@@ -334,8 +404,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     outcome = hand_off(settings, args.domain)
     if outcome["state"] == "failed":
-        print(f"cbnano: warning: production moved, but System A did not take it: {outcome['error']}",
-              file=sys.stderr)
+        print(
+            f"cbnano: warning: production moved, but System A did not take it: {outcome['error']}",
+            file=sys.stderr,
+        )
     _emit({"domain": args.domain, "action": args.action, "production": version, "system_a": outcome["state"]})
     return 0
 
@@ -348,8 +420,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if not 1 <= args.top_k <= 20:
         raise UsageError("--top-k must be between 1 and 20")
     try:
-        out = ask(get_settings(), args.question, domain=args.domain, top_k=args.top_k,
-                  max_tokens=args.max_tokens)
+        out = ask(
+            get_settings(), args.question, domain=args.domain, top_k=args.top_k, max_tokens=args.max_tokens
+        )
     except SearchError as exc:
         raise UsageError(str(exc)) from None
     except AskError as exc:
@@ -358,7 +431,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         _emit({"answer": out["answer"], "sources": out["sources"]})
         return 0
     print(out["answer"])
-    print(f"\n-- {out['model']} ({'System A' if out['answered_by'] == 'system_a' else 'local, CPU'}); sources:")
+    print(
+        f"\n-- {out['model']} ({'System A' if out['answered_by'] == 'system_a' else 'local, CPU'}); sources:"
+    )
     for n, src in enumerate(out["sources"], 1):
         print(f"[{n}] {src['title']}  {src['url']}")
     return 0
@@ -374,8 +449,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     pubchem_dir = Path(args.pubchem_dir) if args.pubchem_dir else None
     if pubchem_dir is not None and not (pubchem_dir / "names.json").is_file():
         raise UsageError(f"no names.json in {pubchem_dir}")
-    with ReplayServer(corpus=corpus, rss_dir=Path(args.rss_dir) if args.rss_dir else None,
-                      pubchem_dir=pubchem_dir, port=args.port) as srv:
+    with ReplayServer(
+        corpus=corpus,
+        rss_dir=Path(args.rss_dir) if args.rss_dir else None,
+        pubchem_dir=pubchem_dir,
+        port=args.port,
+    ) as srv:
         print(f"CBNANO_ARXIV_API_URL={srv.arxiv_api_url}", flush=True)
         print(f"CBNANO_ARXIV_RSS_URL={srv.arxiv_rss_url}", flush=True)
         if pubchem_dir is not None:
@@ -403,8 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
     ax = isub.add_parser("arxiv", help="arXiv papers submitted in [start, end) UTC, or today's announcements")
     ax.add_argument("--start", help="first day, YYYY-MM-DD (inclusive)")
     ax.add_argument("--end", help="last day, YYYY-MM-DD (exclusive)")
-    ax.add_argument("--category", action="append", metavar="CAT",
-                    help="arXiv category, repeatable (default: cond-mat.mtrl-sci, physics.chem-ph)")
+    ax.add_argument(
+        "--category",
+        action="append",
+        metavar="CAT",
+        help="arXiv category, repeatable (default: cond-mat.mtrl-sci, physics.chem-ph)",
+    )
     ax.add_argument("--max-results", type=int, help="stop after this many entries")
     ax.add_argument("--dry-run", action="store_true", help="fetch and stage only; no embedding, no writes")
     ax.add_argument("--today", action="store_true", help="read today's RSS announcements instead of a window")
@@ -413,20 +496,32 @@ def build_parser() -> argparse.ArgumentParser:
     pc = isub.add_parser("pubchem", help="PubChem compounds by CID, name, watch list or mentions in papers")
     pc.add_argument("--cid", action="append", type=int, metavar="N", help="PubChem CID, repeatable")
     pc.add_argument("--name", action="append", metavar="NAME", help="compound name or formula, repeatable")
-    pc.add_argument("--watchlist", action="store_true", help="the lab's watch list (include/pubchem_watchlist.csv)")
-    pc.add_argument("--from-papers", nargs=2, metavar=("START", "END"),
-                    help="compounds named in arXiv papers staged for days in [START, END)")
+    pc.add_argument(
+        "--watchlist", action="store_true", help="the lab's watch list (include/pubchem_watchlist.csv)"
+    )
+    pc.add_argument(
+        "--from-papers",
+        nargs=2,
+        metavar=("START", "END"),
+        help="compounds named in arXiv papers staged for days in [START, END)",
+    )
     pc.add_argument("--dry-run", action="store_true", help="fetch and stage only; no embedding, no writes")
     pc.set_defaults(func=cmd_ingest_pubchem)
 
     se = sub.add_parser("search", help="search the corpus (keywords + meaning), one result per document")
     se.add_argument("query")
     se.add_argument("--top-k", type=int, default=5)
-    se.add_argument("--mode", choices=SEARCH_MODES, default="hybrid",
-                    help="hybrid (default: BM25 keywords and MiniLM fused), dense or keyword")
+    se.add_argument(
+        "--mode",
+        choices=SEARCH_MODES,
+        default="hybrid",
+        help="hybrid (default: BM25 keywords and MiniLM fused), dense or keyword",
+    )
     se.add_argument("--source", choices=["arxiv", "pubchem"])
     se.add_argument("--category", help="arXiv category, e.g. cond-mat.mtrl-sci")
-    se.add_argument("--since", metavar="YYYY-MM-DD", help="published on or after (undated documents drop out)")
+    se.add_argument(
+        "--since", metavar="YYYY-MM-DD", help="published on or after (undated documents drop out)"
+    )
     se.add_argument("--until", metavar="YYYY-MM-DD", help="published on or before")
     se.add_argument("--json", action="store_true", help="print results as a JSON list")
     se.set_defaults(func=cmd_search)
@@ -442,28 +537,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     rt = sub.add_parser("retrain", help="build data, train, merge, evaluate, gate and publish one domain")
     rt.add_argument("--domain", required=True)
-    rt.add_argument("--profile", choices=PROFILES, help="axolotl profile (default: CBNANO_TRAIN_PROFILE, gpu_qlora)")
+    rt.add_argument(
+        "--profile", choices=PROFILES, help="axolotl profile (default: CBNANO_TRAIN_PROFILE, gpu_qlora)"
+    )
     rt.add_argument("--month", help="YYYY-MM (default: the last complete month)")
-    rt.add_argument("--min-gain", type=float, default=DEFAULT_MIN_GAIN,
-                    help="the 95%% interval's lower bound of the held-out loss gain must exceed this "
-                         f"(nats/token; default {DEFAULT_MIN_GAIN})")
+    rt.add_argument(
+        "--min-gain",
+        type=float,
+        default=DEFAULT_MIN_GAIN,
+        help="the 95%% interval's lower bound of the held-out loss gain must exceed this "
+        f"(nats/token; default {DEFAULT_MIN_GAIN})",
+    )
     rt.add_argument("--max-steps", type=int, help="cap the training steps")
-    rt.add_argument("--base-model", help="base model: a name under the store's base/, or a folder "
-                                         "(default: CBNANO_BASE_MODEL)")
+    rt.add_argument(
+        "--base-model",
+        help="base model: a name under the store's base/, or a folder (default: CBNANO_BASE_MODEL)",
+    )
     rt.set_defaults(func=cmd_retrain)
 
     ds = sub.add_parser("dataset", help="domain instruction datasets")
     ds.add_argument("action", choices=["build"])
     ds.add_argument("--domain", required=True)
     ds.add_argument("--month", help="YYYY-MM (default: the last complete month)")
-    ds.add_argument("--profile", choices=PROFILES, help="profile whose sequence length applies "
-                                                        "(default: CBNANO_TRAIN_PROFILE)")
+    ds.add_argument(
+        "--profile",
+        choices=PROFILES,
+        help="profile whose sequence length applies (default: CBNANO_TRAIN_PROFILE)",
+    )
     ds.add_argument("--base-model", help="base whose tokenizer counts tokens (default: CBNANO_BASE_MODEL)")
     ds.set_defaults(func=cmd_dataset_build)
 
     md = sub.add_parser("models", help="published domain models: list, promote, roll back")
-    md.add_argument("action", choices=["list", "promote", "rollback", "import-base", "serve-config", "handoff"],
-                    help="serve-config: System A's vLLM command line; handoff: (re)load production adapters there")
+    md.add_argument(
+        "action",
+        choices=["list", "promote", "rollback", "import-base", "serve-config", "handoff"],
+        help="serve-config: System A's vLLM command line; handoff: (re)load production adapters there",
+    )
     md.add_argument("name", nargs="?", help="with import-base: smollm2")
     md.add_argument("--force", action="store_true", help="with import-base: import again")
     md.add_argument("--domain", help="chemistry, materials, thermal or catalysis")
@@ -483,7 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="serve local arXiv/PubChem stand-ins from files (offline runs, demo)")
     rp.add_argument("--corpus", action="append", default=[], help="folder or file of Atom feeds, repeatable")
     rp.add_argument("--rss-dir", help="folder of <category>.xml RSS feeds")
-    rp.add_argument("--pubchem-dir", help="folder of PubChem answers (cid_<n>.property.json, names.json, ...)")
+    rp.add_argument(
+        "--pubchem-dir", help="folder of PubChem answers (cid_<n>.property.json, names.json, ...)"
+    )
     rp.add_argument("--port", type=int, default=0)
     rp.set_defaults(func=cmd_replay)
     return p
@@ -492,8 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cbnano``; returns the exit code (0 ok, 1 failure, 2 bad input)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     for noisy in ("httpx", "urllib3", "sentence_transformers", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from pipelines.settings import SettingsError

@@ -40,8 +40,19 @@ class Document:
     def content_hash(self, embedding_model: str) -> str:
         """sha256 of the indexed fields, the embedding model and the chunking parameters."""
         payload = json.dumps(
-            [self.source, self.doc_id, self.title, self.text, self.url, self.published, list(self.categories),
-             self.version, embedding_model, CHUNK_MAX_TOKENS, CHUNK_OVERLAP_TOKENS],
+            [
+                self.source,
+                self.doc_id,
+                self.title,
+                self.text,
+                self.url,
+                self.published,
+                list(self.categories),
+                self.version,
+                embedding_model,
+                CHUNK_MAX_TOKENS,
+                CHUNK_OVERLAP_TOKENS,
+            ],
             ensure_ascii=False,
         )
         return hashlib.sha256(payload.encode()).hexdigest()
@@ -58,15 +69,41 @@ class Chunk:
     tokens: int = 0  # word pieces in ``text`` (as counted by the chunking tokenizer)
 
 
-_LATEX_WRAPPERS = re.compile(r"\\(?:mathrm|mathbf|mathit|textrm|textbf|textit|emph|text|mathcal|rm|bf|it)\s*\{([^{}]*)\}")
+_LATEX_WRAPPERS = re.compile(
+    r"\\(?:mathrm|mathbf|mathit|textrm|textbf|textit|emph|text|mathcal|rm|bf|it)\s*\{([^{}]*)\}"
+)
 _LATEX_DROP = re.compile(r"\\(?:cite|ref|label|eqref)\s*\{[^{}]*\}")
 _LATEX_SUBSUP = re.compile(r"([_^])\{([^{}]*)\}")
 _LATEX_SIMPLE_SUBSUP = re.compile(r"[_^](\w)")
 _LATEX_COMMAND = re.compile(r"\\([A-Za-z]+)(\s*)(?=([A-Za-z\\])?)")
-_LATEX_SYMBOLS = {r"^{\circ}": "°", r"^\circ": "°", r"\circ": "°", r"\pm": "±", r"\times": "×",
-                  r"\mu": "μ", r"\AA": "Å", r"\sim": "~", r"\approx": "≈", r"\leq": "≤", r"\geq": "≥"}
-_LATEX_ESCAPES = {r"\%": "%", r"\&": "&", r"\_": "_", r"\#": "#", r"\$": "$", "~": " ", r"\,": " ",
-                  r"\;": " ", r"\!": "", r"\(": "", r"\)": "", r"\[": "", r"\]": ""}
+_LATEX_SYMBOLS = {
+    r"^{\circ}": "°",
+    r"^\circ": "°",
+    r"\circ": "°",
+    r"\pm": "±",
+    r"\times": "×",
+    r"\mu": "μ",
+    r"\AA": "Å",
+    r"\sim": "~",
+    r"\approx": "≈",
+    r"\leq": "≤",
+    r"\geq": "≥",
+}
+_LATEX_ESCAPES = {
+    r"\%": "%",
+    r"\&": "&",
+    r"\_": "_",
+    r"\#": "#",
+    r"\$": "$",
+    "~": " ",
+    r"\,": " ",
+    r"\;": " ",
+    r"\!": "",
+    r"\(": "",
+    r"\)": "",
+    r"\[": "",
+    r"\]": "",
+}
 _WS = re.compile(r"\s+")
 
 
@@ -93,8 +130,14 @@ def normalize_text(raw: str, *, latex: bool = True) -> str:
     return _WS.sub(" ", text).strip()
 
 
-def chunk_text(text: str, doc_id: str, source: str, tokenize: OffsetTokenizer,
-               max_tokens: int = CHUNK_MAX_TOKENS, overlap: int = CHUNK_OVERLAP_TOKENS) -> list[Chunk]:
+def chunk_text(
+    text: str,
+    doc_id: str,
+    source: str,
+    tokenize: OffsetTokenizer,
+    max_tokens: int = CHUNK_MAX_TOKENS,
+    overlap: int = CHUNK_OVERLAP_TOKENS,
+) -> list[Chunk]:
     """Split ``text`` into windows of at most ``max_tokens`` pieces overlapping by ``overlap`` pieces.
 
     Returns one chunk (the whole text) when it fits; chunk boundaries fall on token boundaries and each
@@ -104,16 +147,26 @@ def chunk_text(text: str, doc_id: str, source: str, tokenize: OffsetTokenizer,
         raise ValueError("overlap must be smaller than max_tokens")
     offsets = tokenize(text)
     if len(offsets) <= max_tokens:
-        return [Chunk(chunk_id=chunk_id(source, doc_id, 0), doc_id=doc_id, index=0, text=text,
-                      tokens=len(offsets))]
+        return [
+            Chunk(
+                chunk_id=chunk_id(source, doc_id, 0), doc_id=doc_id, index=0, text=text, tokens=len(offsets)
+            )
+        ]
     chunks: list[Chunk] = []
     step = max_tokens - overlap
     start = 0
     while True:
         end = min(start + max_tokens, len(offsets))
-        piece = text[offsets[start][0]:offsets[end - 1][1]]
-        chunks.append(Chunk(chunk_id=chunk_id(source, doc_id, len(chunks)), doc_id=doc_id, index=len(chunks),
-                            text=piece, tokens=end - start))
+        piece = text[offsets[start][0] : offsets[end - 1][1]]
+        chunks.append(
+            Chunk(
+                chunk_id=chunk_id(source, doc_id, len(chunks)),
+                doc_id=doc_id,
+                index=len(chunks),
+                text=piece,
+                tokens=end - start,
+            )
+        )
         if end == len(offsets):
             return chunks
         start += step

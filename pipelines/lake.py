@@ -52,8 +52,17 @@ def lock_file(path: Path, wait_s: float, poll_s: float = 0.2) -> int | None:
                 return None
             time.sleep(poll_s)
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv)[:200],
-                              "since": datetime.now(UTC).isoformat(timespec="seconds")}).encode(), 0)
+    os.pwrite(
+        fd,
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "command": " ".join(sys.argv)[:200],
+                "since": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        ).encode(),
+        0,
+    )
     return fd
 
 
@@ -79,8 +88,10 @@ def run_lock(run_dir: Path, wait_s: float | None = None) -> Iterator[None]:
     fd = lock_file(run_dir / ".lock", wait_s)
     if fd is None:
         who = lock_holder(run_dir / ".lock")
-        raise RunBusy(f"another run is working in {run_dir} (pid {who.get('pid', '?')}, {who.get('command', '?')}, "
-                      f"since {who.get('since', '?')}); waited {wait_s:.0f}s")
+        raise RunBusy(
+            f"another run is working in {run_dir} (pid {who.get('pid', '?')}, {who.get('command', '?')}, "
+            f"since {who.get('since', '?')}); waited {wait_s:.0f}s"
+        )
     try:
         yield
     finally:

@@ -115,14 +115,22 @@ def render_feed(entries: list[str], total: int, start: int, query: str) -> bytes
 class ReplayServer:
     """The replay server (see module docstring); start with ``with`` or :meth:`start`."""
 
-    def __init__(self, corpus: list[Path] | None = None, rss_dir: Path | None = None,
-                 rules: list[Rule] | None = None, short_page: int | None = None, host: str = "127.0.0.1",
-                 port: int = 0, pubchem_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        corpus: list[Path] | None = None,
+        rss_dir: Path | None = None,
+        rules: list[Rule] | None = None,
+        short_page: int | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        pubchem_dir: Path | None = None,
+    ) -> None:
         self.corpus = load_corpus(corpus or [])
         self.rss_dir = rss_dir
         self.pubchem_dir = pubchem_dir
         self.pubchem_names: dict[str, list[int]] = (
-            json.loads((pubchem_dir / "names.json").read_text()) if pubchem_dir else {})
+            json.loads((pubchem_dir / "names.json").read_text()) if pubchem_dir else {}
+        )
         self.arrivals: list[float] = []  # time.monotonic() of each request's arrival
         self.rules = list(rules or [])
         self.short_page = short_page
@@ -212,7 +220,7 @@ class ReplayServer:
                 continue
             selected.append(e)
         selected.sort(key=lambda e: (e.published or datetime.min.replace(tzinfo=UTC), e.arxiv_id))
-        return render_feed([e.xml for e in selected[start:start + size]], len(selected), start, query)
+        return render_feed([e.xml for e in selected[start : start + size]], len(selected), start, query)
 
     def _pubchem(self, path: str, form: dict[str, list[str]]) -> tuple[int, bytes]:
         def fault(message: str) -> tuple[int, bytes]:
@@ -241,8 +249,13 @@ class ReplayServer:
                 if doc:
                     for row in doc["PropertyTable"]["Properties"]:
                         legacy = {"CanonicalSMILES": "ConnectivitySMILES", "IsomericSMILES": "SMILES"}
-                        rows.append({k: v for k, v in row.items()
-                                     if k == "CID" or k in wanted or legacy.get(k) in wanted})
+                        rows.append(
+                            {
+                                k: v
+                                for k, v in row.items()
+                                if k == "CID" or k in wanted or legacy.get(k) in wanted
+                            }
+                        )
             if not rows:
                 return fault("No records found")
             return 200, json.dumps({"PropertyTable": {"Properties": rows}}, indent=2).encode()
@@ -269,9 +282,11 @@ class ReplayServer:
             return rule.status, rule.headers, rule.body
         if parts.path.startswith("/rest/pug/") and self.pubchem_dir is not None:
             status, answer = self._pubchem(parts.path, parse_qs(body.decode()) if body else params)
-            headers = {"Content-Type": "application/json",
-                       "X-Throttling-Control": "Request Count status: Green (0%), Request Time status: Green "
-                                               "(0%), Service status: Green (10%)"}
+            headers = {
+                "Content-Type": "application/json",
+                "X-Throttling-Control": "Request Count status: Green (0%), Request Time status: Green "
+                "(0%), Service status: Green (10%)",
+            }
             if rule is not None and rule.mode == "add_headers":
                 headers.update(rule.headers)
             return status, headers, answer

@@ -35,20 +35,26 @@ def model_registry(settings: Any) -> list[dict[str, Any]]:
         report = _json(info.path / "eval.json")
         card = _json(info.path / "dataset_card.json")
         manifest = _json(info.path / "manifest.json")
-        entry = out.setdefault(info.domain, {"domain": info.domain, "production": store.production(info.domain),
-                                             "versions": []})
-        entry["versions"].append({
-            "version": info.version, "production": info.production, "published_at": info.published_at,
-            "metrics": report.get("metrics") or {"candidate": info.metrics},
-            "gate": (report.get("gate") or manifest.get("gate") or {}).get("reason", ""),
-            "comparisons": (report.get("gate") or manifest.get("gate") or {}).get("comparisons") or [],
-            "dataset_sha256": card.get("sha256") or manifest.get("dataset_sha256", ""),
-            "dataset_examples": {"train": card.get("train"), "validation": card.get("validation")},
-            "dataset_tokens": (card.get("tokens") or {}).get("total"),
-            "base_model": manifest.get("base_model", ""), "profile": manifest.get("profile", ""),
-            "origin": manifest.get("origin") or report.get("origin") or {},
-            "chart": str(info.path / "eval.png") if (info.path / "eval.png").is_file() else None,
-        })
+        entry = out.setdefault(
+            info.domain, {"domain": info.domain, "production": store.production(info.domain), "versions": []}
+        )
+        entry["versions"].append(
+            {
+                "version": info.version,
+                "production": info.production,
+                "published_at": info.published_at,
+                "metrics": report.get("metrics") or {"candidate": info.metrics},
+                "gate": (report.get("gate") or manifest.get("gate") or {}).get("reason", ""),
+                "comparisons": (report.get("gate") or manifest.get("gate") or {}).get("comparisons") or [],
+                "dataset_sha256": card.get("sha256") or manifest.get("dataset_sha256", ""),
+                "dataset_examples": {"train": card.get("train"), "validation": card.get("validation")},
+                "dataset_tokens": (card.get("tokens") or {}).get("total"),
+                "base_model": manifest.get("base_model", ""),
+                "profile": manifest.get("profile", ""),
+                "origin": manifest.get("origin") or report.get("origin") or {},
+                "chart": str(info.path / "eval.png") if (info.path / "eval.png").is_file() else None,
+            }
+        )
     from pipelines.publishing.serving import serving_state
 
     for entry in out.values():
@@ -62,26 +68,42 @@ def _system_a_line(state: dict[str, Any]) -> str:
     if not state:
         return "<p class='muted'>System A: no hand-off recorded</p>"
     if state.get("state") == "confirmed":
-        return (f"<p class='system-a ok'>System A serves {_fmt(state.get('version'))} "
-                f"(confirmed {_fmt(state.get('confirmed_at'))})</p>")
+        return (
+            f"<p class='system-a ok'>System A serves {_fmt(state.get('version'))} "
+            f"(confirmed {_fmt(state.get('confirmed_at'))})</p>"
+        )
     confirmed = state.get("confirmed") or {}
-    last = (f"; it last confirmed {_fmt(confirmed.get('version'))} at {_fmt(confirmed.get('confirmed_at'))}"
-            if confirmed else "; it has never confirmed a version")
-    return (f"<p class='system-a refused'>System A did not take {_fmt(state.get('version'))} "
-            f"({_fmt(state.get('attempted_at'))}): {_fmt(state.get('error'))}{last}</p>")
+    last = (
+        f"; it last confirmed {_fmt(confirmed.get('version'))} at {_fmt(confirmed.get('confirmed_at'))}"
+        if confirmed
+        else "; it has never confirmed a version"
+    )
+    return (
+        f"<p class='system-a refused'>System A did not take {_fmt(state.get('version'))} "
+        f"({_fmt(state.get('attempted_at'))}): {_fmt(state.get('error'))}{last}</p>"
+    )
 
 
 def retrain_decisions(settings: Any, limit: int = 20) -> list[dict[str, Any]]:
     """The newest retraining runs' gate decisions (published or refused), newest first."""
-    reports = sorted(Path(settings.runs_dir).glob("*/eval.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    reports = sorted(
+        Path(settings.runs_dir).glob("*/eval.json"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
     out = []
     for path in reports[:limit]:
         r = _json(path)
-        out.append({"domain": r.get("domain"), "version": r.get("version"),
-                    "publish": (r.get("gate") or {}).get("publish"), "reason": (r.get("gate") or {}).get("reason"),
-                    "comparisons": (r.get("gate") or {}).get("comparisons") or [],
-                    "finished_at": r.get("finished_at", ""), "origin": r.get("origin") or {},
-                    "run_dir": str(path.parent)})
+        out.append(
+            {
+                "domain": r.get("domain"),
+                "version": r.get("version"),
+                "publish": (r.get("gate") or {}).get("publish"),
+                "reason": (r.get("gate") or {}).get("reason"),
+                "comparisons": (r.get("gate") or {}).get("comparisons") or [],
+                "finished_at": r.get("finished_at", ""),
+                "origin": r.get("origin") or {},
+                "run_dir": str(path.parent),
+            }
+        )
     return out
 
 
@@ -101,11 +123,30 @@ def ingestion_runs(settings: Any, limit: int = 30) -> list[dict[str, Any]]:
                     reasons[str(json.loads(line).get("reason", "?"))] += 1
                 except ValueError:
                     reasons["unreadable quarantine line"] += 1
-        out.append({"source": path.parts[-4], "partition": path.parts[-3], "run": path.parts[-2],
-                    "finished_at": s.get("finished_at", ""),
-                    "counts": {k: s[k] for k in ("fetched", "new", "updated", "unchanged", "quarantined",
-                                                 "chunks_upserted", "chunks_deleted", "not_found") if k in s},
-                    "quarantine_reasons": dict(reasons.most_common()), "path": str(path.parent)})
+        out.append(
+            {
+                "source": path.parts[-4],
+                "partition": path.parts[-3],
+                "run": path.parts[-2],
+                "finished_at": s.get("finished_at", ""),
+                "counts": {
+                    k: s[k]
+                    for k in (
+                        "fetched",
+                        "new",
+                        "updated",
+                        "unchanged",
+                        "quarantined",
+                        "chunks_upserted",
+                        "chunks_deleted",
+                        "not_found",
+                    )
+                    if k in s
+                },
+                "quarantine_reasons": dict(reasons.most_common()),
+                "path": str(path.parent),
+            }
+        )
     return out
 
 
@@ -119,9 +160,11 @@ text-align:left;font-size:.9rem}th{background:#edf2f7}.prod{background:#c6f6d5;f
 
 
 def _page(title: str, body: str, base: str) -> str:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body><nav><a href='{base}'>Model registry</a>"
-            f"<a href='{base}ingestion'>Ingestion runs</a></nav><h1>{escape(title)}</h1>{body}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><nav><a href='{base}'>Model registry</a>"
+        f"<a href='{base}ingestion'>Ingestion runs</a></nav><h1>{escape(title)}</h1>{body}</body></html>"
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -139,30 +182,44 @@ def _run_link(origin: dict[str, str], airflow_base: str) -> str:
     return f"<a href='{href}' target='_top'>{escape(origin['run_id'])}</a>"
 
 
-def render_registry(registry: list[dict[str, Any]], decisions: list[dict[str, Any]], base: str = "./",
-                    airflow_base: str = "/") -> str:
+def render_registry(
+    registry: list[dict[str, Any]], decisions: list[dict[str, Any]], base: str = "./", airflow_base: str = "/"
+) -> str:
     """The registry page: per domain, versions with base/production/candidate metrics, charts, datasets."""
     parts = []
     if not registry:
         parts.append("<p class='muted'>No model has been published yet.</p>")
     for entry in registry:
         d = escape(entry["domain"])
-        parts.append(f"<h2 id='{d}'>{d} <span class='muted'>production: {_fmt(entry['production'])}</span></h2>")
+        parts.append(
+            f"<h2 id='{d}'>{d} <span class='muted'>production: {_fmt(entry['production'])}</span></h2>"
+        )
         parts.append(_system_a_line(entry.get("system_a") or {}))
         for v in entry["versions"]:
             cls = " class='prod'" if v["production"] else ""
             models = [m for m in ("base", "production", "candidate") if m in v["metrics"]]
             head = "".join(f"<th>{m}</th>" for m in models)
-            rows = "".join(f"<tr><td>{m}</td>" + "".join(f"<td>{_fmt(v['metrics'][k].get(m))}</td>" for k in models)
-                           + "</tr>" for m in METRICS)
+            rows = "".join(
+                f"<tr><td>{m}</td>"
+                + "".join(f"<td>{_fmt(v['metrics'][k].get(m))}</td>" for k in models)
+                + "</tr>"
+                for m in METRICS
+            )
             ex = v["dataset_examples"]
             comps = "".join(
                 f"<tr><td>{escape(str(c.get('metric')))}</td><td>{escape(str(c.get('baseline')))}</td>"
                 f"<td>{_fmt(c.get('n'))}</td><td>{_signed(c.get('gain'))}</td>"
                 f"<td>{_signed(c.get('ci_low'))} .. {_signed(c.get('ci_high'))}</td><td>{_fmt(c.get('mde'))}</td></tr>"
-                for c in v.get("comparisons", []))
-            comp_table = (f"<table class='ci'><tr><th>metric</th><th>vs</th><th>n</th><th>gain</th><th>95% CI</th>"
-                          f"<th>detectable</th></tr>{comps}</table>") if comps else ""
+                for c in v.get("comparisons", [])
+            )
+            comp_table = (
+                (
+                    f"<table class='ci'><tr><th>metric</th><th>vs</th><th>n</th><th>gain</th><th>95% CI</th>"
+                    f"<th>detectable</th></tr>{comps}</table>"
+                )
+                if comps
+                else ""
+            )
             parts.append(
                 f"<table data-version='{escape(v['version'])}'><tr><th colspan='2'{cls}>version {escape(v['version'])}"
                 f"{' (production)' if v['production'] else ''}</th></tr>"
@@ -172,7 +229,8 @@ def render_registry(registry: list[dict[str, Any]], decisions: list[dict[str, An
                 f"train / {_fmt(ex['validation'])} validation examples · {_fmt(v['dataset_tokens'])} tokens</td></tr>"
                 f"<tr><td>gate</td><td>{_fmt(v['gate'])}</td></tr>"
                 f"<tr><td>made by run</td><td>{_run_link(v['origin'], airflow_base)}</td></tr></table>"
-                f"<table><tr><th>metric</th>{head}</tr>{rows}</table>{comp_table}")
+                f"<table><tr><th>metric</th>{head}</tr>{rows}</table>{comp_table}"
+            )
             if v["chart"]:
                 parts.append(f"<img alt='evaluation chart' src='{base}charts/{d}/{escape(v['version'])}'>")
     parts.append("<h2>Recent retraining decisions</h2>")
@@ -180,9 +238,13 @@ def render_registry(registry: list[dict[str, Any]], decisions: list[dict[str, An
         rows = "".join(
             f"<tr><td>{_fmt(r['finished_at'])}</td><td>{_fmt(r['domain'])}</td><td>{_fmt(r['version'])}</td>"
             f"<td class='{'ok' if r['publish'] else 'refused'}'>{'published' if r['publish'] else 'refused'}</td>"
-            f"<td>{_fmt(r['reason'])}</td><td>{_run_link(r['origin'], airflow_base)}</td></tr>" for r in decisions)
-        parts.append("<table><tr><th>finished</th><th>domain</th><th>version</th><th>gate</th><th>reason</th>"
-                     f"<th>run</th></tr>{rows}</table>")
+            f"<td>{_fmt(r['reason'])}</td><td>{_run_link(r['origin'], airflow_base)}</td></tr>"
+            for r in decisions
+        )
+        parts.append(
+            "<table><tr><th>finished</th><th>domain</th><th>version</th><th>gate</th><th>reason</th>"
+            f"<th>run</th></tr>{rows}</table>"
+        )
     else:
         parts.append("<p class='muted'>No retraining run has finished yet.</p>")
     return _page("CB Nano model registry", "".join(parts), base)
@@ -191,15 +253,33 @@ def render_registry(registry: list[dict[str, Any]], decisions: list[dict[str, An
 def render_ingestion(runs: list[dict[str, Any]], base: str = "./") -> str:
     """The ingestion runs page: counts and quarantine reasons per run."""
     if not runs:
-        return _page("CB Nano ingestion runs", "<p class='muted'>No ingestion run has finished yet.</p>", base)
-    keys = ["fetched", "new", "updated", "unchanged", "quarantined", "chunks_upserted", "chunks_deleted",
-            "not_found"]
+        return _page(
+            "CB Nano ingestion runs", "<p class='muted'>No ingestion run has finished yet.</p>", base
+        )
+    keys = [
+        "fetched",
+        "new",
+        "updated",
+        "unchanged",
+        "quarantined",
+        "chunks_upserted",
+        "chunks_deleted",
+        "not_found",
+    ]
     rows = "".join(
         f"<tr><td>{_fmt(r['finished_at'])}</td><td>{escape(r['source'])}</td><td>{escape(r['partition'])}</td>"
         + "".join(f"<td>{_fmt(r['counts'].get(k))}</td>" for k in keys)
-        + "<td>" + ("<br>".join(f"{n} × {escape(reason)}" for reason, n in r["quarantine_reasons"].items())
-                    or "<span class='muted'>none</span>") + "</td></tr>" for r in runs)
+        + "<td>"
+        + (
+            "<br>".join(f"{n} × {escape(reason)}" for reason, n in r["quarantine_reasons"].items())
+            or "<span class='muted'>none</span>"
+        )
+        + "</td></tr>"
+        for r in runs
+    )
     head = "".join(f"<th>{k}</th>" for k in keys)
-    body = (f"<table><tr><th>finished</th><th>source</th><th>partition</th>{head}<th>quarantined because</th>"
-            f"</tr>{rows}</table>")
+    body = (
+        f"<table><tr><th>finished</th><th>source</th><th>partition</th>{head}<th>quarantined because</th>"
+        f"</tr>{rows}</table>"
+    )
     return _page("CB Nano ingestion runs", body, base)

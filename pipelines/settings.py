@@ -139,8 +139,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     train_python = env.get("CBNANO_TRAIN_PYTHON") or str(PROJECT_ROOT / ".venv-train" / "bin" / "python")
     train_profile = (env.get("CBNANO_TRAIN_PROFILE") or DEFAULT_TRAIN_PROFILE).strip()
     if train_profile not in TRAIN_PROFILES:
-        raise SettingsError(f"CBNANO_TRAIN_PROFILE={train_profile!r} is not a profile; known: "
-                            f"{', '.join(TRAIN_PROFILES)}")
+        raise SettingsError(
+            f"CBNANO_TRAIN_PROFILE={train_profile!r} is not a profile; known: {', '.join(TRAIN_PROFILES)}"
+        )
     return Settings(
         home=home,
         data_dir=data_dir,

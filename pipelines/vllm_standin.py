@@ -65,14 +65,20 @@ class VLLMStandIn:
             def _send(self, status: int, body: Any) -> None:
                 raw = (body if isinstance(body, str) else json.dumps(body)).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json" if not isinstance(body, str) else "text/plain")
+                self.send_header(
+                    "Content-Type", "application/json" if not isinstance(body, str) else "text/plain"
+                )
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)
 
             def _error(self, status: int, message: str) -> None:
-                kind = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError"}.get(status, "Error")
-                self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": status}})
+                kind = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError"}.get(
+                    status, "Error"
+                )
+                self._send(
+                    status, {"error": {"message": message, "type": kind, "param": None, "code": status}}
+                )
 
             def _authorized(self) -> bool:
                 if owner.token and self.headers.get("Authorization", "") != f"Bearer {owner.token}":
@@ -90,8 +96,10 @@ class VLLMStandIn:
                 if self.path == "/v1/models":
                     with owner._lock:
                         data = [{"id": owner.base, "object": "model", "root": owner.base, "parent": None}]
-                        data += [{"id": n, "object": "model", "root": p, "parent": owner.base}
-                                 for n, p in sorted(owner.adapters.items())]
+                        data += [
+                            {"id": n, "object": "model", "root": p, "parent": owner.base}
+                            for n, p in sorted(owner.adapters.items())
+                        ]
                     return self._send(200, {"object": "list", "data": data})
                 return self._error(404, "Not Found")
 
@@ -126,8 +134,11 @@ class VLLMStandIn:
                     return self._error(400, f"The lora adapter '{name}' conflicts with a served base model.")
                 with owner._lock:
                     if name in owner.adapters and not (owner.inplace and body.get("load_inplace")):
-                        return self._error(400, f"The lora adapter '{name}' has already been loaded. If you want "
-                                                "to load the adapter in place, set 'load_inplace' to True.")
+                        return self._error(
+                            400,
+                            f"The lora adapter '{name}' has already been loaded. If you want "
+                            "to load the adapter in place, set 'load_inplace' to True.",
+                        )
                 folder = Path(path)
                 if not (folder / "adapter_config.json").is_file() or not any(folder.glob("adapter_model.*")):
                     return self._error(404, f"Loading lora {name} failed: No adapter found for {path}")
@@ -145,10 +156,22 @@ class VLLMStandIn:
                 last = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
                 cite = re.search(r"\[(\d+)\]", last)
                 text = f"Stand-in answer from {model}" + (f" [{cite.group(1)}]." if cite else ".")
-                return self._send(200, {"id": "chatcmpl-standin", "object": "chat.completion", "model": model,
-                                        "choices": [{"index": 0, "finish_reason": "stop",
-                                                     "message": {"role": "assistant", "content": text}}],
-                                        "usage": {"prompt_tokens": len(last.split()), "completion_tokens": 6}})
+                return self._send(
+                    200,
+                    {
+                        "id": "chatcmpl-standin",
+                        "object": "chat.completion",
+                        "model": model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": text},
+                            }
+                        ],
+                        "usage": {"prompt_tokens": len(last.split()), "completion_tokens": 6},
+                    },
+                )
 
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)

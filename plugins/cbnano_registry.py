@@ -20,8 +20,13 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
 # no /docs, /redoc or /openapi.json: FastAPI serves those outside the app's dependencies, i.e. without login
-registry_app = FastAPI(title="CB Nano model registry", dependencies=[Depends(requires_authenticated())],
-                       docs_url=None, redoc_url=None, openapi_url=None)
+registry_app = FastAPI(
+    title="CB Nano model registry",
+    dependencies=[Depends(requires_authenticated())],
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
 
 
 @registry_app.get("/", response_class=HTMLResponse)
@@ -67,8 +72,18 @@ class CbnanoPlugin(AirflowPlugin):
     name = "cbnano"
     fastapi_apps = [{"app": registry_app, "url_prefix": "/cbnano", "name": "CB Nano registry"}]
     external_views = [
-        {"name": "Model registry", "href": "/cbnano/", "destination": "nav", "category": "CB Nano",
-         "url_route": "cbnano-registry"},
-        {"name": "Ingestion runs", "href": "/cbnano/ingestion", "destination": "nav", "category": "CB Nano",
-         "url_route": "cbnano-ingestion"},
+        {
+            "name": "Model registry",
+            "href": "/cbnano/",
+            "destination": "nav",
+            "category": "CB Nano",
+            "url_route": "cbnano-registry",
+        },
+        {
+            "name": "Ingestion runs",
+            "href": "/cbnano/ingestion",
+            "destination": "nav",
+            "category": "CB Nano",
+            "url_route": "cbnano-ingestion",
+        },
     ]

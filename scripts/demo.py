@@ -36,25 +36,34 @@ AIRFLOW_HOME = HOME / "airflow-demo"
 WINDOW = {"window_start": "2026-11-23", "window_end": "2026-11-27"}
 ASK_QUESTION = "How does ceria keep nickel catalysts free of coke in dry reforming of methane?"
 FORMULA_QUERY = ("CH4", "2611.08115")  # a formula as typed, and the paper that answers it
-QUERIES = [("solid electrolyte for all-solid-state lithium batteries", "arxiv"),
-           ("keeping power electronics cool with high thermal conductivity materials", "arxiv"),
-           ("solvent for lithium-ion battery electrolytes", "pubchem"),
-           ("oxygen storage catalyst support", "pubchem")]
+QUERIES = [
+    ("solid electrolyte for all-solid-state lithium batteries", "arxiv"),
+    ("keeping power electronics cool with high thermal conductivity materials", "arxiv"),
+    ("solvent for lithium-ion battery electrolytes", "pubchem"),
+    ("oxygen storage catalyst support", "pubchem"),
+]
 
 
 def main() -> int:
-    os.environ.update({
-        "CBNANO_HOME": str(HOME), "CBNANO_ARXIV_DELAY_S": "0", "AIRFLOW_HOME": str(AIRFLOW_HOME),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-    })
+    os.environ.update(
+        {
+            "CBNANO_HOME": str(HOME),
+            "CBNANO_ARXIV_DELAY_S": "0",
+            "AIRFLOW_HOME": str(AIRFLOW_HOME),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        }
+    )
     AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
 
     from pipelines.replay import ReplayServer
 
-    with ReplayServer(corpus=[ROOT / "include/samples/arxiv"], pubchem_dir=ROOT / "include/samples/pubchem") as srv:
+    with ReplayServer(
+        corpus=[ROOT / "include/samples/arxiv"], pubchem_dir=ROOT / "include/samples/pubchem"
+    ) as srv:
         os.environ["CBNANO_ARXIV_API_URL"] = srv.arxiv_api_url
         os.environ["CBNANO_PUBCHEM_URL"] = srv.pubchem_url
         sys.path.insert(0, str(ROOT / "dags"))
@@ -65,8 +74,11 @@ def main() -> int:
         # dag.test() in Airflow 3.3.2 cannot run a DAG with a DeadlineAlert (the scheduler can): drop it here
         literature_ingestion_dag.deadline = []
         day = pendulum.datetime(2026, 11, 27, 2, tz="UTC")
-        compounds_conf = {"watchlist": True, "papers_start": WINDOW["window_start"],
-                          "papers_end": WINDOW["window_end"]}
+        compounds_conf = {
+            "watchlist": True,
+            "papers_start": WINDOW["window_start"],
+            "papers_end": WINDOW["window_end"],
+        }
         for dag, conf in ((literature_ingestion_dag, WINDOW), (compound_ingestion_dag, compounds_conf)):
             print(f"== {dag.dag_id}: dag.test() with {conf} against the local replay server ...", flush=True)
             t0 = time.perf_counter()
@@ -82,7 +94,9 @@ def main() -> int:
 
     settings = get_settings()
     for source in ("arxiv", "pubchem"):
-        summaries = sorted(settings.data_dir.glob(f"{source}/*/*/summary.json"), key=lambda p: p.stat().st_mtime)
+        summaries = sorted(
+            settings.data_dir.glob(f"{source}/*/*/summary.json"), key=lambda p: p.stat().st_mtime
+        )
         print(f"== {source} run summary: {json.dumps(json.loads(summaries[-1].read_text()))}")
     with Searcher.from_settings(settings) as searcher:
         stats = searcher.store.stats()
@@ -105,20 +119,35 @@ def main() -> int:
 
         print("== cbnano models import-base smollm2 ...", flush=True)
         base = import_smollm2(settings.model_store, settings.train_python)
-        print(f"   {base['model']}: {base['parameters']:,} parameters, eos {base.get('eos_token')}"
-              f"{' (already imported)' if base.get('skipped') else ''}")
+        print(
+            f"   {base['model']}: {base['parameters']:,} parameters, eos {base.get('eos_token')}"
+            f"{' (already imported)' if base.get('skipped') else ''}"
+        )
         os.environ["CBNANO_BASE_MODEL"] = "smollm2"
         reset_settings_cache()
         settings = get_settings()
-        print("== CBNANO_BASE_MODEL=smollm2 cbnano retrain --domain catalysis --profile cpu_lora --max-steps 12 "
-              "(several minutes on 2 cores) ...", flush=True)
+        print(
+            "== CBNANO_BASE_MODEL=smollm2 cbnano retrain --domain catalysis --profile cpu_lora --max-steps 12 "
+            "(several minutes on 2 cores) ...",
+            flush=True,
+        )
         t0 = time.perf_counter()
-        out = retrain(settings, "catalysis", "cpu_lora", "2026-11", max_steps=12,
-                      log=lambda line: print("   " + line, flush=True) if line.startswith(("dataset:", "step ")) else None)
+        out = retrain(
+            settings,
+            "catalysis",
+            "cpu_lora",
+            "2026-11",
+            max_steps=12,
+            log=lambda line: (
+                print("   " + line, flush=True) if line.startswith(("dataset:", "step ")) else None
+            ),
+        )
         print(f"   finished in {time.perf_counter() - t0:.0f}s")
         for name, m in out["metrics"].items():
-            print(f"   {name:<10} held-out loss {m.get('heldout_loss', float('nan')):.4f}  "
-                  f"mc accuracy {m.get('mc_accuracy', float('nan')):.3f}  mc p(correct) {m.get('mc_prob', float('nan')):.3f}")
+            print(
+                f"   {name:<10} held-out loss {m.get('heldout_loss', float('nan')):.4f}  "
+                f"mc accuracy {m.get('mc_accuracy', float('nan')):.3f}  mc p(correct) {m.get('mc_prob', float('nan')):.3f}"
+            )
         print(f"   gate: {out['reason']}")
         vdir = settings.model_store / "catalysis" / "versions" / str(out["version"])
         if out["reason"].startswith("unchanged"):
@@ -129,7 +158,9 @@ def main() -> int:
         from pipelines.retrieval.ask import ask
 
         print(f"== cbnano ask {ASK_QUESTION!r} --domain catalysis --top-k 3", flush=True)
-        print("   (no CBNANO_SYSTEM_A_URL: answered on this CPU by catalysis's production model, else the base)")
+        print(
+            "   (no CBNANO_SYSTEM_A_URL: answered on this CPU by catalysis's production model, else the base)"
+        )
         answer = ask(settings, ASK_QUESTION, domain="catalysis", top_k=3, max_tokens=96)
         print(f"   model: {answer['model']}, {answer['seconds']}s, {answer['new_tokens']} tokens")
         for line in answer["answer"].splitlines() or [""]:

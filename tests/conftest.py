@@ -57,8 +57,11 @@ def replay(monkeypatch, cbnano_env):
     servers = []
 
     def start(corpus=None, **kwargs):
-        srv = ReplayServer(corpus=corpus if corpus is not None else [FIXTURES / "arxiv/window_2026-11-26.xml"],
-                           rss_dir=FIXTURES / "arxiv/rss", **kwargs).start()
+        srv = ReplayServer(
+            corpus=corpus if corpus is not None else [FIXTURES / "arxiv/window_2026-11-26.xml"],
+            rss_dir=FIXTURES / "arxiv/rss",
+            **kwargs,
+        ).start()
         servers.append(srv)
         monkeypatch.setenv("CBNANO_ARXIV_API_URL", srv.arxiv_api_url)
         monkeypatch.setenv("CBNANO_ARXIV_RSS_URL", srv.arxiv_rss_url)

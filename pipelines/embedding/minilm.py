@@ -56,8 +56,14 @@ class Embedder:
     prefetching encode loop (default: on CUDA only).
     """
 
-    def __init__(self, model_name: str = MINILM, device: str = "cpu", batch_size: int = 64,
-                 precision: str | None = None, pipelined: bool | None = None) -> None:
+    def __init__(
+        self,
+        model_name: str = MINILM,
+        device: str = "cpu",
+        batch_size: int = 64,
+        precision: str | None = None,
+        pipelined: bool | None = None,
+    ) -> None:
         on_cuda = device.startswith("cuda")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         # the GPU host tokenizes in parallel (the bottleneck there); CPU workers keep it off (fork safety)
@@ -82,8 +88,14 @@ class Embedder:
         self.max_seq_length = int(model.max_seq_length)
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dimension = int(get_dim())
-        log.info("loaded %s on %s in %.2fs (dim %d, window %d)", model_name, device,
-                 time.perf_counter() - t0, self.dimension, self.max_seq_length)
+        log.info(
+            "loaded %s on %s in %.2fs (dim %d, window %d)",
+            model_name,
+            device,
+            time.perf_counter() - t0,
+            self.dimension,
+            self.max_seq_length,
+        )
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed ``texts``; returns a float32 array of unit vectors, one row per text."""
@@ -91,14 +103,22 @@ class Embedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if self.pipelined:
             return self._encode_pipelined(texts)
-        vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
+        vectors = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         return np.asarray(vectors, dtype=np.float32)
 
     def tokenize(self, texts: list[str]) -> dict[str, Any]:
         """The model's input tensors for ``texts`` (padded to the longest, cut at the model's window)."""
-        return dict(self.model.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_length,
-                                         return_tensors="pt"))
+        return dict(
+            self.model.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="pt"
+            )
+        )
 
     def _encode_pipelined(self, texts: list[str]) -> np.ndarray:
         """``encode`` with tokenization running ahead on a background thread (one thread: the tokenizer
@@ -106,7 +126,7 @@ class Embedder:
         import torch
 
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         pin = self.device.startswith("cuda")
 
         def prepare(idx: list[int]) -> dict[str, Any]:
@@ -134,13 +154,15 @@ class Embedder:
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         """Character offsets of the model's word pieces in ``text`` (no special tokens, no truncation)."""
-        enc = self.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
-                                   truncation=False, verbose=False)
+        enc = self.model.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False
+        )
         return [tuple(o) for o in enc["offset_mapping"]]
 
 
 @functools.cache
-def get_embedder(model_name: str = MINILM, device: str = "cpu", batch_size: int = 64,
-                 precision: str | None = None) -> Embedder:
+def get_embedder(
+    model_name: str = MINILM, device: str = "cpu", batch_size: int = 64, precision: str | None = None
+) -> Embedder:
     """The process-wide :class:`Embedder` for these arguments, loaded on first call."""
     return Embedder(model_name, device=device, batch_size=batch_size, precision=precision)

@@ -25,9 +25,16 @@ def eval_items_path(domain: str) -> Path:
     return EVAL_DIR / f"{domain}.jsonl"
 
 
-def evaluate_roles(settings: Settings, domain: str, roles: dict[str, tuple[Path, Path | None]], heldout: Path,
-                   load_in_4bit: bool, gpu: int | None, spec_path: Path,
-                   timeout_s: float = 4 * 3600) -> dict[str, Any]:
+def evaluate_roles(
+    settings: Settings,
+    domain: str,
+    roles: dict[str, tuple[Path, Path | None]],
+    heldout: Path,
+    load_in_4bit: bool,
+    gpu: int | None,
+    spec_path: Path,
+    timeout_s: float = 4 * 3600,
+) -> dict[str, Any]:
     """Score every role — ``{role: (base folder, adapter folder or None)}`` — on the domain's items and the
     held-out rows; returns ``{"metrics": {role: {metric: mean}}, "per_item": {metric: {role: {id: score}}},
     "device", "dtype", "seconds", "peak_gpu_gib"}``.
@@ -40,12 +47,17 @@ def evaluate_roles(settings: Settings, domain: str, roles: dict[str, tuple[Path,
     groups: dict[str, dict[str, str | None]] = {}
     for role, (base, adapter) in roles.items():
         groups.setdefault(str(base), {})[role] = str(adapter) if adapter else None
-    spec = {"groups": [{"base": b, "roles": r} for b, r in groups.items()], "items": str(eval_items_path(domain)),
-            "heldout": str(heldout), "load_in_4bit": load_in_4bit}
+    spec = {
+        "groups": [{"base": b, "roles": r} for b, r in groups.items()],
+        "items": str(eval_items_path(domain)),
+        "heldout": str(heldout),
+        "load_in_4bit": load_in_4bit,
+    }
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec, indent=2))
-    out = run_in_train_env(settings.train_python, "evaluate", ["--spec", str(spec_path)], gpu=gpu,
-                           timeout_s=timeout_s)
+    out = run_in_train_env(
+        settings.train_python, "evaluate", ["--spec", str(spec_path)], gpu=gpu, timeout_s=timeout_s
+    )
     per_item: dict[str, dict[str, dict[str, float]]] = {}
     for role, scored in out["roles"].items():
         for metric, scores in scored["per_item"].items():
@@ -54,5 +66,8 @@ def evaluate_roles(settings: Settings, domain: str, roles: dict[str, tuple[Path,
         ids = {frozenset(s) for s in by_role.values()}
         if len(ids) != 1:
             raise ValueError(f"{metric}: the models were scored on different items")
-    return {"metrics": {role: scored["metrics"] for role, scored in out["roles"].items()}, "per_item": per_item,
-            **{k: out.get(k) for k in ("device", "dtype", "seconds", "peak_gpu_gib", "items", "heldout")}}
+    return {
+        "metrics": {role: scored["metrics"] for role, scored in out["roles"].items()},
+        "per_item": per_item,
+        **{k: out.get(k) for k in ("device", "dtype", "seconds", "peak_gpu_gib", "items", "heldout")},
+    }

@@ -65,8 +65,10 @@ class Comparison:
 
     def line(self) -> str:
         """``held-out loss gain +0.012 (95% CI -0.004..+0.028)``."""
-        return (f"{LABELS.get(self.metric, self.metric)} gain {self.gain:+.3f} "
-                f"(95% CI {self.ci_low:+.3f}..{self.ci_high:+.3f})")
+        return (
+            f"{LABELS.get(self.metric, self.metric)} gain {self.gain:+.3f} "
+            f"(95% CI {self.ci_low:+.3f}..{self.ci_high:+.3f})"
+        )
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,9 @@ def paired_differences(per_item: PerItem, metric: str, baseline: str) -> list[fl
     return [improvement(metric, float(cand[i]), float(base[i])) for i in sorted(cand)]
 
 
-def bootstrap_ci(diffs: Sequence[float], confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    diffs: Sequence[float], confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
     """Percentile interval of the mean of ``diffs`` under resampling of items with replacement."""
     import numpy as np
 
@@ -137,8 +140,38 @@ def bootstrap_ci(diffs: Sequence[float], confidence: float = CONFIDENCE, resampl
 
 
 # Student's t quantile t_0.975 for 1..30 degrees of freedom; beyond, the Cornish-Fisher expansion (< 1e-3 off)
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t975(df: int) -> float:
@@ -172,15 +205,26 @@ def compare(per_item: PerItem, metric: str, baseline: str, seed: int = 0) -> Com
     sd = math.sqrt(math.fsum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
     lo, hi = interval(diffs, seed=seed)
     roles = per_item[metric]
-    return Comparison(metric, baseline, n, round(mean, 6), round(lo, 6), round(hi, 6),
-                      round(_Z_POWER * sd / math.sqrt(n), 6),
-                      round(math.fsum(roles["candidate"].values()) / n, 6),
-                      round(math.fsum(roles[baseline].values()) / n, 6))
+    return Comparison(
+        metric,
+        baseline,
+        n,
+        round(mean, 6),
+        round(lo, 6),
+        round(hi, 6),
+        round(_Z_POWER * sd / math.sqrt(n), 6),
+        round(math.fsum(roles["candidate"].values()) / n, 6),
+        round(math.fsum(roles[baseline].values()) / n, 6),
+    )
 
 
-def decide(per_item: PerItem, primary: str = PRIMARY, guards: Iterable[str] = GUARDS,
-           min_gain: float = DEFAULT_MIN_GAIN,
-           tolerance: float | Mapping[str, float] = DEFAULT_TOLERANCE) -> GateDecision:
+def decide(
+    per_item: PerItem,
+    primary: str = PRIMARY,
+    guards: Iterable[str] = GUARDS,
+    min_gain: float = DEFAULT_MIN_GAIN,
+    tolerance: float | Mapping[str, float] = DEFAULT_TOLERANCE,
+) -> GateDecision:
     """Apply the gate (see module docstring) with production as the baseline when it was scored, else base.
 
     Raises ValueError when a needed metric or role is missing or the roles' item ids differ.
@@ -194,20 +238,43 @@ def decide(per_item: PerItem, primary: str = PRIMARY, guards: Iterable[str] = GU
         if c.ci_high < -tol:
             regressions.append(c.line())
     passed = head.ci_low > min_gain
-    line = (f"{head.line()} {'>' if passed else '<='} {min_gain:.3f} vs {baseline} (n={head.n}, "
-            f"detectable ~{head.mde:.3f})")
+    line = (
+        f"{head.line()} {'>' if passed else '<='} {min_gain:.3f} vs {baseline} (n={head.n}, "
+        f"detectable ~{head.mde:.3f})"
+    )
     if not passed:
         return GateDecision(False, f"refused: {line}", primary, baseline, min_gain, comparisons, regressions)
     if regressions:
-        return GateDecision(False, f"refused: {line}; but significantly worse: {'; '.join(regressions)}",
-                            primary, baseline, min_gain, comparisons, regressions)
+        return GateDecision(
+            False,
+            f"refused: {line}; but significantly worse: {'; '.join(regressions)}",
+            primary,
+            baseline,
+            min_gain,
+            comparisons,
+            regressions,
+        )
     guards_ok = "; ".join(c.line() for c in comparisons[1:]) or "no guard metrics"
-    return GateDecision(True, f"published: {line}; no significant regression ({guards_ok})", primary,
-                        baseline, min_gain, comparisons, regressions)
+    return GateDecision(
+        True,
+        f"published: {line}; no significant regression ({guards_ok})",
+        primary,
+        baseline,
+        min_gain,
+        comparisons,
+        regressions,
+    )
 
 
 def overrule(decision: GateDecision, why: str) -> GateDecision:
     """The same numbers, refused for a reason outside the statistics (e.g. a test model)."""
     body = decision.reason.split(": ", 1)[1]
-    return GateDecision(False, f"refused: {why}; {body}", decision.primary, decision.baseline,
-                        decision.min_gain, decision.comparisons, decision.regressions)
+    return GateDecision(
+        False,
+        f"refused: {why}; {body}",
+        decision.primary,
+        decision.baseline,
+        decision.min_gain,
+        decision.comparisons,
+        decision.regressions,
+    )

@@ -41,10 +41,17 @@ def load_items(path: Path) -> list[dict[str, Any]]:
             continue
         item = json.loads(line)
         choices = item.get("choices")
-        if not (isinstance(item.get("id"), str) and isinstance(item.get("question"), str)
-                and isinstance(choices, list) and len(choices) >= 2
-                and isinstance(item.get("answer"), int) and 0 <= item["answer"] < len(choices)):
-            raise ValueError(f"{path}:{n}: an item needs an id, a question, >= 2 choices and a valid answer index")
+        if not (
+            isinstance(item.get("id"), str)
+            and isinstance(item.get("question"), str)
+            and isinstance(choices, list)
+            and len(choices) >= 2
+            and isinstance(item.get("answer"), int)
+            and 0 <= item["answer"] < len(choices)
+        ):
+            raise ValueError(
+                f"{path}:{n}: an item needs an id, a question, >= 2 choices and a valid answer index"
+            )
         if item["id"] in seen:
             raise ValueError(f"{path}:{n}: item id {item['id']!r} repeats")
         seen.add(item["id"])
@@ -83,17 +90,19 @@ class Scorer:
         full = self.tok.apply_chat_template(list(messages), tokenize=False)
         if not full.startswith(prompt):
             raise ValueError("the chat template does not extend the prompt with the answer; cannot score it")
-        answer = self._encode(full[len(prompt):])
+        answer = self._encode(full[len(prompt) :])
         eos = self.tok.eos_token_id
         if eos in answer:
-            answer = answer[:answer.index(eos) + 1]
+            answer = answer[: answer.index(eos) + 1]
         return self._encode(prompt), answer
 
     def continuation_logprobs(self, pairs: Sequence[Pair]) -> list[tuple[float, int]]:
         """For each (prompt, continuation): (sum of the continuation tokens' log-probabilities, their count)."""
         torch = self.torch
         out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
-        order = sorted((i for i in range(len(pairs)) if pairs[i][1]), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+        order = sorted(
+            (i for i in range(len(pairs)) if pairs[i][1]), key=lambda i: len(pairs[i][0]) + len(pairs[i][1])
+        )
         batch: list[int] = []
 
         def run(batch: list[int]) -> None:
@@ -102,13 +111,13 @@ class Scorer:
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for row, i in enumerate(batch):
                 seq = pairs[i][0] + pairs[i][1]
-                ids[row, :len(seq)] = torch.tensor(seq)
-                mask[row, :len(seq)] = 1
+                ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
             with torch.no_grad():
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 for row, i in enumerate(batch):
                     p, c = pairs[i]
-                    lp = torch.log_softmax(logits[row, len(p) - 1:len(p) + len(c) - 1].float(), dim=-1)
+                    lp = torch.log_softmax(logits[row, len(p) - 1 : len(p) + len(c) - 1].float(), dim=-1)
                     target = torch.tensor(c, device=lp.device)[:, None]
                     out[i] = (float(lp.gather(1, target).sum()), len(c))
 
@@ -141,8 +150,11 @@ class Scorer:
         """(item id → 1.0/0.0 correct, item id → probability of the right choice) for ``items``."""
         pairs: list[Pair] = []
         for item in items:
-            prompt = self._encode(self.tok.apply_chat_template(user_message(item["question"]), tokenize=False,
-                                                               add_generation_prompt=True))
+            prompt = self._encode(
+                self.tok.apply_chat_template(
+                    user_message(item["question"]), tokenize=False, add_generation_prompt=True
+                )
+            )
             pairs += [(prompt, self._encode(choice)) for choice in item["choices"]]
         scores = iter(self.continuation_logprobs(pairs))
         correct, prob = {}, {}
@@ -154,7 +166,9 @@ class Scorer:
             prob[item["id"]] = weights[item["answer"]] / sum(weights)
         return correct, prob
 
-    def score(self, items: Sequence[dict[str, Any]], heldout_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def score(
+        self, items: Sequence[dict[str, Any]], heldout_rows: Sequence[dict[str, Any]]
+    ) -> dict[str, Any]:
         """``{"metrics": {metric: mean}, "per_item": {metric: {id: score}}}`` for this model."""
         per_item: dict[str, dict[str, float]] = {}
         if heldout_rows:
@@ -162,4 +176,7 @@ class Scorer:
         if items:
             per_item["mc_accuracy"], per_item["mc_prob"] = self.multiple_choice(items)
         metrics = {m: round(math.fsum(v.values()) / len(v), 6) for m, v in per_item.items() if v}
-        return {"metrics": metrics, "per_item": {m: {k: round(s, 6) for k, s in v.items()} for m, v in per_item.items()}}
+        return {
+            "metrics": metrics,
+            "per_item": {m: {k: round(s, 6) for k, s in v.items()} for m, v in per_item.items()},
+        }

@@ -62,8 +62,12 @@ def check_window(start: datetime, end: datetime) -> None:
         raise ValueError(f"start {start.date().isoformat()} is before arXiv began ({FIRST_YEAR})")
 
 
-def resolve_window(interval_start: datetime | None, interval_end: datetime | None,
-                   override_start: str | None = None, override_end: str | None = None) -> tuple[datetime, datetime]:
+def resolve_window(
+    interval_start: datetime | None,
+    interval_end: datetime | None,
+    override_start: str | None = None,
+    override_end: str | None = None,
+) -> tuple[datetime, datetime]:
     """The window a scheduled or manual run ingests: the override days if given, else its data interval,
     else (a manual run without one) yesterday, UTC.
 
@@ -84,7 +88,9 @@ def resolve_window(interval_start: datetime | None, interval_end: datetime | Non
     return start.astimezone(UTC), end.astimezone(UTC)
 
 
-def _run_dir(settings: Settings, kind: str, categories: Sequence[str], start: datetime, end: datetime) -> Path:
+def _run_dir(
+    settings: Settings, kind: str, categories: Sequence[str], start: datetime, end: datetime
+) -> Path:
     cats = hashlib.sha256(" ".join(sorted(categories)).encode()).hexdigest()[:8]
     key = f"{kind}-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}-{cats}"
     return partition_dir(settings.data_dir, SOURCE, start.strftime("%Y-%m-%d"), key)
@@ -97,9 +103,15 @@ def _clear_raw(raw_dir: Path) -> None:
             old.unlink()
 
 
-def fetch_window(settings: Settings, start: datetime, end: datetime, categories: Sequence[str] = DEFAULT_CATEGORIES,
-                 max_results: int | None = None, client: ArxivClient | None = None,
-                 progress: Progress | None = None) -> dict[str, Any]:
+def fetch_window(
+    settings: Settings,
+    start: datetime,
+    end: datetime,
+    categories: Sequence[str] = DEFAULT_CATEGORIES,
+    max_results: int | None = None,
+    client: ArxivClient | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Fetch the window's raw API pages into the lake; returns the fetch manifest."""
     check_window(start, end)
     categories = list(categories)
@@ -111,7 +123,11 @@ def fetch_window(settings: Settings, start: datetime, end: datetime, categories:
         _clear_raw(raw_dir)
         pages, entries, total = [], 0, 0
         for page in client.iter_window_pages(categories, start, end, max_results=max_results):
-            name = f"page-{page.start:06d}.xml" if not page.part else f"page-p{page.part:03d}-{page.start:06d}.xml"
+            name = (
+                f"page-{page.start:06d}.xml"
+                if not page.part
+                else f"page-p{page.part:03d}-{page.start:06d}.xml"
+            )
             write_atomic(raw_dir / name, page.body)
             pages.append(name)
             entries += page.entry_count
@@ -119,9 +135,17 @@ def fetch_window(settings: Settings, start: datetime, end: datetime, categories:
             if progress:
                 progress("fetch", entries, min(total, max_results or total))
         manifest = {
-            "source": SOURCE, "kind": "api", "query": query, "categories": categories,
-            "start": start.isoformat(), "end": end.isoformat(), "dir": str(run_dir), "pages": pages,
-            "entries": entries, "total_results": total, "requests": client.http.requests_sent,
+            "source": SOURCE,
+            "kind": "api",
+            "query": query,
+            "categories": categories,
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "dir": str(run_dir),
+            "pages": pages,
+            "entries": entries,
+            "total_results": total,
+            "requests": client.http.requests_sent,
             "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "max_abstract_chars": settings.max_abstract_chars,
         }
@@ -130,8 +154,9 @@ def fetch_window(settings: Settings, start: datetime, end: datetime, categories:
     return manifest
 
 
-def fetch_announcements(settings: Settings, categories: Sequence[str] = DEFAULT_CATEGORIES,
-                        client: ArxivClient | None = None) -> dict[str, Any]:
+def fetch_announcements(
+    settings: Settings, categories: Sequence[str] = DEFAULT_CATEGORIES, client: ArxivClient | None = None
+) -> dict[str, Any]:
     """Fetch today's RSS announcements for each category into the lake; returns the fetch manifest."""
     client = client or ArxivClient.from_settings(settings)
     now = datetime.now(UTC)
@@ -146,9 +171,17 @@ def fetch_announcements(settings: Settings, categories: Sequence[str] = DEFAULT_
         write_atomic(raw_dir / name, body)
         pages.append(name)
         entries += len(parse_rss(body))
-    manifest = {"source": SOURCE, "kind": "rss", "categories": list(categories), "dir": str(run_dir),
-                "pages": pages, "entries": entries, "requests": client.http.requests_sent,
-                "fetched_at": now.isoformat(timespec="seconds"), "max_abstract_chars": settings.max_abstract_chars}
+    manifest = {
+        "source": SOURCE,
+        "kind": "rss",
+        "categories": list(categories),
+        "dir": str(run_dir),
+        "pages": pages,
+        "entries": entries,
+        "requests": client.http.requests_sent,
+        "fetched_at": now.isoformat(timespec="seconds"),
+        "max_abstract_chars": settings.max_abstract_chars,
+    }
     write_json(run_dir / "fetch.json", manifest)
     return manifest
 
@@ -174,9 +207,16 @@ def paper_record(paper: Paper, max_abstract_chars: int = MAX_ABSTRACT_CHARS) -> 
 
 def record_document(rec: dict[str, Any]) -> Document:
     """The vector-store document of a staged arXiv record."""
-    return Document(source=SOURCE, doc_id=rec["doc_id"], title=rec["title_clean"], text=rec["text"],
-                    url=rec["url"], published=rec.get("published") or "", categories=tuple(rec["categories"]),
-                    version=int(rec["version"]))
+    return Document(
+        source=SOURCE,
+        doc_id=rec["doc_id"],
+        title=rec["title_clean"],
+        text=rec["text"],
+        url=rec["url"],
+        published=rec.get("published") or "",
+        categories=tuple(rec["categories"]),
+        version=int(rec["version"]),
+    )
 
 
 def stage_pages(fetch_manifest: dict[str, Any]) -> dict[str, Any]:
@@ -201,26 +241,45 @@ def _stage_pages(fetch_manifest: dict[str, Any], run_dir: Path) -> dict[str, Any
         for p in papers:
             if p.arxiv_id not in best or p.version >= best[p.arxiv_id].version:
                 best[p.arxiv_id] = p
-    records = [paper_record(p, int(fetch_manifest.get("max_abstract_chars") or MAX_ABSTRACT_CHARS))
-               for p in best.values()]
+    records = [
+        paper_record(p, int(fetch_manifest.get("max_abstract_chars") or MAX_ABSTRACT_CHARS))
+        for p in best.values()
+    ]
     truncated = sum(1 for r in records if "abstract_truncated" in r)
     if truncated:
-        log.warning("%d abstract(s) longer than %s characters were cut", truncated,
-                    fetch_manifest.get("max_abstract_chars") or MAX_ABSTRACT_CHARS)
+        log.warning(
+            "%d abstract(s) longer than %s characters were cut",
+            truncated,
+            fetch_manifest.get("max_abstract_chars") or MAX_ABSTRACT_CHARS,
+        )
     rows, digest = write_jsonl(run_dir / "records.jsonl", records)
     write_jsonl(run_dir / "quarantine.jsonl", quarantine)
     for q in quarantine:
         log.warning("quarantined entry %s on %s: %s", q.get("entry_id") or "?", q["page"], q["reason"])
-    manifest = {"source": SOURCE, "uri": str(run_dir / "records.jsonl"), "rows": rows, "sha256": digest,
-                "fetched": fetch_manifest["entries"], "quarantined": len(quarantine),
-                "quarantine_uri": str(run_dir / "quarantine.jsonl"), "truncated_abstracts": truncated}
+    manifest = {
+        "source": SOURCE,
+        "uri": str(run_dir / "records.jsonl"),
+        "rows": rows,
+        "sha256": digest,
+        "fetched": fetch_manifest["entries"],
+        "quarantined": len(quarantine),
+        "quarantine_uri": str(run_dir / "quarantine.jsonl"),
+        "truncated_abstracts": truncated,
+    }
     write_json(run_dir / "stage.json", manifest)
     return manifest
 
 
-def ingest_arxiv(settings: Settings, start: datetime, end: datetime, categories: Sequence[str] = DEFAULT_CATEGORIES,
-                 max_results: int | None = None, dry_run: bool = False, today: bool = False,
-                 progress: Progress | None = None) -> dict[str, Any]:
+def ingest_arxiv(
+    settings: Settings,
+    start: datetime,
+    end: datetime,
+    categories: Sequence[str] = DEFAULT_CATEGORIES,
+    max_results: int | None = None,
+    dry_run: bool = False,
+    today: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Fetch, stage and (unless ``dry_run``) index one window (or today's RSS); returns the summary."""
     if today:
         fetched = fetch_announcements(settings, categories)

@@ -62,9 +62,14 @@ def log_progress(logger: logging.Logger) -> Progress:
     return report
 
 
-def index_documents(docs: Sequence[Document], store: MilvusStore, embedder_factory: Callable[[], Any],
-                    embedding_model: str, progress: Progress | None = None,
-                    max_chunks: int = MAX_CHUNKS_PER_DOC) -> IndexSummary:
+def index_documents(
+    docs: Sequence[Document],
+    store: MilvusStore,
+    embedder_factory: Callable[[], Any],
+    embedding_model: str,
+    progress: Progress | None = None,
+    max_chunks: int = MAX_CHUNKS_PER_DOC,
+) -> IndexSummary:
     """Bring the store in line with ``docs``; returns what was new, updated, unchanged, written, deleted.
 
     ``store.ensure_collection`` must have been called. ``embedder_factory()`` returns an object with
@@ -98,26 +103,40 @@ def index_documents(docs: Sequence[Document], store: MilvusStore, embedder_facto
     for doc, digest, prev_chunks in todo:
         chunks = chunk_text(doc.text, doc.doc_id, doc.source, embedder.token_offsets)
         if len(chunks) > max_chunks:
-            log.warning("%s:%s has %d chunks; indexing the first %d", doc.source, doc.doc_id, len(chunks),
-                        max_chunks)
+            log.warning(
+                "%s:%s has %d chunks; indexing the first %d", doc.source, doc.doc_id, len(chunks), max_chunks
+            )
             chunks = chunks[:max_chunks]
             summary.capped_documents += 1
         stale.extend(sorted(prev_chunks - {c.chunk_id for c in chunks}))
         for c in chunks:
-            rows.append((c.tokens, {
-                "chunk_id": c.chunk_id, "doc_id": doc.doc_id, "source": doc.source, "title": doc.title,
-                "text": c.text, "url": doc.url, "published": doc.published,
-                "categories": " ".join(doc.categories), "content_hash": digest,
-                "embedding_model": embedding_model, "version": int(doc.version), "chunk_index": c.index,
-                "chunk_count": len(chunks),
-            }))
+            rows.append(
+                (
+                    c.tokens,
+                    {
+                        "chunk_id": c.chunk_id,
+                        "doc_id": doc.doc_id,
+                        "source": doc.source,
+                        "title": doc.title,
+                        "text": c.text,
+                        "url": doc.url,
+                        "published": doc.published,
+                        "categories": " ".join(doc.categories),
+                        "content_hash": digest,
+                        "embedding_model": embedding_model,
+                        "version": int(doc.version),
+                        "chunk_index": c.index,
+                        "chunk_count": len(chunks),
+                    },
+                )
+            )
     # Batches of similar length pad least: sorting all chunks once keeps the pipeline as fast as one big
     # encode() call while still writing (and reporting progress) batch by batch.
     rows.sort(key=lambda item: -item[0])
     if progress:
         progress("embed", 0, len(rows))
     for i in range(0, len(rows), EMBED_BATCH_CHUNKS):
-        batch = [row for _, row in rows[i:i + EMBED_BATCH_CHUNKS]]
+        batch = [row for _, row in rows[i : i + EMBED_BATCH_CHUNKS]]
         t0 = time.perf_counter()
         vectors = embedder.encode([r["text"] for r in batch])
         summary.embed_seconds += time.perf_counter() - t0
@@ -138,9 +157,15 @@ def index_documents(docs: Sequence[Document], store: MilvusStore, embedder_facto
 def summarize(stage_manifest: dict[str, Any], result: IndexSummary | None) -> dict[str, Any]:
     """The run summary: fetched/quarantined from staging, the rest from indexing (zeros on a dry run)."""
     result = result or IndexSummary()
-    out = {"fetched": stage_manifest["fetched"], "new": result.new, "updated": result.updated,
-           "unchanged": result.unchanged, "chunks_upserted": result.chunks_upserted,
-           "chunks_deleted": result.chunks_deleted, "quarantined": stage_manifest["quarantined"]}
+    out = {
+        "fetched": stage_manifest["fetched"],
+        "new": result.new,
+        "updated": result.updated,
+        "unchanged": result.unchanged,
+        "chunks_upserted": result.chunks_upserted,
+        "chunks_deleted": result.chunks_deleted,
+        "quarantined": stage_manifest["quarantined"],
+    }
     if "not_found" in stage_manifest:
         out["not_found"] = stage_manifest["not_found"]
     if result.capped_documents:
@@ -150,9 +175,13 @@ def summarize(stage_manifest: dict[str, Any], result: IndexSummary | None) -> di
     return out
 
 
-def index_staged(settings: Any, stage_manifest: dict[str, Any], document_of: Callable[[dict[str, Any]], Document],
-                 progress: Progress | None = None,
-                 embedder_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
+def index_staged(
+    settings: Any,
+    stage_manifest: dict[str, Any],
+    document_of: Callable[[dict[str, Any]], Document],
+    progress: Progress | None = None,
+    embedder_factory: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
     """Embed and upsert a stage's ``records.jsonl`` (``document_of`` turns a record into a Document).
 
     Returns the run summary and writes it as ``summary.json`` beside the records (the run's report).
@@ -160,7 +189,9 @@ def index_staged(settings: Any, stage_manifest: dict[str, Any], document_of: Cal
     from pipelines.embedding.minilm import DIMENSION, get_embedder
 
     def default_factory() -> Any:
-        return get_embedder(settings.embedding_model, settings.embedding_device, settings.embedding_batch_size)
+        return get_embedder(
+            settings.embedding_model, settings.embedding_device, settings.embedding_batch_size
+        )
 
     factory = embedder_factory or default_factory
     from pipelines.ops.metrics import emit_ingest
@@ -171,12 +202,23 @@ def index_staged(settings: Any, stage_manifest: dict[str, Any], document_of: Cal
     with MilvusStore.from_settings(settings) as store:
         dim = DIMENSION.get(settings.embedding_model) or factory().dimension
         store.ensure_collection(dim)
-        result = index_documents(docs, store, factory, settings.embedding_model, progress=progress,
-                                 max_chunks=settings.max_chunks_per_doc)
+        result = index_documents(
+            docs,
+            store,
+            factory,
+            settings.embedding_model,
+            progress=progress,
+            max_chunks=settings.max_chunks_per_doc,
+        )
         rows = store.count(source)
     summary = summarize(stage_manifest, result)
     emit_ingest(settings, source, summary, seconds=time.perf_counter() - t0, milvus_rows=rows)
-    write_json(Path(stage_manifest["uri"]).parent / "summary.json",
-               {**summary, "embed_seconds": round(result.embed_seconds, 3),
-                "finished_at": datetime.now(UTC).isoformat(timespec="seconds")})
+    write_json(
+        Path(stage_manifest["uri"]).parent / "summary.json",
+        {
+            **summary,
+            "embed_seconds": round(result.embed_seconds, 3),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
     return summary

@@ -75,15 +75,22 @@ class NameCache:
 
     def put(self, name: str, cids: Sequence[int]) -> None:
         """Remember PubChem's answer for ``name``."""
-        self.entries[name.strip().lower()] = {"cids": list(cids), "at": self.now.isoformat(timespec="seconds")}
+        self.entries[name.strip().lower()] = {
+            "cids": list(cids),
+            "at": self.now.isoformat(timespec="seconds"),
+        }
 
     def save(self) -> None:
         """Write the cache atomically."""
         write_json(self.path, self.entries)
 
 
-def paper_mentions(data_dir: Path, window: tuple[datetime, datetime] | None, known: Iterable[str] = (),
-                   records: Iterable[Path] = ()) -> list[str]:
+def paper_mentions(
+    data_dir: Path,
+    window: tuple[datetime, datetime] | None,
+    known: Iterable[str] = (),
+    records: Iterable[Path] = (),
+) -> list[str]:
     """Candidate compound names/formulas in the given arXiv ``records``, else in those staged for days in
     ``window`` = [start, end)."""
     files = list(records)
@@ -100,8 +107,13 @@ def paper_mentions(data_dir: Path, window: tuple[datetime, datetime] | None, kno
     return list(dict.fromkeys(found))
 
 
-def fetch_compounds(settings: Settings, cids: Iterable[int] = (), names: Iterable[str] = (),
-                    client: PubChemClient | None = None, progress: Progress | None = None) -> dict[str, Any]:
+def fetch_compounds(
+    settings: Settings,
+    cids: Iterable[int] = (),
+    names: Iterable[str] = (),
+    client: PubChemClient | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Resolve ``names``, fetch every compound's properties and descriptions into the lake; returns a manifest."""
     client = client or PubChemClient.from_settings(settings)
     cache = NameCache(settings.home / "pubchem" / "name_cache.json")
@@ -129,30 +141,50 @@ def fetch_compounds(settings: Settings, cids: Iterable[int] = (), names: Iterabl
     raw = run_dir / "raw"
     pages: list[str] = []
     for i in range(0, len(wanted), client.batch_size):
-        batch = wanted[i:i + client.batch_size]
+        batch = wanted[i : i + client.batch_size]
         n = i // client.batch_size
         props = client.properties(batch)
         descs = client.descriptions([r["CID"] for r in props if isinstance(r.get("CID"), int)])
         write_json(raw / f"properties-{n:04d}.json", {"PropertyTable": {"Properties": props}})
-        write_json(raw / f"descriptions-{n:04d}.json", {"InformationList": {"Information": [
-            info for cid, d in descs.items() for info in _information(cid, d)]}})
+        write_json(
+            raw / f"descriptions-{n:04d}.json",
+            {
+                "InformationList": {
+                    "Information": [info for cid, d in descs.items() for info in _information(cid, d)]
+                }
+            },
+        )
         pages.append(f"{n:04d}")
         if progress:
             progress("fetch", min(i + len(batch), len(wanted)), len(wanted))
-    manifest = {"source": SOURCE, "dir": str(run_dir), "pages": pages, "requested": wanted,
-                "resolved": resolved, "not_found": not_found, "requests": client.http.requests_sent,
-                "throttle_events": client.throttle_events, "fetched_at": now.isoformat(timespec="seconds")}
+    manifest = {
+        "source": SOURCE,
+        "dir": str(run_dir),
+        "pages": pages,
+        "requested": wanted,
+        "resolved": resolved,
+        "not_found": not_found,
+        "requests": client.http.requests_sent,
+        "throttle_events": client.throttle_events,
+        "fetched_at": now.isoformat(timespec="seconds"),
+    }
     write_json(run_dir / "fetch.json", manifest)
-    log.info("pubchem: %d compounds requested, %d names not found, %d requests", len(wanted), len(not_found),
-             client.http.requests_sent)
+    log.info(
+        "pubchem: %d compounds requested, %d names not found, %d requests",
+        len(wanted),
+        len(not_found),
+        client.http.requests_sent,
+    )
     return manifest
 
 
 def _information(cid: int, desc: dict[str, Any]) -> list[dict[str, Any]]:
     # Back to PubChem's own InformationList shape, so the lake keeps the answer's format.
     out: list[dict[str, Any]] = [{"CID": cid, "Title": desc.get("title", "")}]
-    out += [{"CID": cid, "Description": t, "DescriptionSourceName": s, "DescriptionURL": u}
-            for t, s, u in desc.get("descriptions", [])]
+    out += [
+        {"CID": cid, "Description": t, "DescriptionSourceName": s, "DescriptionURL": u}
+        for t, s, u in desc.get("descriptions", [])
+    ]
     return out
 
 
@@ -194,10 +226,17 @@ def stage_compounds(fetch_manifest: dict[str, Any]) -> dict[str, Any]:
             records.append(rec)
     rows_n, digest = write_jsonl(run_dir / "records.jsonl", records)
     write_jsonl(run_dir / "quarantine.jsonl", quarantine)
-    manifest = {"source": SOURCE, "uri": str(run_dir / "records.jsonl"), "rows": rows_n, "sha256": digest,
-                "fetched": len(fetch_manifest["requested"]), "quarantined": len(quarantine),
-                "not_found": len(fetch_manifest["not_found"]), "not_found_names": fetch_manifest["not_found"],
-                "quarantine_uri": str(run_dir / "quarantine.jsonl")}
+    manifest = {
+        "source": SOURCE,
+        "uri": str(run_dir / "records.jsonl"),
+        "rows": rows_n,
+        "sha256": digest,
+        "fetched": len(fetch_manifest["requested"]),
+        "quarantined": len(quarantine),
+        "not_found": len(fetch_manifest["not_found"]),
+        "not_found_names": fetch_manifest["not_found"],
+        "quarantine_uri": str(run_dir / "quarantine.jsonl"),
+    }
     write_json(run_dir / "stage.json", manifest)
     return manifest
 
@@ -205,13 +244,22 @@ def stage_compounds(fetch_manifest: dict[str, Any]) -> dict[str, Any]:
 def record_document(rec: dict[str, Any]) -> Document:
     """The vector-store document of a staged compound record."""
     title = rec.get("title") or rec.get("iupac_name") or f"CID {rec['cid']}"
-    return Document(source=SOURCE, doc_id=str(rec["cid"]), title=title, text=rec["text"],
-                    url=f"https://pubchem.ncbi.nlm.nih.gov/compound/{rec['cid']}")
+    return Document(
+        source=SOURCE,
+        doc_id=str(rec["cid"]),
+        title=title,
+        text=rec["text"],
+        url=f"https://pubchem.ncbi.nlm.nih.gov/compound/{rec['cid']}",
+    )
 
 
-def select_names(settings: Settings, names: Iterable[str] = (), watchlist: bool = False,
-                 from_papers: tuple[datetime, datetime] | None = None,
-                 paper_records: Iterable[Path] = ()) -> list[str]:
+def select_names(
+    settings: Settings,
+    names: Iterable[str] = (),
+    watchlist: bool = False,
+    from_papers: tuple[datetime, datetime] | None = None,
+    paper_records: Iterable[Path] = (),
+) -> list[str]:
     """Every name to resolve: the given ones, the watch list, and mentions in papers of a window/records."""
     out = list(names)
     known = load_watchlist() if (watchlist or from_papers or paper_records) else []
@@ -222,15 +270,28 @@ def select_names(settings: Settings, names: Iterable[str] = (), watchlist: bool 
     return list(dict.fromkeys(n for n in out if n.strip()))
 
 
-def ingest_pubchem(settings: Settings, cids: Iterable[int] = (), names: Iterable[str] = (),
-                   watchlist: bool = False, from_papers: tuple[datetime, datetime] | None = None,
-                   dry_run: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+def ingest_pubchem(
+    settings: Settings,
+    cids: Iterable[int] = (),
+    names: Iterable[str] = (),
+    watchlist: bool = False,
+    from_papers: tuple[datetime, datetime] | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Select, fetch, stage and (unless ``dry_run``) index compounds; returns the summary (+ ``not_found``)."""
     all_names = select_names(settings, names, watchlist, from_papers)
     fetched = fetch_compounds(settings, cids, all_names, progress=progress)
     staged = stage_compounds(fetched)
     if dry_run:
-        return {**summarize(staged, None), "dry_run": True, "not_found_names": staged["not_found_names"],
-                "records": staged["uri"]}
-    return {**index_staged(settings, staged, record_document, progress=progress),
-            "not_found_names": staged["not_found_names"], "records": staged["uri"]}
+        return {
+            **summarize(staged, None),
+            "dry_run": True,
+            "not_found_names": staged["not_found_names"],
+            "records": staged["uri"],
+        }
+    return {
+        **index_staged(settings, staged, record_document, progress=progress),
+        "not_found_names": staged["not_found_names"],
+        "records": staged["uri"],
+    }

@@ -51,8 +51,11 @@ def send_alert(settings: Any, subject: str, body: str, fields: Mapping[str, Any]
     text = f"*{subject}*\n{body}" + "".join(f"\n{k}: {v}" for k, v in fields.items())
     if settings.alert_webhook_url:
         try:
-            resp = requests.post(settings.alert_webhook_url, timeout=10,
-                                 json={"text": text, "subject": subject, "body": body, "fields": fields})
+            resp = requests.post(
+                settings.alert_webhook_url,
+                timeout=10,
+                json={"text": text, "subject": subject, "body": body, "fields": fields},
+            )
             resp.raise_for_status()
             delivered.append("webhook")
         except requests.RequestException as exc:
@@ -85,8 +88,15 @@ async def deadline_missed(context: Mapping[str, Any] | None = None, **kwargs: An
     from pipelines.settings import get_settings
 
     dag_run = (context or {}).get("dag_run")
-    fields = {"dag": kwargs.get("dag_id") or getattr(dag_run, "dag_id", "?"),
-              "run": getattr(dag_run, "run_id", None) or (context or {}).get("run_id", "?"),
-              "deadline": kwargs.get("deadline", "")}
-    return await asyncio.to_thread(send_alert, get_settings(), f"{fields['dag']} missed its deadline",
-                                   kwargs.get("message", "the run has not finished in time"), fields)
+    fields = {
+        "dag": kwargs.get("dag_id") or getattr(dag_run, "dag_id", "?"),
+        "run": getattr(dag_run, "run_id", None) or (context or {}).get("run_id", "?"),
+        "deadline": kwargs.get("deadline", ""),
+    }
+    return await asyncio.to_thread(
+        send_alert,
+        get_settings(),
+        f"{fields['dag']} missed its deadline",
+        kwargs.get("message", "the run has not finished in time"),
+        fields,
+    )

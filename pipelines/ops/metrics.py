@@ -62,12 +62,26 @@ class StatsD:
             self._sock = None
 
 
-def emit_ingest(settings: Any, source: str, summary: Mapping[str, Any], seconds: float | None = None,
-                milvus_rows: int | None = None, client: StatsD | None = None) -> list[str]:
+def emit_ingest(
+    settings: Any,
+    source: str,
+    summary: Mapping[str, Any],
+    seconds: float | None = None,
+    milvus_rows: int | None = None,
+    client: StatsD | None = None,
+) -> list[str]:
     """Send an ingestion run's figures; returns the lines (sent or not)."""
     statsd = client or StatsD.from_settings(settings)
-    for key in ("fetched", "new", "updated", "unchanged", "quarantined", "chunks_upserted", "chunks_deleted",
-                "not_found"):
+    for key in (
+        "fetched",
+        "new",
+        "updated",
+        "unchanged",
+        "quarantined",
+        "chunks_upserted",
+        "chunks_deleted",
+        "not_found",
+    ):
         if key in summary:
             statsd.incr(f"ingest.{source}.{key}", int(summary[key]))
     if seconds and summary.get("chunks_upserted"):
@@ -79,8 +93,12 @@ def emit_ingest(settings: Any, source: str, summary: Mapping[str, Any], seconds:
     return statsd.sent
 
 
-def emit_retrain(settings: Any, summary: Mapping[str, Any], train_losses: list[float] | None = None,
-                 client: StatsD | None = None) -> list[str]:
+def emit_retrain(
+    settings: Any,
+    summary: Mapping[str, Any],
+    train_losses: list[float] | None = None,
+    client: StatsD | None = None,
+) -> list[str]:
     """Send a retraining run's figures: final training loss, eval scores per model, the gate decision."""
     statsd = client or StatsD.from_settings(settings)
     domain = summary["domain"]

@@ -71,9 +71,15 @@ class VersionInfo:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
-        return {"domain": self.domain, "version": self.version, "path": str(self.path),
-                "production": self.production, "published_at": self.published_at, "metrics": self.metrics,
-                "problems": list(self.problems)}
+        return {
+            "domain": self.domain,
+            "version": self.version,
+            "path": str(self.path),
+            "production": self.production,
+            "published_at": self.published_at,
+            "metrics": self.metrics,
+            "problems": list(self.problems),
+        }
 
 
 def default_actor() -> str:
@@ -124,8 +130,17 @@ class ModelStore:
         """Where a version lives (whether or not it exists)."""
         return self._domain(domain) / "versions" / _check("version", version)
 
-    def publish(self, domain: str, version: str, content: Path, manifest: dict[str, Any],
-                promote: bool = True, actor: str = "", reason: str = "", allow_test_models: bool = True) -> Path:
+    def publish(
+        self,
+        domain: str,
+        version: str,
+        content: Path,
+        manifest: dict[str, Any],
+        promote: bool = True,
+        actor: str = "",
+        reason: str = "",
+        allow_test_models: bool = True,
+    ) -> Path:
         """Copy ``content`` into a new immutable version with a checksummed manifest; returns its path.
 
         With ``promote`` the production pointer then moves to it (subject to the test-model rule). Raises
@@ -143,10 +158,16 @@ class ModelStore:
         try:
             shutil.copytree(content, staging, dirs_exist_ok=True)
             files = file_hashes(staging)
-            write_json(staging / MANIFEST, {
-                **manifest, "domain": domain, "version": version, "files": files,
-                "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            })
+            write_json(
+                staging / MANIFEST,
+                {
+                    **manifest,
+                    "domain": domain,
+                    "version": version,
+                    "files": files,
+                    "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                },
+            )
             fsync_tree(staging)  # the rename below must not publish files still in the page cache
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(staging, target)  # atomic on one filesystem; fails if target appeared meanwhile
@@ -228,8 +249,10 @@ class ModelStore:
         if not (man.get("gate") or {}).get("publish") or self.production(domain) == version:
             return False
         since = str(man.get("published_at", ""))
-        return not any(m.get("action") in ("promote", "rollback") and str(m.get("at", "")) >= since
-                       for m in self.history(domain))
+        return not any(
+            m.get("action") in ("promote", "rollback") and str(m.get("at", "")) >= since
+            for m in self.history(domain)
+        )
 
     def manifest(self, domain: str, version: str) -> dict[str, Any]:
         """A version's manifest; raises :class:`ModelStoreError` if it is missing or unreadable."""
@@ -239,13 +262,20 @@ class ModelStore:
         except (OSError, ValueError) as exc:
             raise ModelStoreError(f"{domain}/{version}: cannot read {MANIFEST}: {exc}") from None
 
-    def promote(self, domain: str, version: str, actor: str = "", reason: str = "",
-                allow_test_models: bool = False) -> None:
+    def promote(
+        self, domain: str, version: str, actor: str = "", reason: str = "", allow_test_models: bool = False
+    ) -> None:
         """Point production at ``version`` after verifying its checksums (see module docstring)."""
         self._point(domain, version, "promote", actor, reason, allow_test_models)
 
-    def rollback(self, domain: str, version: str | None = None, actor: str = "", reason: str = "",
-                 allow_test_models: bool = False) -> str:
+    def rollback(
+        self,
+        domain: str,
+        version: str | None = None,
+        actor: str = "",
+        reason: str = "",
+        allow_test_models: bool = False,
+    ) -> str:
         """Point production back at ``version`` (default: the one before the current); returns it."""
         current = self.production(domain)
         if version is None:
@@ -285,7 +315,9 @@ class ModelStore:
     def versions(self, domain: str | None = None, verify: bool = False) -> list[VersionInfo]:
         """Published versions (all domains, or one), oldest first within a domain. A version whose manifest
         is unreadable is listed with that problem; ``verify`` also checks every file's sha256."""
-        domains = [domain] if domain else sorted(p.name for p in self.root.glob("*") if (p / "versions").is_dir())
+        domains = (
+            [domain] if domain else sorted(p.name for p in self.root.glob("*") if (p / "versions").is_dir())
+        )
         out = []
         for d in domains:
             prod = self.production(d)
@@ -299,8 +331,17 @@ class ModelStore:
                     man, problems = {}, [str(exc)]
                 if verify and not problems:
                     problems = self.verify(d, vdir.name)
-                out.append(VersionInfo(d, vdir.name, vdir, vdir.name == prod, str(man.get("published_at", "")),
-                                       dict(man.get("metrics") or {}), tuple(problems)))
+                out.append(
+                    VersionInfo(
+                        d,
+                        vdir.name,
+                        vdir,
+                        vdir.name == prod,
+                        str(man.get("published_at", "")),
+                        dict(man.get("metrics") or {}),
+                        tuple(problems),
+                    )
+                )
         return sorted(out, key=lambda v: (v.domain, v.published_at, v.version))
 
     def domains(self) -> list[str]:
@@ -323,12 +364,14 @@ class ModelStore:
         others = [v for v in versions if v not in protected]
         ever_production = set(moves)
         order = [v for v in others if v not in ever_production] + [v for v in others if v in ever_production]
-        doomed = set(order[:max(len(others) - max(keep_last, 0), 0)])
+        doomed = set(order[: max(len(others) - max(keep_last, 0), 0)])
         removed = []
         for v in versions:
             if v in doomed:
                 shutil.rmtree(self.version_dir(domain, v))
-                self._log(domain, "delete", v, "retention", f"keep production, previous and {keep_last} others")
+                self._log(
+                    domain, "delete", v, "retention", f"keep production, previous and {keep_last} others"
+                )
                 removed.append(v)
         return removed
 
@@ -362,8 +405,9 @@ class ModelStore:
         except ValueError as exc:
             raise ModelStoreError(f"{path} is not valid JSON: {exc}") from None
 
-    def _point(self, domain: str, version: str, action: str, actor: str, reason: str,
-               allow_test_models: bool) -> None:
+    def _point(
+        self, domain: str, version: str, action: str, actor: str, reason: str, allow_test_models: bool
+    ) -> None:
         vdir = self.version_dir(domain, version)
         if not vdir.is_dir():
             raise ModelStoreError(f"{domain}/{version} is not published")
@@ -371,8 +415,10 @@ class ModelStore:
         if problems:
             raise ModelStoreError(f"{domain}/{version} failed its checksums: {', '.join(problems[:5])}")
         if self.manifest(domain, version).get("test_model") and not allow_test_models:
-            raise ModelStoreError(f"{domain}/{version} is a test model (random-init base or tiny profile); "
-                                  "it becomes production only with CBNANO_ALLOW_TEST_MODELS=1")
+            raise ModelStoreError(
+                f"{domain}/{version} is a test model (random-init base or tiny profile); "
+                "it becomes production only with CBNANO_ALLOW_TEST_MODELS=1"
+            )
         ddir = self._domain(domain)
         tmp = ddir / f".production-{os.getpid()}"
         if tmp.is_symlink() or tmp.exists():
@@ -384,8 +430,13 @@ class ModelStore:
     def _log(self, domain: str, action: str, version: str, actor: str = "", reason: str = "") -> None:
         path = self._domain(domain) / "history.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        entry = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "action": action, "version": version,
-                 "actor": actor or default_actor(), "reason": reason}
+        entry = {
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "action": action,
+            "version": version,
+            "actor": actor or default_actor(),
+            "reason": reason,
+        }
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
             fh.flush()

@@ -48,40 +48,67 @@ def portable_merged(src: Path, dest: Path, base_name: str) -> None:
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def model_card(domain: str, version: str, base_name: str, profile: str, dataset: dict[str, Any],
-               report: dict[str, Any]) -> str:
+def model_card(
+    domain: str, version: str, base_name: str, profile: str, dataset: dict[str, Any], report: dict[str, Any]
+) -> str:
     """The Hugging Face model card (YAML front matter + prose) of one version."""
     metrics = report["metrics"]
     gate = report["gate"]
     cand = metrics.get("candidate", {})
-    results = [{"type": m, "name": f"{LABELS.get(m, m)} ({'held-out documents' if m == 'heldout_loss' else domain + ' multiple choice'})",
-                "value": round(float(v), 4)} for m, v in sorted(cand.items())]
+    results = [
+        {
+            "type": m,
+            "name": f"{LABELS.get(m, m)} ({'held-out documents' if m == 'heldout_loss' else domain + ' multiple choice'})",
+            "value": round(float(v), 4),
+        }
+        for m, v in sorted(cand.items())
+    ]
     front = {
         "base_model": base_name,
         "library_name": "peft",
         "pipeline_tag": "text-generation",
         "tags": ["cbnano", domain, "lora", "qlora" if profile == "gpu_qlora" else profile, "axolotl"],
-        "model-index": [{"name": f"cbnano-{domain}-{version}", "results": [{
-            "task": {"type": "text-generation"},
-            "dataset": {"name": f"cbnano {domain} evaluation {dataset.get('month')}", "type": f"cbnano-{domain}"},
-            "metrics": results}]}],
+        "model-index": [
+            {
+                "name": f"cbnano-{domain}-{version}",
+                "results": [
+                    {
+                        "task": {"type": "text-generation"},
+                        "dataset": {
+                            "name": f"cbnano {domain} evaluation {dataset.get('month')}",
+                            "type": f"cbnano-{domain}",
+                        },
+                        "metrics": results,
+                    }
+                ],
+            }
+        ],
     }
     roles = [r for r in ("base", "production", "candidate") if r in metrics]
     names = sorted({m for r in roles for m in metrics[r]})
-    table = "\n".join(f"| {LABELS.get(m, m)} | " + " | ".join(f"{metrics[r].get(m, float('nan')):.4f}" for r in roles)
-                      + " |" for m in names)
-    comps = "\n".join(f"| {LABELS.get(c['metric'], c['metric'])} vs {c['baseline']} | {c['n']} | {c['gain']:+.4f} | "
-                      f"{c['ci_low']:+.4f}..{c['ci_high']:+.4f} | {c['mde']:.4f} |" for c in gate["comparisons"])
-    body = (f"# CB Nano {domain} adapter {version}\n\n"
-            f"LoRA adapter for `{base_name}` (the model store's `base/{base_name}`), trained with the `{profile}` "
-            f"profile on {dataset['train']} chat examples ({json.dumps(dataset['by_source'])}) through the base "
-            f"model's chat template; dataset sha256 `{dataset['sha256']}`. System A serves it as "
-            f"`{domain}` on top of the base.\n\n"
-            f"## Evaluation\n\n| metric | {' | '.join(roles)} |\n|---|{'---|' * len(roles)}\n{table}\n\n"
-            f"Held-out loss is over {dataset.get('validation_documents', '?')} documents the training split never "
-            f"saw. Paired comparisons (gain: positive is better; 95% paired-bootstrap interval; the smallest "
-            f"effect detectable with 80% power):\n\n| comparison | n | gain | 95% CI | detectable |\n"
-            f"|---|---|---|---|---|\n{comps}\n\n## Gate\n\n{gate['reason']}\n")
+    table = "\n".join(
+        f"| {LABELS.get(m, m)} | "
+        + " | ".join(f"{metrics[r].get(m, float('nan')):.4f}" for r in roles)
+        + " |"
+        for m in names
+    )
+    comps = "\n".join(
+        f"| {LABELS.get(c['metric'], c['metric'])} vs {c['baseline']} | {c['n']} | {c['gain']:+.4f} | "
+        f"{c['ci_low']:+.4f}..{c['ci_high']:+.4f} | {c['mde']:.4f} |"
+        for c in gate["comparisons"]
+    )
+    body = (
+        f"# CB Nano {domain} adapter {version}\n\n"
+        f"LoRA adapter for `{base_name}` (the model store's `base/{base_name}`), trained with the `{profile}` "
+        f"profile on {dataset['train']} chat examples ({json.dumps(dataset['by_source'])}) through the base "
+        f"model's chat template; dataset sha256 `{dataset['sha256']}`. System A serves it as "
+        f"`{domain}` on top of the base.\n\n"
+        f"## Evaluation\n\n| metric | {' | '.join(roles)} |\n|---|{'---|' * len(roles)}\n{table}\n\n"
+        f"Held-out loss is over {dataset.get('validation_documents', '?')} documents the training split never "
+        f"saw. Paired comparisons (gain: positive is better; 95% paired-bootstrap interval; the smallest "
+        f"effect detectable with 80% power):\n\n| comparison | n | gain | 95% CI | detectable |\n"
+        f"|---|---|---|---|---|\n{comps}\n\n## Gate\n\n{gate['reason']}\n"
+    )
     return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body
 
 
@@ -107,10 +134,24 @@ def chart(path: Path, metrics: dict[str, dict[str, float]], losses: list[float])
     plt.close(fig)
 
 
-def register_candidate(store: ModelStore, domain: str, version: str, *, base_name: str, profile: str,
-                       run_dir: Path, adapter_dir: Path, merged: Path, dataset_dir: Path, report: dict[str, Any],
-                       losses: list[float], manifest: dict[str, Any], promote: bool, actor: str,
-                       allow_test_models: bool) -> Path:
+def register_candidate(
+    store: ModelStore,
+    domain: str,
+    version: str,
+    *,
+    base_name: str,
+    profile: str,
+    run_dir: Path,
+    adapter_dir: Path,
+    merged: Path,
+    dataset_dir: Path,
+    report: dict[str, Any],
+    losses: list[float],
+    manifest: dict[str, Any],
+    promote: bool,
+    actor: str,
+    allow_test_models: bool,
+) -> Path:
     """Publish the run as ``<domain>/versions/<version>`` (production moves only with ``promote``)."""
     with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
         content = Path(tmp)
@@ -120,7 +161,16 @@ def register_candidate(store: ModelStore, domain: str, version: str, *, base_nam
         shutil.copy2(dataset_dir / "dataset_card.json", content / "dataset_card.json")
         write_json(content / "eval.json", report)
         chart(content / "eval.png", report["metrics"], losses)
-        (content / "MODEL_CARD.md").write_text(model_card(domain, version, base_name, profile, report["dataset"],
-                                                          report))
-        return store.publish(domain, version, content, manifest, promote=promote, actor=actor,
-                             reason=report["gate"]["reason"], allow_test_models=allow_test_models)
+        (content / "MODEL_CARD.md").write_text(
+            model_card(domain, version, base_name, profile, report["dataset"], report)
+        )
+        return store.publish(
+            domain,
+            version,
+            content,
+            manifest,
+            promote=promote,
+            actor=actor,
+            reason=report["gate"]["reason"],
+            allow_test_models=allow_test_models,
+        )

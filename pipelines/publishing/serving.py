@@ -62,16 +62,18 @@ class VLLMClient:
     doubling between them; a 4xx is vLLM's considered answer and is not retried.
     """
 
-    def __init__(self, url: str, token: str = "", timeout_s: float = 10.0, attempts: int = 3,
-                 backoff_s: float = 1.0) -> None:
+    def __init__(
+        self, url: str, token: str = "", timeout_s: float = 10.0, attempts: int = 3, backoff_s: float = 1.0
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
         self.attempts = attempts
         self.backoff_s = backoff_s
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
-              timeout_s: float | None = None) -> Any:
+    def _call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, timeout_s: float | None = None
+    ) -> Any:
         url = f"{self.url}{path}"
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"}
@@ -90,15 +92,18 @@ class VLLMClient:
             except urllib.error.HTTPError as exc:
                 detail = exc.read().decode("utf-8", errors="replace")[:500]
                 if exc.code < 500:
-                    raise SystemAError(f"System A refused {method} {url}: HTTP {exc.code}: {_reason(detail)}",
-                                       status=exc.code) from None
+                    raise SystemAError(
+                        f"System A refused {method} {url}: HTTP {exc.code}: {_reason(detail)}",
+                        status=exc.code,
+                    ) from None
                 error = f"HTTP {exc.code}: {_reason(detail)}"
             except (urllib.error.URLError, OSError) as exc:
                 error = str(getattr(exc, "reason", exc))
             if attempt < self.attempts:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
-        raise SystemAError(f"System A at {self.url} did not answer {method} {path} after {self.attempts} "
-                           f"attempt(s): {error}")
+        raise SystemAError(
+            f"System A at {self.url} did not answer {method} {path} after {self.attempts} attempt(s): {error}"
+        )
 
     def adapters(self) -> dict[str, str]:
         """The LoRA adapters System A serves: name -> the path it loaded it from."""
@@ -116,17 +121,27 @@ class VLLMClient:
         """Unload adapter ``name``."""
         self._call("POST", "/v1/unload_lora_adapter", {"lora_name": name})
 
-    def chat(self, model: str, messages: list[dict[str, str]], max_tokens: int = 512,
-             temperature: float = 0.2, timeout_s: float = 120.0) -> str:
+    def chat(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        max_tokens: int = 512,
+        temperature: float = 0.2,
+        timeout_s: float = 120.0,
+    ) -> str:
         """The assistant's reply from ``/v1/chat/completions`` (``model``: a domain's name or the base's)."""
-        out = self._call("POST", "/v1/chat/completions",
-                         {"model": model, "messages": messages, "max_tokens": max_tokens,
-                          "temperature": temperature}, timeout_s=timeout_s)
+        out = self._call(
+            "POST",
+            "/v1/chat/completions",
+            {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature},
+            timeout_s=timeout_s,
+        )
         try:
             return str(out["choices"][0]["message"]["content"]).strip()
         except (KeyError, IndexError, TypeError):
-            raise SystemAError(f"System A at {self.url} answered chat/completions without a message: "
-                               f"{str(out)[:200]}") from None
+            raise SystemAError(
+                f"System A at {self.url} answered chat/completions without a message: {str(out)[:200]}"
+            ) from None
 
 
 def _reason(detail: str) -> str:
@@ -177,8 +192,13 @@ def served_adapter(settings: Any, domain: str, store: ModelStore | None = None) 
         return None
     folder = store.version_dir(domain, version) / "adapter"
     cfg = json.loads((folder / "adapter_config.json").read_text())
-    return ServedAdapter(domain=domain, version=version, path=system_a_path(settings, folder),
-                         base=str(cfg.get("base_model_name_or_path", "")), rank=int(cfg.get("r", 0)))
+    return ServedAdapter(
+        domain=domain,
+        version=version,
+        path=system_a_path(settings, folder),
+        base=str(cfg.get("base_model_name_or_path", "")),
+        rank=int(cfg.get("r", 0)),
+    )
 
 
 def serving_state(settings: Any, domain: str) -> dict[str, Any]:
@@ -194,7 +214,9 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def hand_off(settings: Any, domain: str, client: VLLMClient | None = None, alert: bool = True) -> dict[str, Any]:
+def hand_off(
+    settings: Any, domain: str, client: VLLMClient | None = None, alert: bool = True
+) -> dict[str, Any]:
     """Make System A serve ``domain``'s production adapter under the domain's name; returns the outcome.
 
     ``state`` is ``confirmed`` (System A lists the adapter from the production path), ``failed`` (with
@@ -208,8 +230,12 @@ def hand_off(settings: Any, domain: str, client: VLLMClient | None = None, alert
         return {"domain": domain, "state": "no_production"}
     client = client or client_for(settings)
     previous = serving_state(settings, domain)
-    outcome: dict[str, Any] = {"domain": domain, "version": target.version, "path": target.path,
-                               "system_a": client.url}
+    outcome: dict[str, Any] = {
+        "domain": domain,
+        "version": target.version,
+        "path": target.path,
+        "system_a": client.url,
+    }
     try:
         loaded = client.adapters()
         action = "already loaded"
@@ -226,21 +252,29 @@ def hand_off(settings: Any, domain: str, client: VLLMClient | None = None, alert
                 action = "unloaded and loaded"
             now = client.adapters().get(domain)
             if now != target.path:
-                raise SystemAError(f"System A at {client.url} lists {domain} from {now!r} after loading "
-                                   f"{target.path}")
+                raise SystemAError(
+                    f"System A at {client.url} lists {domain} from {now!r} after loading {target.path}"
+                )
         outcome.update(state="confirmed", action=action, confirmed_at=_now())
         log.info("System A serves %s %s (%s)", domain, target.version, action)
     except SystemAError as exc:
-        outcome.update(state="failed", error=str(exc), attempted_at=_now(),
-                       confirmed=previous.get("confirmed") or (previous if previous.get("state") == "confirmed"
-                                                               else {}))
+        outcome.update(
+            state="failed",
+            error=str(exc),
+            attempted_at=_now(),
+            confirmed=previous.get("confirmed") or (previous if previous.get("state") == "confirmed" else {}),
+        )
         log.warning("hand-off of %s %s to System A failed: %s", domain, target.version, exc)
         if alert:
             from pipelines.ops.alerts import send_alert
 
-            send_alert(settings, f"System A did not take {domain} {target.version}",
-                       f"{exc}\nThe model store's production is {target.version}; retry with the serving_handoff "
-                       "DAG (or `cbnano models handoff`).", {"domain": domain, "version": target.version})
+            send_alert(
+                settings,
+                f"System A did not take {domain} {target.version}",
+                f"{exc}\nThe model store's production is {target.version}; retry with the serving_handoff "
+                "DAG (or `cbnano models handoff`).",
+                {"domain": domain, "version": target.version},
+            )
     write_json(Path(settings.model_store) / domain / STATE_FILE, outcome)
     return outcome
 
@@ -258,16 +292,28 @@ def serve_command(settings: Any, domains: list[str] | None = None) -> list[str]:
     bases = {a.base for a in adapters}
     if len(bases) > 1:
         detail = ", ".join(f"{a.domain}: {a.base}" for a in adapters)
-        raise ValueError(f"production adapters are trained on different bases ({detail}); one vLLM server "
-                         "serves one base: promote versions of one base")
+        raise ValueError(
+            f"production adapters are trained on different bases ({detail}); one vLLM server "
+            "serves one base: promote versions of one base"
+        )
     base = next(iter(bases)) if bases else settings.base_model
     if not base:
         raise ValueError("no production adapter and no CBNANO_BASE_MODEL: nothing tells which base to serve")
     base_path = base if "/" in base else system_a_path(settings, store.base_dir(base))
     rank = max([a.rank for a in adapters] + [_profile_rank(settings.train_profile)])
     rank = next((r for r in LORA_RANKS if r >= rank), LORA_RANKS[-1])
-    cmd = ["vllm", "serve", base_path, "--served-model-name", Path(base).name, "--enable-lora",
-           "--max-lora-rank", str(rank), "--max-loras", str(max(len(DOMAINS), len(adapters)))]
+    cmd = [
+        "vllm",
+        "serve",
+        base_path,
+        "--served-model-name",
+        Path(base).name,
+        "--enable-lora",
+        "--max-lora-rank",
+        str(rank),
+        "--max-loras",
+        str(max(len(DOMAINS), len(adapters))),
+    ]
     if adapters:
         cmd += ["--lora-modules", *[f"{a.domain}={a.path}" for a in adapters]]
     return cmd

@@ -21,9 +21,11 @@ from typing import Any
 from pipelines.retrieval.search import Result, Searcher, parse_query
 
 SOURCE_CHARS = 600
-SYSTEM_PROMPT = ("You are the CB Nano lab's {domain} assistant. Answer the question using only the numbered "
-                 "sources below, and cite the sources you use as [1], [2], ... If the sources do not answer the "
-                 "question, say so.")
+SYSTEM_PROMPT = (
+    "You are the CB Nano lab's {domain} assistant. Answer the question using only the numbered "
+    "sources below, and cite the sources you use as [1], [2], ... If the sources do not answer the "
+    "question, say so."
+)
 
 
 class AskError(RuntimeError):
@@ -37,8 +39,10 @@ def build_messages(question: str, results: list[Result], domain: str | None) -> 
         text = r.text if len(r.text) <= SOURCE_CHARS else r.text[:SOURCE_CHARS].rsplit(" ", 1)[0] + " …"
         blocks.append(f"[{n}] {r.title} ({r.source}:{r.doc_id})\n{text}")
     sources = "\n\n".join(blocks) if blocks else "(no sources found)"
-    return [{"role": "system", "content": SYSTEM_PROMPT.format(domain=domain or "materials and chemistry")},
-            {"role": "user", "content": f"Sources:\n\n{sources}\n\nQuestion: {question}"}]
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT.format(domain=domain or "materials and chemistry")},
+        {"role": "user", "content": f"Sources:\n\n{sources}\n\nQuestion: {question}"},
+    ]
 
 
 def _local_model(settings: Any, domain: str | None) -> tuple[Path, str]:
@@ -53,8 +57,10 @@ def _local_model(settings: Any, domain: str | None) -> tuple[Path, str]:
             return merged, f"{domain} {version}"
     if not settings.base_model:
         where = f"{domain} has no production model and " if domain else ""
-        raise AskError(f"{where}CBNANO_BASE_MODEL is not set: no model to answer with (set CBNANO_SYSTEM_A_URL "
-                       "to ask System A)")
+        raise AskError(
+            f"{where}CBNANO_BASE_MODEL is not set: no model to answer with (set CBNANO_SYSTEM_A_URL "
+            "to ask System A)"
+        )
     try:
         base = locate_base(settings, settings.base_model, "CBNANO_BASE_MODEL")
     except BaseModelMissing as exc:
@@ -62,8 +68,9 @@ def _local_model(settings: Any, domain: str | None) -> tuple[Path, str]:
     return Path(base.path), f"base {base.name}"
 
 
-def ask(settings: Any, question: str, domain: str | None = None, top_k: int = 5,
-        max_tokens: int = 256) -> dict[str, Any]:
+def ask(
+    settings: Any, question: str, domain: str | None = None, top_k: int = 5, max_tokens: int = 256
+) -> dict[str, Any]:
     """Retrieve, prompt, answer (System A, or locally without it); see the module docstring."""
     from pipelines.training.configs import DOMAINS
 
@@ -84,9 +91,11 @@ def ask(settings: Any, question: str, domain: str | None = None, top_k: int = 5,
             text = client.chat(model, messages, max_tokens=max_tokens)
         except SystemAError as exc:
             if exc.status == 404:
-                raise AskError(f"System A at {client.url} does not serve {model!r}: "
-                               f"{'no production model has been handed to it' if domain else 'another base'} "
-                               f"({exc})") from None
+                raise AskError(
+                    f"System A at {client.url} does not serve {model!r}: "
+                    f"{'no production model has been handed to it' if domain else 'another base'} "
+                    f"({exc})"
+                ) from None
             raise AskError(str(exc)) from None
         return {"answer": text, "sources": sources, "model": model, "answered_by": "system_a"}
     from pipelines.training.runner import TrainingError, run_in_train_env
@@ -96,10 +105,20 @@ def ask(settings: Any, question: str, domain: str | None = None, top_k: int = 5,
         path = Path(tmp) / "messages.json"
         path.write_text(json.dumps(messages))
         try:
-            out = run_in_train_env(settings.train_python, "generate",
-                                   ["--model", str(folder), "--messages", str(path),
-                                    "--max-new-tokens", str(max_tokens)], timeout_s=1800)
+            out = run_in_train_env(
+                settings.train_python,
+                "generate",
+                ["--model", str(folder), "--messages", str(path), "--max-new-tokens", str(max_tokens)],
+                timeout_s=1800,
+            )
         except (TrainingError, FileNotFoundError) as exc:
             raise AskError(f"local answer with {label} failed: {exc}") from None
-    return {"answer": out["answer"], "sources": sources, "model": label, "answered_by": "local",
-            "new_tokens": out["new_tokens"], "prompt_tokens": out["prompt_tokens"], "seconds": out["seconds"]}
+    return {
+        "answer": out["answer"],
+        "sources": sources,
+        "model": label,
+        "answered_by": "local",
+        "new_tokens": out["new_tokens"],
+        "prompt_tokens": out["prompt_tokens"],
+        "seconds": out["seconds"],
+    }

@@ -46,9 +46,17 @@ def load_corpus(path: Path) -> list[Document]:
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             row = json.loads(line)
-            docs.append(Document(source=row["source"], doc_id=row["doc_id"], title=row["title"],
-                                 text=row["text"], url=row["url"], published=row.get("published", ""),
-                                 categories=tuple(row.get("categories", ()))))
+            docs.append(
+                Document(
+                    source=row["source"],
+                    doc_id=row["doc_id"],
+                    title=row["title"],
+                    text=row["text"],
+                    url=row["url"],
+                    published=row.get("published", ""),
+                    categories=tuple(row.get("categories", ())),
+                )
+            )
     return docs
 
 
@@ -82,8 +90,9 @@ def ndcg_at(ranked: Sequence[str], relevant: Sequence[str], k: int = 10) -> floa
     return dcg / ideal
 
 
-def evaluate(rank: Callable[[str, str], list[str]], queries: Sequence[GoldenQuery],
-             modes: Sequence[str]) -> dict[str, Any]:
+def evaluate(
+    rank: Callable[[str, str], list[str]], queries: Sequence[GoldenQuery], modes: Sequence[str]
+) -> dict[str, Any]:
     """Metrics per mode and kind (``all`` too), and each query's ranked ids: ``rank(query, mode)`` → ids."""
     report: dict[str, Any] = {"metrics": {}, "rankings": {}}
     for mode in modes:
@@ -91,16 +100,22 @@ def evaluate(rank: Callable[[str, str], list[str]], queries: Sequence[GoldenQuer
         for q in queries:
             ranked = rank(q.query, mode)
             report["rankings"].setdefault(q.id, {})[mode] = ranked[:10]
-            scores = (recall_at(ranked, q.relevant, 5), reciprocal_rank(ranked, q.relevant, 10),
-                      ndcg_at(ranked, q.relevant, 10))
+            scores = (
+                recall_at(ranked, q.relevant, 5),
+                reciprocal_rank(ranked, q.relevant, 10),
+                ndcg_at(ranked, q.relevant, 10),
+            )
             per_kind.setdefault(q.kind, []).append(scores)
             per_kind.setdefault("all", []).append(scores)
         report["metrics"][mode] = {
-            kind: {"queries": len(rows),
-                   "recall@5": round(sum(r[0] for r in rows) / len(rows), 3),
-                   "mrr@10": round(sum(r[1] for r in rows) / len(rows), 3),
-                   "ndcg@10": round(sum(r[2] for r in rows) / len(rows), 3)}
-            for kind, rows in per_kind.items()}
+            kind: {
+                "queries": len(rows),
+                "recall@5": round(sum(r[0] for r in rows) / len(rows), 3),
+                "mrr@10": round(sum(r[1] for r in rows) / len(rows), 3),
+                "ndcg@10": round(sum(r[2] for r in rows) / len(rows), 3),
+            }
+            for kind, rows in per_kind.items()
+        }
     return report
 
 
@@ -125,12 +140,17 @@ def evaluate_golden(settings: Any, modes: Sequence[str] = ("dense", "keyword", "
     from pipelines.vectorstore.milvus import MilvusStore
 
     def factory() -> Any:
-        return get_embedder(settings.embedding_model, settings.embedding_device, settings.embedding_batch_size)
+        return get_embedder(
+            settings.embedding_model, settings.embedding_device, settings.embedding_batch_size
+        )
 
     with MilvusStore.from_settings(settings) as store:
         store.ensure_collection(DIMENSION.get(settings.embedding_model) or factory().dimension)
         index_documents(load_corpus(GOLDEN_DIR / "corpus.jsonl"), store, factory, settings.embedding_model)
     queries = load_queries(GOLDEN_DIR / "queries.jsonl")
     with Searcher.from_settings(settings) as searcher:
-        return evaluate(lambda q, mode: [r.doc_id for r in searcher.search(parse_query(q, 10, mode)).results],
-                        queries, modes)
+        return evaluate(
+            lambda q, mode: [r.doc_id for r in searcher.search(parse_query(q, 10, mode)).results],
+            queries,
+            modes,
+        )

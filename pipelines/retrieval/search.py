@@ -67,8 +67,15 @@ def _day(value: str | None, name: str) -> int:
         raise SearchError(f"{name} must be a date YYYY-MM-DD, not {value!r}") from None
 
 
-def parse_query(text: str, top_k: int = 5, mode: str = DEFAULT_MODE, source: str | None = None,
-                category: str | None = None, since: str | None = None, until: str | None = None) -> Query:
+def parse_query(
+    text: str,
+    top_k: int = 5,
+    mode: str = DEFAULT_MODE,
+    source: str | None = None,
+    category: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> Query:
     """A :class:`Query` from user input; raises :class:`SearchError` naming the bad parameter."""
     text = (text or "").strip()
     if not text:
@@ -90,8 +97,15 @@ def parse_query(text: str, top_k: int = 5, mode: str = DEFAULT_MODE, source: str
     lo, hi = _day(since, "since"), _day(until, "until")
     if lo and hi and lo > hi:
         raise SearchError(f"since ({since}) is after until ({until})")
-    return Query(text=text, top_k=top_k, mode=mode, source=source or None, category=category or None,
-                 since=lo, until=hi)
+    return Query(
+        text=text,
+        top_k=top_k,
+        mode=mode,
+        source=source or None,
+        category=category or None,
+        since=lo,
+        until=hi,
+    )
 
 
 @dataclass(frozen=True)
@@ -104,9 +118,17 @@ class Result(Hit):
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of ``cbnano search --json`` and of the search service's results."""
-        return {"doc_id": self.doc_id, "chunk_id": self.chunk_id, "title": self.title, "source": self.source,
-                "score": round(self.score, 6), "url": self.url, "published": self.published,
-                "snippet": self.snippet, "ranks": self.ranks}
+        return {
+            "doc_id": self.doc_id,
+            "chunk_id": self.chunk_id,
+            "title": self.title,
+            "source": self.source,
+            "score": round(self.score, 6),
+            "url": self.url,
+            "published": self.published,
+            "snippet": self.snippet,
+            "ranks": self.ranks,
+        }
 
 
 @dataclass(frozen=True)
@@ -134,7 +156,9 @@ def snippet(text: str, terms: list[str], width: int = SNIPPET_CHARS) -> str:
     return ("…" if start else "") + flat[start:end].strip() + ("…" if end < len(flat) else "")
 
 
-def fuse(rankings: dict[str, list[Hit]], limit: int, k: int = RRF_K) -> list[tuple[Hit, float, dict[str, int]]]:
+def fuse(
+    rankings: dict[str, list[Hit]], limit: int, k: int = RRF_K
+) -> list[tuple[Hit, float, dict[str, int]]]:
     """Reciprocal rank fusion of per-document rankings: (best hit, fused score, ranks), best first.
 
     The hit shown for a document is the one from the first ranker in ``rankings`` that found it.
@@ -156,8 +180,10 @@ class Searcher:
 
     def __init__(self, store: MilvusStore, embedder_factory: Callable[[], Any], dim: int) -> None:
         if not store.exists():
-            raise SearchError(f"nothing ingested yet: no collection {store.collection} at {store.uri} "
-                              "(run `cbnano ingest arxiv` first)")
+            raise SearchError(
+                f"nothing ingested yet: no collection {store.collection} at {store.uri} "
+                "(run `cbnano ingest arxiv` first)"
+            )
         store.ensure_collection(dim)
         self.store = store
         self._embedder_factory = embedder_factory
@@ -172,8 +198,9 @@ class Searcher:
         from pipelines.embedding.minilm import DIMENSION, get_embedder
 
         def factory() -> Any:
-            return get_embedder(settings.embedding_model, settings.embedding_device,
-                                settings.embedding_batch_size)
+            return get_embedder(
+                settings.embedding_model, settings.embedding_device, settings.embedding_batch_size
+            )
 
         store = MilvusStore.from_settings(settings)
         try:
@@ -208,15 +235,22 @@ class Searcher:
         mode = query.mode
         if mode != "dense" and not self.store.full_text:
             if mode == "keyword":
-                raise SearchError(f"keyword search needs Milvus's BM25 full-text search, which the collection "
-                                  f"{self.store.collection} at {self.store.uri} does not have")
-            log.warning("collection %s has no full-text index: hybrid search falls back to dense",
-                        self.store.collection)
+                raise SearchError(
+                    f"keyword search needs Milvus's BM25 full-text search, which the collection "
+                    f"{self.store.collection} at {self.store.uri} does not have"
+                )
+            log.warning(
+                "collection %s has no full-text index: hybrid search falls back to dense",
+                self.store.collection,
+            )
             mode = "dense"
         depth = max(FUSION_DEPTH, 4 * query.top_k) if mode == "hybrid" else query.top_k
         rankings: dict[str, list[Hit]] = {}
-        keyword = (self._pool.submit(self.store.search_keywords, " ".join(terms), limit=depth, filter=flt)
-                   if mode in ("hybrid", "keyword") else None)
+        keyword = (
+            self._pool.submit(self.store.search_keywords, " ".join(terms), limit=depth, filter=flt)
+            if mode in ("hybrid", "keyword")
+            else None
+        )
         if mode in ("hybrid", "dense"):
             rankings["dense"] = self.store.search_dense(self.embed(query.text), limit=depth, filter=flt)
         if keyword is not None:
@@ -225,6 +259,8 @@ class Searcher:
             fused = fuse(rankings, query.top_k)
         else:
             fused = [(h, h.score, {mode: rank}) for rank, h in enumerate(rankings[mode], 1)]
-        results = [Result(**{**asdict(h), "score": score}, snippet=snippet(h.text, terms), ranks=ranks)
-                   for h, score, ranks in fused[:query.top_k]]
+        results = [
+            Result(**{**asdict(h), "score": score}, snippet=snippet(h.text, terms), ranks=ranks)
+            for h, score, ranks in fused[: query.top_k]
+        ]
         return Answer(results=results, mode=mode)

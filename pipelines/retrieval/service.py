@@ -72,8 +72,9 @@ def create_app(settings: Any, open_searcher: Callable[[], Searcher] | None = Non
         yield
         corpus.close()
 
-    app = FastAPI(title="CB Nano search (System C)", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="CB Nano search (System C)", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
 
     def authorized(request: Request) -> None:
         if not token:
@@ -81,8 +82,11 @@ def create_app(settings: Any, open_searcher: Callable[[], Searcher] | None = Non
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-            raise HTTPException(401, "a bearer token is required (Authorization: Bearer <CBNANO_SEARCH_TOKEN>)",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "a bearer token is required (Authorization: Bearer <CBNANO_SEARCH_TOKEN>)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     def searcher() -> Searcher:
         try:
@@ -106,9 +110,15 @@ def create_app(settings: Any, open_searcher: Callable[[], Searcher] | None = Non
         return JSONResponse({"status": "ok", "corpus": True})
 
     @app.get("/search", dependencies=[Depends(authorized)])
-    def search(q: str = Query(..., description="what to look for"), k: int = 5, mode: str = DEFAULT_MODE,
-               source: str | None = None, category: str | None = None, since: str | None = None,
-               until: str | None = None) -> dict[str, Any]:
+    def search(
+        q: str = Query(..., description="what to look for"),
+        k: int = 5,
+        mode: str = DEFAULT_MODE,
+        source: str | None = None,
+        category: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> dict[str, Any]:
         query = parse_query(q, top_k=k, mode=mode, source=source, category=category, since=since, until=until)
         answer = searcher().search(query)
         return {"results": [r.to_dict() for r in answer.results], "mode": answer.mode}
@@ -126,6 +136,7 @@ def serve(settings: Any, host: str = "127.0.0.1", port: int = 8600) -> None:
     import uvicorn
 
     if not settings.search_token and host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("CBNANO_SEARCH_TOKEN is not set: /search and /stats answer anyone who reaches %s:%d",
-                    host, port)
+        log.warning(
+            "CBNANO_SEARCH_TOKEN is not set: /search and /stats answer anyone who reaches %s:%d", host, port
+        )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")

@@ -29,7 +29,8 @@ _JOINERS = re.compile(r"[\-+/,:()\[\]']+|\.(?![0-9])|(?<![0-9])\.")
 _ARXIV_VERSIONED = re.compile(r"^([0-9]{4}\.[0-9]{4,5})v[0-9]+\Z")
 STOPWORDS = frozenset(
     "a an and are as at be been but by can for from has have in into is it its of on or our that the their "
-    "these this those to was we were which with".split())
+    "these this those to was we were which with".split()
+)
 
 
 def keyword_terms(text: str) -> list[str]:
@@ -55,5 +56,5 @@ def keyword_text(*texts: str, limit_bytes: int | None = None) -> str:
     joined = " ".join(t for text in texts for t in keyword_terms(text))
     if limit_bytes is None or len(joined.encode("utf-8")) <= limit_bytes:
         return joined
-    cut = joined.encode("utf-8")[:limit_bytes + 1].decode("utf-8", errors="ignore")
-    return cut[:cut.rfind(" ")] if " " in cut else ""
+    cut = joined.encode("utf-8")[: limit_bytes + 1].decode("utf-8", errors="ignore")
+    return cut[: cut.rfind(" ")] if " " in cut else ""

@@ -55,22 +55,37 @@ FIRST_YEAR = 1991  # arXiv's first submissions: windows before it are a typo, no
 
 # arXiv's category taxonomy (https://arxiv.org/category_taxonomy): a typo would otherwise fetch 0 papers
 ARXIV_CATEGORIES = frozenset(
-    [f"cs.{c}" for c in "AI AR CC CE CG CL CR CV CY DB DC DL DM DS ET FL GL GR GT HC IR IT LG LO MA MM MS NA NE NI "
-                        "OH OS PF PL RO SC SD SE SI SY".split()]
-    + [f"econ.{c}" for c in "EM GN TH".split()] + [f"eess.{c}" for c in "AS IV SP SY".split()]
-    + [f"math.{c}" for c in "AC AG AP AT CA CO CT CV DG DS FA GM GN GR GT HO IT KT LO MG MP NA NT OA OC PR QA RA "
-                            "RT SG SP ST".split()]
-    + ["astro-ph"] + [f"astro-ph.{c}" for c in "CO EP GA HE IM SR".split()]
-    + ["cond-mat"] + [f"cond-mat.{c}" for c in "dis-nn mes-hall mtrl-sci other quant-gas soft stat-mech str-el "
-                                                "supr-con".split()]
+    [
+        f"cs.{c}"
+        for c in "AI AR CC CE CG CL CR CV CY DB DC DL DM DS ET FL GL GR GT HC IR IT LG LO MA MM MS NA NE NI "
+        "OH OS PF PL RO SC SD SE SI SY".split()
+    ]
+    + [f"econ.{c}" for c in "EM GN TH".split()]
+    + [f"eess.{c}" for c in "AS IV SP SY".split()]
+    + [
+        f"math.{c}"
+        for c in "AC AG AP AT CA CO CT CV DG DS FA GM GN GR GT HO IT KT LO MG MP NA NT OA OC PR QA RA "
+        "RT SG SP ST".split()
+    ]
+    + ["astro-ph"]
+    + [f"astro-ph.{c}" for c in "CO EP GA HE IM SR".split()]
+    + ["cond-mat"]
+    + [
+        f"cond-mat.{c}"
+        for c in "dis-nn mes-hall mtrl-sci other quant-gas soft stat-mech str-el supr-con".split()
+    ]
     + "gr-qc hep-ex hep-lat hep-ph hep-th math-ph nucl-ex nucl-th quant-ph".split()
     + [f"nlin.{c}" for c in "AO CD CG PS SI".split()]
-    + [f"physics.{c}" for c in "acc-ph ao-ph app-ph atm-clus atom-ph bio-ph chem-ph class-ph comp-ph data-an "
-                                "ed-ph flu-dyn gen-ph geo-ph hist-ph ins-det med-ph optics plasm-ph pop-ph soc-ph "
-                                "space-ph".split()]
+    + [
+        f"physics.{c}"
+        for c in "acc-ph ao-ph app-ph atm-clus atom-ph bio-ph chem-ph class-ph comp-ph data-an "
+        "ed-ph flu-dyn gen-ph geo-ph hist-ph ins-det med-ph optics plasm-ph pop-ph soc-ph "
+        "space-ph".split()
+    ]
     + [f"q-bio.{c}" for c in "BM CB GN MN NC OT PE QM SC TO".split()]
     + [f"q-fin.{c}" for c in "CP EC GN MF PM PR RM ST TR".split()]
-    + [f"stat.{c}" for c in "AP CO ME ML OT TH".split()])
+    + [f"stat.{c}" for c in "AP CO ME ML OT TH".split()]
+)
 _ERROR_ID_RE = re.compile(r"^https?://(?:export\.)?arxiv\.org/api/errors")
 _CATEGORY_RE = re.compile(r"^[a-z][a-z\-]*(?:\.[A-Za-z\-]+)?\Z")
 
@@ -231,8 +246,9 @@ def parse_api_feed(body: bytes, query: str = "") -> ParsedFeed:
     for entry in entries:
         if _ERROR_ID_RE.match(_text(entry, "atom:id") or ""):
             message = (_text(entry, "atom:summary") or "unknown error").strip()
-            raise ArxivQueryError(f"arXiv rejected the query {query!r}: {message}", url=query, attempts=1,
-                                  status=400)
+            raise ArxivQueryError(
+                f"arXiv rejected the query {query!r}: {message}", url=query, attempts=1, status=400
+            )
     feed = ParsedFeed(
         total_results=_int(root, "opensearch:totalResults", -1),  # -1: the feed does not say
         start_index=_int(root, "opensearch:startIndex", 0),
@@ -242,11 +258,13 @@ def parse_api_feed(body: bytes, query: str = "") -> ParsedFeed:
         try:
             feed.papers.append(_parse_entry(entry))
         except ValueError as exc:
-            feed.rejects.append({
-                "reason": str(exc),
-                "entry_id": (_text(entry, "atom:id") or "").strip(),
-                "raw": ET.tostring(entry, encoding="unicode"),
-            })
+            feed.rejects.append(
+                {
+                    "reason": str(exc),
+                    "entry_id": (_text(entry, "atom:id") or "").strip(),
+                    "raw": ET.tostring(entry, encoding="unicode"),
+                }
+            )
     return feed
 
 
@@ -270,21 +288,23 @@ def parse_rss(body: bytes) -> list[Paper]:
         abstract = description.split("Abstract:", 1)[1] if "Abstract:" in description else description
         categories = [t.get("term") for t in item.get("tags", []) if t.get("term")]
         authors = [a.strip() for a in item.get("author", "").split(",") if a.strip()]
-        papers.append(Paper(
-            arxiv_id=arxiv_id,
-            version=version or 1,
-            title=item.get("title", ""),
-            abstract=abstract.strip(),
-            authors=authors,
-            primary_category=categories[0] if categories else "",
-            categories=categories,
-            published=None,
-            updated=None,
-            doi=item.get("arxiv_doi") or None,
-            journal_ref=item.get("arxiv_journal_reference") or None,
-            announce_type=item.get("arxiv_announce_type") or None,
-            url=item.get("link", f"https://arxiv.org/abs/{arxiv_id}"),
-        ))
+        papers.append(
+            Paper(
+                arxiv_id=arxiv_id,
+                version=version or 1,
+                title=item.get("title", ""),
+                abstract=abstract.strip(),
+                authors=authors,
+                primary_category=categories[0] if categories else "",
+                categories=categories,
+                published=None,
+                updated=None,
+                doi=item.get("arxiv_doi") or None,
+                journal_ref=item.get("arxiv_journal_reference") or None,
+                announce_type=item.get("arxiv_announce_type") or None,
+                url=item.get("link", f"https://arxiv.org/abs/{arxiv_id}"),
+            )
+        )
     return papers
 
 
@@ -299,7 +319,9 @@ def validate_categories(categories: Sequence[str]) -> None:
             import difflib
 
             near = difflib.get_close_matches(cat, sorted(ARXIV_CATEGORIES), n=1)
-            raise ValueError(f"not an arXiv category: {cat!r}" + (f" (did you mean {near[0]}?)" if near else ""))
+            raise ValueError(
+                f"not an arXiv category: {cat!r}" + (f" (did you mean {near[0]}?)" if near else "")
+            )
 
 
 def build_window_query(categories: Sequence[str], start: datetime, end: datetime) -> str:
@@ -322,27 +344,45 @@ def build_window_query(categories: Sequence[str], start: datetime, end: datetime
 class ArxivClient:
     """The export API and RSS feed behind one polite HTTP client (see module docstring for the limits)."""
 
-    def __init__(self, api_url: str, rss_url: str, *, delay_s: float = 3.0, page_size: int = 200,
-                 retry: RetryPolicy | None = None, timeout_s: float = 60.0, http: PoliteClient | None = None,
-                 max_bytes: int = MAX_RESPONSE_BYTES):
+    def __init__(
+        self,
+        api_url: str,
+        rss_url: str,
+        *,
+        delay_s: float = 3.0,
+        page_size: int = 200,
+        retry: RetryPolicy | None = None,
+        timeout_s: float = 60.0,
+        http: PoliteClient | None = None,
+        max_bytes: int = MAX_RESPONSE_BYTES,
+    ):
         self.max_query_results = MAX_QUERY_RESULTS
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}")
         self.api_url = api_url
         self.rss_url = rss_url.rstrip("/")
         self.page_size = page_size
-        self.http = http or PoliteClient(limiter=MinIntervalLimiter(delay_s), retry=retry, timeout_s=timeout_s,
-                                         max_bytes=max_bytes)
+        self.http = http or PoliteClient(
+            limiter=MinIntervalLimiter(delay_s), retry=retry, timeout_s=timeout_s, max_bytes=max_bytes
+        )
 
     @classmethod
     def from_settings(cls, settings: Any, **kwargs: Any) -> ArxivClient:
         """A client on the configured endpoints, delay and retry policy."""
         retry = RetryPolicy(max_attempts=settings.http_max_attempts, base_s=settings.http_backoff_s)
-        return cls(settings.arxiv_api_url, settings.arxiv_rss_url, delay_s=settings.arxiv_delay_s, retry=retry,
-                   timeout_s=settings.http_timeout_s, max_bytes=settings.http_max_bytes, **kwargs)
+        return cls(
+            settings.arxiv_api_url,
+            settings.arxiv_rss_url,
+            delay_s=settings.arxiv_delay_s,
+            retry=retry,
+            timeout_s=settings.http_timeout_s,
+            max_bytes=settings.http_max_bytes,
+            **kwargs,
+        )
 
-    def iter_window_pages(self, categories: Sequence[str], start: datetime, end: datetime,
-                          max_results: int | None = None) -> Iterator[FetchedPage]:
+    def iter_window_pages(
+        self, categories: Sequence[str], start: datetime, end: datetime, max_results: int | None = None
+    ) -> Iterator[FetchedPage]:
         """Yield raw API pages for papers submitted in [start, end), oldest first.
 
         Stops when ``totalResults`` is reached (or ``max_results`` entries were returned). An empty page
@@ -366,18 +406,31 @@ class ArxivClient:
                 continue
             minutes = int((hi - lo).total_seconds() // 60)
             if minutes < 2:
-                raise SourceError(f"{first.total_results} papers were submitted in the minute {lo.isoformat()} "
-                                  f"for {query!r}, above arXiv's {self.max_query_results} results per query",
-                                  url=first.url, attempts=1)
+                raise SourceError(
+                    f"{first.total_results} papers were submitted in the minute {lo.isoformat()} "
+                    f"for {query!r}, above arXiv's {self.max_query_results} results per query",
+                    url=first.url,
+                    attempts=1,
+                )
             mid = lo + timedelta(minutes=minutes // 2)
-            log.info("%s: %d results exceed arXiv's %d per query; splitting the window at %s", query,
-                     first.total_results, self.max_query_results, mid.isoformat())
+            log.info(
+                "%s: %d results exceed arXiv's %d per query; splitting the window at %s",
+                query,
+                first.total_results,
+                self.max_query_results,
+                mid.isoformat(),
+            )
             pending[:0] = [(lo, mid), (mid, hi)]
 
     def _page(self, query: str, offset: int, size: int) -> FetchedPage:
         """One API page (retried while it is not a feed, lacks its total, or is empty before the total)."""
-        params = {"search_query": query, "start": offset, "max_results": size,
-                  "sortBy": "submittedDate", "sortOrder": "ascending"}
+        params = {
+            "search_query": query,
+            "start": offset,
+            "max_results": size,
+            "sortBy": "submittedDate",
+            "sortOrder": "ascending",
+        }
         seen: dict[str, ParsedFeed] = {}
 
         def validate(resp: requests.Response) -> None:
@@ -395,14 +448,30 @@ class ArxivClient:
         if resp.status_code >= 400:
             # arXiv's error feed (HTTP 400 + an Error entry) becomes ArxivQueryError here.
             parse_api_feed(resp.content, query)
-            raise SourceError(f"HTTP {resp.status_code} for query {query!r}", url=resp.url, attempts=1,
-                              status=resp.status_code)
+            raise SourceError(
+                f"HTTP {resp.status_code} for query {query!r}",
+                url=resp.url,
+                attempts=1,
+                status=resp.status_code,
+            )
         parsed = seen["feed"]
-        return FetchedPage(start=offset, url=resp.url, body=resp.content, entry_count=parsed.entry_count,
-                           total_results=parsed.total_results)
+        return FetchedPage(
+            start=offset,
+            url=resp.url,
+            body=resp.content,
+            entry_count=parsed.entry_count,
+            total_results=parsed.total_results,
+        )
 
-    def _window_pages(self, categories: Sequence[str], start: datetime, end: datetime, max_results: int | None,
-                      part: int, first: FetchedPage | None = None) -> Iterator[FetchedPage]:
+    def _window_pages(
+        self,
+        categories: Sequence[str],
+        start: datetime,
+        end: datetime,
+        max_results: int | None,
+        part: int,
+        first: FetchedPage | None = None,
+    ) -> Iterator[FetchedPage]:
         """The pages of one query, up to its total (or ``max_results``, at most arXiv's cap)."""
         query = build_window_query(categories, start, end)
         cap = min(max_results or self.max_query_results, self.max_query_results)
@@ -414,20 +483,31 @@ class ArxivClient:
             if page.entry_count > size:  # the first page was asked for with the full page size
                 page = self._page(query, offset, size)
             total = page.total_results
-            yield FetchedPage(start=page.start, url=page.url, body=page.body, entry_count=page.entry_count,
-                              total_results=total, part=part)
+            yield FetchedPage(
+                start=page.start,
+                url=page.url,
+                body=page.body,
+                entry_count=page.entry_count,
+                total_results=total,
+                part=part,
+            )
             offset += page.entry_count
             if page.entry_count == 0:
                 break
 
     def fetch_rss(self, category: str) -> bytes:
         """The raw RSS feed of today's announcements in ``category``."""
+
         def validate(resp: requests.Response) -> None:
             if not resp.content.strip() or b"<rss" not in resp.content[:2000]:
                 raise TransientResponse("not an RSS document")
 
         resp = self.http.get(f"{self.rss_url}/{category}", validate=validate)
         if resp.status_code >= 400:
-            raise SourceError(f"HTTP {resp.status_code} for RSS {category}", url=resp.url, attempts=1,
-                              status=resp.status_code)
+            raise SourceError(
+                f"HTTP {resp.status_code} for RSS {category}",
+                url=resp.url,
+                attempts=1,
+                status=resp.status_code,
+            )
         return resp.content

@@ -45,8 +45,10 @@ class SourceError(RuntimeError):
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         # Airflow and Celery pickle task exceptions; the default reduce would call cls(str(self)) without the
         # keyword-only fields and fail to unpickle
-        return (functools.partial(type(self), url=self.url, attempts=self.attempts, status=self.status),
-                (self.message,))
+        return (
+            functools.partial(type(self), url=self.url, attempts=self.attempts, status=self.status),
+            (self.message,),
+        )
 
 
 class TransientResponse(Exception):
@@ -178,12 +180,19 @@ class PoliteClient:
                 chunks.append(chunk)
         if too_big:
             resp.close()
-            raise SourceError(f"the answer is larger than the {self.max_bytes:,}-byte limit "
-                              "(CBNANO_HTTP_MAX_BYTES); not read", url=shown, attempts=1, status=resp.status_code)
+            raise SourceError(
+                f"the answer is larger than the {self.max_bytes:,}-byte limit "
+                "(CBNANO_HTTP_MAX_BYTES); not read",
+                url=shown,
+                attempts=1,
+                status=resp.status_code,
+            )
         resp._content = b"".join(chunks)  # what resp.content returns from now on
         resp._content_consumed = True  # type: ignore[attr-defined]
 
-    def get(self, url: str, params: Mapping[str, Any] | None = None, validate: Validator | None = None) -> requests.Response:
+    def get(
+        self, url: str, params: Mapping[str, Any] | None = None, validate: Validator | None = None
+    ) -> requests.Response:
         """GET ``url`` under the policy; see the class docstring for what is returned or raised."""
         return self.request("GET", url, params=params, validate=validate)
 
@@ -209,8 +218,9 @@ class PoliteClient:
             self.limiter.acquire()
             self.requests_sent += 1
             try:
-                resp = self.session.request(method, url, params=params, data=data, timeout=self.timeout_s,
-                                            stream=True)
+                resp = self.session.request(
+                    method, url, params=params, data=data, timeout=self.timeout_s, stream=True
+                )
                 self._read_capped(resp, shown)
             except (requests.Timeout, requests.ConnectionError) as exc:
                 last_reason, last_status = _short_reason(exc), None
@@ -234,8 +244,16 @@ class PoliteClient:
             delay = self.retry.backoff_s(attempt, self.rng)
             if wait_hint is not None:
                 delay = min(wait_hint, self.retry.retry_after_cap_s)
-            log.warning("%s %s: %s; retry %d/%d in %.1fs", method, shown, last_reason, attempt,
-                        self.retry.max_attempts - 1, delay)
+            log.warning(
+                "%s %s: %s; retry %d/%d in %.1fs",
+                method,
+                shown,
+                last_reason,
+                attempt,
+                self.retry.max_attempts - 1,
+                delay,
+            )
             self.sleep(delay)
-        raise SourceError(f"giving up: {last_reason}", url=shown, attempts=self.retry.max_attempts,
-                          status=last_status)
+        raise SourceError(
+            f"giving up: {last_reason}", url=shown, attempts=self.retry.max_attempts, status=last_status
+        )

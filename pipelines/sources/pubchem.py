@@ -38,9 +38,20 @@ log = logging.getLogger(__name__)
 
 REQUESTS_PER_SECOND = 5  # PubChem usage policy
 REQUESTS_PER_MINUTE = 400  # PubChem usage policy
-PROPERTIES = ("Title", "MolecularFormula", "MolecularWeight", "IUPACName", "ConnectivitySMILES", "SMILES",
-              "InChIKey", "XLogP")
-LEGACY_SMILES = {"CanonicalSMILES": "ConnectivitySMILES", "IsomericSMILES": "SMILES"}  # before the 2025 rename
+PROPERTIES = (
+    "Title",
+    "MolecularFormula",
+    "MolecularWeight",
+    "IUPACName",
+    "ConnectivitySMILES",
+    "SMILES",
+    "InChIKey",
+    "XLogP",
+)
+LEGACY_SMILES = {
+    "CanonicalSMILES": "ConnectivitySMILES",
+    "IsomericSMILES": "SMILES",
+}  # before the 2025 rename
 _STATUS_RANK = {"green": 0, "yellow": 1, "red": 2, "black": 3}
 _THROTTLE_RE = re.compile(r"(Request Count|Request Time|Service) status:\s*(\w+)", re.I)
 
@@ -114,19 +125,36 @@ class Compound:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
-        return {"cid": self.cid, "title": self.title, "formula": self.formula, "weight": self.weight,
-                "iupac_name": self.iupac_name, "smiles": self.smiles,
-                "connectivity_smiles": self.connectivity_smiles, "inchikey": self.inchikey, "xlogp": self.xlogp,
-                "descriptions": [list(d) for d in self.descriptions], "synonyms": list(self.synonyms)}
+        return {
+            "cid": self.cid,
+            "title": self.title,
+            "formula": self.formula,
+            "weight": self.weight,
+            "iupac_name": self.iupac_name,
+            "smiles": self.smiles,
+            "connectivity_smiles": self.connectivity_smiles,
+            "inchikey": self.inchikey,
+            "xlogp": self.xlogp,
+            "descriptions": [list(d) for d in self.descriptions],
+            "synonyms": list(self.synonyms),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Compound:
         """The inverse of :meth:`to_dict`."""
-        return cls(cid=int(d["cid"]), title=d.get("title", ""), formula=d.get("formula", ""),
-                   weight=d.get("weight"), iupac_name=d.get("iupac_name", ""), smiles=d.get("smiles", ""),
-                   connectivity_smiles=d.get("connectivity_smiles", ""), inchikey=d.get("inchikey", ""),
-                   xlogp=d.get("xlogp"), descriptions=tuple(tuple(x) for x in d.get("descriptions", [])),
-                   synonyms=tuple(d.get("synonyms", [])))
+        return cls(
+            cid=int(d["cid"]),
+            title=d.get("title", ""),
+            formula=d.get("formula", ""),
+            weight=d.get("weight"),
+            iupac_name=d.get("iupac_name", ""),
+            smiles=d.get("smiles", ""),
+            connectivity_smiles=d.get("connectivity_smiles", ""),
+            inchikey=d.get("inchikey", ""),
+            xlogp=d.get("xlogp"),
+            descriptions=tuple(tuple(x) for x in d.get("descriptions", [])),
+            synonyms=tuple(d.get("synonyms", [])),
+        )
 
 
 def _float(value: Any) -> float | None:
@@ -187,8 +215,13 @@ def parse_descriptions(payload: Any) -> dict[int, dict[str, Any]]:
         if isinstance(title, str) and title:
             entry["title"] = title
         if isinstance(text, str) and text.strip():
-            entry["descriptions"].append((text.strip(), str(info.get("DescriptionSourceName") or ""),
-                                          str(info.get("DescriptionURL") or "")))
+            entry["descriptions"].append(
+                (
+                    text.strip(),
+                    str(info.get("DescriptionSourceName") or ""),
+                    str(info.get("DescriptionURL") or ""),
+                )
+            )
         elif text is not None or (title is not None and not isinstance(title, str)):
             log.warning("PubChem description of CID %s is not text; skipped", cid)
     return out
@@ -201,8 +234,12 @@ def _json(resp: requests.Response) -> Any:
         return resp.json()
     except ValueError:
         kind = resp.headers.get("Content-Type", "no content type")
-        raise SourceError(f"PubChem answered {kind}, not JSON: {resp.text[:80]!r}", url=resp.url, attempts=1,
-                          status=resp.status_code) from None
+        raise SourceError(
+            f"PubChem answered {kind}, not JSON: {resp.text[:80]!r}",
+            url=resp.url,
+            attempts=1,
+            status=resp.status_code,
+        ) from None
 
 
 def fault_of(resp: requests.Response) -> dict[str, Any] | None:
@@ -238,35 +275,60 @@ def compound_from(row: dict[str, Any], desc: dict[str, Any] | None) -> Compound:
     for key in ("Title", "MolecularFormula", "IUPACName", "SMILES", "ConnectivitySMILES", "InChIKey"):
         _text(row, key)
     return Compound(
-        cid=int(row["CID"]), title=row.get("Title") or desc.get("title", ""),
-        formula=row.get("MolecularFormula", ""), weight=row.get("MolecularWeight"),
-        iupac_name=row.get("IUPACName", ""), smiles=row.get("SMILES", ""),
-        connectivity_smiles=row.get("ConnectivitySMILES", ""), inchikey=row.get("InChIKey", ""),
-        xlogp=row.get("XLogP"), descriptions=tuple(desc.get("descriptions", ())),
+        cid=int(row["CID"]),
+        title=row.get("Title") or desc.get("title", ""),
+        formula=row.get("MolecularFormula", ""),
+        weight=row.get("MolecularWeight"),
+        iupac_name=row.get("IUPACName", ""),
+        smiles=row.get("SMILES", ""),
+        connectivity_smiles=row.get("ConnectivitySMILES", ""),
+        inchikey=row.get("InChIKey", ""),
+        xlogp=row.get("XLogP"),
+        descriptions=tuple(desc.get("descriptions", ())),
     )
 
 
 class PubChemClient:
     """PUG REST under the usage policy (see the module docstring)."""
 
-    def __init__(self, base_url: str, *, limiter: WindowLimiter | None = None,
-                 retry: RetryPolicy | None = None, timeout_s: float = 30.0, batch_size: int = 100,
-                 max_bytes: int = MAX_RESPONSE_BYTES) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        limiter: WindowLimiter | None = None,
+        retry: RetryPolicy | None = None,
+        timeout_s: float = 30.0,
+        batch_size: int = 100,
+        max_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.batch_size = batch_size
         self.limiter = limiter or POLICY_LIMITER
         self.retry = retry or RetryPolicy(retry_statuses=frozenset({500, 502, 503, 504}))
-        self.http = PoliteClient(limiter=self.limiter, retry=self.retry, timeout_s=timeout_s,
-                                 on_response=self._watch_throttling, max_bytes=max_bytes)
+        self.http = PoliteClient(
+            limiter=self.limiter,
+            retry=self.retry,
+            timeout_s=timeout_s,
+            on_response=self._watch_throttling,
+            max_bytes=max_bytes,
+        )
         self.throttle_events: list[str] = []
 
     @classmethod
     def from_settings(cls, settings: Any, **kwargs: Any) -> PubChemClient:
         """A client on the configured endpoint and retry policy, sharing the process-wide policy limiter."""
-        retry = RetryPolicy(max_attempts=settings.http_max_attempts, base_s=settings.http_backoff_s,
-                            retry_statuses=frozenset({500, 502, 503, 504}))
-        return cls(settings.pubchem_url, retry=retry, timeout_s=settings.http_timeout_s,
-                   max_bytes=settings.http_max_bytes, **kwargs)
+        retry = RetryPolicy(
+            max_attempts=settings.http_max_attempts,
+            base_s=settings.http_backoff_s,
+            retry_statuses=frozenset({500, 502, 503, 504}),
+        )
+        return cls(
+            settings.pubchem_url,
+            retry=retry,
+            timeout_s=settings.http_timeout_s,
+            max_bytes=settings.http_max_bytes,
+            **kwargs,
+        )
 
     def _watch_throttling(self, resp: requests.Response) -> None:
         status = parse_throttling(resp.headers.get("X-Throttling-Control"))
@@ -276,9 +338,13 @@ class PubChemClient:
         rank = _STATUS_RANK.get(worst, 0)
         if rank == 3:
             self.throttle_events.append("black")
-            raise PubChemThrottled(f"PubChem is blocking requests (X-Throttling-Control: "
-                                   f"{resp.headers['X-Throttling-Control']}); stop and try again later",
-                                   url=resp.url, attempts=1, status=resp.status_code)
+            raise PubChemThrottled(
+                f"PubChem is blocking requests (X-Throttling-Control: "
+                f"{resp.headers['X-Throttling-Control']}); stop and try again later",
+                url=resp.url,
+                attempts=1,
+                status=resp.status_code,
+            )
         # Green: full policy rate; Yellow: half; Red: a quarter.
         new = (1.0, 2.0, 4.0)[rank]
         if new != self.limiter.slowdown:
@@ -292,9 +358,13 @@ class PubChemClient:
             return resp
         if resp.status_code >= 400:
             fault = fault_of(resp) or {}
-            raise SourceError(f"PubChem {fault.get('Code', f'HTTP {resp.status_code}')}: "
-                              f"{fault.get('Message', resp.text[:200])}", url=resp.url, attempts=1,
-                              status=resp.status_code)
+            raise SourceError(
+                f"PubChem {fault.get('Code', f'HTTP {resp.status_code}')}: "
+                f"{fault.get('Message', resp.text[:200])}",
+                url=resp.url,
+                attempts=1,
+                status=resp.status_code,
+            )
         return resp
 
     def cids_for_name(self, name: str) -> list[int]:
@@ -316,9 +386,10 @@ class PubChemClient:
         rows: list[dict[str, Any]] = []
         ids = list(dict.fromkeys(int(c) for c in cids))
         for i in range(0, len(ids), self.batch_size):
-            batch = ids[i:i + self.batch_size]
-            resp = self._post(f"/compound/cid/property/{','.join(PROPERTIES)}/JSON",
-                              {"cid": ",".join(map(str, batch))})
+            batch = ids[i : i + self.batch_size]
+            resp = self._post(
+                f"/compound/cid/property/{','.join(PROPERTIES)}/JSON", {"cid": ",".join(map(str, batch))}
+            )
             if resp.status_code != 404:
                 rows.extend(parse_properties(_json(resp)))
         return rows
@@ -328,7 +399,9 @@ class PubChemClient:
         out: dict[int, dict[str, Any]] = {}
         ids = list(dict.fromkeys(int(c) for c in cids))
         for i in range(0, len(ids), self.batch_size):
-            resp = self._post("/compound/cid/description/JSON", {"cid": ",".join(map(str, ids[i:i + self.batch_size]))})
+            resp = self._post(
+                "/compound/cid/description/JSON", {"cid": ",".join(map(str, ids[i : i + self.batch_size]))}
+            )
             if resp.status_code != 404:
                 out.update(parse_descriptions(_json(resp)))
         return out

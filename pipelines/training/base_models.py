@@ -83,7 +83,11 @@ def locate_base(settings: Settings, value: str, what: str) -> BaseModel:
         raise BaseModelMissing(f"{what}={value!r}: {exc}") from None
     problem = _usable(path)
     if problem:
-        hint = "" if looks_like_path else " (import it, e.g. `cbnano models import-base smollm2`, or give a folder)"
+        hint = (
+            ""
+            if looks_like_path
+            else " (import it, e.g. `cbnano models import-base smollm2`, or give a folder)"
+        )
         raise BaseModelMissing(f"{what}={value!r} is not a usable base model: {problem}{hint}")
     if looks_like_path and not path.is_relative_to((settings.model_store / "base").resolve()):
         try:
@@ -106,7 +110,8 @@ def _configured(settings: Settings, profile: str, base_model: str | None) -> tup
         raise BaseModelMissing(
             f"no base model for profile {profile}: set CBNANO_BASE_MODEL to a base in "
             f"{settings.model_store / 'base'} (e.g. `cbnano models import-base smollm2`, then "
-            f"CBNANO_BASE_MODEL=smollm2) or to a model folder")
+            f"CBNANO_BASE_MODEL=smollm2) or to a model folder"
+        )
     return settings.base_model, "CBNANO_BASE_MODEL"
 
 
@@ -127,8 +132,12 @@ def resolve_base(settings: Settings, profile: str, base_model: str | None = None
     if _usable(path):
         tmp = path.with_name(f".{TINY_BASE}-build")
         shutil.rmtree(tmp, ignore_errors=True)
-        run_in_train_env(settings.train_python, "build_base",
-                         ["--shape", "tiny", "--out", str(tmp), "--data-dir", str(settings.data_dir)], timeout_s=600)
+        run_in_train_env(
+            settings.train_python,
+            "build_base",
+            ["--shape", "tiny", "--out", str(tmp), "--data-dir", str(settings.data_dir)],
+            timeout_s=600,
+        )
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
     return _describe(TINY_BASE, path)
@@ -145,9 +154,16 @@ def import_smollm2(model_store: Path, train_python: str, force: bool = False) ->
     tmp = out.with_name(".smollm2-import")
     shutil.rmtree(tmp, ignore_errors=True)
     info = run_in_train_env(train_python, "import_base", ["--out", str(tmp)], timeout_s=900)
-    manifest = {"name": "smollm2", "model": "SmolLM2-135M-Instruct", "upstream": "HuggingFaceTB/SmolLM2-135M-Instruct",
-                "dtype": "bfloat16", "test_model": False, **info,
-                "imported_at": datetime.now(UTC).isoformat(timespec="seconds"), "files": file_hashes(tmp)}
+    manifest = {
+        "name": "smollm2",
+        "model": "SmolLM2-135M-Instruct",
+        "upstream": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "dtype": "bfloat16",
+        "test_model": False,
+        **info,
+        "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "files": file_hashes(tmp),
+    }
     (tmp / BASE_MANIFEST).write_text(json.dumps(manifest, indent=2))
     if out.exists():
         shutil.rmtree(out)

@@ -41,13 +41,17 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def render_config(profile: str, domain: str, run: dict[str, Any], config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
+def render_config(
+    profile: str, domain: str, run: dict[str, Any], config_dir: Path = CONFIG_DIR
+) -> dict[str, Any]:
     """The full axolotl config for one run; raises ValueError for an unknown profile or domain."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
-    cfg = deep_merge(load_yaml(config_dir / f"{profile}.yml"), load_yaml(config_dir / "domains" / f"{domain}.yml"))
+    cfg = deep_merge(
+        load_yaml(config_dir / f"{profile}.yml"), load_yaml(config_dir / "domains" / f"{domain}.yml")
+    )
     cfg = deep_merge(cfg, run)
     if not cfg.get("base_model"):
         raise ValueError(f"profile {profile}: no base_model (give one in the run values)")
@@ -72,4 +76,6 @@ def validate_in_train_env(paths: list[Path], train_python: str, timeout_s: float
     """Problems found by axolotl's schema and validation for each config file (``steps.validate_config``)."""
     from pipelines.training.runner import run_in_train_env
 
-    return list(run_in_train_env(train_python, "validate_config", [str(p) for p in paths], timeout_s=timeout_s))
+    return list(
+        run_in_train_env(train_python, "validate_config", [str(p) for p in paths], timeout_s=timeout_s)
+    )

@@ -40,8 +40,11 @@ from pipelines.lake import read_jsonl, write_json, write_jsonl
 
 DOMAINS_FILE = Path(__file__).resolve().parents[2] / "include" / "domains.yaml"
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
-_FINDING = re.compile(r"\b(we (?:find|show|observe|demonstrate|report|predict)|reach(?:es)?|achiev\w+|retain\w*|"
-                      r"keep\w*|results? (?:show|indicate))\b", re.I)
+_FINDING = re.compile(
+    r"\b(we (?:find|show|observe|demonstrate|report|predict)|reach(?:es)?|achiev\w+|retain\w*|"
+    r"keep\w*|results? (?:show|indicate))\b",
+    re.I,
+)
 
 
 class DatasetTooSmall(ValueError):
@@ -78,9 +81,14 @@ def load_domains(path: Path = DOMAINS_FILE) -> dict[str, dict[str, Any]]:
     import yaml
 
     config = yaml.safe_load(path.read_text())
-    return {name: {"categories": set(d.get("categories") or []), "keywords": list(d.get("keywords") or []),
-                   "watchlist_domains": set(d.get("watchlist_domains") or [])}
-            for name, d in config["domains"].items()}
+    return {
+        name: {
+            "categories": set(d.get("categories") or []),
+            "keywords": list(d.get("keywords") or []),
+            "watchlist_domains": set(d.get("watchlist_domains") or []),
+        }
+        for name, d in config["domains"].items()
+    }
 
 
 def _has_keyword(text: str, keywords: Iterable[str]) -> bool:
@@ -106,7 +114,7 @@ def latest_records(data_dir: Path, source: str, until: datetime | None = None) -
 def paper_examples(rec: dict[str, Any]) -> list[Example]:
     """Title, summary and key-finding examples from a staged arXiv record."""
     title = rec["title_clean"]
-    abstract = rec["text"][len(title) + 2:] if rec["text"].startswith(title) else rec["text"]
+    abstract = rec["text"][len(title) + 2 :] if rec["text"].startswith(title) else rec["text"]
     sentences = [s.strip() for s in _SENT.split(abstract) if len(s.split()) >= 5]
     if not sentences:
         return []
@@ -116,7 +124,7 @@ def paper_examples(rec: dict[str, Any]) -> list[Example]:
         out.append(Example("Summarize this abstract in one sentence.", abstract, sentences[0], "arxiv", ref))
         findings = [s for s in sentences[1:] if _FINDING.search(s)]
         finding = findings[0] if findings else max(sentences[1:], key=lambda s: len(re.findall(r"\d", s)))
-        out.append(Example(f"What is the key finding of the paper \"{title}\"?", "", finding, "arxiv", ref))
+        out.append(Example(f'What is the key finding of the paper "{title}"?', "", finding, "arxiv", ref))
     return out
 
 
@@ -132,15 +140,21 @@ def compound_examples(rec: dict[str, Any]) -> list[Example]:
         out.extend(Example(q, "", answer, "pubchem", ref) for q in questions)
 
     if rec.get("formula"):
-        add([f"What is the molecular formula of {name}?", f"Give the chemical formula of {name}."],
-            f"The molecular formula of {name} is {rec['formula']}.")
+        add(
+            [f"What is the molecular formula of {name}?", f"Give the chemical formula of {name}."],
+            f"The molecular formula of {name} is {rec['formula']}.",
+        )
     if rec.get("weight") is not None:
-        add([f"What is the molecular weight of {name}?", f"How heavy is one mole of {name}?"],
-            f"{name} has a molecular weight of {rec['weight']:g} g/mol.")
+        add(
+            [f"What is the molecular weight of {name}?", f"How heavy is one mole of {name}?"],
+            f"{name} has a molecular weight of {rec['weight']:g} g/mol.",
+        )
     if rec.get("iupac_name"):
         add([f"What is the IUPAC name of {name}?"], f"The IUPAC name of {name} is {rec['iupac_name']}.")
     if rec.get("smiles"):
-        add([f"Write the SMILES string of {name}.", f"What is the SMILES notation for {name}?"], rec["smiles"])
+        add(
+            [f"Write the SMILES string of {name}.", f"What is the SMILES notation for {name}?"], rec["smiles"]
+        )
     for text, _source, _url in rec.get("descriptions", []):
         add([f"Describe {name}.", f"What is {name} used for?"], text)
         break
@@ -174,7 +188,9 @@ def internal_examples(folder: Path) -> tuple[list[Example], list[str]]:
                 continue
             where = f"{f.name}:{n}"
             if len(line) > MAX_LINE_CHARS:
-                problems.append(f"{where}: {len(line):,} characters, longer than any example that fits; skipped")
+                problems.append(
+                    f"{where}: {len(line):,} characters, longer than any example that fits; skipped"
+                )
                 continue
             try:
                 obj = json.loads(line)
@@ -184,7 +200,9 @@ def internal_examples(folder: Path) -> tuple[list[Example], list[str]]:
             if not isinstance(obj, dict):
                 problems.append(f"{where}: not a JSON object")
                 continue
-            missing = [k for k in ("instruction", "output") if not isinstance(obj.get(k), str) or not obj[k].strip()]
+            missing = [
+                k for k in ("instruction", "output") if not isinstance(obj.get(k), str) or not obj[k].strip()
+            ]
             if missing:
                 problems.append(f"{where}: missing or empty {', '.join(missing)}")
                 continue
@@ -193,15 +211,22 @@ def internal_examples(folder: Path) -> tuple[list[Example], list[str]]:
                 continue
             doc = obj.get("doc")
             ref = f"internal:{domain_of(folder)}:{doc}" if isinstance(doc, str) and doc.strip() else where
-            examples.append(Example(obj["instruction"].strip(), obj.get("input", "").strip(), obj["output"].strip(),
-                                    "internal", ref))
+            examples.append(
+                Example(
+                    obj["instruction"].strip(),
+                    obj.get("input", "").strip(),
+                    obj["output"].strip(),
+                    "internal",
+                    ref,
+                )
+            )
     return examples, problems
 
 
 def shingles(text: str, n: int) -> set[tuple[str, ...]]:
     """Word n-grams of ``text`` (lower-case, punctuation stripped)."""
     words = re.findall(r"[a-z0-9]+", text.lower())
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def doc_position(ref: str) -> float:
@@ -223,8 +248,13 @@ def held_out_documents(refs: Iterable[str], val_percent: int, min_docs: int) -> 
     return set(by_share if len(by_share) >= min_docs else ordered[:min_docs])
 
 
-def _iter_domain_examples(domain: str, cfg: dict[str, Any], data_dir: Path, until: datetime | None,
-                          watchlist_domains: dict[str, str]) -> Iterator[Example]:
+def _iter_domain_examples(
+    domain: str,
+    cfg: dict[str, Any],
+    data_dir: Path,
+    until: datetime | None,
+    watchlist_domains: dict[str, str],
+) -> Iterator[Example]:
     for rec in latest_records(data_dir, "arxiv", until):
         if set(rec.get("categories", [])) & cfg["categories"] or _has_keyword(rec["text"], cfg["keywords"]):
             yield from paper_examples(rec)
@@ -244,18 +274,31 @@ def month_end(month: str) -> datetime:
     return datetime(y + mo // 12, mo % 12 + 1, 1, tzinfo=UTC) - timedelta(days=1)
 
 
-def build_dataset(domain: str, data_dir: Path, out_dir: Path, count_tokens: Callable[[str], int],
-                  eval_texts: Iterable[str] = (), month: str | None = None, max_tokens: int = 384,
-                  val_percent: int = 10, min_examples: int = 20, min_validation_docs: int = 5, ngram: int = 8,
-                  watchlist_domains: dict[str, str] | None = None,
-                  domains: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def build_dataset(
+    domain: str,
+    data_dir: Path,
+    out_dir: Path,
+    count_tokens: Callable[[str], int],
+    eval_texts: Iterable[str] = (),
+    month: str | None = None,
+    max_tokens: int = 384,
+    val_percent: int = 10,
+    min_examples: int = 20,
+    min_validation_docs: int = 5,
+    ngram: int = 8,
+    watchlist_domains: dict[str, str] | None = None,
+    domains: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Build and write one domain's dataset (see module docstring); returns the dataset card."""
     domains = domains or load_domains()
     if domain not in domains:
         raise ValueError(f"unknown domain {domain!r}; known: {', '.join(sorted(domains))}")
     until = month_end(month) if month else None
     internal, problems = internal_examples(data_dir / "internal" / domain)
-    raw = list(_iter_domain_examples(domain, domains[domain], data_dir, until, watchlist_domains or {})) + internal
+    raw = (
+        list(_iter_domain_examples(domain, domains[domain], data_dir, until, watchlist_domains or {}))
+        + internal
+    )
     by_key: dict[str, Example] = {}
     for e in raw:
         by_key.setdefault(e.key(), e)
@@ -273,29 +316,47 @@ def build_dataset(domain: str, data_dir: Path, out_dir: Path, count_tokens: Call
         raise DatasetTooSmall(
             f"{domain}: {len(clean)} usable examples (of {len(raw)} gathered: {len(raw) - len(unique)} duplicates, "
             f"{len(unique) - len(fitting)} too long, {len(fitting) - len(clean)} overlapping the eval set); "
-            f"need at least {min_examples}")
+            f"need at least {min_examples}"
+        )
     docs = {e.ref for e in clean}
     if len(docs) < 2 * min_validation_docs:
         raise DatasetTooSmall(
             f"{domain}: {len(docs)} documents; the gate needs at least {min_validation_docs} held out and as many "
-            f"to train on")
+            f"to train on"
+        )
     held = held_out_documents(docs, val_percent, min_validation_docs)
     train = [e for e in clean if e.ref not in held]
     val = [e for e in clean if e.ref in held]
 
     _, train_sha = write_jsonl(out_dir / "train.jsonl", [{"messages": e.messages()} for e in train])
-    _, val_sha = write_jsonl(out_dir / "val.jsonl", [{"id": e.key()[:16], "doc": e.ref, "source": e.source,
-                                                      "messages": e.messages()} for e in val])
+    _, val_sha = write_jsonl(
+        out_dir / "val.jsonl",
+        [{"id": e.key()[:16], "doc": e.ref, "source": e.source, "messages": e.messages()} for e in val],
+    )
     toks = [lengths[e.key()] for e in clean]
     card = {
-        "domain": domain, "month": month, "format": "chat", "examples": len(clean), "train": len(train),
-        "validation": len(val), "validation_documents": len({e.ref for e in val}),
+        "domain": domain,
+        "month": month,
+        "format": "chat",
+        "examples": len(clean),
+        "train": len(train),
+        "validation": len(val),
+        "validation_documents": len({e.ref for e in val}),
         "by_source": dict(sorted(Counter(e.source for e in clean).items())),
-        "dropped": {"duplicates": len(raw) - len(unique), "too_long": len(unique) - len(fitting),
-                    "eval_overlap": len(fitting) - len(clean), "bad_internal_lines": len(problems)},
+        "dropped": {
+            "duplicates": len(raw) - len(unique),
+            "too_long": len(unique) - len(fitting),
+            "eval_overlap": len(fitting) - len(clean),
+            "bad_internal_lines": len(problems),
+        },
         "bad_internal_lines": problems,
-        "tokens": {"max_allowed": max_tokens, "mean": round(statistics.fmean(toks), 1),
-                   "median": statistics.median(toks), "max": max(toks), "total": sum(toks)},
+        "tokens": {
+            "max_allowed": max_tokens,
+            "mean": round(statistics.fmean(toks), 1),
+            "median": statistics.median(toks),
+            "max": max(toks),
+            "total": sum(toks),
+        },
         "sha256": hashlib.sha256((train_sha + val_sha).encode()).hexdigest(),
         "files": {"train": str(out_dir / "train.jsonl"), "validation": str(out_dir / "val.jsonl")},
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),

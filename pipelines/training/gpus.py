@@ -40,5 +40,7 @@ def gpu_lease(count: int, lock_dir: Path | None = None, wait_s: float = 600.0) -
                 os.close(fd)
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no free GPU among {count} after {wait_s:.0f}s (is the pool larger than the GPUs?)")
+            raise TimeoutError(
+                f"no free GPU among {count} after {wait_s:.0f}s (is the pool larger than the GPUs?)"
+            )
         time.sleep(2.0)

@@ -63,14 +63,20 @@ def watchlist_domains() -> dict[str, str]:
 
 def _code_revision() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
-def resolve_month(interval_start: datetime | None, override: str | None = None,
-                  now: datetime | None = None) -> str:
+def resolve_month(
+    interval_start: datetime | None, override: str | None = None, now: datetime | None = None
+) -> str:
     """The month (``YYYY-MM``) a retraining run trains on: the override, else the run's data interval, else
     (a manual run with no interval) the last complete month before ``now``. Raises ValueError on a bad override.
     """
@@ -87,12 +93,16 @@ def resolve_month(interval_start: datetime | None, override: str | None = None,
 
 def _actor(origin: dict[str, Any] | None) -> str:
     """Who a retraining run acts as in the model store's history: the Airflow run, else the user."""
-    return (f"airflow:{origin['dag_id']}/{origin['run_id']}" if origin and origin.get("dag_id")
-            else default_actor())
+    return (
+        f"airflow:{origin['dag_id']}/{origin['run_id']}"
+        if origin and origin.get("dag_id")
+        else default_actor()
+    )
 
 
-def prepare_dataset(settings: Settings, domain: str, profile: str, month: str,
-                    base_model: str | None = None) -> tuple[BaseModel, dict[str, Any]]:
+def prepare_dataset(
+    settings: Settings, domain: str, profile: str, month: str, base_model: str | None = None
+) -> tuple[BaseModel, dict[str, Any]]:
     """Resolve the base (failing fast without one), then build the month's dataset for ``domain`` with its
     tokenizer; returns (base, card). Raises :class:`DatasetTooSmall` when there is too little to train on, and
     ValueError for an unknown domain before anything is resolved, built or written."""
@@ -104,9 +114,16 @@ def prepare_dataset(settings: Settings, domain: str, profile: str, month: str,
     items = load_items(eval_items_path(domain))
     eval_texts = [it["question"] + " " + " ".join(it["choices"]) for it in items]
     sequence_len = int(render_config(profile, domain, {"base_model": str(base.path)})["sequence_len"])
-    card = build_dataset(domain, settings.data_dir, settings.data_dir / "datasets" / domain / month,
-                         token_counter(base.path), eval_texts, month=month, max_tokens=sequence_len - 96,
-                         watchlist_domains=watchlist_domains())
+    card = build_dataset(
+        domain,
+        settings.data_dir,
+        settings.data_dir / "datasets" / domain / month,
+        token_counter(base.path),
+        eval_texts,
+        month=month,
+        max_tokens=sequence_len - 96,
+        watchlist_domains=watchlist_domains(),
+    )
     return base, card
 
 
@@ -138,10 +155,20 @@ class _Clock:
         self.say(f"step {name}: {self.timings[name]:.1f}s")
 
 
-def retrain(settings: Settings, domain: str, profile: str | None = None, month: str | None = None, *,
-            min_gain: float = DEFAULT_MIN_GAIN, max_steps: int | None = None, base_model: str | None = None,
-            gpu: int | None = None, log: Log | None = None, origin: dict[str, str] | None = None,
-            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def retrain(
+    settings: Settings,
+    domain: str,
+    profile: str | None = None,
+    month: str | None = None,
+    *,
+    min_gain: float = DEFAULT_MIN_GAIN,
+    max_steps: int | None = None,
+    base_model: str | None = None,
+    gpu: int | None = None,
+    log: Log | None = None,
+    origin: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Run the chain for one domain (see module docstring); returns the summary.
 
     ``profile`` defaults to ``CBNANO_TRAIN_PROFILE``, ``month`` to the last complete month. ``origin`` (e.g.
@@ -157,17 +184,38 @@ def retrain(settings: Settings, domain: str, profile: str | None = None, month: 
         try:
             base, card = prepare_dataset(settings, domain, profile, month, base_model)
         except DatasetTooSmall as exc:
-            return {"domain": domain, "version": None, "published": False, "reason": f"refused: {exc}",
-                    "metrics": {}}
+            return {
+                "domain": domain,
+                "version": None,
+                "published": False,
+                "reason": f"refused: {exc}",
+                "metrics": {},
+            }
     run: dict[str, Any] = {"base_model": str(base.path), "seed": 42, **(overrides or {})}
     if max_steps:
         run["max_steps"] = max_steps
     ds_dir = Path(card["files"]["train"]).parent
-    say(f"dataset: {card['train']} train / {card['validation']} held-out examples "
-        f"({card['validation_documents']} documents), sha256 {card['sha256'][:12]}; base {base.name}")
-    cfg = render_config(profile, domain, {**run, "datasets": [{
-        "path": card["files"]["train"], "type": "chat_template", "ds_type": "json", "field_messages": "messages",
-        "roles_to_train": ["assistant"], "train_on_eos": "turn"}]})
+    say(
+        f"dataset: {card['train']} train / {card['validation']} held-out examples "
+        f"({card['validation_documents']} documents), sha256 {card['sha256'][:12]}; base {base.name}"
+    )
+    cfg = render_config(
+        profile,
+        domain,
+        {
+            **run,
+            "datasets": [
+                {
+                    "path": card["files"]["train"],
+                    "type": "chat_template",
+                    "ds_type": "json",
+                    "field_messages": "messages",
+                    "roles_to_train": ["assistant"],
+                    "train_on_eos": "turn",
+                }
+            ],
+        },
+    )
     run_dir = run_dir_for(settings.runs_dir, domain, month, card["sha256"], cfg)
     version = f"{month}.{card['sha256'][:6]}{config_hash(cfg)[:4]}"  # same inputs, same version
     store = ModelStore(settings.model_store)
@@ -175,18 +223,30 @@ def retrain(settings: Settings, domain: str, profile: str | None = None, month: 
     if done.is_file():  # same month, dataset and config: that candidate exists already; nothing to redo
         published = json.loads(done.read_text())
         if store.interrupted_promotion(domain, version):  # a crash between publish and the pointer move
-            store.promote(domain, version, actor=_actor(origin), allow_test_models=settings.allow_test_models,
-                          reason=f"{(published.get('gate') or {}).get('reason', '')} (completing an interrupted "
-                                 "publish)")
+            store.promote(
+                domain,
+                version,
+                actor=_actor(origin),
+                allow_test_models=settings.allow_test_models,
+                reason=f"{(published.get('gate') or {}).get('reason', '')} (completing an interrupted "
+                "publish)",
+            )
             from pipelines.publishing.serving import hand_off
 
             hand_off(settings, domain)
-        return {"domain": domain, "version": version, "published": store.production(domain) == version,
-                "reason": f"unchanged: {version} was already made from this dataset and config "
-                          f"({(published.get('gate') or {}).get('reason', 'no gate record')})",
-                "metrics": {"candidate": published.get("metrics", {})}, "run_dir": str(run_dir)}
+        return {
+            "domain": domain,
+            "version": version,
+            "published": store.production(domain) == version,
+            "reason": f"unchanged: {version} was already made from this dataset and config "
+            f"({(published.get('gate') or {}).get('reason', 'no gate record')})",
+            "metrics": {"candidate": published.get("metrics", {})},
+            "run_dir": str(run_dir),
+        }
     with clock.step("validate"):
-        problems = validate_in_train_env([write_config(cfg, run_dir / "config.rendered.yml")], settings.train_python)
+        problems = validate_in_train_env(
+            [write_config(cfg, run_dir / "config.rendered.yml")], settings.train_python
+        )
     if problems:
         raise ValueError("config rejected before training: " + "; ".join(problems))
     with clock.step("train"):
@@ -203,37 +263,87 @@ def retrain(settings: Settings, domain: str, profile: str | None = None, month: 
         roles["production"] = prod
     roles["candidate"] = (base.path, result.adapter_dir)
     with clock.step("evaluate"):
-        evaluation = evaluate_roles(settings, domain, roles, Path(card["files"]["validation"]),
-                                    bool(cfg.get("load_in_4bit")), gpu, run_dir / "eval_spec.json")
+        evaluation = evaluate_roles(
+            settings,
+            domain,
+            roles,
+            Path(card["files"]["validation"]),
+            bool(cfg.get("load_in_4bit")),
+            gpu,
+            run_dir / "eval_spec.json",
+        )
     decision = decide(evaluation["per_item"], min_gain=min_gain)
     test_model = profile in TEST_PROFILES or base.test_model
     if decision.publish and test_model and not settings.allow_test_models:
-        decision = overrule(decision, f"test model ({'profile ' + profile if profile in TEST_PROFILES else 'random-init base ' + base.name}) "
-                                      "never becomes production without CBNANO_ALLOW_TEST_MODELS=1")
+        decision = overrule(
+            decision,
+            f"test model ({'profile ' + profile if profile in TEST_PROFILES else 'random-init base ' + base.name}) "
+            "never becomes production without CBNANO_ALLOW_TEST_MODELS=1",
+        )
     say(decision.reason)
     actor = _actor(origin)
-    report = {"domain": domain, "version": version, "base": {"name": base.name, "test_model": base.test_model},
-              "profile": profile, "metrics": evaluation["metrics"], "per_item": evaluation["per_item"],
-              "gate": decision.to_dict(), "merge_check": merge_report, "train_losses": result.losses,
-              "train_stats": result.stats, "dataset": card, "origin": origin or {},
-              "evaluation": {k: evaluation[k] for k in ("device", "dtype", "seconds", "peak_gpu_gib", "items",
-                                                        "heldout")},
-              "timings": clock.timings, "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    report = {
+        "domain": domain,
+        "version": version,
+        "base": {"name": base.name, "test_model": base.test_model},
+        "profile": profile,
+        "metrics": evaluation["metrics"],
+        "per_item": evaluation["per_item"],
+        "gate": decision.to_dict(),
+        "merge_check": merge_report,
+        "train_losses": result.losses,
+        "train_stats": result.stats,
+        "dataset": card,
+        "origin": origin or {},
+        "evaluation": {
+            k: evaluation[k] for k in ("device", "dtype", "seconds", "peak_gpu_gib", "items", "heldout")
+        },
+        "timings": clock.timings,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     write_json(run_dir / "eval.json", report)  # the run's decision with its numbers, kept with the run
     with clock.step("register"):
-        register_candidate(store, domain, version, base_name=base.name, profile=profile, run_dir=run_dir,
-                           adapter_dir=result.adapter_dir, merged=merged, dataset_dir=ds_dir,
-                           report={**report, "timings": clock.timings}, losses=result.losses,
-                           manifest={"base": {"name": base.name}, "base_model": base.name, "profile": profile,
-                                     "test_model": test_model, "dataset_sha256": card["sha256"], "config": cfg,
-                                     "metrics": evaluation["metrics"]["candidate"], "gate": decision.to_dict(),
-                                     "code_revision": _code_revision(), "origin": origin or {}},
-                           promote=decision.publish, actor=actor, allow_test_models=settings.allow_test_models)
+        register_candidate(
+            store,
+            domain,
+            version,
+            base_name=base.name,
+            profile=profile,
+            run_dir=run_dir,
+            adapter_dir=result.adapter_dir,
+            merged=merged,
+            dataset_dir=ds_dir,
+            report={**report, "timings": clock.timings},
+            losses=result.losses,
+            manifest={
+                "base": {"name": base.name},
+                "base_model": base.name,
+                "profile": profile,
+                "test_model": test_model,
+                "dataset_sha256": card["sha256"],
+                "config": cfg,
+                "metrics": evaluation["metrics"]["candidate"],
+                "gate": decision.to_dict(),
+                "code_revision": _code_revision(),
+                "origin": origin or {},
+            },
+            promote=decision.publish,
+            actor=actor,
+            allow_test_models=settings.allow_test_models,
+        )
         store.apply_retention(domain, keep_last=KEEP_VERSIONS)
     write_json(run_dir / "eval.json", {**report, "timings": clock.timings})
-    summary = {"domain": domain, "version": version, "published": decision.publish, "reason": decision.reason,
-               "metrics": evaluation["metrics"], "run_dir": str(run_dir), "timings": clock.timings,
-               "train_stats": result.stats, "evaluation": report["evaluation"]}
+    summary = {
+        "domain": domain,
+        "version": version,
+        "published": decision.publish,
+        "reason": decision.reason,
+        "metrics": evaluation["metrics"],
+        "run_dir": str(run_dir),
+        "timings": clock.timings,
+        "train_stats": result.stats,
+        "evaluation": report["evaluation"],
+    }
     if decision.publish:  # production moved: tell System A (never undoes the publish; see publishing.serving)
         from pipelines.publishing.serving import hand_off
 

@@ -86,9 +86,18 @@ def train_env(train_python: str, gpu: int | None) -> dict[str, str]:
 
 def _run(cmd: list[str], env: dict[str, str], log_file: Path, log: Log | None) -> list[str]:
     lines: list[str] = []
-    with open(log_file, "a", encoding="utf-8") as fh, subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
-            cwd=log_file.parent) as proc:
+    with (
+        open(log_file, "a", encoding="utf-8") as fh,
+        subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            bufsize=1,
+            cwd=log_file.parent,
+        ) as proc,
+    ):
         assert proc.stdout is not None
         for line in proc.stdout:
             fh.write(line)
@@ -102,8 +111,9 @@ def _run(cmd: list[str], env: dict[str, str], log_file: Path, log: Log | None) -
     return lines
 
 
-def train(cfg: dict[str, Any], run_dir: Path, train_python: str, gpu: int | None = None,
-          log: Log | None = None) -> TrainResult:
+def train(
+    cfg: dict[str, Any], run_dir: Path, train_python: str, gpu: int | None = None, log: Log | None = None
+) -> TrainResult:
     """Train ``cfg`` in ``run_dir`` (resuming the newest checkpoint there); returns the adapter and losses."""
     run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir / "out"
@@ -115,8 +125,12 @@ def train(cfg: dict[str, Any], run_dir: Path, train_python: str, gpu: int | None
             log(f"resuming from {resumed}")
     path = write_config(cfg, run_dir / "config.yml")
     axolotl = str(Path(train_python).parent / "axolotl")
-    lines = _run([axolotl, "train", str(path), "--launcher", "python"], train_env(train_python, gpu),
-                 run_dir / "train.log", log)
+    lines = _run(
+        [axolotl, "train", str(path), "--launcher", "python"],
+        train_env(train_python, gpu),
+        run_dir / "train.log",
+        log,
+    )
     if not (out / "adapter_model.safetensors").is_file():
         raise TrainingError(f"axolotl finished but wrote no adapter in {out}")
     losses = [float(m.group(1)) for line in lines for m in [_STEP_LOSS.search(line)] if m]
@@ -136,7 +150,7 @@ def train_stats(lines: list[str]) -> dict[str, float]:
         if start < 0 or end < start:
             continue
         try:
-            rec = ast.literal_eval(line[start:end + 1])
+            rec = ast.literal_eval(line[start : end + 1])
         except (ValueError, SyntaxError):
             continue
         if isinstance(rec, dict):
@@ -155,8 +169,11 @@ def train_stats(lines: list[str]) -> dict[str, float]:
                 out[name] = steps[-1][key]
         if final and out.get("tokens") and final["train_runtime"] > 0:
             out["tokens_per_s"] = round(out["tokens"] / final["train_runtime"], 1)
-    for key, name in (("memory/max_allocated (GiB)", "peak_gpu_gib"), ("memory/max_active (GiB)", "peak_gpu_active_gib"),
-                      ("memory/device_reserved (GiB)", "gpu_reserved_gib")):
+    for key, name in (
+        ("memory/max_allocated (GiB)", "peak_gpu_gib"),
+        ("memory/max_active (GiB)", "peak_gpu_active_gib"),
+        ("memory/device_reserved (GiB)", "gpu_reserved_gib"),
+    ):
         values = [r[key] for r in records if key in r]
         if values and max(values) > 0:
             out[name] = max(values)
@@ -183,11 +200,16 @@ def merge(run_dir: Path, train_python: str, gpu: int | None = None, log: Log | N
     import yaml
 
     cfg = yaml.safe_load((run_dir / "config.yml").read_text())
-    merge_cfg = write_config({**cfg, "adapter": "lora", "load_in_4bit": False, "load_in_8bit": False},
-                             run_dir / "merge.yml")
+    merge_cfg = write_config(
+        {**cfg, "adapter": "lora", "load_in_4bit": False, "load_in_8bit": False}, run_dir / "merge.yml"
+    )
     axolotl = str(Path(train_python).parent / "axolotl")
-    _run([axolotl, "merge-lora", str(merge_cfg), "--lora-model-dir", str(run_dir / "out")],
-         train_env(train_python, gpu), run_dir / "merge.log", log)
+    _run(
+        [axolotl, "merge-lora", str(merge_cfg), "--lora-model-dir", str(run_dir / "out")],
+        train_env(train_python, gpu),
+        run_dir / "merge.log",
+        log,
+    )
     merged = run_dir / "out" / "merged"
     if not (merged / "config.json").is_file():
         raise TrainingError(f"merge-lora wrote no model in {merged}")
@@ -197,23 +219,35 @@ def merge(run_dir: Path, train_python: str, gpu: int | None = None, log: Log | N
 MERGE_TOLERANCE = 1e-2  # relative; bf16 rounding of a merged weight is ~4e-3
 
 
-def check_merge(base: Path, adapter_dir: Path, merged: Path, train_python: str, gpu: int | None = None) -> dict:
+def check_merge(
+    base: Path, adapter_dir: Path, merged: Path, train_python: str, gpu: int | None = None
+) -> dict:
     """Verify the merged weights against base + adapter (``steps.check_merge``, on the leased GPU if any).
 
     Returns the step's report; raises :class:`TrainingError` when a merged weight is not base + scale·B·A
     within :data:`MERGE_TOLERANCE`, when no LoRA target changed, or when a tensor outside the LoRA targets did.
     """
-    report = dict(run_in_train_env(train_python, "check_merge", ["--base", str(base), "--adapter",
-                                                                 str(adapter_dir), "--merged", str(merged)],
-                                   gpu=gpu, timeout_s=3600))
+    report = dict(
+        run_in_train_env(
+            train_python,
+            "check_merge",
+            ["--base", str(base), "--adapter", str(adapter_dir), "--merged", str(merged)],
+            gpu=gpu,
+            timeout_s=3600,
+        )
+    )
     if report["max_rel_diff"] > MERGE_TOLERANCE:
-        raise TrainingError(f"merged weights differ from base + adapter by {report['max_rel_diff']:.3g} "
-                            f"(relative; tolerance {MERGE_TOLERANCE:g}) in {merged}")
+        raise TrainingError(
+            f"merged weights differ from base + adapter by {report['max_rel_diff']:.3g} "
+            f"(relative; tolerance {MERGE_TOLERANCE:g}) in {merged}"
+        )
     if not report["changed"]:
         raise TrainingError(f"the merge left every LoRA target unchanged in {merged}")
     if report["others_changed"] or report["others_missing"]:
-        raise TrainingError(f"the merge changed or lost tensors outside the LoRA targets: "
-                            f"{(report['others_changed'] + report['others_missing'])[:5]}")
+        raise TrainingError(
+            f"the merge changed or lost tensors outside the LoRA targets: "
+            f"{(report['others_changed'] + report['others_missing'])[:5]}"
+        )
     return report
 
 
@@ -241,8 +275,9 @@ def adapter_changed(adapter_dir: Path) -> bool:
     return False
 
 
-def run_in_train_env(train_python: str, step: str, args: list[str], gpu: int | None = None,
-                     timeout_s: float = 3600) -> Any:
+def run_in_train_env(
+    train_python: str, step: str, args: list[str], gpu: int | None = None, timeout_s: float = 3600
+) -> Any:
     """Run ``pipelines.training.steps.<step>`` with the training environment's interpreter on one GPU (or
     the CPU); returns the JSON its last stdout line holds. Keeps torch/transformers out of Airflow's processes.
 
@@ -252,20 +287,25 @@ def run_in_train_env(train_python: str, step: str, args: list[str], gpu: int | N
     import json as _json
 
     if not Path(train_python).exists():
-        raise FileNotFoundError(f"training environment not found: {train_python} (run `make setup-train`, "
-                                "or set CBNANO_TRAIN_PYTHON)")
+        raise FileNotFoundError(
+            f"training environment not found: {train_python} (run `make setup-train`, "
+            "or set CBNANO_TRAIN_PYTHON)"
+        )
     cmd = [train_python, "-m", f"pipelines.training.steps.{step}", *args]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=train_env(train_python, gpu),
-                              timeout=timeout_s)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=train_env(train_python, gpu), timeout=timeout_s
+        )
     except subprocess.TimeoutExpired:
         raise TrainingError(f"training-environment step {step} ran over {timeout_s:.0f}s") from None
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise TrainingError(f"training-environment step {step} failed (exit {proc.returncode}): "
-                            f"{' | '.join(tail)}")
+        raise TrainingError(
+            f"training-environment step {step} failed (exit {proc.returncode}): {' | '.join(tail)}"
+        )
     try:
         return _json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        raise TrainingError(f"training-environment step {step} printed no result; stderr: "
-                            f"{proc.stderr.strip()[-300:]}") from None
+        raise TrainingError(
+            f"training-environment step {step} printed no result; stderr: {proc.stderr.strip()[-300:]}"
+        ) from None

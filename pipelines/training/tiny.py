@@ -31,8 +31,15 @@ CHAT_TEMPLATE = (
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
-def build_tiny_llama(out: Path, corpus: Iterable[str], vocab_size: int = 1024, hidden: int = 64,
-                     layers: int = 2, heads: int = 4, seed: int = 0) -> Path:
+def build_tiny_llama(
+    out: Path,
+    corpus: Iterable[str],
+    vocab_size: int = 1024,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    seed: int = 0,
+) -> Path:
     """Train a BPE tokenizer on ``corpus``, build a random Llama of that vocabulary, save both to ``out``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -42,23 +49,49 @@ def build_tiny_llama(out: Path, corpus: Iterable[str], vocab_size: int = 1024, h
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(list(corpus), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", chat_template=CHAT_TEMPLATE, model_max_length=2048)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=2048,
+    )
     fast.save_pretrained(out)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=hidden * 2,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=2048, bos_token_id=fast.bos_token_id,
-                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=2048,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
     n_params = sum(p.numel() for p in model.parameters())
-    (out / "cbnano_base.json").write_text(json.dumps({"name": "tiny-llama", "parameters": n_params,
-                                                      "vocab_size": len(fast), "seed": seed,
-                                                      "test_model": True}, indent=2))
+    (out / "cbnano_base.json").write_text(
+        json.dumps(
+            {
+                "name": "tiny-llama",
+                "parameters": n_params,
+                "vocab_size": len(fast),
+                "seed": seed,
+                "test_model": True,
+            },
+            indent=2,
+        )
+    )
     return out
 
 
@@ -74,18 +107,34 @@ def build_random_llama(out: Path, tokenizer_dir: Path, shape: str, seed: int = 0
         tok.pad_token = tok.eos_token
     out.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(out)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=8192,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, tie_word_embeddings=tied)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=8192,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=tied,
+    )
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
         model: Any = LlamaForCausalLM(config)
     model = model.to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
-    facts: dict[str, object] = {"name": out.name, "shape": shape, "parameters": sum(p.numel() for p in model.parameters()),
-                                "vocab_size": len(tok), "tokenizer": str(tokenizer_dir), "seed": seed, "test_model": True}
+    facts: dict[str, object] = {
+        "name": out.name,
+        "shape": shape,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tok),
+        "tokenizer": str(tokenizer_dir),
+        "seed": seed,
+        "test_model": True,
+    }
     (out / "cbnano_base.json").write_text(json.dumps(facts, indent=2))
     return facts
 
@@ -101,6 +150,8 @@ def sample_corpus(data_dir: Path | None = None) -> list[str]:
 
         sample = Path(__file__).resolve().parents[2] / "include" / "samples" / "arxiv"
         for f in sorted(sample.glob("*.xml")):
-            texts += [el.text or "" for el in ET.parse(f).getroot().iter("{http://www.w3.org/2005/Atom}summary")]
+            texts += [
+                el.text or "" for el in ET.parse(f).getroot().iter("{http://www.w3.org/2005/Atom}summary")
+            ]
     # the chat template's markers, so the tokenizer has pieces for them
     return texts + ["<|user|>\nWhat is it?</s>\n<|assistant|>\nIt is.</s>\n"] * 20

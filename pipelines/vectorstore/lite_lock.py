@@ -60,7 +60,8 @@ def hold_lite(path: str, wait_s: float) -> None:
             raise LiteBusy(
                 f"Milvus Lite file {key} is in use by pid {who.get('pid', '?')} ({who.get('command', '?')}, "
                 f"since {who.get('since', '?')}); waited {wait_s:.0f}s. Milvus Lite admits one process at "
-                "a time: wait for it, or point CBNANO_MILVUS_URI at a Milvus server")
+                "a time: wait for it, or point CBNANO_MILVUS_URI at a Milvus server"
+            )
         _HOLDS[key] = [fd, 1]
 
 

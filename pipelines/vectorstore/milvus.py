@@ -32,8 +32,17 @@ log = logging.getLogger(__name__)
 
 # VARCHAR limits are in bytes; the text fields are cut to fit (on a UTF-8 boundary) before writing.
 FIELD_LIMITS = {
-    "chunk_id": 256, "doc_id": 128, "source": 16, "title": 2048, "text": 8192, "url": 512, "published": 32,
-    "categories": 512, "content_hash": 64, "embedding_model": 128, "keywords": 16384,
+    "chunk_id": 256,
+    "doc_id": 128,
+    "source": 16,
+    "title": 2048,
+    "text": 8192,
+    "url": 512,
+    "published": 32,
+    "categories": 512,
+    "content_hash": 64,
+    "embedding_model": 128,
+    "keywords": 16384,
 }
 # what every collection has had since the first release; newer fields are added by migration
 REQUIRED_FIELDS = {*FIELD_LIMITS, "version", "chunk_index", "chunk_count", "vector"} - {"keywords"}
@@ -71,8 +80,12 @@ def chunk_keywords(row: dict[str, Any]) -> str:
     """The ``keywords`` of a chunk row: the terms of its title, text and document id (an arXiv id as typed)."""
     from pipelines.retrieval.terms import keyword_text
 
-    return keyword_text(str(row.get("title", "")), str(row.get("text", "")), str(row.get("doc_id", "")),
-                        limit_bytes=FIELD_LIMITS["keywords"])
+    return keyword_text(
+        str(row.get("title", "")),
+        str(row.get("text", "")),
+        str(row.get("doc_id", "")),
+        limit_bytes=FIELD_LIMITS["keywords"],
+    )
 
 
 def published_day(published: str) -> int:
@@ -96,8 +109,9 @@ def _quote(value: str) -> str:
 class MilvusStore:
     """One collection of chunks in one Milvus (Lite file or server)."""
 
-    def __init__(self, uri: str, collection: str, token: str = "", timeout_s: float = 10.0,
-                 lock_wait_s: float = 120.0) -> None:
+    def __init__(
+        self, uri: str, collection: str, token: str = "", timeout_s: float = 10.0, lock_wait_s: float = 120.0
+    ) -> None:
         self.uri = uri
         self.lock_wait_s = lock_wait_s
         self.collection = collection
@@ -115,8 +129,12 @@ class MilvusStore:
             from pathlib import Path
 
             Path(settings.milvus_uri).parent.mkdir(parents=True, exist_ok=True)
-        return cls(settings.milvus_uri, settings.milvus_collection, settings.milvus_token,
-                   lock_wait_s=settings.milvus_lock_wait_s)
+        return cls(
+            settings.milvus_uri,
+            settings.milvus_collection,
+            settings.milvus_token,
+            lock_wait_s=settings.milvus_lock_wait_s,
+        )
 
     @property
     def is_lite(self) -> bool:
@@ -205,7 +223,8 @@ class MilvusStore:
         have = set(self.client.list_indexes(name))
         wanted: dict[str, dict[str, Any]] = {
             "vector": {"index_type": "IVF_FLAT", "metric_type": "COSINE", "params": {"nlist": 256}},
-            "doc_id": {"index_type": self._scalar_index()}}
+            "doc_id": {"index_type": self._scalar_index()},
+        }
         if "sparse" in fields and self.server_version() >= (2, 5):
             wanted["sparse"] = {"index_type": "SPARSE_INVERTED_INDEX", "metric_type": "BM25"}
         missing = [f for f in wanted if f not in have]
@@ -214,7 +233,9 @@ class MilvusStore:
         index = self.client.prepare_index_params()
         for field in missing:
             index.add_index(field_name=field, **wanted[field])
-        log.warning("collection %s at %s lacks index(es) on %s: creating them", name, self.uri, ", ".join(missing))
+        log.warning(
+            "collection %s at %s lacks index(es) on %s: creating them", name, self.uri, ", ".join(missing)
+        )
         self.client.release_collection(name)
         self.client.create_index(name, index)
         self.client.load_collection(name)
@@ -231,11 +252,13 @@ class MilvusStore:
             if int(vec.get("params", {}).get("dim", dim)) != dim:
                 raise VectorStoreError(
                     f"collection {self.collection} at {self.uri} holds {vec['params']['dim']}-d vectors, "
-                    f"not {dim}-d: use another collection name for another embedding model")
+                    f"not {dim}-d: use another collection name for another embedding model"
+                )
             if missing := sorted(REQUIRED_FIELDS - set(fields)):
                 raise VectorStoreError(
                     f"collection {self.collection} at {self.uri} predates field(s) {', '.join(missing)}: "
-                    "drop it (or use another collection name) and re-ingest")
+                    "drop it (or use another collection name) and re-ingest"
+                )
             self._complete_indexes(self.collection)
             if any(f not in fields for f in MIGRATED_FIELDS):
                 self._migrate(dim)
@@ -255,12 +278,23 @@ class MilvusStore:
         from pymilvus import DataType, Function, FunctionType, MilvusClient
 
         def build(full_text: bool) -> tuple[Any, Any]:
-            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
-                                                description="CB Nano RAG corpus: one row per chunk")
-            schema.add_field("chunk_id", DataType.VARCHAR, max_length=FIELD_LIMITS["chunk_id"],
-                             is_primary=True)
-            for field in ("doc_id", "source", "title", "text", "url", "published", "categories",
-                          "content_hash", "embedding_model"):
+            schema = MilvusClient.create_schema(
+                auto_id=False, enable_dynamic_field=False, description="CB Nano RAG corpus: one row per chunk"
+            )
+            schema.add_field(
+                "chunk_id", DataType.VARCHAR, max_length=FIELD_LIMITS["chunk_id"], is_primary=True
+            )
+            for field in (
+                "doc_id",
+                "source",
+                "title",
+                "text",
+                "url",
+                "published",
+                "categories",
+                "content_hash",
+                "embedding_model",
+            ):
                 schema.add_field(field, DataType.VARCHAR, max_length=FIELD_LIMITS[field])
             schema.add_field("version", DataType.INT64)
             schema.add_field("chunk_index", DataType.INT64)
@@ -270,16 +304,28 @@ class MilvusStore:
             schema.add_field("published_day", DataType.INT64)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
             index = self.client.prepare_index_params()
-            index.add_index(field_name="vector", index_type="IVF_FLAT", metric_type="COSINE",
-                            params={"nlist": 256})
+            index.add_index(
+                field_name="vector", index_type="IVF_FLAT", metric_type="COSINE", params={"nlist": 256}
+            )
             index.add_index(field_name="doc_id", index_type=self._scalar_index())
             if full_text:
                 # the terms are made by pipelines.retrieval.terms; Milvus only splits them at spaces
-                schema.add_field("keywords", DataType.VARCHAR, max_length=FIELD_LIMITS["keywords"],
-                                 enable_analyzer=True, analyzer_params={"tokenizer": "whitespace"})
+                schema.add_field(
+                    "keywords",
+                    DataType.VARCHAR,
+                    max_length=FIELD_LIMITS["keywords"],
+                    enable_analyzer=True,
+                    analyzer_params={"tokenizer": "whitespace"},
+                )
                 schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-                schema.add_function(Function(name="keywords_bm25", function_type=FunctionType.BM25,
-                                             input_field_names=["keywords"], output_field_names=["sparse"]))
+                schema.add_function(
+                    Function(
+                        name="keywords_bm25",
+                        function_type=FunctionType.BM25,
+                        input_field_names=["keywords"],
+                        output_field_names=["sparse"],
+                    )
+                )
                 index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
             else:
                 schema.add_field("keywords", DataType.VARCHAR, max_length=FIELD_LIMITS["keywords"])
@@ -288,8 +334,11 @@ class MilvusStore:
         # Milvus 2.3 does not refuse a BM25 schema, it creates a collection it cannot search: ask its version
         full_text = self.server_version() >= (2, 5)
         if not full_text:
-            log.warning("Milvus at %s is older than 2.5 (no BM25 functions): collection %s is dense-only",
-                        self.uri, name)
+            log.warning(
+                "Milvus at %s is older than 2.5 (no BM25 functions): collection %s is dense-only",
+                self.uri,
+                name,
+            )
         schema, index = build(full_text=full_text)
         self.client.create_collection(name, schema=schema, index_params=index)
         if name == self.collection:
@@ -318,16 +367,22 @@ class MilvusStore:
     def _migrate(self, dim: int) -> None:
         """Bring an older collection to the current schema: copy aside, drop, recreate, copy back."""
         staged = self.collection + MIGRATE_SUFFIX
-        log.warning("migrating collection %s at %s to the current schema (%s); vectors are kept",
-                    self.collection, self.uri, ", ".join(MIGRATED_FIELDS))
+        log.warning(
+            "migrating collection %s at %s to the current schema (%s); vectors are kept",
+            self.collection,
+            self.uri,
+            ", ".join(MIGRATED_FIELDS),
+        )
         if not self.client.has_collection(staged):
             self._create(staged, dim)
         rows = self._copy(self.collection, staged)
         self.client.load_collection(staged)
         have = int(self.client.query(staged, filter="", output_fields=["count(*)"])[0]["count(*)"])
         if have < rows:
-            raise VectorStoreError(f"migration of {self.collection} at {self.uri} copied {have} of {rows} rows: "
-                                   "nothing was dropped; run again")
+            raise VectorStoreError(
+                f"migration of {self.collection} at {self.uri} copied {have} of {rows} rows: "
+                "nothing was dropped; run again"
+            )
         self.client.drop_collection(self.collection)
         self._loaded = False
         self._create(self.collection, dim)
@@ -347,10 +402,13 @@ class MilvusStore:
         chunks: dict[str, set[str]] = defaultdict(set)
         counts: dict[str, int] = {}
         for i in range(0, len(ids), QUERY_BATCH):
-            batch = ids[i:i + QUERY_BATCH]
+            batch = ids[i : i + QUERY_BATCH]
             flt = f"source == {_quote(source)} and doc_id in [{', '.join(_quote(d) for d in batch)}]"
-            for row in self._ready().query(self.collection, filter=flt,
-                                         output_fields=["chunk_id", "doc_id", "content_hash", "chunk_count"]):
+            for row in self._ready().query(
+                self.collection,
+                filter=flt,
+                output_fields=["chunk_id", "doc_id", "content_hash", "chunk_count"],
+            ):
                 chunks[row["doc_id"]].add(row["chunk_id"])
                 counts[row["doc_id"]] = max(counts.get(row["doc_id"], 0), int(row["chunk_count"]))
                 # A doc whose chunks disagree on the hash was half-written: report no hash, so it is redone.
@@ -375,14 +433,14 @@ class MilvusStore:
                     row[name] = fit_bytes(str(row[name]), limit)
             clean.append(row)
         for i in range(0, len(clean), WRITE_BATCH):
-            self._ready().upsert(self.collection, clean[i:i + WRITE_BATCH])
+            self._ready().upsert(self.collection, clean[i : i + WRITE_BATCH])
         return len(clean)
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
         """Delete rows by chunk id; returns how many ids were asked for."""
         ids = list(dict.fromkeys(chunk_ids))
         for i in range(0, len(ids), WRITE_BATCH):
-            self._ready().delete(self.collection, ids=ids[i:i + WRITE_BATCH])
+            self._ready().delete(self.collection, ids=ids[i : i + WRITE_BATCH])
         return len(ids)
 
     def flush(self) -> None:
@@ -391,8 +449,9 @@ class MilvusStore:
         self._ready().flush(self.collection)
 
     @staticmethod
-    def filter_for(source: str | None = None, category: str | None = None, since: int = 0,
-                   until: int = 0) -> str:
+    def filter_for(
+        source: str | None = None, category: str | None = None, since: int = 0, until: int = 0
+    ) -> str:
         """A Milvus filter expression: one source, one arXiv category, ``published_day`` bounds (YYYYMMDD).
 
         Documents without a date (``published_day`` 0) never pass a date bound.
@@ -410,29 +469,55 @@ class MilvusStore:
             parts.append("published_day > 0")
         return " and ".join(parts)
 
-    def search_dense(self, vector: Sequence[float], limit: int = 5, filter: str = "",
-                     nprobe: int = 32) -> list[Hit]:
+    def search_dense(
+        self, vector: Sequence[float], limit: int = 5, filter: str = "", nprobe: int = 32
+    ) -> list[Hit]:
         """The best chunk of each of the ``limit`` documents closest to ``vector``, best first."""
-        return self._search(data=[list(map(float, vector))], anns_field="vector", limit=limit, filter=filter,
-                            search_params={"metric_type": "COSINE", "params": {"nprobe": nprobe}})
+        return self._search(
+            data=[list(map(float, vector))],
+            anns_field="vector",
+            limit=limit,
+            filter=filter,
+            search_params={"metric_type": "COSINE", "params": {"nprobe": nprobe}},
+        )
 
     def search_keywords(self, terms: str, limit: int = 5, filter: str = "") -> list[Hit]:
         """The best chunk of each of the ``limit`` documents ranked by BM25 over ``terms`` (space-joined)."""
         if not self.full_text:
-            raise VectorStoreError(f"collection {self.collection} at {self.uri} has no full-text index "
-                                   "(this Milvus has no BM25 functions): use dense search")
+            raise VectorStoreError(
+                f"collection {self.collection} at {self.uri} has no full-text index "
+                "(this Milvus has no BM25 functions): use dense search"
+            )
         if not terms.strip():
             return []
-        return self._search(data=[terms], anns_field="sparse", limit=limit, filter=filter,
-                            search_params={"metric_type": "BM25"}, group=False)
+        return self._search(
+            data=[terms],
+            anns_field="sparse",
+            limit=limit,
+            filter=filter,
+            search_params={"metric_type": "BM25"},
+            group=False,
+        )
 
-    def _search(self, *, data: list[Any], anns_field: str, limit: int, filter: str,
-                search_params: dict[str, Any], group: bool = True) -> list[Hit]:
+    def _search(
+        self,
+        *,
+        data: list[Any],
+        anns_field: str,
+        limit: int,
+        filter: str,
+        search_params: dict[str, Any],
+        group: bool = True,
+    ) -> list[Hit]:
         """One hit per document, best first: Milvus groups by ``doc_id`` (``group``), or chunks are
         oversampled and grouped here (a document's first chunk in the ranked list is its best)."""
         client = self._ready()
-        kw = {"anns_field": anns_field, "filter": filter, "output_fields": OUTPUT_FIELDS,
-              "search_params": search_params}
+        kw = {
+            "anns_field": anns_field,
+            "filter": filter,
+            "output_fields": OUTPUT_FIELDS,
+            "search_params": search_params,
+        }
         res = None
         if group:
             try:
@@ -446,9 +531,16 @@ class MilvusStore:
             ent = item["entity"]
             if ent["doc_id"] in hits:
                 continue
-            hits[ent["doc_id"]] = Hit(doc_id=ent["doc_id"], chunk_id=ent.get("chunk_id") or item.get("id"),
-                                      title=ent["title"], source=ent["source"], score=float(item["distance"]),
-                                      url=ent["url"], text=ent["text"], published=ent.get("published", ""))
+            hits[ent["doc_id"]] = Hit(
+                doc_id=ent["doc_id"],
+                chunk_id=ent.get("chunk_id") or item.get("id"),
+                title=ent["title"],
+                source=ent["source"],
+                score=float(item["distance"]),
+                url=ent["url"],
+                text=ent["text"],
+                published=ent.get("published", ""),
+            )
         return list(hits.values())[:limit]
 
     def count(self, source: str | None = None) -> int:
@@ -466,8 +558,12 @@ class MilvusStore:
         level = pymilvus_log.level
         pymilvus_log.setLevel(logging.ERROR)
         try:
-            it = self._ready().query_iterator(self.collection, batch_size=4096, filter="",
-                                            output_fields=["doc_id", "source", "embedding_model"])
+            it = self._ready().query_iterator(
+                self.collection,
+                batch_size=4096,
+                filter="",
+                output_fields=["doc_id", "source", "embedding_model"],
+            )
         finally:
             pymilvus_log.setLevel(level)
         try:
@@ -480,7 +576,9 @@ class MilvusStore:
         finally:
             it.close()
         return {
-            "sources": {src: {"documents": len(v["documents"]), "chunks": v["chunks"]}
-                        for src, v in sorted(per_source.items())},
+            "sources": {
+                src: {"documents": len(v["documents"]), "chunks": v["chunks"]}
+                for src, v in sorted(per_source.items())
+            },
             "embedding_models": sorted(models),
         }

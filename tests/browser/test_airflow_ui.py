@@ -26,8 +26,15 @@ BIN = Path(sys.executable).parent
 OUT = ROOT / "test-output" / "browser"
 CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "browser-admin"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 def _free_port() -> int:
@@ -57,34 +64,56 @@ def airflow_ui(tmp_path_factory):
     from pipelines.replay import ReplayServer
 
     work = tmp_path_factory.mktemp("ui")
-    replay = ReplayServer(corpus=[ROOT / "include/samples/arxiv"], pubchem_dir=ROOT / "include/samples/pubchem")
+    replay = ReplayServer(
+        corpus=[ROOT / "include/samples/arxiv"], pubchem_dir=ROOT / "include/samples/pubchem"
+    )
     replay.start()
     port = _free_port()
     home = work / "airflow"
     home.mkdir()
     (home / "passwords.json").write_text(json.dumps({"admin": PASSWORD}))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CBNANO_"))},
-           "PATH": f"{BIN}:{os.environ['PATH']}", "AIRFLOW_HOME": str(home),
-           "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__API__PORT": str(port),
-           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-           "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-           "CBNANO_HOME": str(work / "cbnano"), "CBNANO_ARXIV_API_URL": replay.arxiv_api_url,
-           "CBNANO_ARXIV_DELAY_S": "0", "CBNANO_PUBCHEM_URL": replay.pubchem_url, "HF_HUB_OFFLINE": "1",
-           "CBNANO_ALLOW_TEST_MODELS": "1"}  # the tiny model below may become production here
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CBNANO_"))},
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "CBNANO_HOME": str(work / "cbnano"),
+        "CBNANO_ARXIV_API_URL": replay.arxiv_api_url,
+        "CBNANO_ARXIV_DELAY_S": "0",
+        "CBNANO_PUBCHEM_URL": replay.pubchem_url,
+        "HF_HUB_OFFLINE": "1",
+        "CBNANO_ALLOW_TEST_MODELS": "1",
+    }  # the tiny model below may become production here
     subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run([str(BIN / "airflow"), "pools", "import", str(ROOT / "include/airflow/pools.json")], env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(BIN / "airflow"), "pools", "import", str(ROOT / "include/airflow/pools.json")],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     log = open(work / "standalone.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=work)
+    proc = subprocess.Popen(
+        [str(BIN / "airflow"), "standalone"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=work,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait(lambda: requests.get(f"{base}/api/v2/monitor/health", timeout=2).ok, 240, "airflow standalone")
-        token = requests.post(f"{base}/auth/token", json={"username": "admin", "password": PASSWORD},
-                              timeout=10).json()["access_token"]
+        token = requests.post(
+            f"{base}/auth/token", json={"username": "admin", "password": PASSWORD}, timeout=10
+        ).json()["access_token"]
         api = requests.Session()
         api.headers["Authorization"] = f"Bearer {token}"
         _wait(lambda: api.get(f"{base}/api/v2/dags/literature_ingestion", timeout=5).ok, 180, "DAGs parsed")
@@ -142,7 +171,9 @@ def test_log_in_trigger_from_the_form_and_see_the_registry(airflow_ui, page):
     run = _wait(the_run, 60, "the triggered run")
     assert run["run_type"] == "manual"
     assert run["conf"]["window_start"] == "2026-11-23" and run["conf"]["window_end"] == "2026-11-27"
-    done = _wait(lambda: (r := the_run()) and r["state"] in ("success", "failed") and r, 420, "the run finishing")
+    done = _wait(
+        lambda: (r := the_run()) and r["state"] in ("success", "failed") and r, 420, "the run finishing"
+    )
     assert done["state"] == "success"
     page.goto(f"{base}/dags/literature_ingestion/runs/{run['dag_run_id']}")
     page.wait_for_timeout(2000)
@@ -155,11 +186,33 @@ def test_log_in_trigger_from_the_form_and_see_the_registry(airflow_ui, page):
 
     # publish a catalysis model with the tiny profile (the same code as domain_retraining), then the registry
     env = airflow_ui["env"]
-    subprocess.run([str(BIN / "cbnano"), "ingest", "pubchem", "--watchlist", "--dry-run"], env=env, check=True,
-                   capture_output=True, timeout=300)
-    out = subprocess.run([str(BIN / "cbnano"), "retrain", "--domain", "catalysis", "--profile", "tiny",
-                          "--month", "2026-11", "--max-steps", "4", "--min-gain", "-1"], env=env,
-                         capture_output=True, text=True, timeout=900)
+    subprocess.run(
+        [str(BIN / "cbnano"), "ingest", "pubchem", "--watchlist", "--dry-run"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    out = subprocess.run(
+        [
+            str(BIN / "cbnano"),
+            "retrain",
+            "--domain",
+            "catalysis",
+            "--profile",
+            "tiny",
+            "--month",
+            "2026-11",
+            "--max-steps",
+            "4",
+            "--min-gain",
+            "-1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["published"] is True, summary["reason"]

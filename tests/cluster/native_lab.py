@@ -111,32 +111,105 @@ class NativeLab:
             raise RuntimeError(f"{' '.join(argv)} failed ({out.returncode}): {out.stderr[-2000:]}")
         return out
 
-    def spawn(self, name: str, argv: list[str], hostname: str | None = None,
-              extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, argv: list[str], hostname: str | None = None, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start ``argv`` in its own session (so it can be killed with all it started), logging to a file."""
         if hostname:  # its own UTS namespace: the process and its children see this host name
             argv = ["unshare", "--uts", "sh", "-c", f'hostname {hostname} && exec "$@"', "sh", *argv]
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the process's life)
-        proc = subprocess.Popen(argv, env={**self.env, **(extra_env or {})}, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, cwd=self.dir)
+        proc = subprocess.Popen(
+            argv,
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.dir,
+        )
         self.procs[name] = proc
         return proc
 
     def start_postgres(self) -> None:
         shutil.chown(self.dir, "postgres")
-        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(self.pg_data),
-                        "-U", "airflow", "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
-        self.spawn("postgres", ["runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"), "-D",
-                                str(self.pg_data), "-p", str(self.pg_port), "-k", str(self.pg_data),
-                                "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-        wait_for(lambda: subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p",
-                                         str(self.pg_port)], capture_output=True).returncode == 0, 30, "postgres")
-        subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "airflow",
-                        "airflow"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(self.pg_data),
+                "-U",
+                "airflow",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        self.spawn(
+            "postgres",
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "postgres"),
+                "-D",
+                str(self.pg_data),
+                "-p",
+                str(self.pg_port),
+                "-k",
+                str(self.pg_data),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ],
+        )
+        wait_for(
+            lambda: (
+                subprocess.run(
+                    [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.pg_port)],
+                    capture_output=True,
+                ).returncode
+                == 0
+            ),
+            30,
+            "postgres",
+        )
+        subprocess.run(
+            [
+                str(PG_BIN / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.pg_port),
+                "-U",
+                "airflow",
+                "airflow",
+            ],
+            check=True,
+            capture_output=True,
+        )
 
     def start_redis(self) -> None:
-        self.spawn("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no"])
+        self.spawn(
+            "redis",
+            [
+                "redis-server",
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+        )
 
         def pong() -> bool:
             with socket.create_connection(("127.0.0.1", self.redis_port), timeout=1) as s:
@@ -152,11 +225,24 @@ class NativeLab:
 
     def start_worker(self, queue: str) -> subprocess.Popen[bytes]:
         host = self.WORKERS[queue]
-        return self.spawn(f"worker-{queue}", [str(BIN / "airflow"), "celery", "worker", "--queues", queue,
-                                              "--concurrency", "1", "--celery-hostname", f"{queue}@{host}",
-                                              "--without-gossip", "--without-mingle"],
-                          hostname=host,
-                          extra_env={"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())})
+        return self.spawn(
+            f"worker-{queue}",
+            [
+                str(BIN / "airflow"),
+                "celery",
+                "worker",
+                "--queues",
+                queue,
+                "--concurrency",
+                "1",
+                "--celery-hostname",
+                f"{queue}@{host}",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            hostname=host,
+            extra_env={"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())},
+        )
 
     def start(self) -> NativeLab:
         self.start_postgres()
@@ -167,9 +253,12 @@ class NativeLab:
         self.spawn("dag-processor", [str(BIN / "airflow"), "dag-processor"])
         for queue in self.WORKERS:
             self.start_worker(queue)
-        wait_for(lambda: self.session.get(self.url("/api/v2/monitor/health"), timeout=2).ok, 180, "api-server")
-        token = self.session.post(self.url("/auth/token"), json={"username": "admin",
-                                                                 "password": ADMIN_PASSWORD}, timeout=10)
+        wait_for(
+            lambda: self.session.get(self.url("/api/v2/monitor/health"), timeout=2).ok, 180, "api-server"
+        )
+        token = self.session.post(
+            self.url("/auth/token"), json={"username": "admin", "password": ADMIN_PASSWORD}, timeout=10
+        )
         token.raise_for_status()
         self.session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
         return self
@@ -206,8 +295,21 @@ class NativeLab:
             except subprocess.TimeoutExpired:
                 self.kill(name)
         if "postgres" in self.procs:
-            subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(self.pg_data),
-                            "stop", "-m", "fast"], capture_output=True)
+            subprocess.run(
+                [
+                    "runuser",
+                    "-u",
+                    "postgres",
+                    "--",
+                    str(PG_BIN / "pg_ctl"),
+                    "-D",
+                    str(self.pg_data),
+                    "stop",
+                    "-m",
+                    "fast",
+                ],
+                capture_output=True,
+            )
             self.procs["postgres"].wait(timeout=30)
         self.procs.clear()
 
@@ -232,8 +334,11 @@ class NativeLab:
         return resp.json()
 
     def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
-        wait_for(lambda: self.session.get(self.url(f"/api/v2/dags/{dag_id}"), timeout=5).ok, timeout,
-                 f"DAG {dag_id} parsed")
+        wait_for(
+            lambda: self.session.get(self.url(f"/api/v2/dags/{dag_id}"), timeout=5).ok,
+            timeout,
+            f"DAG {dag_id} parsed",
+        )
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
         """Unpause ``dag_id`` and trigger a manual run with ``conf``; returns the run id."""
@@ -243,8 +348,9 @@ class NativeLab:
 
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
         tis = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
-        return {f"{ti['task_id']}[{ti['map_index']}]" if ti["map_index"] >= 0 else ti["task_id"]: ti
-                for ti in tis}
+        return {
+            f"{ti['task_id']}[{ti['map_index']}]" if ti["map_index"] >= 0 else ti["task_id"]: ti for ti in tis
+        }
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float) -> str:
         def finished() -> str | None:

@@ -46,9 +46,16 @@ def lab():
     work = Path(tempfile.mkdtemp(prefix="cbnano-lab-home-"))
     write_window(work / "window.xml", N_PAPERS, DAY, seed=5)
     replay = ReplayServer(corpus=[work / "window.xml"]).start()
-    lab = NativeLab({"CBNANO_HOME": str(work / "home"), "CBNANO_ARXIV_API_URL": replay.arxiv_api_url,
-                     "CBNANO_ARXIV_DELAY_S": "0", "CBNANO_PUBCHEM_URL": replay.pubchem_url,
-                     "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    lab = NativeLab(
+        {
+            "CBNANO_HOME": str(work / "home"),
+            "CBNANO_ARXIV_API_URL": replay.arxiv_api_url,
+            "CBNANO_ARXIV_DELAY_S": "0",
+            "CBNANO_PUBCHEM_URL": replay.pubchem_url,
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
     try:
         lab.start()
         yield lab
@@ -64,8 +71,14 @@ def lab():
 
 
 def _task_log(lab: NativeLab, dag_id: str, run_id: str, task_id: str, attempt: int) -> Path:
-    return (Path(lab.env["AIRFLOW_HOME"]) / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
-            / f"task_id={task_id}" / f"attempt={attempt}.log")
+    return (
+        Path(lab.env["AIRFLOW_HOME"])
+        / "logs"
+        / f"dag_id={dag_id}"
+        / f"run_id={run_id}"
+        / f"task_id={task_id}"
+        / f"attempt={attempt}.log"
+    )
 
 
 def test_ingestion_runs_on_its_queues_and_survives_losing_system_c(lab):
@@ -74,6 +87,7 @@ def test_ingestion_runs_on_its_queues_and_survives_losing_system_c(lab):
 
     # Wait until System C's task has written its first batch of vectors, then take the host away.
     first_try = _task_log(lab, "literature_ingestion", run_id, "embed_and_upsert", 1)
+
     def first_batch_written() -> bool:
         lab.check_alive()
         return first_try.exists() and "embed: 256/" in first_try.read_text(errors="replace")
@@ -84,13 +98,16 @@ def test_ingestion_runs_on_its_queues_and_survives_losing_system_c(lab):
     lab.start_worker("system_c")
 
     assert lab.wait_for_run("literature_ingestion", run_id, 600) == "success", lab.task_instances(
-        "literature_ingestion", run_id)
+        "literature_ingestion", run_id
+    )
     print(f"recovered {time.monotonic() - killed_at:.0f} s after the kill")
     tis = lab.task_instances("literature_ingestion", run_id)
     where = {t: (ti["queue"], ti["hostname"], ti["state"]) for t, ti in tis.items()}
-    assert where == {"fetch": ("default", "coordinator", "success"),
-                     "stage": ("default", "coordinator", "success"),
-                     "embed_and_upsert": ("system_c", "system-c", "success")}
+    assert where == {
+        "fetch": ("default", "coordinator", "success"),
+        "stage": ("default", "coordinator", "success"),
+        "embed_and_upsert": ("system_c", "system-c", "success"),
+    }
     assert tis["embed_and_upsert"]["try_number"] == 2
     assert "embed: " in _task_log(lab, "literature_ingestion", run_id, "embed_and_upsert", 2).read_text()
 
@@ -110,10 +127,13 @@ def test_ingestion_runs_on_its_queues_and_survives_losing_system_c(lab):
     docs = [record_document(r) for r in read_jsonl(records[0])]
     assert len(docs) == N_PAPERS
     emb = get_embedder(settings.embedding_model)
-    expected = sorted(c.chunk_id for d in docs for c in chunk_text(d.text, d.doc_id, d.source, emb.token_offsets))
+    expected = sorted(
+        c.chunk_id for d in docs for c in chunk_text(d.text, d.doc_id, d.source, emb.token_offsets)
+    )
     with MilvusStore.from_settings(settings) as store:
-        rows = store.client.query(store.collection, filter='source == "arxiv"', output_fields=["chunk_id"],
-                                  limit=16384)
+        rows = store.client.query(
+            store.collection, filter='source == "arxiv"', output_fields=["chunk_id"], limit=16384
+        )
         assert store.count() == len(expected)
     assert sorted(r["chunk_id"] for r in rows) == expected
     del os.environ["CBNANO_HOME"]
@@ -123,8 +143,10 @@ def test_ingestion_runs_on_its_queues_and_survives_losing_system_c(lab):
 def test_retraining_dry_run_lands_on_system_b(lab):
     """domain_retraining's mapped task runs on System B's queue (a dry run: the dataset, no training)."""
     lab.wait_for_dag("domain_retraining")
-    run_id = lab.trigger("domain_retraining", {"domains": ["catalysis"], "dry_run": True, "month": "2026-10",
-                                               "profile": "tiny"})
+    run_id = lab.trigger(
+        "domain_retraining",
+        {"domains": ["catalysis"], "dry_run": True, "month": "2026-10", "profile": "tiny"},
+    )
     state = lab.wait_for_run("domain_retraining", run_id, 600)
     tis = lab.task_instances("domain_retraining", run_id)
     assert state == "success", {t: ti["state"] for t, ti in tis.items()}

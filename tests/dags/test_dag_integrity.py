@@ -76,8 +76,9 @@ def test_pools_used_by_dags_are_declared(dagbag):
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
 def test_parse_is_fast_and_light(path):
-    out = subprocess.run([sys.executable, "-c", PROBE, str(path), str(DAGS)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(path), str(DAGS)], capture_output=True, text=True, check=True
+    )
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     loaded = set(probe["modules"])
     assert not loaded & set(HEAVY), f"{path.name} imports {sorted(loaded & set(HEAVY))} at parse time"
@@ -109,7 +110,11 @@ def test_domain_retraining_wiring(dagbag):
         assert announce.trigger_rule == "all_done"
     # the scheduled run trains the lab's base with System B's recipe, never the tiny test model
     assert dag.params["profile"] == "gpu_qlora" and set(dag.params["domains"]) == {
-        "chemistry", "materials", "thermal", "catalysis"}
+        "chemistry",
+        "materials",
+        "thermal",
+        "catalysis",
+    }
     assert dag.params["base_model"] is None  # CBNANO_BASE_MODEL at run time
     assert dag.get_task("plan").downstream_task_ids == {"retrain_domain"}
     assert dag.get_task("report").trigger_rule == "all_success"  # a failed domain fails the run
@@ -120,7 +125,10 @@ def test_failures_alert_on_every_dag_and_nightly_ingestion_has_a_deadline(dagbag
 
     for dag in dagbag.dags.values():
         for t in dag.tasks:
-            assert any(isinstance(cb, cbnano_common.FailureAlert) for cb in t.on_failure_callback), (dag.dag_id, t)
+            assert any(isinstance(cb, cbnano_common.FailureAlert) for cb in t.on_failure_callback), (
+                dag.dag_id,
+                t,
+            )
     [deadline] = dagbag.dags["literature_ingestion"].deadline
     assert deadline.interval.total_seconds() == 4 * 3600
     assert deadline.callback.path == "cbnano_common.deadline_missed"
@@ -131,7 +139,9 @@ def test_failures_alert_on_every_dag_and_nightly_ingestion_has_a_deadline(dagbag
     class TI:
         dag_id, task_id, run_id, try_number, map_index = "literature_ingestion", "fetch", "manual__x", 4, -1
 
-    cbnano_common.FailureAlert().notify({"ti": TI(), "exception": RuntimeError("arXiv answered 503 five times")})
+    cbnano_common.FailureAlert().notify(
+        {"ti": TI(), "exception": RuntimeError("arXiv answered 503 five times")}
+    )
     assert sent[0][1] == "literature_ingestion.fetch failed"
     assert sent[0][2] == "RuntimeError: arXiv answered 503 five times" and sent[0][3]["try"] == 4
 

@@ -51,9 +51,22 @@ def dagbag():
 
 
 def test_the_official_layout_is_there():
-    expected = {"postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-                "airflow-dag-processor", "airflow-triggerer", "worker-default", "worker-system-b",
-                "worker-system-c", "milvus-etcd", "milvus-minio", "milvus-standalone", "attu"}
+    expected = {
+        "postgres",
+        "redis",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "worker-default",
+        "worker-system-b",
+        "worker-system-c",
+        "milvus-etcd",
+        "milvus-minio",
+        "milvus-standalone",
+        "attu",
+    }
     assert expected <= set(SERVICES)
     assert "x-airflow-common" in COMPOSE
     for name in AIRFLOW_SERVICES:
@@ -63,8 +76,18 @@ def test_the_official_layout_is_there():
         assert e["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://"), name
         assert e["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].endswith(":8080/execution/"), name
         assert "JWT_SECRET" in e["AIRFLOW__API_AUTH__JWT_SECRET"]  # from the env file, never a literal
-    for name in ["postgres", "redis", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                 "airflow-triggerer", "milvus-etcd", "milvus-minio", "milvus-standalone", *WORKERS]:
+    for name in [
+        "postgres",
+        "redis",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "milvus-etcd",
+        "milvus-minio",
+        "milvus-standalone",
+        *WORKERS,
+    ]:
         assert "healthcheck" in SERVICES[name], name
     assert SERVICES["attu"]["profiles"] == ["attu"]
 
@@ -96,17 +119,26 @@ def test_system_b_runs_the_training_image_with_one_job_per_gpu_slot(dagbag):
 
 def test_celery_visibility_timeout_outlasts_the_longest_task(dagbag):
     visibility = int(env("airflow-scheduler")["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"])
-    timeouts = [t.execution_timeout.total_seconds() for d in dagbag.dags.values() for t in d.tasks
-                if t.execution_timeout]
+    timeouts = [
+        t.execution_timeout.total_seconds()
+        for d in dagbag.dags.values()
+        for t in d.tasks
+        if t.execution_timeout
+    ]
     retrain = dagbag.dags["domain_retraining"].get_task("retrain_domain")
     assert retrain.execution_timeout is not None  # a fine-tune is bounded, so the timeout can be above it
     assert visibility > max(timeouts)
-    assert "longest" in COMPOSE_TEXT.split("VISIBILITY_TIMEOUT")[0].rsplit("\n\n", 1)[-1]  # the comment says why
+    assert (
+        "longest" in COMPOSE_TEXT.split("VISIBILITY_TIMEOUT")[0].rsplit("\n\n", 1)[-1]
+    )  # the comment says why
 
 
 def test_pools_and_connections_are_created_at_init(dagbag):
     init = SERVICES["airflow-init"]["command"][-1]
-    assert "airflow db migrate" in init and "airflow pools import /opt/airflow/include/airflow/pools.json" in init
+    assert (
+        "airflow db migrate" in init
+        and "airflow pools import /opt/airflow/include/airflow/pools.json" in init
+    )
     assert mounts("airflow-init")["/opt/airflow/include"] == "./include"
     pools = json.loads((ROOT / "include/airflow/pools.json").read_text())
     assert pools["arxiv_api"]["slots"] == 1 and pools["pubchem_api"]["slots"] >= 1
@@ -117,23 +149,35 @@ def test_pools_and_connections_are_created_at_init(dagbag):
 
 def test_nfs_exports_are_mounted_where_the_settings_point():
     volumes = COMPOSE["volumes"]
-    for name, export in [("nfs-models", "/exports/models"), ("nfs-datasets", "/exports/datasets"),
-                         ("nfs-checkpoints", "/exports/checkpoints")]:
+    for name, export in [
+        ("nfs-models", "/exports/models"),
+        ("nfs-datasets", "/exports/datasets"),
+        ("nfs-checkpoints", "/exports/checkpoints"),
+    ]:
         opts = volumes[name]["driver_opts"]
         assert opts["type"] == "nfs" and opts["device"] == f":{export}" and "ae86" in opts["o"]
-    paths = {"CBNANO_MODEL_STORE": "nfs-models", "CBNANO_DATA_DIR": "nfs-datasets",
-             "CBNANO_RUNS_DIR": "nfs-checkpoints"}
+    paths = {
+        "CBNANO_MODEL_STORE": "nfs-models",
+        "CBNANO_DATA_DIR": "nfs-datasets",
+        "CBNANO_RUNS_DIR": "nfs-checkpoints",
+    }
     # ingestion (default, system_c) needs the lake; training needs all three; the UI reads the model store
-    needs = {"worker-default": ["CBNANO_DATA_DIR"], "worker-system-c": ["CBNANO_DATA_DIR"],
-             "worker-system-b": list(paths), "airflow-apiserver": ["CBNANO_MODEL_STORE"]}
+    needs = {
+        "worker-default": ["CBNANO_DATA_DIR"],
+        "worker-system-c": ["CBNANO_DATA_DIR"],
+        "worker-system-b": list(paths),
+        "airflow-apiserver": ["CBNANO_MODEL_STORE"],
+    }
     for service, keys in needs.items():
         for key in keys:
             assert mounts(service).get(env(service)[key]) == paths[key], (service, key)
 
 
 def test_cbnano_variables_are_ones_the_code_reads_and_every_variable_is_documented():
-    code = "".join(p.read_text() for p in [*ROOT.glob("pipelines/**/*.py"), *ROOT.glob("dags/*.py"),
-                                           *ROOT.glob("plugins/**/*.py")])
+    code = "".join(
+        p.read_text()
+        for p in [*ROOT.glob("pipelines/**/*.py"), *ROOT.glob("dags/*.py"), *ROOT.glob("plugins/**/*.py")]
+    )
     read = set(re.findall(r'"(CBNANO_[A-Z_]+)"', code))
     for service in AIRFLOW_SERVICES:
         for key in env(service):
@@ -147,7 +191,9 @@ def test_cbnano_variables_are_ones_the_code_reads_and_every_variable_is_document
 
 def test_versions_agree_with_the_project():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    airflow_pin = next(d for d in project["optional-dependencies"]["airflow"] if d.startswith("apache-airflow"))
+    airflow_pin = next(
+        d for d in project["optional-dependencies"]["airflow"] if d.startswith("apache-airflow")
+    )
     airflow_version = airflow_pin.split("==")[1]
     assert f"FROM apache/airflow:{airflow_version}-python3.11" in (ROOT / "airflow.Dockerfile").read_text()
     assert SERVICES["worker-default"]["image"] == "${AIRFLOW_IMAGE:-cbnano/airflow:" + airflow_version + "}"

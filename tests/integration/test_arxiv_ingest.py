@@ -17,8 +17,11 @@ CATS = ["cond-mat.mtrl-sci", "physics.chem-ph"]
 
 
 def chunks_of(store, doc_id):
-    rows = store.client.query(store.collection, filter=f'doc_id == "{doc_id}"',
-                              output_fields=["chunk_id", "version", "text", "embedding_model"])
+    rows = store.client.query(
+        store.collection,
+        filter=f'doc_id == "{doc_id}"',
+        output_fields=["chunk_id", "version", "text", "embedding_model"],
+    )
     return sorted(rows, key=lambda r: r["chunk_id"])
 
 
@@ -29,7 +32,12 @@ def test_ingest_rerun_revise_search(replay, fixtures_dir):
     settings = get_settings()
     first = ingest_arxiv(settings, START, END, CATS)
     assert {k: first[k] for k in ("fetched", "new", "updated", "unchanged", "quarantined")} == {
-        "fetched": 8, "new": 7, "updated": 0, "unchanged": 0, "quarantined": 1}
+        "fetched": 8,
+        "new": 7,
+        "updated": 0,
+        "unchanged": 0,
+        "quarantined": 1,
+    }
     quarantine = [json.loads(line) for line in open(first["records"].replace("records", "quarantine"))]
     assert quarantine[0]["reason"] == "entry has no abstract" and "2611.10007" in quarantine[0]["entry_id"]
 
@@ -57,10 +65,15 @@ def test_ingest_rerun_revise_search(replay, fixtures_dir):
         assert "corrects the isotope-enrichment estimate" in rows[0]["text"]
         assert store.count() == 7
         # a paraphrase, sharing few words with the abstract, finds the garnet paper first
-        hits = store.search_dense(emb.encode(["ceramic lithium-ion conductor for batteries without liquid"])[0], 3)
+        hits = store.search_dense(
+            emb.encode(["ceramic lithium-ion conductor for batteries without liquid"])[0], 3
+        )
         assert hits[0].doc_id == "2611.10002"
-        hits = store.search_dense(emb.encode(["water sticking to titanium dioxide surfaces"])[0], 3,
-                                  filter=store.filter_for(source="arxiv"))
+        hits = store.search_dense(
+            emb.encode(["water sticking to titanium dioxide surfaces"])[0],
+            3,
+            filter=store.filter_for(source="arxiv"),
+        )
         assert hits[0].doc_id == "2611.10005"
 
 
@@ -80,8 +93,9 @@ def test_today_reads_rss(replay):
 
 
 def run_cli(*args, env):
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_cli_end_to_end(replay, tmp_path):
@@ -92,15 +106,33 @@ def test_cli_end_to_end(replay, tmp_path):
     out = run_cli("ingest", "arxiv", "--start", "2026-11-26", "--end", "2026-11-27", env=env)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(summary) >= {"fetched", "new", "updated", "unchanged", "chunks_upserted", "chunks_deleted",
-                            "quarantined"}
+    assert set(summary) >= {
+        "fetched",
+        "new",
+        "updated",
+        "unchanged",
+        "chunks_upserted",
+        "chunks_deleted",
+        "quarantined",
+    }
     assert summary["new"] == 7
     assert "fetch: 8/8" in out.stderr  # plain progress lines when not on a terminal
 
-    hits = json.loads(run_cli("search", "perovskite solar cell passivation", "--json", "--top-k", "2",
-                              env=env).stdout)
+    hits = json.loads(
+        run_cli("search", "perovskite solar cell passivation", "--json", "--top-k", "2", env=env).stdout
+    )
     assert hits[0]["doc_id"] == "2611.10006"
-    assert set(hits[0]) == {"doc_id", "chunk_id", "title", "source", "score", "url", "published", "snippet", "ranks"}
+    assert set(hits[0]) == {
+        "doc_id",
+        "chunk_id",
+        "title",
+        "source",
+        "score",
+        "url",
+        "published",
+        "snippet",
+        "ranks",
+    }
 
     stats = json.loads(run_cli("stats", "--json", env=env).stdout)
     assert stats["sources"]["arxiv"]["documents"] == 7
@@ -200,4 +232,7 @@ def test_overlong_abstracts_are_cut_and_reported(replay, monkeypatch):
     assert out["truncated_abstracts"] >= 1
     records = [json.loads(line) for line in open(out["records"])]
     long_one = next(r for r in records if r["doc_id"] == "2611.10004")
-    assert long_one["abstract_truncated"] > 300 and len(long_one["text"]) <= len(long_one["title_clean"]) + 2 + 300
+    assert (
+        long_one["abstract_truncated"] > 300
+        and len(long_one["text"]) <= len(long_one["title_clean"]) + 2 + 300
+    )

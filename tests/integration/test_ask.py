@@ -32,8 +32,9 @@ def corpus(cbnano_env, monkeypatch):
 def fake_version(store, tmp_path, domain, version):
     content = tmp_path / version
     (content / "adapter").mkdir(parents=True)
-    (content / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "smollm2",
-                                                                         "r": 16}))
+    (content / "adapter" / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "smollm2", "r": 16})
+    )
     (content / "adapter" / "adapter_model.safetensors").write_bytes(b"w")
     store.publish(domain, version, content, {}, promote=True)
 
@@ -50,8 +51,11 @@ def test_ask_system_a_with_numbered_sources(corpus, tmp_path, monkeypatch, capsy
         assert main(["ask", QUESTION, "--domain", "materials", "--top-k", "3", "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["answer"] == "Stand-in answer from materials [1]."
-        assert out["sources"][0] == {"doc_id": "2501.07731", "title": "Stabilizing black-phase CsPbI3 with surface "
-                                     "ligands", "url": "https://arxiv.org/abs/2501.07731"}
+        assert out["sources"][0] == {
+            "doc_id": "2501.07731",
+            "title": "Stabilizing black-phase CsPbI3 with surface ligands",
+            "url": "https://arxiv.org/abs/2501.07731",
+        }
         assert len(out["sources"]) == 3
         [(_, _, body)] = [r for r in srv.requests if r[1] == "/v1/chat/completions"]
         assert body["model"] == "materials"
@@ -107,9 +111,13 @@ def test_serving_handoff_dag_reads_the_connection(airflow_db, cbnano_env, tmp_pa
     fake_version(store, tmp_path, "catalysis", "c1")
     with VLLMStandIn(base="smollm2", token="conn-token") as srv:
         # no CBNANO_SYSTEM_A_URL: URL and token come from the Airflow Connection, as in the lab
-        monkeypatch.setenv("AIRFLOW_CONN_CBNANO_SYSTEM_A", json.dumps(
-            {"conn_type": "http", "host": srv.url, "password": "conn-token"}))
-        run = dag.test(logical_date=pendulum.datetime(2026, 12, 2, tz="UTC"), run_conf={"domains": ["catalysis"]})
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_CBNANO_SYSTEM_A",
+            json.dumps({"conn_type": "http", "host": srv.url, "password": "conn-token"}),
+        )
+        run = dag.test(
+            logical_date=pendulum.datetime(2026, 12, 2, tz="UTC"), run_conf={"domains": ["catalysis"]}
+        )
         states = {(ti.task_id, ti.map_index): str(ti.state) for ti in run.get_task_instances()}
         assert states == {("domains", -1): "success", ("hand_off", 0): "success"}, states
         assert srv.adapters == {"catalysis": str(store.version_dir("catalysis", "c1").resolve() / "adapter")}

@@ -21,22 +21,35 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args, env):
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 def test_a_second_process_waits_then_fails_naming_the_holder_and_harms_nothing(cbnano_env, tmp_path):
     with MilvusStore.from_settings(cbnano_env) as store:
         store.ensure_collection(384)
-        index_documents(load_corpus(GOLDEN_DIR / "corpus.jsonl")[:10], store, lambda: get_embedder(MINILM), MINILM)
+        index_documents(
+            load_corpus(GOLDEN_DIR / "corpus.jsonl")[:10], store, lambda: get_embedder(MINILM), MINILM
+        )
     # closed: the file is free again (the embedded server stopped with the last store of this process)
     env = {**os.environ, "CBNANO_MILVUS_LOCK_WAIT_S": "1"}
     out = cli("stats", "--json", env=env)
     assert out.returncode == 0 and json.loads(out.stdout)["sources"]["arxiv"]["documents"] == 10
 
     port = 8600 + os.getpid() % 300
-    holder_proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "search-service", "--port", str(port)],
-                                   env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holder_proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "search-service", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 90
         while holder(cbnano_env.milvus_uri).get("pid") != holder_proc.pid:
@@ -56,7 +69,9 @@ def test_a_second_process_waits_then_fails_naming_the_holder_and_harms_nothing(c
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/search?q=Li6PS5Cl&k=1", timeout=30) as r:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/search?q=Li6PS5Cl&k=1", timeout=30
+                ) as r:
                     assert json.loads(r.read())["results"][0]["doc_id"] == "2401.11023"
                 break
             except OSError:

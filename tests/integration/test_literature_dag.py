@@ -40,8 +40,12 @@ def test_each_run_ingests_its_own_interval(airflow_db, replay):
     with MilvusStore.from_settings(get_settings()) as store:
         docs = store.stats()["sources"]["arxiv"]["documents"]
         assert docs == 8
-        ids = {r["doc_id"] for r in store.client.query(store.collection, filter='source == "arxiv"',
-                                                      output_fields=["doc_id"])}
+        ids = {
+            r["doc_id"]
+            for r in store.client.query(
+                store.collection, filter='source == "arxiv"', output_fields=["doc_id"]
+            )
+        }
         assert "2611.09999" in ids and "2611.10008" not in ids  # cs.LG is not a requested category
 
 
@@ -51,17 +55,27 @@ def test_manual_dry_run_with_window_override(airflow_db, replay):
 
     dag = without_deadline(literature_ingestion_dag)
 
-    run = dag.test(logical_date=pendulum.datetime(2026, 11, 20, 2, tz="UTC"),
-                   run_conf={"window_start": "2026-11-25", "window_end": "2026-11-27", "dry_run": True,
-                             "categories": ["physics.chem-ph"]})
+    run = dag.test(
+        logical_date=pendulum.datetime(2026, 11, 20, 2, tz="UTC"),
+        run_conf={
+            "window_start": "2026-11-25",
+            "window_end": "2026-11-27",
+            "dry_run": True,
+            "categories": ["physics.chem-ph"],
+        },
+    )
     assert states(run) == {"fetch": "success", "stage": "success", "embed_and_upsert": "skipped"}
     staged = list(get_settings().data_dir.glob("arxiv/2026-11-25/*/records.jsonl"))
-    assert len(staged) == 1 and staged[0].read_text().count("\n") == 5  # chem-ph papers (primary or cross-listed) of the two days
+    assert (
+        len(staged) == 1 and staged[0].read_text().count("\n") == 5
+    )  # chem-ph papers (primary or cross-listed) of the two days
     with MilvusStore.from_settings(get_settings()) as store:
         assert not store.exists()
 
 
-def test_tasks_take_milvus_and_the_webhook_from_the_airflow_connections(airflow_db, replay, monkeypatch, tmp_path):
+def test_tasks_take_milvus_and_the_webhook_from_the_airflow_connections(
+    airflow_db, replay, monkeypatch, tmp_path
+):
     """The deployment creates Connections (cbnano_milvus, cbnano_alerts_webhook, ...): the DAGs use them."""
     import json
 
@@ -71,11 +85,19 @@ def test_tasks_take_milvus_and_the_webhook_from_the_airflow_connections(airflow_
     dag = without_deadline(literature_ingestion_dag)
     conn_db = tmp_path / "from-the-connection" / "milvus.db"
     conn_db.parent.mkdir()
-    monkeypatch.setenv("AIRFLOW_CONN_CBNANO_MILVUS", json.dumps({"conn_type": "generic", "host": str(conn_db)}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CBNANO_MILVUS", json.dumps({"conn_type": "generic", "host": str(conn_db)})
+    )
     # a logical date no other test uses (dag.test returns an existing run of the same date as it is)
-    run = dag.test(logical_date=pendulum.datetime(2026, 11, 12, 2, tz="UTC"),
-                   run_conf={"window_start": "2026-11-26", "window_end": "2026-11-27", "dry_run": False,
-                             "categories": ["cond-mat.mtrl-sci", "physics.chem-ph"]})
+    run = dag.test(
+        logical_date=pendulum.datetime(2026, 11, 12, 2, tz="UTC"),
+        run_conf={
+            "window_start": "2026-11-26",
+            "window_end": "2026-11-27",
+            "dry_run": False,
+            "categories": ["cond-mat.mtrl-sci", "physics.chem-ph"],
+        },
+    )
     assert states(run) == {"fetch": "success", "stage": "success", "embed_and_upsert": "success"}
     assert not (get_settings().home / "milvus.db").exists()  # not the environment's default
     with MilvusStore(str(conn_db), get_settings().milvus_collection) as store:

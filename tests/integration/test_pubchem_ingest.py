@@ -19,6 +19,7 @@ def pubchem(replay, fixtures_dir, monkeypatch):
         monkeypatch.setenv("CBNANO_PUBCHEM_URL", srv.pubchem_url)
         reset_settings_cache()
         return srv
+
     return start
 
 
@@ -26,13 +27,21 @@ def test_ingest_misbehaving_server_then_rerun_is_noop(pubchem):
     from pipelines.embedding.minilm import get_embedder
     from pipelines.ingestion.pubchem import ingest_pubchem
 
-    srv = pubchem(rules=[
-        Rule("/rest/pug/compound/cid/property", status=503, body=b"<html><body>Server Busy</body></html>",
-             headers={"Content-Type": "text/html"}),
-        Rule("/rest/pug/compound/name", mode="add_headers", headers={"X-Throttling-Control": YELLOW}),
-    ])
+    srv = pubchem(
+        rules=[
+            Rule(
+                "/rest/pug/compound/cid/property",
+                status=503,
+                body=b"<html><body>Server Busy</body></html>",
+                headers={"Content-Type": "text/html"},
+            ),
+            Rule("/rest/pug/compound/name", mode="add_headers", headers={"X-Throttling-Control": YELLOW}),
+        ]
+    )
     settings = get_settings()
-    out = ingest_pubchem(settings, cids=[5564], names=["TiO2", "ethylene carbonate", "cerium oxide", "unobtainium"])
+    out = ingest_pubchem(
+        settings, cids=[5564], names=["TiO2", "ethylene carbonate", "cerium oxide", "unobtainium"]
+    )
     assert (out["fetched"], out["new"], out["not_found"], out["quarantined"]) == (4, 4, 1, 0)
     assert out["not_found_names"] == ["unobtainium"]
     records = [json.loads(line) for line in open(out["records"])]
@@ -43,14 +52,18 @@ def test_ingest_misbehaving_server_then_rerun_is_noop(pubchem):
 
     emb = get_embedder(settings.embedding_model)
     with MilvusStore.from_settings(settings) as store:
-        hits = store.search_dense(emb.encode(["solvent in lithium-ion battery electrolytes"])[0], 2,
-                                  filter=store.filter_for(source="pubchem"))
+        hits = store.search_dense(
+            emb.encode(["solvent in lithium-ion battery electrolytes"])[0],
+            2,
+            filter=store.filter_for(source="pubchem"),
+        )
         assert hits[0].doc_id == "7303" and hits[0].url.endswith("/compound/7303")
         assert store.count("pubchem") == 4
 
     names_asked = sum(1 for _, path, _ in srv.requests if "/compound/name/" in path)
-    again = ingest_pubchem(settings, cids=[5564], names=["TiO2", "ethylene carbonate", "cerium oxide",
-                                                         "unobtainium"])
+    again = ingest_pubchem(
+        settings, cids=[5564], names=["TiO2", "ethylene carbonate", "cerium oxide", "unobtainium"]
+    )
     assert (again["new"], again["updated"], again["unchanged"], again["chunks_upserted"]) == (0, 0, 4, 0)
     # the cached names (found and not found) were not asked again
     assert sum(1 for _, path, _ in srv.requests if "/compound/name/" in path) == names_asked
@@ -76,9 +89,15 @@ def test_compound_ingestion_dag(airflow_db, pubchem):
     from compound_ingestion import compound_ingestion_dag as dag
 
     pubchem()
-    run = dag.test(logical_date=pendulum.datetime(2026, 11, 27, 3, tz="UTC"),
-                   run_conf={"names": ["water", "TiO2", "no such compound"], "cids": [2244], "watchlist": False})
+    run = dag.test(
+        logical_date=pendulum.datetime(2026, 11, 27, 3, tz="UTC"),
+        run_conf={"names": ["water", "TiO2", "no such compound"], "cids": [2244], "watchlist": False},
+    )
     assert {ti.task_id: str(ti.state) for ti in run.get_task_instances()} == {
-        "select": "success", "fetch": "success", "stage": "success", "embed_and_upsert": "success"}
+        "select": "success",
+        "fetch": "success",
+        "stage": "success",
+        "embed_and_upsert": "success",
+    }
     with MilvusStore.from_settings(get_settings()) as store:
         assert store.stats()["sources"]["pubchem"]["documents"] == 3

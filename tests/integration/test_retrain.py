@@ -27,10 +27,16 @@ def lake(replay, fixtures_dir, monkeypatch):
     monkeypatch.setenv("CBNANO_TRAIN_PYTHON", str(fixtures_dir.parents[1] / ".venv-train" / "bin" / "python"))
     reset_settings_cache()
     settings = get_settings()
-    ingest_arxiv(settings, datetime(2026, 11, 25, tzinfo=UTC), datetime(2026, 11, 27, tzinfo=UTC),
-                 ["cond-mat.mtrl-sci", "physics.chem-ph"], dry_run=True)
-    ingest_pubchem(settings, names=["water", "TiO2", "cerium oxide", "ethylene carbonate"], cids=[5564],
-                   dry_run=True)
+    ingest_arxiv(
+        settings,
+        datetime(2026, 11, 25, tzinfo=UTC),
+        datetime(2026, 11, 27, tzinfo=UTC),
+        ["cond-mat.mtrl-sci", "physics.chem-ph"],
+        dry_run=True,
+    )
+    ingest_pubchem(
+        settings, names=["water", "TiO2", "cerium oxide", "ethylene carbonate"], cids=[5564], dry_run=True
+    )
     drop = settings.data_dir / "internal" / "catalysis"
     drop.mkdir(parents=True)
     shutil.copy(fixtures_dir / "internal" / "catalysis.jsonl", drop / "lab.jsonl")
@@ -51,20 +57,34 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     # 1. a test model (tiny profile) with a gate anyone would pass: a version, but never production
     settings = allow_test_models(monkeypatch, False)
     log = []
-    first = retrain(settings, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=4, log=log.append)
+    first = retrain(
+        settings, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=4, log=log.append
+    )
     assert first["published"] is False and first["version"]
     assert first["reason"].startswith("refused: test model (profile tiny) never becomes production")
     assert "held-out loss gain" in first["reason"] and "(95% CI " in first["reason"]
-    assert [v.version for v in store.versions("catalysis")] == [first["version"]] and not store.production("catalysis")
+    assert [v.version for v in store.versions("catalysis")] == [first["version"]] and not store.production(
+        "catalysis"
+    )
     assert main(["models", "promote", "--domain", "catalysis", "--version", first["version"]]) == 2
     assert "test model" in capsys.readouterr().err
-    assert any(line.startswith("dataset:") for line in log) and any(line.startswith("step evaluate:") for line in log)
+    assert any(line.startswith("dataset:") for line in log) and any(
+        line.startswith("step evaluate:") for line in log
+    )
 
     vdir = store.version_dir("catalysis", first["version"])
     assert store.verify("catalysis", first["version"]) == []
     man = json.loads((vdir / "manifest.json").read_text())
-    assert {"merged/model.safetensors", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
-            "eval.json", "eval.png", "MODEL_CARD.md", "dataset_card.json", "config.yml"} <= set(man["files"])
+    assert {
+        "merged/model.safetensors",
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "eval.json",
+        "eval.png",
+        "MODEL_CARD.md",
+        "dataset_card.json",
+        "config.yml",
+    } <= set(man["files"])
     assert man["base_model"] == "tiny-llama" and man["test_model"] is True and man["code_revision"]
     # portable: the adapter names its base by its store name, not a path on this host
     adapter_cfg = json.loads((vdir / "adapter" / "adapter_config.json").read_text())
@@ -75,7 +95,11 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     card = (vdir / "MODEL_CARD.md").read_text()
     assert card.startswith("---\n")
     front = yaml.safe_load(card.split("---\n")[1])
-    assert front["base_model"] == "tiny-llama" and front["library_name"] == "peft" and "catalysis" in front["tags"]
+    assert (
+        front["base_model"] == "tiny-llama"
+        and front["library_name"] == "peft"
+        and "catalysis" in front["tags"]
+    )
     reported = {m["type"] for m in front["model-index"][0]["results"][0]["metrics"]}
     assert reported == {"heldout_loss", "mc_accuracy", "mc_prob"}
     # per-item results, paired on identical ids for every role
@@ -87,7 +111,13 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     assert len(report["per_item"]["heldout_loss"]["base"]) == report["dataset"]["validation_documents"] >= 5
     assert report["merge_check"]["max_rel_diff"] < 1e-3 and report["merge_check"]["changed"] > 0
     assert report["evaluation"]["device"] == "cpu" and set(report["timings"]) >= {
-        "dataset", "validate", "train", "merge", "merge_check", "evaluate"}
+        "dataset",
+        "validate",
+        "train",
+        "merge",
+        "merge_check",
+        "evaluate",
+    }
 
     # 2. test models allowed (as in this suite): the same kind of candidate becomes production, and System A
     # (the vLLM stand-in) is told to serve its adapter under the domain's name
@@ -100,8 +130,9 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     assert second["published"] is True and second["reason"].startswith("published: held-out loss gain")
     assert store.production("catalysis") == second["version"]
     assert second["system_a"] == "confirmed"  # the stand-in read the real adapter folder (config + weights)
-    assert system_a.adapters == {"catalysis": str(store.version_dir("catalysis", second["version"]).resolve()
-                                                  / "adapter")}
+    assert system_a.adapters == {
+        "catalysis": str(store.version_dir("catalysis", second["version"]).resolve() / "adapter")
+    }
     system_a.stop()
     monkeypatch.delenv("CBNANO_SYSTEM_A_URL")
     settings = allow_test_models(monkeypatch, True)
@@ -125,7 +156,11 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     assert third["published"] is False and third["reason"].startswith("refused: held-out loss gain")
     assert "vs production" in third["reason"] and set(third["metrics"]) == {"base", "production", "candidate"}
     assert store.production("catalysis") == second["version"]
-    assert {v.version for v in store.versions("catalysis")} == {first["version"], second["version"], third["version"]}
+    assert {v.version for v in store.versions("catalysis")} == {
+        first["version"],
+        second["version"],
+        third["version"],
+    }
 
     # 4. the second run's inputs again: that candidate exists, nothing is retrained
     same = retrain(settings, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=3)
@@ -140,7 +175,9 @@ def test_missing_base_fails_first_with_the_setting_named_and_nothing_written(lak
     assert lake.train_profile == "gpu_qlora" and not lake.base_model  # the scheduled default
     assert main(["retrain", "--domain", "catalysis"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("cbnano: error: no base model for profile gpu_qlora: set CBNANO_BASE_MODEL")
+    assert len(err) == 1 and err[0].startswith(
+        "cbnano: error: no base model for profile gpu_qlora: set CBNANO_BASE_MODEL"
+    )
     with pytest.raises(BaseModelMissing, match="CBNANO_BASE_MODEL='nope' is not a usable base model"):
         retrain(dataclasses.replace(lake, base_model="nope"), "catalysis")
     assert not (lake.data_dir / "datasets").exists() and not lake.runs_dir.exists()
@@ -160,8 +197,10 @@ def test_domain_retraining_dag(airflow_db, lake):
     from domain_retraining import domain_retraining_dag as dag
 
     # the run of 2026-12-01 00:00 covers the data interval of November
-    run = dag.test(logical_date=pendulum.datetime(2026, 12, 1, tz="UTC"),
-                   run_conf={"domains": ["catalysis"], "profile": "tiny", "max_steps": 3, "min_gain": -1.0})
+    run = dag.test(
+        logical_date=pendulum.datetime(2026, 12, 1, tz="UTC"),
+        run_conf={"domains": ["catalysis"], "profile": "tiny", "max_steps": 3, "min_gain": -1.0},
+    )
     states = {(ti.task_id, ti.map_index): str(ti.state) for ti in run.get_task_instances()}
     assert states[("retrain_domain", 0)] == "success", states
     assert states[("announce_catalysis", -1)] == "success"
@@ -194,13 +233,16 @@ def test_cli_retrain_keeps_torch_out_of_its_process(lake):
     import subprocess
     import sys
 
-    probe = ("import sys, json; from pipelines.cli import main; "
-             "rc = main(['retrain', '--domain', 'catalysis', '--profile', 'tiny', '--month', '2026-11', "
-             "'--max-steps', '2', '--min-gain', '5.0']); "
-             "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'axolotl', 'transformers'}); "
-             "print(json.dumps({'rc': rc, 'heavy': heavy}))")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=dict(os.environ),
-                          timeout=900)
+    probe = (
+        "import sys, json; from pipelines.cli import main; "
+        "rc = main(['retrain', '--domain', 'catalysis', '--profile', 'tiny', '--month', '2026-11', "
+        "'--max-steps', '2', '--min-gain', '5.0']); "
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'axolotl', 'transformers'}); "
+        "print(json.dumps({'rc': rc, 'heavy': heavy}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=dict(os.environ), timeout=900
+    )
     last = proc.stdout.strip().splitlines()
     result = json.loads(last[-1])
     summary = json.loads(last[-2])
@@ -213,8 +255,10 @@ def test_domain_retraining_dry_run_builds_the_dataset_only(airflow_db, lake):
     import pendulum
     from domain_retraining import domain_retraining_dag as dag
 
-    run = dag.test(logical_date=pendulum.datetime(2026, 12, 2, tz="UTC"),
-                   run_conf={"domains": ["catalysis"], "profile": "tiny", "dry_run": True, "month": "2026-11"})
+    run = dag.test(
+        logical_date=pendulum.datetime(2026, 12, 2, tz="UTC"),
+        run_conf={"domains": ["catalysis"], "profile": "tiny", "dry_run": True, "month": "2026-11"},
+    )
     states = {(ti.task_id, ti.map_index): str(ti.state) for ti in run.get_task_instances()}
     assert states[("retrain_domain", 0)] == "skipped" and states[("announce_catalysis", -1)] == "skipped"
     assert (lake.data_dir / "datasets" / "catalysis" / "2026-11" / "dataset_card.json").is_file()

@@ -50,10 +50,18 @@ def test_hybrid_beats_dense_on_identifiers_and_holds_on_paraphrases(cbnano_env):
 
 
 def long_doc(n_sentences):
-    body = " ".join(f"Sentence {i} about the Li6PS5Cl argyrodite electrolyte and its lithium conductivity."
-                    for i in range(n_sentences))
-    return Document(source="arxiv", doc_id="2601.99999", title="A very long Li6PS5Cl report", text=body,
-                    published="2026-01-02T00:00:00Z", categories=("cond-mat.mtrl-sci",))
+    body = " ".join(
+        f"Sentence {i} about the Li6PS5Cl argyrodite electrolyte and its lithium conductivity."
+        for i in range(n_sentences)
+    )
+    return Document(
+        source="arxiv",
+        doc_id="2601.99999",
+        title="A very long Li6PS5Cl report",
+        text=body,
+        published="2026-01-02T00:00:00Z",
+        categories=("cond-mat.mtrl-sci",),
+    )
 
 
 def test_one_result_per_document_and_the_chunk_cap(cbnano_env):
@@ -75,7 +83,9 @@ def test_one_result_per_document_and_the_chunk_cap(cbnano_env):
 
 def test_date_source_and_category_filters(cbnano_env):
     index(cbnano_env, load_corpus(GOLDEN_DIR / "corpus.jsonl"))
-    results = search(cbnano_env, "lithium battery cathode", top_k=50, since="2025-05-01", until="2025-07-31").results
+    results = search(
+        cbnano_env, "lithium battery cathode", top_k=50, since="2025-05-01", until="2025-07-31"
+    ).results
     days = sorted(r.published[:10] for r in results)
     assert days and days[0] >= "2025-05-01" and days[-1] <= "2025-07-31"
     assert {r.doc_id for r in results} == {"2505.04410", "2506.02287", "2507.08853"}
@@ -83,8 +93,17 @@ def test_date_source_and_category_filters(cbnano_env):
     assert compounds and {r.source for r in compounds} == {"pubchem"}
     chem = search(cbnano_env, "framework", top_k=50, category="physics.chem-ph", mode="keyword").results
     assert chem and all(r.source == "arxiv" for r in chem)
-    assert {r.doc_id for r in chem} <= {"2403.04417", "2404.09982", "2406.01205", "2407.03316", "2408.05570",
-                                         "2509.05531", "2510.02248", "2511.06615", "2512.03387"}
+    assert {r.doc_id for r in chem} <= {
+        "2403.04417",
+        "2404.09982",
+        "2406.01205",
+        "2407.03316",
+        "2408.05570",
+        "2509.05531",
+        "2510.02248",
+        "2511.06615",
+        "2512.03387",
+    }
 
 
 def make_old_collection(settings, docs):
@@ -97,21 +116,48 @@ def make_old_collection(settings, docs):
         c = store.client
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("chunk_id", DataType.VARCHAR, max_length=256, is_primary=True)
-        for name, n in (("doc_id", 128), ("source", 16), ("title", 2048), ("text", 8192), ("url", 512),
-                        ("published", 32), ("categories", 512), ("content_hash", 64), ("embedding_model", 128)):
+        for name, n in (
+            ("doc_id", 128),
+            ("source", 16),
+            ("title", 2048),
+            ("text", 8192),
+            ("url", 512),
+            ("published", 32),
+            ("categories", 512),
+            ("content_hash", 64),
+            ("embedding_model", 128),
+        ):
             schema.add_field(name, DataType.VARCHAR, max_length=n)
         for name in ("version", "chunk_index", "chunk_count"):
             schema.add_field(name, DataType.INT64)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=384)
         index_params = c.prepare_index_params()
-        index_params.add_index(field_name="vector", index_type="IVF_FLAT", metric_type="COSINE",
-                               params={"nlist": 16})
+        index_params.add_index(
+            field_name="vector", index_type="IVF_FLAT", metric_type="COSINE", params={"nlist": 16}
+        )
         c.create_collection(store.collection, schema=schema, index_params=index_params)
-        c.insert(store.collection, [
-            {"chunk_id": f"{d.source}:{d.doc_id}#0", "doc_id": d.doc_id, "source": d.source, "title": d.title,
-             "text": d.text, "url": d.url, "published": d.published, "categories": " ".join(d.categories),
-             "content_hash": d.content_hash(MINILM), "embedding_model": MINILM, "version": 1, "chunk_index": 0,
-             "chunk_count": 1, "vector": v.tolist()} for d, v in zip(docs, vectors, strict=True)])
+        c.insert(
+            store.collection,
+            [
+                {
+                    "chunk_id": f"{d.source}:{d.doc_id}#0",
+                    "doc_id": d.doc_id,
+                    "source": d.source,
+                    "title": d.title,
+                    "text": d.text,
+                    "url": d.url,
+                    "published": d.published,
+                    "categories": " ".join(d.categories),
+                    "content_hash": d.content_hash(MINILM),
+                    "embedding_model": MINILM,
+                    "version": 1,
+                    "chunk_index": 0,
+                    "chunk_count": 1,
+                    "vector": v.tolist(),
+                }
+                for d, v in zip(docs, vectors, strict=True)
+            ],
+        )
         c.flush(store.collection)
         return {f"{d.source}:{d.doc_id}#0": v for d, v in zip(docs, vectors, strict=True)}
 
@@ -122,10 +168,15 @@ def test_an_old_collection_is_migrated_in_place_without_re_embedding(cbnano_env)
     with MilvusStore.from_settings(cbnano_env) as store:
         store.ensure_collection(384)
         assert store.full_text and store.count() == len(docs)
-        row = store.client.query(store.collection, filter='chunk_id == "arxiv:2401.11023#0"',
-                                 output_fields=["vector", "published_day", "keywords"])[0]
+        row = store.client.query(
+            store.collection,
+            filter='chunk_id == "arxiv:2401.11023#0"',
+            output_fields=["vector", "published_day", "keywords"],
+        )[0]
         assert row["published_day"] == 20240119 and "li6ps5cl" in row["keywords"].split()
-        assert max(abs(a - b) for a, b in zip(row["vector"], vectors["arxiv:2401.11023#0"], strict=True)) < 1e-6
+        assert (
+            max(abs(a - b) for a, b in zip(row["vector"], vectors["arxiv:2401.11023#0"], strict=True)) < 1e-6
+        )
         assert not store.client.has_collection(store.collection + "__migrating")
     # nothing changed for change detection: a re-run embeds nothing
     summary = index(cbnano_env, docs)
@@ -191,8 +242,14 @@ def test_search_service_over_http(cbnano_env, capsys):
     # the stores above are closed: the file is free for the service's process (pipelines.vectorstore.lite_lock)
     port = free_port()
     env = {**os.environ, "CBNANO_SEARCH_TOKEN": "s3cret-token"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "search-service", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "search-service", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -201,7 +258,9 @@ def test_search_service_over_http(cbnano_env, capsys):
                 status, body = get(f"{base}/healthz")
                 break
             except (urllib.error.URLError, ConnectionError):
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    proc.stdout.read() if proc.stdout else ""
+                )
                 time.sleep(0.5)
         assert (status, body) == (200, {"status": "ok", "corpus": True})
         assert get(f"{base}/search?q=MOF-808")[0] == 401
@@ -210,11 +269,17 @@ def test_search_service_over_http(cbnano_env, capsys):
         status, body = get(f"{base}/search?q=MOF-808", token="s3cret-token")
         assert status == 200 and body["mode"] == "hybrid"
         assert body["results"] == cli_hits  # the same fields and order as `cbnano search --json`
-        status, body = get(f"{base}/search?q=MOF-808&k=2&mode=keyword&source=arxiv&since=2024-01-01"
-                           "&until=2024-12-31", token="s3cret-token")
+        status, body = get(
+            f"{base}/search?q=MOF-808&k=2&mode=keyword&source=arxiv&since=2024-01-01&until=2024-12-31",
+            token="s3cret-token",
+        )
         assert status == 200 and [r["doc_id"] for r in body["results"]] == ["2403.04417", "2408.05570"]
-        for bad, message in (("k=0", "top-k"), ("mode=fuzzy", "mode"), ("since=2024-99-01", "since"),
-                             ("source=scopus", "source")):
+        for bad, message in (
+            ("k=0", "top-k"),
+            ("mode=fuzzy", "mode"),
+            ("since=2024-99-01", "since"),
+            ("source=scopus", "source"),
+        ):
             status, body = get(f"{base}/search?q=x&{bad}", token="s3cret-token")
             assert status == 400 and message in body["detail"], (bad, body)
         assert get(f"{base}/search", token="s3cret-token")[0] == 422  # q missing
@@ -241,8 +306,24 @@ def test_pipelined_encode_matches_plain_encode_in_order():
 
 
 def test_gpu_embed_check_rehearses_on_cpu():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_embed.py"), "--device", "cpu", "--texts", "24",
-                           "--batch", "8", "--words", "60"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "gpu_embed.py"),
+            "--device",
+            "cpu",
+            "--texts",
+            "24",
+            "--batch",
+            "8",
+            "--words",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [r["precision"] for r in lines] == ["fp32"]  # fp16 only on CUDA

@@ -26,21 +26,27 @@ def scorer(tmp_path_factory):
 def hf_mean_nll(scorer, prompt_ids, cont_ids):
     ids = torch.tensor([prompt_ids + cont_ids])
     labels = ids.clone()
-    labels[0, :len(prompt_ids)] = -100
+    labels[0, : len(prompt_ids)] = -100
     with torch.no_grad():
         return float(scorer.model(ids, labels=labels).loss)
 
 
-CHATS = [[{"role": "user", "content": "What stores oxygen?"}, {"role": "assistant", "content": "ceria"}],
-         [{"role": "user", "content": "Which salt is in Li-ion electrolytes? Name the usual one."},
-          {"role": "assistant", "content": "lithium hexafluorophosphate, LiPF6"}],
-         [{"role": "user", "content": "Give the formula of water."}, {"role": "assistant", "content": "H2O"}]]
+CHATS = [
+    [{"role": "user", "content": "What stores oxygen?"}, {"role": "assistant", "content": "ceria"}],
+    [
+        {"role": "user", "content": "Which salt is in Li-ion electrolytes? Name the usual one."},
+        {"role": "assistant", "content": "lithium hexafluorophosphate, LiPF6"},
+    ],
+    [{"role": "user", "content": "Give the formula of water."}, {"role": "assistant", "content": "H2O"}],
+]
 
 
 def test_chat_pair_is_the_templated_conversation_cut_at_end_of_turn(scorer):
     prompt, answer = scorer.chat_pair(CHATS[2])
     tok = scorer.tok
-    assert tok.decode(prompt) == tok.apply_chat_template(CHATS[2][:1], tokenize=False, add_generation_prompt=True)
+    assert tok.decode(prompt) == tok.apply_chat_template(
+        CHATS[2][:1], tokenize=False, add_generation_prompt=True
+    )
     assert tok.decode(answer) == "H2O</s>" and answer[-1] == tok.eos_token_id
 
 
@@ -53,24 +59,35 @@ def test_batched_logprobs_match_transformers_loss(scorer):
 
 
 def test_heldout_scores_documents_token_weighted(scorer):
-    rows = [{"id": "a", "doc": "arxiv:1", "messages": CHATS[0]}, {"id": "b", "doc": "arxiv:1", "messages": CHATS[1]},
-            {"id": "c", "doc": "pubchem:962", "messages": CHATS[2]}]
+    rows = [
+        {"id": "a", "doc": "arxiv:1", "messages": CHATS[0]},
+        {"id": "b", "doc": "arxiv:1", "messages": CHATS[1]},
+        {"id": "c", "doc": "pubchem:962", "messages": CHATS[2]},
+    ]
     per = scorer.heldout(rows)
     assert set(per) == {"arxiv:1", "pubchem:962"}
     (p0, c0), (p1, c1) = scorer.chat_pair(CHATS[0]), scorer.chat_pair(CHATS[1])
-    expected = (hf_mean_nll(scorer, p0, c0) * len(c0) + hf_mean_nll(scorer, p1, c1) * len(c1)) / (len(c0) + len(c1))
+    expected = (hf_mean_nll(scorer, p0, c0) * len(c0) + hf_mean_nll(scorer, p1, c1) * len(c1)) / (
+        len(c0) + len(c1)
+    )
     assert per["arxiv:1"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_multiple_choice_picks_the_most_likely_choice(scorer, tmp_path):
     q = "Which oxide is a common catalyst support?"
     choices = ["ceria", "alumina", "silica gel beads", "titania"]
-    prompt = scorer._encode(scorer.tok.apply_chat_template(user_message(q), tokenize=False, add_generation_prompt=True))
+    prompt = scorer._encode(
+        scorer.tok.apply_chat_template(user_message(q), tokenize=False, add_generation_prompt=True)
+    )
     nll = [hf_mean_nll(scorer, prompt, scorer._encode(c)) for c in choices]
     best = min(range(4), key=nll.__getitem__)
     f = tmp_path / "eval.jsonl"
-    f.write_text(json.dumps({"id": "a", "question": q, "choices": choices, "answer": best}) + "\n"
-                 + json.dumps({"id": "b", "question": q, "choices": choices, "answer": (best + 1) % 4}) + "\n")
+    f.write_text(
+        json.dumps({"id": "a", "question": q, "choices": choices, "answer": best})
+        + "\n"
+        + json.dumps({"id": "b", "question": q, "choices": choices, "answer": (best + 1) % 4})
+        + "\n"
+    )
     correct, prob = scorer.multiple_choice(load_items(f))
     assert correct == {"a": 1.0, "b": 0.0}
     weights = [math.exp(-x) for x in nll]

@@ -30,22 +30,42 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     d = tmp_path_factory.mktemp("ds")
-    rows = [{"messages": [{"role": "user", "content": f"What is the molecular formula of compound {i}?"},
-                          {"role": "assistant", "content": f"The formula of compound {i} is C{i}H{2 * i + 2}."}]}
-            for i in range(1, 41)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is the molecular formula of compound {i}?"},
+                {"role": "assistant", "content": f"The formula of compound {i} is C{i}H{2 * i + 2}."},
+            ]
+        }
+        for i in range(1, 41)
+    ]
     (d / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return d / "train.jsonl"
 
 
 def run_values(tiny, dataset, **extra):
-    return {"base_model": str(tiny), "datasets": [{"path": str(dataset), "type": "chat_template", "ds_type": "json",
-                                                   "field_messages": "messages", "roles_to_train": ["assistant"],
-                                                   "train_on_eos": "turn"}], **extra}
+    return {
+        "base_model": str(tiny),
+        "datasets": [
+            {
+                "path": str(dataset),
+                "type": "chat_template",
+                "ds_type": "json",
+                "field_messages": "messages",
+                "roles_to_train": ["assistant"],
+                "train_on_eos": "turn",
+            }
+        ],
+        **extra,
+    }
 
 
 def test_every_profile_and_domain_validates(train_python, tiny, dataset, tmp_path):
-    paths = [write_config(render_config(p, d, run_values(tiny, dataset)), tmp_path / f"{p}-{d}.yml")
-             for p in PROFILES for d in DOMAINS]
+    paths = [
+        write_config(render_config(p, d, run_values(tiny, dataset)), tmp_path / f"{p}-{d}.yml")
+        for p in PROFILES
+        for d in DOMAINS
+    ]
     assert validate_in_train_env(paths, train_python) == []
 
 
@@ -79,10 +99,11 @@ def test_sdpa_keeps_packed_examples_apart(train_python, tiny):
     with torch.no_grad():
         together = model(input_ids=packed, position_ids=positions, use_cache=False).logits[0]
         alone_b = model(input_ids=torch.tensor([b]), use_cache=False).logits[0]
-        leaky = model(input_ids=packed, attention_mask=torch.ones_like(packed), position_ids=positions,
-                      use_cache=False).logits[0]
-    assert torch.allclose(together[len(a):], alone_b, atol=1e-5)
-    assert not torch.allclose(leaky[len(a):], alone_b, atol=1e-3)  # a plain padding mask would leak
+        leaky = model(
+            input_ids=packed, attention_mask=torch.ones_like(packed), position_ids=positions, use_cache=False
+        ).logits[0]
+    assert torch.allclose(together[len(a) :], alone_b, atol=1e-5)
+    assert not torch.allclose(leaky[len(a) :], alone_b, atol=1e-3)  # a plain padding mask would leak
 
 
 def test_tiny_lora_trains_resumes_and_merges(train_python, tiny, dataset, tmp_path):
@@ -123,8 +144,11 @@ def test_tiny_lora_trains_resumes_and_merges(train_python, tiny, dataset, tmp_pa
 
 
 def test_tiny_qlora_trains_on_cpu(train_python, tiny, dataset, tmp_path):
-    cfg = render_config("tiny", "chemistry", run_values(tiny, dataset, adapter="qlora", load_in_4bit=True,
-                                                        max_steps=4, save_steps=4))
+    cfg = render_config(
+        "tiny",
+        "chemistry",
+        run_values(tiny, dataset, adapter="qlora", load_in_4bit=True, max_steps=4, save_steps=4),
+    )
     result = train(cfg, tmp_path / "qrun", train_python)
     assert adapter_changed(result.adapter_dir) and result.losses
     assert json.loads((result.adapter_dir / "adapter_config.json").read_text())["r"] == 8

@@ -11,9 +11,18 @@ from pathlib import Path
 
 import pytest
 
-PORT_FLAGS = ("--proxy-port", "--etcd-port", "--root-coord-port", "--proxy-internal-port", "--query-coord-port",
-              "--query-node-port", "--index-coord-port", "--index-node-port", "--data-coord-port",
-              "--data-node-port")
+PORT_FLAGS = (
+    "--proxy-port",
+    "--etcd-port",
+    "--root-coord-port",
+    "--proxy-internal-port",
+    "--query-coord-port",
+    "--query-node-port",
+    "--index-coord-port",
+    "--index-node-port",
+    "--data-coord-port",
+    "--data-node-port",
+)
 
 
 def _servers(marker: str) -> list[int]:
@@ -25,7 +34,9 @@ def _servers(marker: str) -> list[int]:
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = (
+                Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            )
         except OSError:
             continue
         if marker in cmdline and "milvus run standalone" in cmdline:  # not Milvus Lite servers
@@ -60,7 +71,9 @@ def milvus_server(tmp_path_factory):
     """The URI of a running Milvus 2.3.5 standalone server."""
     exe = Path(sys.executable).with_name("milvus-server")
     if not exe.exists():
-        pytest.fail("milvus-server is not installed: `make setup` installs the `milvus` package (the dev extra)")
+        pytest.fail(
+            "milvus-server is not installed: `make setup` installs the `milvus` package (the dev extra)"
+        )
     # a server left by an earlier session that was killed holds fixed ports (etcd peer 2380, metrics 9091)
     _stop("/pytest-of-")
     data = tmp_path_factory.mktemp("milvus-server")

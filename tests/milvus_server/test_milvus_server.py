@@ -34,7 +34,9 @@ def test_ingest_rerun_revise_search_stats(on_server, replay, fixtures_dir, capsy
         store.ensure_collection(384)
         assert store.server_version() == (2, 3) and not store.full_text
         assert sorted(store.client.list_indexes(store.collection)) == ["doc_id", "vector"]
-        long_doc = store.client.query(store.collection, filter='doc_id == "2611.10004"', output_fields=["chunk_id"])
+        long_doc = store.client.query(
+            store.collection, filter='doc_id == "2611.10004"', output_fields=["chunk_id"]
+        )
         assert first["chunks_upserted"] == store.count() == 6 + len(long_doc)
     again = ingest_arxiv(settings, START, END, CATS)
     assert (again["new"], again["updated"], again["unchanged"], again["chunks_upserted"]) == (0, 0, 7, 0)

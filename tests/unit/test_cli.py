@@ -7,25 +7,42 @@ from pipelines.cli import main
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["ingest", "arxiv", "--start", "2026-13-01", "--end", "2026-12-02"], "not a date"),
-    (["ingest", "arxiv", "--start", "yesterday", "--end", "2026-12-02"], "not a date"),
-    (["ingest", "arxiv", "--start", "2026-11-27", "--end", "2026-11-27"], "must be before"),
-    (["ingest", "arxiv", "--start", "2026-11-28", "--end", "2026-11-27"], "must be before"),
-    (["ingest", "arxiv", "--start", "2026-11-26"], "--start and --end are required"),
-    (["ingest", "arxiv", "--start", "2026-11-26", "--end", "2026-11-27", "--max-results", "0"], "positive"),
-    (["search", "   "], "query is empty"),
-    (["ingest", "arxiv", "--start", "0999-01-01", "--end", "0999-01-02"], "before arXiv began"),
-    (["ingest", "arxiv", "--start", "2026-11-26", "--end", "2026-11-27", "--category", "cond-mat.mtrl-sc"],
-     "did you mean cond-mat.mtrl-sci"),
-    (["search", "x", "--category", "cond-mat.mtrl-sci\n"], "category must look like"),
-    (["dataset", "build", "--domain", "../../etc", "--profile", "tiny"], "unknown domain '../../etc'"),
-    (["models", "promote", "--domain", "catalysis\n", "--version", "v1"], "invalid domain name"),
-    (["ask", "q", "--top-k", "0"], "--top-k must be between 1 and 20"),
-    (["retrain", "--domain", "catalysis", "--max-steps", "-3"], "--max-steps must be at least 1"),
-    (["retrain", "--domain", "catalysis", "--min-gain", "nan"], "--min-gain must be a number"),
-    (["retrain", "--domain", "catalysis", "--min-gain", "inf"], "--min-gain must be a number"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["ingest", "arxiv", "--start", "2026-13-01", "--end", "2026-12-02"], "not a date"),
+        (["ingest", "arxiv", "--start", "yesterday", "--end", "2026-12-02"], "not a date"),
+        (["ingest", "arxiv", "--start", "2026-11-27", "--end", "2026-11-27"], "must be before"),
+        (["ingest", "arxiv", "--start", "2026-11-28", "--end", "2026-11-27"], "must be before"),
+        (["ingest", "arxiv", "--start", "2026-11-26"], "--start and --end are required"),
+        (
+            ["ingest", "arxiv", "--start", "2026-11-26", "--end", "2026-11-27", "--max-results", "0"],
+            "positive",
+        ),
+        (["search", "   "], "query is empty"),
+        (["ingest", "arxiv", "--start", "0999-01-01", "--end", "0999-01-02"], "before arXiv began"),
+        (
+            [
+                "ingest",
+                "arxiv",
+                "--start",
+                "2026-11-26",
+                "--end",
+                "2026-11-27",
+                "--category",
+                "cond-mat.mtrl-sc",
+            ],
+            "did you mean cond-mat.mtrl-sci",
+        ),
+        (["search", "x", "--category", "cond-mat.mtrl-sci\n"], "category must look like"),
+        (["dataset", "build", "--domain", "../../etc", "--profile", "tiny"], "unknown domain '../../etc'"),
+        (["models", "promote", "--domain", "catalysis\n", "--version", "v1"], "invalid domain name"),
+        (["ask", "q", "--top-k", "0"], "--top-k must be between 1 and 20"),
+        (["retrain", "--domain", "catalysis", "--max-steps", "-3"], "--max-steps must be at least 1"),
+        (["retrain", "--domain", "catalysis", "--min-gain", "nan"], "--min-gain must be a number"),
+        (["retrain", "--domain", "catalysis", "--min-gain", "inf"], "--min-gain must be a number"),
+    ],
+)
 def test_bad_input(cbnano_env, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -46,6 +63,7 @@ def test_search_before_any_ingest(cbnano_env, capsys):
 
 def test_unreachable_endpoint(cbnano_env, capsys, monkeypatch):
     from pipelines.settings import reset_settings_cache
+
     monkeypatch.setenv("CBNANO_ARXIV_API_URL", "http://127.0.0.1:1/api/query")
     reset_settings_cache()
     assert main(["ingest", "arxiv", "--start", "2026-11-26", "--end", "2026-11-27"]) == 1
@@ -69,7 +87,11 @@ def test_models_list_promote_rollback(cbnano_env, capsys, tmp_path):
     assert [(m["version"], m["production"]) for m in listed] == [("v1", False), ("v2", True)]
     assert main(["models", "rollback", "--domain", "thermal"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {
-        "domain": "thermal", "action": "rollback", "production": "v1", "system_a": "not_configured"}
+        "domain": "thermal",
+        "action": "rollback",
+        "production": "v1",
+        "system_a": "not_configured",
+    }
     assert main(["models", "promote", "--domain", "thermal", "--version", "v2"]) == 0
     assert store.production("thermal") == "v2"
     capsys.readouterr()
@@ -97,5 +119,7 @@ def test_a_broken_training_environment_is_one_line(cbnano_env, capsys, monkeypat
     reset_settings_cache()
     assert main(["dataset", "build", "--domain", "catalysis", "--profile", "tiny"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("cbnano: error: training-environment step build_base failed") and err.count("\n") == 1
+    assert (
+        err.startswith("cbnano: error: training-environment step build_base failed") and err.count("\n") == 1
+    )
     assert "No module named axolotl" in err and "Traceback" not in err

@@ -11,16 +11,19 @@ def words(text):
     return [m.span() for m in re.finditer(r"\S+", text)]
 
 
-@pytest.mark.parametrize("raw,clean", [
-    ("LiFePO$_4$ cathodes", "LiFePO4 cathodes"),
-    ("Li$_7$La$_3$Zr$_2$O$_{12}$ garnet", "Li7La3Zr2O12 garnet"),
-    (r"\mathrm{TiO}_2 at 55 $^\circ$C", "TiO2 at 55 °C"),
-    ("Phenethylammonium &amp; formamidinium", "Phenethylammonium & formamidinium"),
-    ("  spread\nover\tlines  ", "spread over lines"),
-    (r"as shown \cite{smith2020} for $\alpha$-Fe", "as shown for alpha-Fe"),
-    (r"\hbar\partial_E and 1.2 \mu m", "hbar partialE and 1.2 μ m"),
-    (r"19.9\% of \textit{natural} boron", "19.9% of natural boron"),
-])
+@pytest.mark.parametrize(
+    "raw,clean",
+    [
+        ("LiFePO$_4$ cathodes", "LiFePO4 cathodes"),
+        ("Li$_7$La$_3$Zr$_2$O$_{12}$ garnet", "Li7La3Zr2O12 garnet"),
+        (r"\mathrm{TiO}_2 at 55 $^\circ$C", "TiO2 at 55 °C"),
+        ("Phenethylammonium &amp; formamidinium", "Phenethylammonium & formamidinium"),
+        ("  spread\nover\tlines  ", "spread over lines"),
+        (r"as shown \cite{smith2020} for $\alpha$-Fe", "as shown for alpha-Fe"),
+        (r"\hbar\partial_E and 1.2 \mu m", "hbar partialE and 1.2 μ m"),
+        (r"19.9\% of \textit{natural} boron", "19.9% of natural boron"),
+    ],
+)
 def test_normalize(raw, clean):
     assert normalize_text(raw) == clean
 

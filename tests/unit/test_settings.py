@@ -20,25 +20,43 @@ def test_defaults_live_under_home(tmp_path):
 
 
 def test_training_settings(tmp_path):
-    s = load_settings({"CBNANO_HOME": str(tmp_path), "CBNANO_BASE_MODEL": " llama-3-8b ",
-                       "CBNANO_TRAIN_PROFILE": "cpu_lora", "CBNANO_ALLOW_TEST_MODELS": "1"})
+    s = load_settings(
+        {
+            "CBNANO_HOME": str(tmp_path),
+            "CBNANO_BASE_MODEL": " llama-3-8b ",
+            "CBNANO_TRAIN_PROFILE": "cpu_lora",
+            "CBNANO_ALLOW_TEST_MODELS": "1",
+        }
+    )
     assert (s.base_model, s.train_profile, s.allow_test_models) == ("llama-3-8b", "cpu_lora", True)
 
 
 def test_overrides_and_server_uri(tmp_path):
-    s = load_settings({"CBNANO_HOME": str(tmp_path), "CBNANO_MILVUS_URI": "http://ae86:19530",
-                       "CBNANO_MILVUS_TOKEN": "root:secret", "CBNANO_ARXIV_DELAY_S": "0.5",
-                       "CBNANO_DATA_DIR": str(tmp_path / "lake")})
+    s = load_settings(
+        {
+            "CBNANO_HOME": str(tmp_path),
+            "CBNANO_MILVUS_URI": "http://ae86:19530",
+            "CBNANO_MILVUS_TOKEN": "root:secret",
+            "CBNANO_ARXIV_DELAY_S": "0.5",
+            "CBNANO_DATA_DIR": str(tmp_path / "lake"),
+        }
+    )
     assert not s.milvus_is_lite
     assert s.arxiv_delay_s == 0.5
     assert s.data_dir == tmp_path / "lake"
     assert s.as_dict()["milvus_token"] == "***"
 
 
-@pytest.mark.parametrize("name,value", [("CBNANO_ARXIV_DELAY_S", "soon"), ("CBNANO_ARXIV_DELAY_S", "-1"),
-                                        ("CBNANO_EMBEDDING_BATCH_SIZE", "0"),
-                                        ("CBNANO_HTTP_MAX_ATTEMPTS", "two"),
-                                        ("CBNANO_TRAIN_PROFILE", "gpu_fp8")])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("CBNANO_ARXIV_DELAY_S", "soon"),
+        ("CBNANO_ARXIV_DELAY_S", "-1"),
+        ("CBNANO_EMBEDDING_BATCH_SIZE", "0"),
+        ("CBNANO_HTTP_MAX_ATTEMPTS", "two"),
+        ("CBNANO_TRAIN_PROFILE", "gpu_fp8"),
+    ],
+)
 def test_bad_values_are_named(name, value):
     with pytest.raises(SettingsError, match=name):
         load_settings({name: value})

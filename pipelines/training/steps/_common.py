@@ -28,8 +28,9 @@ def pick_device() -> str:
     import torch
 
     if not torch.cuda.is_available():
-        raise StepError(f"CUDA_VISIBLE_DEVICES={visible} (a leased GPU) but torch {torch.__version__} sees no "
-                        "CUDA device")
+        raise StepError(
+            f"CUDA_VISIBLE_DEVICES={visible} (a leased GPU) but torch {torch.__version__} sees no CUDA device"
+        )
     return "cuda"
 
 

@@ -90,16 +90,30 @@ def main(argv: list[str] | None = None) -> int:
             expected = w + scale * delta
             got = merged.get(target).to(device, torch.float32)
             if got.shape != expected.shape:
-                raise StepError(f"{target}: merged shape {tuple(got.shape)} != expected {tuple(expected.shape)}")
+                raise StepError(
+                    f"{target}: merged shape {tuple(got.shape)} != expected {tuple(expected.shape)}"
+                )
             worst = max(worst, float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12)))
             changed += int(not torch.equal(got, w))
         others = [n for n in base.names() if n not in pairs]
-        others_changed = [n for n in others
-                          if n in merged.where and not torch.equal(base.get(n).float(), merged.get(n).float())]
+        others_changed = [
+            n
+            for n in others
+            if n in merged.where and not torch.equal(base.get(n).float(), merged.get(n).float())
+        ]
         others_missing = [n for n in others if n not in merged.where and not n.startswith("lm_head")]
-    answer({"lora_tensors": len(pairs), "other_tensors": len(others), "max_rel_diff": worst, "changed": changed,
-            "others_changed": others_changed[:20], "others_missing": others_missing[:20], "scale": scale,
-            "device": device})
+    answer(
+        {
+            "lora_tensors": len(pairs),
+            "other_tensors": len(others),
+            "max_rel_diff": worst,
+            "changed": changed,
+            "others_changed": others_changed[:20],
+            "others_missing": others_missing[:20],
+            "scale": scale,
+            "device": device,
+        }
+    )
     return 0
 
 

@@ -46,8 +46,11 @@ def load_base(path: str, device: str, load_in_4bit: bool) -> tuple[Any, Any, str
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
     model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
     if device != "cuda" and not load_in_4bit:
         model = model.to(device)
@@ -56,8 +59,14 @@ def load_base(path: str, device: str, load_in_4bit: bool) -> tuple[Any, Any, str
     return model, tok, name
 
 
-def score_group(group: dict[str, Any], items: list[dict[str, Any]], heldout: list[dict[str, Any]],
-                device: str, load_in_4bit: bool, max_batch_tokens: int) -> tuple[dict[str, Any], str]:
+def score_group(
+    group: dict[str, Any],
+    items: list[dict[str, Any]],
+    heldout: list[dict[str, Any]],
+    device: str,
+    load_in_4bit: bool,
+    max_batch_tokens: int,
+) -> tuple[dict[str, Any], str]:
     """Scores of every role of one base: ({role: {"metrics", "per_item"}}, dtype name)."""
     from peft import PeftModel
 
@@ -93,20 +102,38 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.evaluation.scoring import load_items
 
     items = load_items(Path(spec["items"])) if spec.get("items") else []
-    heldout = [json.loads(line) for line in Path(spec["heldout"]).read_text().splitlines() if line.strip()] \
-        if spec.get("heldout") else []
+    heldout = (
+        [json.loads(line) for line in Path(spec["heldout"]).read_text().splitlines() if line.strip()]
+        if spec.get("heldout")
+        else []
+    )
     t0 = time.perf_counter()
     roles: dict[str, Any] = {}
     dtype = ""
     for group in spec["groups"]:
-        scored, dtype = score_group(group, items, heldout, device, bool(spec.get("load_in_4bit")),
-                                    int(spec.get("max_batch_tokens", 4096)))
+        scored, dtype = score_group(
+            group,
+            items,
+            heldout,
+            device,
+            bool(spec.get("load_in_4bit")),
+            int(spec.get("max_batch_tokens", 4096)),
+        )
         roles.update(scored)
         if device == "cuda":
             torch.cuda.empty_cache()
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 3) if device == "cuda" else None
-    answer({"roles": roles, "device": device, "dtype": dtype, "seconds": round(time.perf_counter() - t0, 2),
-            "peak_gpu_gib": peak, "items": len(items), "heldout": len(heldout)})
+    answer(
+        {
+            "roles": roles,
+            "device": device,
+            "dtype": dtype,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "peak_gpu_gib": peak,
+            "items": len(items),
+            "heldout": len(heldout),
+        }
+    )
     return 0
 
 

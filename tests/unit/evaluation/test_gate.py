@@ -54,7 +54,11 @@ def test_small_noisy_gain_is_refused_with_its_interval():
     cand = [b - 0.01 - (0.1 if i % 2 else -0.1) for i, b in enumerate(base)]  # mean gain 0.01, spread 0.1
     d = decide(heldout(base, cand), guards=(), min_gain=0.01)
     assert not d.publish
-    assert d.reason.startswith("refused: held-out loss gain ") and "(95% CI -" in d.reason and "<= 0.010" in d.reason
+    assert (
+        d.reason.startswith("refused: held-out loss gain ")
+        and "(95% CI -" in d.reason
+        and "<= 0.010" in d.reason
+    )
 
 
 def test_significant_guard_regression_refuses():
@@ -68,7 +72,9 @@ def test_significant_guard_regression_refuses():
     assert decide({**heldout(base, cand), **small_loss}, min_gain=0.01).publish
     # certain but negligible: every item's p(correct) 0.0005 lower is within the tolerance
     tiny_shift = mc([1, 0] * 20, [1, 0] * 20)
-    tiny_shift["mc_prob"]["candidate"] = {i: p - 0.0005 for i, p in tiny_shift["mc_prob"]["candidate"].items()}
+    tiny_shift["mc_prob"]["candidate"] = {
+        i: p - 0.0005 for i, p in tiny_shift["mc_prob"]["candidate"].items()
+    }
     assert decide({**heldout(base, cand), **tiny_shift}, min_gain=0.01).publish
     assert not decide({**heldout(base, cand), **tiny_shift}, min_gain=0.01, tolerance=0.0).publish
 

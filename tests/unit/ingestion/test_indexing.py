@@ -53,6 +53,7 @@ class CountingEmbedder:
 
     def token_offsets(self, text):
         import re
+
         return [m.span() for m in re.finditer(r"\S+", text)]
 
 
@@ -86,15 +87,24 @@ def test_new_then_unchanged_costs_no_embedding(env):
 
 def test_changed_document_replaces_all_its_chunks_without_orphans(env, monkeypatch):
     import pipelines.documents as documents
+
     monkeypatch.setattr(documents, "CHUNK_MAX_TOKENS", 4)
     monkeypatch.setattr(documents, "CHUNK_OVERLAP_TOKENS", 1)
     store, emb, calls, run = env
     long_text = " ".join(f"w{i}" for i in range(10))  # 10 tokens -> 3 chunks of <= 4 with overlap 1
     from pipelines.ingestion import indexing
-    monkeypatch.setattr(indexing, "chunk_text",
-                        lambda t, d, s, tok: documents.chunk_text(t, d, s, tok, max_tokens=4, overlap=1))
+
+    monkeypatch.setattr(
+        indexing,
+        "chunk_text",
+        lambda t, d, s, tok: documents.chunk_text(t, d, s, tok, max_tokens=4, overlap=1),
+    )
     run([doc("a", long_text), doc("b", "untouched")])
-    assert sorted(k for k in store.rows if k.startswith("arxiv:a#")) == ["arxiv:a#0", "arxiv:a#1", "arxiv:a#2"]
+    assert sorted(k for k in store.rows if k.startswith("arxiv:a#")) == [
+        "arxiv:a#0",
+        "arxiv:a#1",
+        "arxiv:a#2",
+    ]
     store.log.clear()
     res = run([doc("a", "short v2", version=2), doc("b", "untouched")])
     assert (res.new, res.updated, res.unchanged, res.chunks_upserted, res.chunks_deleted) == (0, 1, 1, 1, 2)
@@ -107,7 +117,9 @@ def test_changed_document_replaces_all_its_chunks_without_orphans(env, monkeypat
 
 def test_duplicates_in_a_batch_are_removed_first(env):
     store, emb, calls, run = env
-    res = run([doc("a", "v1 text", version=1), doc("a", "v3 text", version=3), doc("a", "v2 text", version=2)])
+    res = run(
+        [doc("a", "v1 text", version=1), doc("a", "v3 text", version=3), doc("a", "v2 text", version=2)]
+    )
     assert (res.new, res.chunks_upserted) == (1, 1)
     assert emb.embedded == ["v3 text"]
 

@@ -34,8 +34,12 @@ def webhook():
 def test_webhook_gets_subject_body_and_fields(webhook):
     url, received = webhook
     settings = load_settings({"CBNANO_ALERT_WEBHOOK_URL": url})
-    assert send_alert(settings, "literature_ingestion.fetch failed", "SourceError: 503 x5",
-                      {"run": "scheduled__2026-11-26", "try": 4}) == ["webhook"]
+    assert send_alert(
+        settings,
+        "literature_ingestion.fetch failed",
+        "SourceError: 503 x5",
+        {"run": "scheduled__2026-11-26", "try": 4},
+    ) == ["webhook"]
     assert received[0]["subject"] == "literature_ingestion.fetch failed"
     assert received[0]["fields"] == {"run": "scheduled__2026-11-26", "try": 4}
     assert "SourceError: 503 x5" in received[0]["text"] and "try: 4" in received[0]["text"]
@@ -45,8 +49,12 @@ def test_failures_and_missing_channels_are_logged_not_raised(webhook, caplog):
     url, _ = webhook
     assert send_alert(load_settings({"CBNANO_ALERT_WEBHOOK_URL": url}), "explode", "body") == []
     assert "alert webhook" in caplog.text
-    assert send_alert(load_settings({"CBNANO_ALERT_EMAIL": "ml@lab", "CBNANO_SMTP_HOST": "127.0.0.1:1"}),
-                      "s", "b") == []
+    assert (
+        send_alert(
+            load_settings({"CBNANO_ALERT_EMAIL": "ml@lab", "CBNANO_SMTP_HOST": "127.0.0.1:1"}), "s", "b"
+        )
+        == []
+    )
     assert "alert e-mail via 127.0.0.1:1 failed" in caplog.text
     assert send_alert(load_settings({}), "nothing configured", "b") == []
     assert "ALERT (no channel delivered it): *nothing configured*" in caplog.text
@@ -62,6 +70,7 @@ def test_a_failed_webhook_never_logs_its_token(webhook, caplog):
     assert "s3cr3tT0k3n" not in caplog.text and "/services/" not in caplog.text
     assert f"alert webhook http://127.0.0.1:{port}/… failed: HTTP 500" in caplog.text
     assert "alert webhook http://127.0.0.1:1/… failed: ConnectionError" in caplog.text
-    dumped = load_settings({"CBNANO_ALERT_WEBHOOK_URL": secret, "CBNANO_SEARCH_TOKEN": "t0k",
-                            "CBNANO_SYSTEM_A_TOKEN": "t1k"}).as_dict()
+    dumped = load_settings(
+        {"CBNANO_ALERT_WEBHOOK_URL": secret, "CBNANO_SEARCH_TOKEN": "t0k", "CBNANO_SYSTEM_A_TOKEN": "t1k"}
+    ).as_dict()
     assert "s3cr3tT0k3n" not in str(dumped) and "t0k" not in str(dumped) and "t1k" not in str(dumped)

@@ -30,17 +30,37 @@ def received(sock, n):
 
 
 def test_retrain_figures_reach_the_listener(listener):
-    settings = load_settings({"CBNANO_STATSD_ON": "true", "CBNANO_STATSD_HOST": "127.0.0.1",
-                              "CBNANO_STATSD_PORT": str(listener.getsockname()[1])})
-    sent = emit_retrain(settings, {"domain": "catalysis", "published": False,
-                                   "metrics": {"base": {"mc_accuracy": 0.425, "val_loss": 3.3251},
-                                               "candidate": {"mc_accuracy": 0.45, "val_loss": 3.30917}}},
-                        train_losses=[3.9, 3.41234])
-    assert received(listener, len(sent)) == sent == [
-        "cbnano.train.catalysis.loss:3.4123|g",
-        "cbnano.eval.catalysis.base.mc_accuracy:0.425|g", "cbnano.eval.catalysis.base.val_loss:3.3251|g",
-        "cbnano.eval.catalysis.candidate.mc_accuracy:0.45|g", "cbnano.eval.catalysis.candidate.val_loss:3.3092|g",
-        "cbnano.gate.catalysis.refused:1|c"]
+    settings = load_settings(
+        {
+            "CBNANO_STATSD_ON": "true",
+            "CBNANO_STATSD_HOST": "127.0.0.1",
+            "CBNANO_STATSD_PORT": str(listener.getsockname()[1]),
+        }
+    )
+    sent = emit_retrain(
+        settings,
+        {
+            "domain": "catalysis",
+            "published": False,
+            "metrics": {
+                "base": {"mc_accuracy": 0.425, "val_loss": 3.3251},
+                "candidate": {"mc_accuracy": 0.45, "val_loss": 3.30917},
+            },
+        },
+        train_losses=[3.9, 3.41234],
+    )
+    assert (
+        received(listener, len(sent))
+        == sent
+        == [
+            "cbnano.train.catalysis.loss:3.4123|g",
+            "cbnano.eval.catalysis.base.mc_accuracy:0.425|g",
+            "cbnano.eval.catalysis.base.val_loss:3.3251|g",
+            "cbnano.eval.catalysis.candidate.mc_accuracy:0.45|g",
+            "cbnano.eval.catalysis.candidate.val_loss:3.3092|g",
+            "cbnano.gate.catalysis.refused:1|c",
+        ]
+    )
 
 
 def test_off_by_default_and_never_raises():
@@ -67,16 +87,26 @@ def _rule_for(line):
 
 
 def test_every_metric_has_a_prometheus_mapping_and_the_dashboard_uses_only_mapped_series():
-    lines = emit_retrain(load_settings({}), {"domain": "thermal", "published": True,
-                                             "metrics": {"candidate": {"mc_accuracy": 0.5}}}, [1.0])
+    lines = emit_retrain(
+        load_settings({}),
+        {"domain": "thermal", "published": True, "metrics": {"candidate": {"mc_accuracy": 0.5}}},
+        [1.0],
+    )
     from pipelines.ops.metrics import emit_ingest
 
-    lines += emit_ingest(load_settings({}), "pubchem", {"fetched": 3, "new": 2, "quarantined": 1, "not_found": 4,
-                                                        "chunks_upserted": 2}, seconds=2.0, milvus_rows=10)
+    lines += emit_ingest(
+        load_settings({}),
+        "pubchem",
+        {"fetched": 3, "new": 2, "quarantined": 1, "not_found": 4, "chunks_upserted": 2},
+        seconds=2.0,
+        milvus_rows=10,
+    )
     assert all(_rule_for(line) for line in lines), [line for line in lines if not _rule_for(line)]
     mapped = {r["name"] for r in _mapping_rules()}
     dashboard = json.loads((MONITORING / "grafana/dashboards/cbnano.json").read_text())
-    series = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"cbnano_[a-z_]+", t["expr"])}
+    series = {
+        m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"cbnano_[a-z_]+", t["expr"])
+    }
     assert series and series <= mapped
     prometheus = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["statsd-exporter:9102"]

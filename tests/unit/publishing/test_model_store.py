@@ -77,7 +77,13 @@ def test_rollback_moves_the_pointer_back(store, tmp_path):
     store.rollback("thermal", "v2")
     assert store.production("thermal") == "v2"
     assert [h["action"] for h in store.history("thermal")] == [
-        "publish", "promote", "publish", "promote", "rollback", "rollback"]
+        "publish",
+        "promote",
+        "publish",
+        "promote",
+        "rollback",
+        "rollback",
+    ]
 
 
 def test_rollback_without_history_is_refused(store, tmp_path):
@@ -114,13 +120,23 @@ def test_retention_prunes_refused_candidates_before_former_production(store, tmp
 
 def test_history_records_who_and_why(store, tmp_path, monkeypatch):
     monkeypatch.setenv("CBNANO_ACTOR", "alice")
-    store.publish("materials", "v1", content(tmp_path, "a"), {}, actor="airflow:domain_retraining/run1",
-                  reason="published: held-out loss gain +0.05 (95% CI +0.03..+0.07) > 0.010")
+    store.publish(
+        "materials",
+        "v1",
+        content(tmp_path, "a"),
+        {},
+        actor="airflow:domain_retraining/run1",
+        reason="published: held-out loss gain +0.05 (95% CI +0.03..+0.07) > 0.010",
+    )
     store.publish("materials", "v2", content(tmp_path, "b"), {}, promote=False, reason="refused: ...")
     store.promote("materials", "v2", reason="reviewed the samples by hand")
     last = store.history("materials")[-1]
     assert (last["action"], last["version"], last["actor"], last["reason"]) == (
-        "promote", "v2", "alice", "reviewed the samples by hand")
+        "promote",
+        "v2",
+        "alice",
+        "reviewed the samples by hand",
+    )
     assert store.history("materials")[1]["actor"] == "airflow:domain_retraining/run1"
 
 
@@ -131,7 +147,9 @@ def test_test_models_never_become_production_unless_allowed(store, tmp_path):
     with pytest.raises(ModelStoreError, match="test model"):
         store.promote("catalysis", "tiny")
     with pytest.raises(ModelStoreError, match="test model"):
-        store.publish("catalysis", "tiny2", content(tmp_path, "t2"), {"test_model": True}, allow_test_models=False)
+        store.publish(
+            "catalysis", "tiny2", content(tmp_path, "t2"), {"test_model": True}, allow_test_models=False
+        )
     assert store.production("catalysis") == "real"
     store.promote("catalysis", "tiny", allow_test_models=True)
     assert store.production("catalysis") == "tiny"
@@ -151,7 +169,9 @@ def test_bases_by_store_name(store, tmp_path):
         store.register_base("smollm2", elsewhere)
 
 
-def test_torn_history_and_bad_manifest_are_reported_not_fatal(store, tmp_path, cbnano_env, monkeypatch, capsys):
+def test_torn_history_and_bad_manifest_are_reported_not_fatal(
+    store, tmp_path, cbnano_env, monkeypatch, capsys
+):
     from pipelines.cli import main
     from pipelines.reports import model_registry, render_registry
 
@@ -172,7 +192,10 @@ def test_torn_history_and_bad_manifest_are_reported_not_fatal(store, tmp_path, c
     assert main(["models", "list", "--json"]) == 1  # listed, with the problems on stderr
     out = capsys.readouterr()
     assert {v["version"] for v in json.loads(out.out)} == {"v1", "v2"}
-    assert "history.jsonl line 5 is unreadable" in out.err and "catalysis/v1: catalysis/v1: cannot read" in out.err
+    assert (
+        "history.jsonl line 5 is unreadable" in out.err
+        and "catalysis/v1: catalysis/v1: cannot read" in out.err
+    )
     html = render_registry(model_registry(get_settings()), [])  # the registry page renders
     assert "version v2" in html
 
@@ -200,7 +223,9 @@ def test_stale_staging_is_cleaned_and_publish_completes_an_interrupted_promotion
     fresh = store.root / ".staging" / "catalysis-v0-running"
     fresh.mkdir()
     gate = {"publish": True, "reason": "published: held-out loss gain +0.03"}
-    store.publish("catalysis", "v1", content(tmp_path, "v1"), {"gate": gate}, promote=False)  # crash before the move
+    store.publish(
+        "catalysis", "v1", content(tmp_path, "v1"), {"gate": gate}, promote=False
+    )  # crash before the move
     assert not stale.exists() and fresh.exists()
     assert store.production("catalysis") is None and store.interrupted_promotion("catalysis", "v1")
     store.promote("catalysis", "v1", actor="retry")

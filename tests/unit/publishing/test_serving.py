@@ -22,8 +22,9 @@ pytestmark = pytest.mark.unit
 def publish(store, tmp_path, domain, version, base="smollm2", r=16, promote=True):
     content = tmp_path / f"content-{domain}-{version}"
     (content / "adapter").mkdir(parents=True)
-    (content / "adapter" / "adapter_config.json").write_text(json.dumps(
-        {"base_model_name_or_path": base, "r": r, "lora_alpha": 2 * r, "peft_type": "LORA"}))
+    (content / "adapter" / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": base, "r": r, "lora_alpha": 2 * r, "peft_type": "LORA"})
+    )
     (content / "adapter" / "adapter_model.safetensors").write_bytes(b"weights of " + version.encode())
     store.publish(domain, version, content, {"base_model": base}, promote=promote, actor="test")
 
@@ -98,7 +99,9 @@ def test_system_a_down_then_up(lab, monkeypatch):
     assert out["state"] == "failed" and "did not answer" in out["error"] and "2 attempt(s)" in out["error"]
     assert store.production("catalysis") == "v1"  # the publish stands
     state = serving_state(settings, "catalysis")
-    assert state["state"] == "failed" and state["confirmed"]["version"] == "v1"  # what System A last confirmed
+    assert (
+        state["state"] == "failed" and state["confirmed"]["version"] == "v1"
+    )  # what System A last confirmed
     assert sent and "System A did not take catalysis v1" in sent[0][1]
     srv.port = port
     srv.start()  # back up, empty
@@ -109,8 +112,9 @@ def test_system_a_down_then_up(lab, monkeypatch):
 def test_refusals_are_not_retried_and_carry_vllms_message(lab, tmp_path):
     settings, store, srv = lab
     client = VLLMClient(srv.url, attempts=3, backoff_s=0.01)
-    with pytest.raises(SystemAError, match="HTTP 404: Loading lora catalysis failed: No adapter found for "
-                                           "/nowhere") as err:
+    with pytest.raises(
+        SystemAError, match="HTTP 404: Loading lora catalysis failed: No adapter found for /nowhere"
+    ) as err:
         client.load("catalysis", "/nowhere")
     assert err.value.status == 404
     assert len([r for r in srv.requests if r[1] == "/v1/load_lora_adapter"]) == 1
@@ -140,9 +144,11 @@ def test_serve_command(lab, tmp_path, monkeypatch):
     assert cmd[:3] == ["vllm", "serve", str(store.base_dir("smollm2"))]
     assert cmd[cmd.index("--served-model-name") + 1] == "smollm2" and "--enable-lora" in cmd
     assert cmd[cmd.index("--max-lora-rank") + 1] == "64"  # the largest adapter (and the profile's r)
-    mods = cmd[cmd.index("--lora-modules") + 1:]
-    assert mods == [f"thermal={served_adapter(settings, 'thermal').path}",  # in DOMAINS order
-                    f"catalysis={served_adapter(settings, 'catalysis').path}"]
+    mods = cmd[cmd.index("--lora-modules") + 1 :]
+    assert mods == [
+        f"thermal={served_adapter(settings, 'thermal').path}",  # in DOMAINS order
+        f"catalysis={served_adapter(settings, 'catalysis').path}",
+    ]
     publish(store, tmp_path, "materials", "m1", base="tiny-llama")
     with pytest.raises(ValueError, match="different bases"):
         serve_command(settings)
@@ -153,7 +159,9 @@ def test_cli_promote_hands_off_and_serve_config_prints_the_command(lab, tmp_path
 
     settings, store, srv = lab
     publish(store, tmp_path, "catalysis", "v2", promote=False)
-    assert main(["models", "promote", "--domain", "catalysis", "--version", "v2", "--reason", "reviewed"]) == 0
+    assert (
+        main(["models", "promote", "--domain", "catalysis", "--version", "v2", "--reason", "reviewed"]) == 0
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out == {"domain": "catalysis", "action": "promote", "production": "v2", "system_a": "confirmed"}
     assert srv.adapters["catalysis"].endswith("/v2/adapter")

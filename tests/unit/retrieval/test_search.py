@@ -19,8 +19,15 @@ pytestmark = pytest.mark.unit
 
 
 def hit(doc_id, score=1.0, text="", chunk=0):
-    return Hit(doc_id=doc_id, chunk_id=f"arxiv:{doc_id}#{chunk}", title=doc_id, source="arxiv", score=score,
-               url="", text=text)
+    return Hit(
+        doc_id=doc_id,
+        chunk_id=f"arxiv:{doc_id}#{chunk}",
+        title=doc_id,
+        source="arxiv",
+        score=score,
+        url="",
+        text=text,
+    )
 
 
 def test_parse_query_defaults_and_dates():
@@ -28,19 +35,22 @@ def test_parse_query_defaults_and_dates():
     assert (q.text, q.top_k, q.mode, q.since, q.until) == ("Li6PS5Cl", 5, "hybrid", 20240101, 20241231)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"text": "   "}, "empty"),
-    ({"text": "x" * 1001}, "at most 1000"),
-    ({"text": "q", "top_k": 0}, "top-k"),
-    ({"text": "q", "top_k": 101}, "top-k"),
-    ({"text": "q", "mode": "fuzzy"}, "mode must be one of hybrid, dense, keyword"),
-    ({"text": "q", "source": "scopus"}, "source"),
-    ({"text": "q", "since": "2024-13-01"}, "since must be a date"),
-    ({"text": "q", "until": "yesterday"}, "until must be a date"),
-    ({"text": "q", "since": "2025-01-01", "until": "2024-01-01"}, "after until"),
-    ({"text": "q", "category": 'x" or 1'}, "category"),
-    ({"text": b"Li\xff".decode("utf-8", "surrogateescape")}, "not valid UTF-8"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"text": "   "}, "empty"),
+        ({"text": "x" * 1001}, "at most 1000"),
+        ({"text": "q", "top_k": 0}, "top-k"),
+        ({"text": "q", "top_k": 101}, "top-k"),
+        ({"text": "q", "mode": "fuzzy"}, "mode must be one of hybrid, dense, keyword"),
+        ({"text": "q", "source": "scopus"}, "source"),
+        ({"text": "q", "since": "2024-13-01"}, "since must be a date"),
+        ({"text": "q", "until": "yesterday"}, "until must be a date"),
+        ({"text": "q", "since": "2025-01-01", "until": "2024-01-01"}, "after until"),
+        ({"text": "q", "category": 'x" or 1'}, "category"),
+        ({"text": b"Li\xff".decode("utf-8", "surrogateescape")}, "not valid UTF-8"),
+    ],
+)
 def test_parse_query_refuses_bad_input_naming_it(kwargs, message):
     with pytest.raises(SearchError, match=message):
         parse_query(**kwargs)
@@ -70,8 +80,10 @@ def test_filter_expression_and_published_day():
     assert published_day("2024-05-01T12:00:00Z") == 20240501 and published_day("") == 0
     assert published_day("May 2024") == 0
     flt = MilvusStore.filter_for(source="arxiv", category="cond-mat.mtrl-sci", since=20240101, until=20241231)
-    assert flt == ('source == "arxiv" and categories like "%cond-mat.mtrl-sci%" and published_day >= 20240101 '
-                   'and published_day <= 20241231 and published_day > 0')
+    assert flt == (
+        'source == "arxiv" and categories like "%cond-mat.mtrl-sci%" and published_day >= 20240101 '
+        "and published_day <= 20241231 and published_day > 0"
+    )
     assert MilvusStore.filter_for() == ""
 
 

@@ -7,8 +7,10 @@ from pipelines.retrieval.terms import keyword_terms, keyword_text
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize("identifier", ["Li6PS5Cl", "LiNi0.8Mn0.1Co0.1O2", "MOF-808", "7440-06-4", "CsPbI3",
-                                        "UiO-66", "Li(Ni0.8Mn0.1Co0.1)O2"])
+@pytest.mark.parametrize(
+    "identifier",
+    ["Li6PS5Cl", "LiNi0.8Mn0.1Co0.1O2", "MOF-808", "7440-06-4", "CsPbI3", "UiO-66", "Li(Ni0.8Mn0.1Co0.1)O2"],
+)
 def test_identifiers_survive_in_running_text(identifier):
     text = f"We report {identifier}, which (unlike {identifier}-free cells) reaches 10 mS/cm at 25 °C."
     assert identifier.lower() in keyword_terms(text)

@@ -21,13 +21,16 @@ NEXT = datetime(2026, 11, 27, tzinfo=UTC)
 CATS = ["cond-mat.mtrl-sci", "physics.chem-ph"]
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("http://arxiv.org/abs/2401.01234v2", ("2401.01234", 2)),
-    ("https://arxiv.org/abs/2611.10001v1", ("2611.10001", 1)),
-    ("http://arxiv.org/abs/cond-mat/0102536v1", ("cond-mat/0102536", 1)),
-    ("http://arxiv.org/abs/math.GT/0309136v3", ("math.GT/0309136", 3)),
-    ("0704.0001", ("0704.0001", None)),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("http://arxiv.org/abs/2401.01234v2", ("2401.01234", 2)),
+        ("https://arxiv.org/abs/2611.10001v1", ("2611.10001", 1)),
+        ("http://arxiv.org/abs/cond-mat/0102536v1", ("cond-mat/0102536", 1)),
+        ("http://arxiv.org/abs/math.GT/0309136v3", ("math.GT/0309136", 3)),
+        ("0704.0001", ("0704.0001", None)),
+    ],
+)
 def test_ids(raw, expected):
     assert parse_arxiv_id(raw) == expected
 
@@ -85,7 +88,10 @@ def test_non_feeds(body):
 def test_rss(fixtures_dir):
     papers = parse_rss((fixtures_dir / "arxiv/rss/cond-mat.mtrl-sci.xml").read_bytes())
     assert [(p.arxiv_id, p.version, p.announce_type) for p in papers] == [
-        ("2611.10101", 1, "new"), ("2611.09870", 1, "cross"), ("2611.10004", 2, "replace")]
+        ("2611.10101", 1, "new"),
+        ("2611.09870", 1, "cross"),
+        ("2611.10004", 2, "replace"),
+    ]
     assert papers[0].authors == ["Nadia Petrova", "Luis Ortega"]
     assert papers[0].abstract.startswith("Rock-salt")
     assert papers[2].doi == "10.5555/cbnano.fixture.0004" and papers[2].journal_ref.startswith("J. Fixture")
@@ -93,7 +99,9 @@ def test_rss(fixtures_dir):
 
 def test_window_query():
     q = build_window_query(CATS, DAY, NEXT)
-    assert q == "(cat:cond-mat.mtrl-sci OR cat:physics.chem-ph) AND submittedDate:[202611260000 TO 202611262359]"
+    assert (
+        q == "(cat:cond-mat.mtrl-sci OR cat:physics.chem-ph) AND submittedDate:[202611260000 TO 202611262359]"
+    )
     assert build_window_query(["physics.chem-ph"], DAY, NEXT).startswith("cat:physics.chem-ph AND")
     with pytest.raises(ValueError):
         build_window_query(CATS, NEXT, DAY)
@@ -102,8 +110,13 @@ def test_window_query():
 
 
 def _client(srv, page_size=200, attempts=3):
-    return ArxivClient(srv.arxiv_api_url, srv.arxiv_rss_url, delay_s=0, page_size=page_size,
-                       retry=RetryPolicy(max_attempts=attempts, base_s=0.001))
+    return ArxivClient(
+        srv.arxiv_api_url,
+        srv.arxiv_rss_url,
+        delay_s=0,
+        page_size=page_size,
+        retry=RetryPolicy(max_attempts=attempts, base_s=0.001),
+    )
 
 
 def _ids(pages):
@@ -122,26 +135,32 @@ def test_short_pages_advance_by_what_was_returned(fixtures_dir):
 
 
 def test_empty_page_before_total_is_retried(fixtures_dir):
-    with ReplayServer(corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"],
-                      rules=[Rule("/api/query", mode="empty_page")]) as srv:
+    with ReplayServer(
+        corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"], rules=[Rule("/api/query", mode="empty_page")]
+    ) as srv:
         pages = list(_client(srv).iter_window_pages(CATS, DAY, NEXT))
     assert len(srv.requests) == 2 and sum(p.entry_count for p in pages) == 8
 
 
 def test_persistent_empty_page_fails_rather_than_losing_papers(fixtures_dir):
-    with ReplayServer(corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"],
-                      rules=[Rule("/api/query", mode="empty_page", times=10)]) as srv:
+    with ReplayServer(
+        corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"],
+        rules=[Rule("/api/query", mode="empty_page", times=10)],
+    ) as srv:
         with pytest.raises(SourceError, match="empty page"):
             list(_client(srv).iter_window_pages(CATS, DAY, NEXT))
     assert len(srv.requests) == 3
 
 
-@pytest.mark.parametrize("rule", [
-    Rule("/api/query", status=200, body=b""),
-    Rule("/api/query", status=200, body=b"<html>maintenance</html>"),
-    Rule("/api/query", status=503, body=b"<html>Service Unavailable</html>"),
-    Rule("/api/query", status=429, headers={"Retry-After": "0"}),
-])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        Rule("/api/query", status=200, body=b""),
+        Rule("/api/query", status=200, body=b"<html>maintenance</html>"),
+        Rule("/api/query", status=503, body=b"<html>Service Unavailable</html>"),
+        Rule("/api/query", status=429, headers={"Retry-After": "0"}),
+    ],
+)
 def test_transient_answers_are_retried(fixtures_dir, rule):
     with ReplayServer(corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"], rules=[rule]) as srv:
         pages = list(_client(srv).iter_window_pages(CATS, DAY, NEXT))
@@ -169,7 +188,9 @@ def test_replay_rss_serves_category_feeds_only(fixtures_dir, tmp_path):
     secret.write_text("<not-a-feed/>")
     rss_dir = tmp_path / "rss"
     rss_dir.mkdir()
-    (rss_dir / "cond-mat.mtrl-sci.xml").write_bytes((fixtures_dir / "arxiv/rss/cond-mat.mtrl-sci.xml").read_bytes())
+    (rss_dir / "cond-mat.mtrl-sci.xml").write_bytes(
+        (fixtures_dir / "arxiv/rss/cond-mat.mtrl-sci.xml").read_bytes()
+    )
     with ReplayServer(rss_dir=rss_dir) as srv:
         port = int(srv.arxiv_rss_url.rsplit(":", 1)[1].split("/")[0])
 
@@ -203,17 +224,25 @@ def test_one_minute_over_the_cap_fails_naming_the_limit(fixtures_dir, tmp_path):
     with ReplayServer(corpus=[tmp_path / "w.xml"]) as srv:
         client = _client(srv)
         client.max_query_results = 1
-        with pytest.raises(SourceError, match=r"2 papers were submitted in the minute 2026-11-26T09:12:00\+00:00.*"
-                                              r"above arXiv's 1 results per query"):
+        with pytest.raises(
+            SourceError,
+            match=r"2 papers were submitted in the minute 2026-11-26T09:12:00\+00:00.*"
+            r"above arXiv's 1 results per query",
+        ):
             list(client.iter_window_pages(CATS, DAY, NEXT))
 
 
 def test_a_feed_without_its_total_is_retried_then_refused(fixtures_dir):
     import re
 
-    body = re.sub(rb"<opensearch:totalResults[^<]*</opensearch:totalResults>", b"",
-                  (fixtures_dir / "arxiv/window_2026-11-26.xml").read_bytes())
-    rule = Rule("/api/query", status=200, body=body, headers={"Content-Type": "application/atom+xml"}, times=10)
+    body = re.sub(
+        rb"<opensearch:totalResults[^<]*</opensearch:totalResults>",
+        b"",
+        (fixtures_dir / "arxiv/window_2026-11-26.xml").read_bytes(),
+    )
+    rule = Rule(
+        "/api/query", status=200, body=body, headers={"Content-Type": "application/atom+xml"}, times=10
+    )
     with ReplayServer(corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"], rules=[rule]) as srv:
         with pytest.raises(SourceError, match="totalResults"):
             list(_client(srv).iter_window_pages(CATS, DAY, NEXT))
@@ -230,7 +259,9 @@ def test_ids_only_from_arxiv_hosts():
 def test_categories_are_checked_against_the_taxonomy_and_years_against_arxiv():
     from pipelines.sources.arxiv import validate_categories
 
-    with pytest.raises(ValueError, match=r"not an arXiv category: 'cond-mat.mtrl-sc' \(did you mean cond-mat.mtrl-sci"):
+    with pytest.raises(
+        ValueError, match=r"not an arXiv category: 'cond-mat.mtrl-sc' \(did you mean cond-mat.mtrl-sci"
+    ):
         validate_categories(["cond-mat.mtrl-sc"])
     validate_categories(["cond-mat.mtrl-sci", "physics.chem-ph", "cs.LG", "quant-ph"])
     with pytest.raises(ValueError, match="before arXiv began"):
@@ -241,8 +272,13 @@ def test_an_answer_over_the_size_limit_is_not_read_nor_retried(fixtures_dir):
     big = b"<feed>" + b"x" * 300_000 + b"</feed>"
     rule = Rule("/api/query", status=200, body=big, headers={"Content-Type": "application/atom+xml"}, times=5)
     with ReplayServer(corpus=[fixtures_dir / "arxiv/window_2026-11-26.xml"], rules=[rule]) as srv:
-        client = ArxivClient(srv.arxiv_api_url, srv.arxiv_rss_url, delay_s=0, max_bytes=100_000,
-                             retry=RetryPolicy(max_attempts=3, base_s=0.001))
+        client = ArxivClient(
+            srv.arxiv_api_url,
+            srv.arxiv_rss_url,
+            delay_s=0,
+            max_bytes=100_000,
+            retry=RetryPolicy(max_attempts=3, base_s=0.001),
+        )
         with pytest.raises(SourceError, match="larger than the 100,000-byte limit"):
             list(client.iter_window_pages(CATS, DAY, NEXT))
         assert len(srv.requests) == 1

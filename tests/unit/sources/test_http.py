@@ -56,13 +56,19 @@ def test_retry_after_forms():
 
 
 def _client(sleeps, attempts=4):
-    return PoliteClient(limiter=MinIntervalLimiter(0), retry=RetryPolicy(max_attempts=attempts, base_s=1.0),
-                        timeout_s=5, sleep=sleeps.append, rng=random.Random(0))
+    return PoliteClient(
+        limiter=MinIntervalLimiter(0),
+        retry=RetryPolicy(max_attempts=attempts, base_s=1.0),
+        timeout_s=5,
+        sleep=sleeps.append,
+        rng=random.Random(0),
+    )
 
 
 def test_503_then_success_is_retried_with_backoff():
-    with ReplayServer(rules=[Rule("/x", status=503, body=b"<html>busy</html>", times=2),
-                             Rule("/x", status=200, body=b"ok")]) as srv:
+    with ReplayServer(
+        rules=[Rule("/x", status=503, body=b"<html>busy</html>", times=2), Rule("/x", status=200, body=b"ok")]
+    ) as srv:
         sleeps = []
         resp = _client(sleeps).get(srv.base_url + "/x")
     assert resp.status_code == 200 and resp.content == b"ok"
@@ -70,8 +76,9 @@ def test_503_then_success_is_retried_with_backoff():
 
 
 def test_429_retry_after_is_honoured():
-    with ReplayServer(rules=[Rule("/x", status=429, headers={"Retry-After": "7"}),
-                             Rule("/x", status=200, body=b"ok")]) as srv:
+    with ReplayServer(
+        rules=[Rule("/x", status=429, headers={"Retry-After": "7"}), Rule("/x", status=200, body=b"ok")]
+    ) as srv:
         sleeps = []
         _client(sleeps).get(srv.base_url + "/x")
     assert sleeps == [7.0]
@@ -89,9 +96,11 @@ def test_gives_up_with_url_and_attempts():
 
 def test_validator_can_mark_an_answer_transient():
     with ReplayServer(rules=[Rule("/x", status=200, body=b""), Rule("/x", status=200, body=b"full")]) as srv:
+
         def validate(resp):
             if not resp.content:
                 raise TransientResponse("blank body")
+
         sleeps = []
         resp = _client(sleeps).get(srv.base_url + "/x", validate=validate)
     assert resp.content == b"full" and len(sleeps) == 1
@@ -117,10 +126,17 @@ def test_source_errors_survive_pickling():
 
     from pipelines.sources.arxiv import ArxivQueryError
 
-    for exc in (SourceError("giving up: HTTP 503", url="https://export.arxiv.org/api/query?x=1", attempts=5,
-                            status=503),
-                ArxivQueryError("arXiv rejected the query", url="q", attempts=1, status=400)):
+    for exc in (
+        SourceError(
+            "giving up: HTTP 503", url="https://export.arxiv.org/api/query?x=1", attempts=5, status=503
+        ),
+        ArxivQueryError("arXiv rejected the query", url="q", attempts=1, status=400),
+    ):
         back = pickle.loads(pickle.dumps(exc))
         assert type(back) is type(exc) and str(back) == str(exc)
-        assert (back.url, back.attempts, back.status, back.message) == (exc.url, exc.attempts, exc.status,
-                                                                       exc.message)
+        assert (back.url, back.attempts, back.status, back.message) == (
+            exc.url,
+            exc.attempts,
+            exc.status,
+            exc.message,
+        )

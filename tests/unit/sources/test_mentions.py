@@ -40,10 +40,22 @@ def test_precision_and_recall_on_labelled_sample():
     assert recall >= 0.85, recall
 
 
-@pytest.mark.parametrize("token,ok", [
-    ("LiFePO4", True), ("TiO2", True), ("Li7La3Zr2O12", True), ("LiNi0.8Mn0.1Co0.1O2", True),
-    ("DFT", False), ("CBS", False), ("HER", False), ("C2", False), ("PtSn", False), ("Xy2", False),
-    ("NMR", False), ("H2O", True),
-])
+@pytest.mark.parametrize(
+    "token,ok",
+    [
+        ("LiFePO4", True),
+        ("TiO2", True),
+        ("Li7La3Zr2O12", True),
+        ("LiNi0.8Mn0.1Co0.1O2", True),
+        ("DFT", False),
+        ("CBS", False),
+        ("HER", False),
+        ("C2", False),
+        ("PtSn", False),
+        ("Xy2", False),
+        ("NMR", False),
+        ("H2O", True),
+    ],
+)
 def test_formula_rule(token, ok):
     assert is_formula(token) is ok

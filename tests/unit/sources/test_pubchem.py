@@ -31,24 +31,44 @@ def test_properties_current_and_legacy_keys(fixtures_dir):
 
 
 def test_both_smiles_key_sets_in_one_table_prefer_current():
-    table = {"PropertyTable": {"Properties": [
-        {"CID": 1, "CanonicalSMILES": "OLD", "ConnectivitySMILES": "NEW", "MolecularWeight": "1.5"}]}}
+    table = {
+        "PropertyTable": {
+            "Properties": [
+                {"CID": 1, "CanonicalSMILES": "OLD", "ConnectivitySMILES": "NEW", "MolecularWeight": "1.5"}
+            ]
+        }
+    }
     row = parse_properties(table)[0]
     assert row["ConnectivitySMILES"] == "NEW" and "CanonicalSMILES" not in row
 
 
 def test_descriptions_title_record_then_descriptions():
-    info = {"InformationList": {"Information": [
-        {"CID": 7303, "Title": "Ethylene Carbonate"},
-        {"CID": 7303, "Description": " A cyclic carbonate. ", "DescriptionSourceName": "Src A",
-         "DescriptionURL": "https://a"},
-        {"CID": 7303, "Description": "An electrolyte solvent.", "DescriptionSourceName": "Src B",
-         "DescriptionURL": "https://b"},
-        {"CID": 962, "Title": "Water"}]}}
+    info = {
+        "InformationList": {
+            "Information": [
+                {"CID": 7303, "Title": "Ethylene Carbonate"},
+                {
+                    "CID": 7303,
+                    "Description": " A cyclic carbonate. ",
+                    "DescriptionSourceName": "Src A",
+                    "DescriptionURL": "https://a",
+                },
+                {
+                    "CID": 7303,
+                    "Description": "An electrolyte solvent.",
+                    "DescriptionSourceName": "Src B",
+                    "DescriptionURL": "https://b",
+                },
+                {"CID": 962, "Title": "Water"},
+            ]
+        }
+    }
     out = parse_descriptions(info)
     assert out[7303]["title"] == "Ethylene Carbonate"
-    assert out[7303]["descriptions"] == [("A cyclic carbonate.", "Src A", "https://a"),
-                                         ("An electrolyte solvent.", "Src B", "https://b")]
+    assert out[7303]["descriptions"] == [
+        ("A cyclic carbonate.", "Src A", "https://a"),
+        ("An electrolyte solvent.", "Src B", "https://b"),
+    ]
     assert out[962] == {"title": "Water", "descriptions": []}
 
 
@@ -84,9 +104,12 @@ def test_window_limiter_never_exceeds_any_window():
 
 
 def _client(srv, **kw):
-    return PubChemClient(srv.pubchem_url, limiter=WindowLimiter([(5, 1.0), (400, 60.0)]),
-                         retry=RetryPolicy(max_attempts=3, base_s=0.01, retry_statuses=frozenset({503, 504})),
-                         **kw)
+    return PubChemClient(
+        srv.pubchem_url,
+        limiter=WindowLimiter([(5, 1.0), (400, 60.0)]),
+        retry=RetryPolicy(max_attempts=3, base_s=0.01, retry_statuses=frozenset({503, 504})),
+        **kw,
+    )
 
 
 def test_rate_measured_at_a_recording_server(fixtures_dir):
@@ -110,6 +133,7 @@ def test_not_found_is_an_answer(fixtures_dir):
 
 def test_fault_body_is_pubchems_shape(fixtures_dir):
     import requests
+
     with ReplayServer(pubchem_dir=fixtures_dir / "pubchem") as srv:
         resp = requests.post(srv.pubchem_url + "/compound/name/cids/JSON", data={"name": "nope"}, timeout=5)
     assert resp.status_code == 404 and fault_of(resp)["Code"] == "PUGREST.NotFound"
@@ -118,18 +142,27 @@ def test_fault_body_is_pubchems_shape(fixtures_dir):
 @pytest.mark.parametrize("status", [503, 504])
 def test_busy_answers_are_retried(fixtures_dir, status):
     html = b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
-    with ReplayServer(pubchem_dir=fixtures_dir / "pubchem",
-                      rules=[Rule("/rest/pug/compound/cid/property", status=status, body=html,
-                                  headers={"Content-Type": "text/html"})]) as srv:
+    with ReplayServer(
+        pubchem_dir=fixtures_dir / "pubchem",
+        rules=[
+            Rule(
+                "/rest/pug/compound/cid/property",
+                status=status,
+                body=html,
+                headers={"Content-Type": "text/html"},
+            )
+        ],
+    ) as srv:
         comps = _client(srv).compounds([962, 7303])
     assert sorted(c.cid for c in comps) == [962, 7303]
     assert [r[1].split("/")[4] for r in srv.requests].count("cid") == 3  # property twice, description once
 
 
 def test_yellow_slows_down_and_green_restores(fixtures_dir):
-    with ReplayServer(pubchem_dir=fixtures_dir / "pubchem",
-                      rules=[Rule("/rest/pug/compound/name", mode="add_headers",
-                                  headers={"X-Throttling-Control": YELLOW})]) as srv:
+    with ReplayServer(
+        pubchem_dir=fixtures_dir / "pubchem",
+        rules=[Rule("/rest/pug/compound/name", mode="add_headers", headers={"X-Throttling-Control": YELLOW})],
+    ) as srv:
         client = _client(srv)
         client.cids_for_name("water")
         assert client.limiter.slowdown == 2.0 and client.throttle_events == ["yellow"]
@@ -138,9 +171,10 @@ def test_yellow_slows_down_and_green_restores(fixtures_dir):
 
 
 def test_black_stops_with_a_clear_error(fixtures_dir):
-    with ReplayServer(pubchem_dir=fixtures_dir / "pubchem",
-                      rules=[Rule("/rest/pug/", mode="add_headers", headers={"X-Throttling-Control": BLACK},
-                                  times=5)]) as srv:
+    with ReplayServer(
+        pubchem_dir=fixtures_dir / "pubchem",
+        rules=[Rule("/rest/pug/", mode="add_headers", headers={"X-Throttling-Control": BLACK}, times=5)],
+    ) as srv:
         with pytest.raises(PubChemThrottled, match="blocking requests"):
             _client(srv).cids_for_name("water")
     assert len(srv.requests) == 1
@@ -148,8 +182,10 @@ def test_black_stops_with_a_clear_error(fixtures_dir):
 
 def test_other_faults_raise_with_code(fixtures_dir):
     body = json.dumps({"Fault": {"Code": "PUGREST.BadRequest", "Message": "Invalid CID"}}).encode()
-    with ReplayServer(pubchem_dir=fixtures_dir / "pubchem",
-                      rules=[Rule("/rest/pug/compound/cid/property", status=400, body=body)]) as srv:
+    with ReplayServer(
+        pubchem_dir=fixtures_dir / "pubchem",
+        rules=[Rule("/rest/pug/compound/cid/property", status=400, body=body)],
+    ) as srv:
         with pytest.raises(SourceError, match="PUGREST.BadRequest: Invalid CID"):
             _client(srv).properties([1])
 
@@ -175,8 +211,12 @@ def test_name_cache_ttl(tmp_path):
 
 
 def test_an_html_answer_to_a_name_lookup_is_one_error_naming_the_url(fixtures_dir):
-    html = Rule("/rest/pug/compound/name/cids/JSON", status=200, body=b"<html><body>Service busy</body></html>",
-                headers={"Content-Type": "text/html"})
+    html = Rule(
+        "/rest/pug/compound/name/cids/JSON",
+        status=200,
+        body=b"<html><body>Service busy</body></html>",
+        headers={"Content-Type": "text/html"},
+    )
     with ReplayServer(pubchem_dir=fixtures_dir / "pubchem", rules=[html]) as srv:
         with pytest.raises(SourceError) as err:
             _client(srv).cids_for_name("aspirin")
@@ -190,24 +230,43 @@ def test_malformed_answers_are_quarantined_not_fatal(tmp_path):
 
     raw = tmp_path / "run" / "raw"
     raw.mkdir(parents=True)
-    props = {"PropertyTable": {"Properties": [
-        {"CID": 2244, "Title": "Aspirin", "MolecularFormula": "C9H8O4", "MolecularWeight": "180.16"},
-        {"CID": 7303, "Title": ["Ethylene carbonate", "EC"], "MolecularFormula": "C3H4O3"},  # a list-typed Title
-        {"Title": "no CID at all"},  # a missing key
-        "a string where an object belongs",
-        {"CID": "not a number", "Title": "x"},
-    ]}}
-    descs = {"InformationList": {"Information": [
-        {"CID": 2244, "Title": "Aspirin"},
-        {"CID": 2244, "Description": "An analgesic.", "DescriptionSourceName": "test"},
-        {"CID": 2244, "Description": ["not", "text"]},
-        {"Description": "a description without its CID"},
-        "a string",
-    ]}}
+    props = {
+        "PropertyTable": {
+            "Properties": [
+                {"CID": 2244, "Title": "Aspirin", "MolecularFormula": "C9H8O4", "MolecularWeight": "180.16"},
+                {
+                    "CID": 7303,
+                    "Title": ["Ethylene carbonate", "EC"],
+                    "MolecularFormula": "C3H4O3",
+                },  # a list-typed Title
+                {"Title": "no CID at all"},  # a missing key
+                "a string where an object belongs",
+                {"CID": "not a number", "Title": "x"},
+            ]
+        }
+    }
+    descs = {
+        "InformationList": {
+            "Information": [
+                {"CID": 2244, "Title": "Aspirin"},
+                {"CID": 2244, "Description": "An analgesic.", "DescriptionSourceName": "test"},
+                {"CID": 2244, "Description": ["not", "text"]},
+                {"Description": "a description without its CID"},
+                "a string",
+            ]
+        }
+    }
     (raw / "properties-0000.json").write_text(json.dumps(props))
     (raw / "descriptions-0000.json").write_text(json.dumps(descs))
-    manifest = stage_compounds({"dir": str(tmp_path / "run"), "pages": ["0000"], "resolved": {"aspirin": 2244},
-                                "requested": [2244, 7303], "not_found": []})
+    manifest = stage_compounds(
+        {
+            "dir": str(tmp_path / "run"),
+            "pages": ["0000"],
+            "resolved": {"aspirin": 2244},
+            "requested": [2244, 7303],
+            "not_found": [],
+        }
+    )
     records = [json.loads(line) for line in open(manifest["uri"])]
     assert [r["cid"] for r in records] == [2244]
     assert records[0]["descriptions"] == [["An analgesic.", "test", ""]]
@@ -219,6 +278,13 @@ def test_malformed_answers_are_quarantined_not_fatal(tmp_path):
     # a table that is not even a list: nothing to stage, no crash
     (raw / "properties-0000.json").write_text(json.dumps({"PropertyTable": {"Properties": "oops"}}))
     (raw / "descriptions-0000.json").write_text(json.dumps({"InformationList": "oops"}))
-    empty = stage_compounds({"dir": str(tmp_path / "run"), "pages": ["0000"], "resolved": {}, "requested": [2244],
-                             "not_found": []})
+    empty = stage_compounds(
+        {
+            "dir": str(tmp_path / "run"),
+            "pages": ["0000"],
+            "resolved": {},
+            "requested": [2244],
+            "not_found": [],
+        }
+    )
     assert empty["rows"] == 0

@@ -3,8 +3,12 @@ import pytest
 from pipelines.training.configs import CONFIG_DIR, DOMAINS, PROFILES, config_hash, deep_merge, render_config
 
 pytestmark = pytest.mark.unit
-RUN = {"base_model": "/models/base/x", "datasets": [{"path": "/d/train.jsonl", "type": "chat_template", "ds_type": "json",
-                                                   "field_messages": "messages"}]}
+RUN = {
+    "base_model": "/models/base/x",
+    "datasets": [
+        {"path": "/d/train.jsonl", "type": "chat_template", "ds_type": "json", "field_messages": "messages"}
+    ],
+}
 
 
 def test_every_config_opens_with_its_launch_command():
@@ -16,7 +20,11 @@ def test_every_config_opens_with_its_launch_command():
 def test_render_layers_profile_domain_run():
     cfg = render_config("gpu_qlora", "thermal", {**RUN, "seed": 7})
     assert cfg["adapter"] == "qlora" and cfg["load_in_4bit"] is True and cfg["lora_r"] == 64
-    assert cfg["wandb_project"] == "cbnano-thermal" and cfg["seed"] == 7 and cfg["base_model"] == "/models/base/x"
+    assert (
+        cfg["wandb_project"] == "cbnano-thermal"
+        and cfg["seed"] == 7
+        and cfg["base_model"] == "/models/base/x"
+    )
 
 
 def test_cpu_profiles_avoid_cuda_only_settings():
@@ -65,7 +73,10 @@ def test_unknown_profile_domain_or_missing_base():
 
 
 def test_deep_merge_and_hash():
-    assert deep_merge({"a": {"x": 1, "y": 2}, "l": [1]}, {"a": {"y": 3}, "l": [2]}) == {"a": {"x": 1, "y": 3}, "l": [2]}
+    assert deep_merge({"a": {"x": 1, "y": 2}, "l": [1]}, {"a": {"y": 3}, "l": [2]}) == {
+        "a": {"x": 1, "y": 3},
+        "l": [2],
+    }
     assert config_hash({"a": 1, "b": 2}) == config_hash({"b": 2, "a": 1}) != config_hash({"a": 1, "b": 3})
     assert set(PROFILES) == {"tiny", "cpu_lora", "gpu_qlora"} and len(DOMAINS) == 4
 

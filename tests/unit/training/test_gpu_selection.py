@@ -48,8 +48,11 @@ def test_evaluation_runs_on_the_leased_gpu(fake_python, tmp_path):
     assert visible == "1" and args == f"-m pipelines.training.steps.evaluate --spec {spec}"
     written = json.loads(spec.read_text())
     assert written["load_in_4bit"] is True and written["groups"] == [
-        {"base": str(tmp_path / "base"), "roles": {"base": None, "candidate": str(tmp_path / "run" / "out")}}]
-    assert out["per_item"] == {"mc_accuracy": {"base": {"a": 1.0, "b": 0.0}, "candidate": {"a": 1.0, "b": 1.0}}}
+        {"base": str(tmp_path / "base"), "roles": {"base": None, "candidate": str(tmp_path / "run" / "out")}}
+    ]
+    assert out["per_item"] == {
+        "mc_accuracy": {"base": {"a": 1.0, "b": 0.0}, "candidate": {"a": 1.0, "b": 1.0}}
+    }
     assert out["device"] == "cuda" and out["peak_gpu_gib"] == 5.5
 
     evaluate_roles(settings, "catalysis", roles, tmp_path / "val.jsonl", False, None, spec)
@@ -82,8 +85,14 @@ def test_retrain_hands_its_gpu_to_training_merge_check_and_evaluation(monkeypatc
     base = BaseModel("smollm2", tmp_path / "base", False)
     ds = tmp_path / "ds"
     ds.mkdir()
-    card = {"train": 30, "validation": 6, "validation_documents": 5, "sha256": "ab" * 32, "by_source": {},
-            "files": {"train": str(ds / "train.jsonl"), "validation": str(ds / "val.jsonl")}}
+    card = {
+        "train": 30,
+        "validation": 6,
+        "validation_documents": 5,
+        "sha256": "ab" * 32,
+        "by_source": {},
+        "files": {"train": str(ds / "train.jsonl"), "validation": str(ds / "val.jsonl")},
+    }
     monkeypatch.setattr(chain, "prepare_dataset", lambda *a, **k: (base, card))
     monkeypatch.setattr(chain, "validate_in_train_env", lambda *a, **k: [])
 
