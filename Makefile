@@ -10,7 +10,7 @@ TRAIN_STAMP := $(TRAIN_VENV)/.installed-stamp
 export CBNANO_HOME ?= $(CURDIR)/var
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup setup-train system-deps demo test test-unit test-dags test-integration test-cluster test-browser lint bench airflow clean
+.PHONY: setup setup-train system-deps demo test test-unit test-dags test-integration test-milvus-server test-cluster test-browser lint format check bench airflow clean
 
 setup: $(STAMP) $(TRAIN_STAMP)  ## create .venv (Airflow + ingestion) and .venv-train (axolotl); idempotent
 
@@ -37,8 +37,12 @@ system-deps:  ## Debian's postgresql, redis-server and chromium, which the clust
 demo: setup  ## ingest the samples through the DAGs, search, retrain one domain on CPU
 	$(BIN)/python scripts/demo.py
 
-test: setup system-deps  ## every tier: unit, dags, integration (real axolotl), cluster (Celery lab), browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# Plain `pytest` runs the tiers that need nothing outside the venvs (pyproject's addopts); `make test` names
+# every tier, the root-only cluster and the chromium browser tiers included.
+ALL_TIERS := unit or dags or integration or milvus_server or cluster or browser
+
+test: setup system-deps  ## every tier: unit, dags, integration (real axolotl), milvus_server, cluster (Celery lab), browser
+	$(BIN)/python -m pytest -m "$(ALL_TIERS)" $(PYTEST_ARGS)
 
 test-unit: setup
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
@@ -49,14 +53,28 @@ test-dags: setup
 test-integration: setup
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
+test-milvus-server: setup  ## a real Milvus standalone server (PyPI's milvus 2.3.5), no Docker
+	$(BIN)/python -m pytest -m milvus_server $(PYTEST_ARGS)
+
 test-browser: setup system-deps  ## the Airflow UI in chromium (Playwright): trigger form, registry page
 	$(BIN)/python -m pytest -m browser $(PYTEST_ARGS)
 
 test-cluster: setup system-deps  ## the lab topology natively: Postgres, Redis, CeleryExecutor, 3 workers
 	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
 
+SOURCES := pipelines dags plugins tests bench scripts
+
 lint: setup  ## ruff (AIR rules on dags/, banned Airflow import in pipelines/) and mypy on pipelines/
-	$(BIN)/ruff check pipelines dags plugins tests bench scripts
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/mypy
+
+format: setup  ## rewrite the sources in the project's format (ruff format) and sort imports
+	$(BIN)/ruff check --select I --fix $(SOURCES)
+	$(BIN)/ruff format $(SOURCES)
+
+check: setup  ## what CI's style gate wants: the format unchanged, lint clean, types clean
+	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/mypy
 
 bench: setup  ## benchmarks; figures go to docs/BENCHMARKS.md

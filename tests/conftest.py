@@ -79,3 +79,15 @@ def airflow_db():
     airflow = Path(sys.executable).with_name("airflow")
     subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True)
     return Path(os.environ["AIRFLOW_HOME"])
+
+
+TIERS = ("unit", "dags", "integration", "milvus_server", "cluster", "browser")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test belongs to exactly one tier, so `-m TIER` (and the default selection) misses none."""
+    wrong = [
+        item.nodeid for item in items if sum(1 for t in TIERS if item.get_closest_marker(t) is not None) != 1
+    ]
+    if wrong:
+        raise pytest.UsageError(f"tests without exactly one tier marker ({', '.join(TIERS)}): {wrong[:5]}")
