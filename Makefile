@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch pinned first: the CPU wheel on these machines; any other request pulls a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[airflow,dev]'
+	$(BIN)/python -m pip install -q -e '.[airflow,system-b,system-c,dev]'
 	@touch $@
 
 setup-train: $(TRAIN_STAMP)  ## create .venv-train with axolotl 0.19.0 (its pins cannot share Airflow's env)

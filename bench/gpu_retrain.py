@@ -114,7 +114,7 @@ def run_shape(shape: str, domain: str, steps: int, gpu: int | None, smoke: bool,
     summary = retrain(
         settings,
         domain,
-        "gpu_qlora",
+        profile="gpu_qlora",
         base_model=name,
         max_steps=steps,
         gpu=gpu,

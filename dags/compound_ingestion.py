@@ -62,8 +62,8 @@ from cbnano_common import ARXIV_CORPUS, DEFAULT_ARGS, PUBCHEM_CORPUS, dag_settin
 def compound_ingestion():
     @task
     def select() -> dict:
-        from pipelines.ingestion.arxiv import resolve_window
         from pipelines.ingestion.pubchem import select_names
+        from pipelines.windows import resolve_window
 
         ctx = get_current_context()
         p = ctx["params"]

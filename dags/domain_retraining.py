@@ -109,8 +109,10 @@ def domain_retraining():
     def retrain_domain(domain: str) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from pipelines.contracts import retrain_result
         from pipelines.training.gpus import gpu_lease
-        from pipelines.training.retrain import prepare_dataset, resolve_month, retrain
+        from pipelines.training.retrain import prepare_dataset, retrain
+        from pipelines.windows import resolve_month
 
         ctx = get_current_context()
         p = ctx["params"]
@@ -127,8 +129,8 @@ def domain_retraining():
             summary = retrain(
                 settings,
                 domain,
-                profile,
-                month,
+                profile=profile,
+                month=month,
                 min_gain=p["min_gain"],
                 max_steps=p.get("max_steps"),
                 base_model=p.get("base_model"),
@@ -137,7 +139,7 @@ def domain_retraining():
                 origin={"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]},
             )
         print(f"{domain}: {summary['reason']}")
-        return {k: summary[k] for k in ("domain", "version", "published", "reason", "metrics")}
+        return retrain_result(summary)
 
     results = retrain_domain.expand(domain=plan())
 

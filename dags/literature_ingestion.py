@@ -85,7 +85,8 @@ from cbnano_common import (
 def literature_ingestion():
     @task(pool="arxiv_api")
     def fetch() -> dict:
-        from pipelines.ingestion.arxiv import fetch_window, resolve_window
+        from pipelines.ingestion.arxiv import fetch_window
+        from pipelines.windows import resolve_window
 
         ctx = get_current_context()
         p = ctx["params"]

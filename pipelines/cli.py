@@ -89,9 +89,10 @@ def _emit(obj: Any) -> None:
 
 
 def cmd_ingest_arxiv(args: argparse.Namespace) -> int:
-    from pipelines.ingestion.arxiv import DEFAULT_CATEGORIES, check_window, ingest_arxiv, parse_day
+    from pipelines.ingestion.arxiv import DEFAULT_CATEGORIES, ingest_arxiv
     from pipelines.settings import get_settings
     from pipelines.sources.arxiv import validate_categories
+    from pipelines.windows import check_window, parse_day
 
     categories = args.category or list(DEFAULT_CATEGORIES)
     try:
@@ -115,7 +116,7 @@ def cmd_ingest_arxiv(args: argparse.Namespace) -> int:
             get_settings(),
             start,
             end,
-            categories,  # type: ignore[arg-type]
+            categories,
             max_results=args.max_results,
             dry_run=args.dry_run,
             today=args.today,
@@ -128,9 +129,9 @@ def cmd_ingest_arxiv(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest_pubchem(args: argparse.Namespace) -> int:
-    from pipelines.ingestion.arxiv import check_window, parse_day
     from pipelines.ingestion.pubchem import ingest_pubchem
     from pipelines.settings import get_settings
+    from pipelines.windows import check_window, parse_day
 
     if not (args.cid or args.name or args.watchlist or args.from_papers):
         raise UsageError("say which compounds: --cid, --name, --watchlist and/or --from-papers START END")
@@ -233,12 +234,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
+    from pipelines.contracts import retrain_result
     from pipelines.settings import get_settings
     from pipelines.training.base_models import check_base
     from pipelines.training.configs import DOMAINS
-    from pipelines.training.datasets import month_end
     from pipelines.training.gpus import gpu_lease
     from pipelines.training.retrain import retrain
+    from pipelines.windows import month_end
 
     if args.domain not in DOMAINS:
         raise UsageError(f"unknown domain {args.domain!r}; known: {', '.join(DOMAINS)}")
@@ -265,8 +267,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             summary = retrain(
                 settings,
                 args.domain,
-                args.profile,
-                args.month,
+                profile=args.profile,
+                month=args.month,
                 min_gain=args.min_gain,
                 max_steps=args.max_steps,
                 base_model=args.base_model,
@@ -278,14 +280,15 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     except RuntimeError as exc:  # training, merge or evaluation failed in the training environment
         print(f"cbnano: error: {exc}", file=sys.stderr)
         return 1
-    _emit({k: summary[k] for k in ("domain", "version", "published", "reason", "metrics")})
+    _emit(retrain_result(summary))
     return 0
 
 
 def cmd_dataset_build(args: argparse.Namespace) -> int:
     from pipelines.settings import get_settings
-    from pipelines.training.datasets import DatasetTooSmall, month_end
-    from pipelines.training.retrain import prepare_dataset, resolve_month
+    from pipelines.training.datasets import DatasetTooSmall
+    from pipelines.training.retrain import prepare_dataset
+    from pipelines.windows import month_end, resolve_month
 
     month = args.month or resolve_month(None)
     settings = get_settings()

@@ -17,14 +17,71 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+
+SOURCES = ("arxiv", "pubchem")  # the sources whose runs the lake holds (lab drops live under internal/)
 
 
 def partition_dir(data_dir: Path, source: str, day: str, run_key: str) -> Path:
     """The folder of one run's files: ``<data_dir>/<source>/<day>/<run_key>``."""
     return Path(data_dir) / source / day / run_key
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """One file of one run in the lake, with the partition it sits in."""
+
+    path: Path
+    source: str
+    day: str  # YYYY-MM-DD, the partition
+    run: str  # the run key
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """The JSON-lines objects of this file (for ``records.jsonl`` / ``quarantine.jsonl``)."""
+        return read_jsonl(self.path)
+
+
+def run_files(
+    data_dir: Path,
+    name: str,
+    sources: Iterable[str] = SOURCES,
+    first_day: date | None = None,
+    last_day: date | None = None,
+) -> list[RunFile]:
+    """Every run's file called ``name`` (``records.jsonl``, ``summary.json``, ...) for ``sources``, in
+    partitions from ``first_day`` to ``last_day`` (both included; None: unbounded), ordered by source, day
+    and run key."""
+    lo = first_day.isoformat() if first_day else ""
+    hi = last_day.isoformat() if last_day else "9999"
+    out = []
+    for source in sources:
+        for path in sorted(Path(data_dir).glob(f"{source}/*/*/{name}")):
+            day = path.parent.parent.name
+            if lo <= day <= hi:
+                out.append(RunFile(path, source, day, path.parent.name))
+    return out
+
+
+def staged_records(
+    data_dir: Path,
+    sources: Iterable[str] = SOURCES,
+    first_day: date | None = None,
+    last_day: date | None = None,
+) -> list[RunFile]:
+    """The staged ``records.jsonl`` of every run (see :func:`run_files`), oldest partition first."""
+    return run_files(data_dir, "records.jsonl", sources, first_day, last_day)
+
+
+def run_summaries(
+    data_dir: Path, sources: Iterable[str] = SOURCES, limit: int | None = None
+) -> list[RunFile]:
+    """The ``summary.json`` of every indexed run, the most recently written first (at most ``limit``)."""
+    found = run_files(data_dir, "summary.json", sources)
+    found.sort(key=lambda f: f.path.stat().st_mtime, reverse=True)
+    return found[:limit] if limit is not None else found
 
 
 class RunBusy(RuntimeError):

@@ -15,7 +15,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from pipelines.lake import run_summaries
 from pipelines.publishing.model_store import ModelStore
+from pipelines.settings import Settings
 
 METRICS = ("heldout_loss", "mc_accuracy", "mc_prob")
 
@@ -27,7 +29,7 @@ def _json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def model_registry(settings: Any) -> list[dict[str, Any]]:
+def model_registry(settings: Settings) -> list[dict[str, Any]]:
     """Per domain: its production version and every published version with metrics, dataset and origin."""
     store = ModelStore(settings.model_store)
     out: dict[str, dict[str, Any]] = {}
@@ -84,7 +86,7 @@ def _system_a_line(state: dict[str, Any]) -> str:
     )
 
 
-def retrain_decisions(settings: Any, limit: int = 20) -> list[dict[str, Any]]:
+def retrain_decisions(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
     """The newest retraining runs' gate decisions (published or refused), newest first."""
     reports = sorted(
         Path(settings.runs_dir).glob("*/eval.json"), key=lambda p: p.stat().st_mtime, reverse=True
@@ -107,13 +109,11 @@ def retrain_decisions(settings: Any, limit: int = 20) -> list[dict[str, Any]]:
     return out
 
 
-def ingestion_runs(settings: Any, limit: int = 30) -> list[dict[str, Any]]:
+def ingestion_runs(settings: Settings, limit: int = 30) -> list[dict[str, Any]]:
     """The newest ingestion runs' reports (``summary.json`` in the lake), with quarantine reasons counted."""
-    data = Path(settings.data_dir)
-    summaries = [p for source in ("arxiv", "pubchem") for p in data.glob(f"{source}/*/*/summary.json")]
-    summaries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     out = []
-    for path in summaries[:limit]:
+    for run in run_summaries(settings.data_dir, limit=limit):
+        path = run.path
         s = _json(path)
         reasons: Counter[str] = Counter()
         quarantine = path.with_name("quarantine.jsonl")
@@ -125,9 +125,9 @@ def ingestion_runs(settings: Any, limit: int = 30) -> list[dict[str, Any]]:
                     reasons["unreadable quarantine line"] += 1
         out.append(
             {
-                "source": path.parts[-4],
-                "partition": path.parts[-3],
-                "run": path.parts[-2],
+                "source": run.source,
+                "partition": run.day,
+                "run": run.run,
                 "finished_at": s.get("finished_at", ""),
                 "counts": {
                     k: s[k]

@@ -135,8 +135,8 @@ def main() -> int:
         out = retrain(
             settings,
             "catalysis",
-            "cpu_lora",
-            "2026-11",
+            profile="cpu_lora",
+            month="2026-11",
             max_steps=12,
             log=lambda line: (
                 print("   " + line, flush=True) if line.startswith(("dataset:", "step ")) else None

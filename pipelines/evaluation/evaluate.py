@@ -15,14 +15,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipelines.settings import PROJECT_ROOT, Settings
-
-EVAL_DIR = PROJECT_ROOT / "include" / "eval"
+from pipelines.assets import asset
+from pipelines.settings import Settings
 
 
 def eval_items_path(domain: str) -> Path:
     """The domain's fixed multiple-choice set."""
-    return EVAL_DIR / f"{domain}.jsonl"
+    return asset("include", "eval", f"{domain}.jsonl")
 
 
 def evaluate_roles(

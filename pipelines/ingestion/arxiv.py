@@ -16,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pipelines.contracts import ArxivFetchManifest, IngestSummary, StageManifest
 from pipelines.documents import Document, normalize_text
 from pipelines.ingestion.indexing import Progress, index_staged, summarize
 from pipelines.lake import partition_dir, run_lock, write_atomic, write_json, write_jsonl
@@ -32,60 +33,11 @@ from pipelines.sources.arxiv import (
     parse_api_feed,
     parse_rss,
 )
+from pipelines.windows import check_window
 
 log = logging.getLogger(__name__)
 
 SOURCE = "arxiv"
-SUMMARY_KEYS = ("fetched", "new", "updated", "unchanged", "chunks_upserted", "chunks_deleted", "quarantined")
-
-
-def parse_day(value: str | date | datetime) -> datetime:
-    """``YYYY-MM-DD`` (or a date/datetime) as an aware UTC datetime; raises ValueError naming the input."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    try:
-        day = date.fromisoformat(value.strip())
-    except (ValueError, AttributeError):
-        raise ValueError(f"not a date (YYYY-MM-DD): {value!r}") from None
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
-def check_window(start: datetime, end: datetime) -> None:
-    """Raise ValueError unless start < end (both aware) and the window is not before arXiv began."""
-    from pipelines.sources.arxiv import FIRST_YEAR
-
-    if start >= end:
-        raise ValueError(f"start {start:%Y-%m-%d %H:%M} must be before end {end:%Y-%m-%d %H:%M}")
-    if start.year < FIRST_YEAR:
-        raise ValueError(f"start {start.date().isoformat()} is before arXiv began ({FIRST_YEAR})")
-
-
-def resolve_window(
-    interval_start: datetime | None,
-    interval_end: datetime | None,
-    override_start: str | None = None,
-    override_end: str | None = None,
-) -> tuple[datetime, datetime]:
-    """The window a scheduled or manual run ingests: the override days if given, else its data interval,
-    else (a manual run without one) yesterday, UTC.
-
-    Raises ValueError when only one override is given, when an override is not a date, or when the window
-    is empty (a bare cron schedule gives start == end: use a data-interval timetable).
-    """
-    if bool(override_start) != bool(override_end):
-        raise ValueError("give both window_start and window_end, or neither")
-    if override_start and override_end:
-        start, end = parse_day(override_start), parse_day(override_end)
-    else:
-        if interval_start is None or interval_end is None:  # a manual run without a logical date
-            today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-            start, end = today - timedelta(days=1), today
-        else:
-            start, end = parse_day(interval_start), parse_day(interval_end)
-    check_window(start, end)
-    return start.astimezone(UTC), end.astimezone(UTC)
 
 
 def _run_dir(
@@ -111,7 +63,7 @@ def fetch_window(
     max_results: int | None = None,
     client: ArxivClient | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> ArxivFetchManifest:
     """Fetch the window's raw API pages into the lake; returns the fetch manifest."""
     check_window(start, end)
     categories = list(categories)
@@ -134,7 +86,7 @@ def fetch_window(
             total = page.total_results
             if progress:
                 progress("fetch", entries, min(total, max_results or total))
-        manifest = {
+        manifest: ArxivFetchManifest = {
             "source": SOURCE,
             "kind": "api",
             "query": query,
@@ -156,7 +108,7 @@ def fetch_window(
 
 def fetch_announcements(
     settings: Settings, categories: Sequence[str] = DEFAULT_CATEGORIES, client: ArxivClient | None = None
-) -> dict[str, Any]:
+) -> ArxivFetchManifest:
     """Fetch today's RSS announcements for each category into the lake; returns the fetch manifest."""
     client = client or ArxivClient.from_settings(settings)
     now = datetime.now(UTC)
@@ -171,7 +123,7 @@ def fetch_announcements(
         write_atomic(raw_dir / name, body)
         pages.append(name)
         entries += len(parse_rss(body))
-    manifest = {
+    manifest: ArxivFetchManifest = {
         "source": SOURCE,
         "kind": "rss",
         "categories": list(categories),
@@ -219,14 +171,14 @@ def record_document(rec: dict[str, Any]) -> Document:
     )
 
 
-def stage_pages(fetch_manifest: dict[str, Any]) -> dict[str, Any]:
+def stage_pages(fetch_manifest: ArxivFetchManifest) -> StageManifest:
     """Parse the fetched pages into ``records.jsonl`` and ``quarantine.jsonl``; returns the stage manifest."""
     run_dir = Path(fetch_manifest["dir"])
     with run_lock(run_dir):  # the pages stay as fetched while they are read
         return _stage_pages(fetch_manifest, run_dir)
 
 
-def _stage_pages(fetch_manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def _stage_pages(fetch_manifest: ArxivFetchManifest, run_dir: Path) -> StageManifest:
     best: dict[str, Paper] = {}
     quarantine: list[dict[str, Any]] = []
     for name in fetch_manifest["pages"]:
@@ -256,7 +208,7 @@ def _stage_pages(fetch_manifest: dict[str, Any], run_dir: Path) -> dict[str, Any
     write_jsonl(run_dir / "quarantine.jsonl", quarantine)
     for q in quarantine:
         log.warning("quarantined entry %s on %s: %s", q.get("entry_id") or "?", q["page"], q["reason"])
-    manifest = {
+    manifest: StageManifest = {
         "source": SOURCE,
         "uri": str(run_dir / "records.jsonl"),
         "rows": rows,
@@ -272,17 +224,20 @@ def _stage_pages(fetch_manifest: dict[str, Any], run_dir: Path) -> dict[str, Any
 
 def ingest_arxiv(
     settings: Settings,
-    start: datetime,
-    end: datetime,
+    start: datetime | None,
+    end: datetime | None,
     categories: Sequence[str] = DEFAULT_CATEGORIES,
     max_results: int | None = None,
     dry_run: bool = False,
     today: bool = False,
     progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Fetch, stage and (unless ``dry_run``) index one window (or today's RSS); returns the summary."""
+) -> IngestSummary:
+    """Fetch, stage and (unless ``dry_run``) index the window [start, end) (or, with ``today``, today's RSS
+    announcements, and start/end are not used); returns the summary."""
     if today:
         fetched = fetch_announcements(settings, categories)
+    elif start is None or end is None:
+        raise ValueError("a window needs both start and end (or today=True)")
     else:
         fetched = fetch_window(settings, start, end, categories, max_results=max_results, progress=progress)
     staged = stage_pages(fetched)

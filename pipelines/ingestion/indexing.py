@@ -22,8 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipelines.contracts import IngestSummary, StageManifest
 from pipelines.documents import Document, chunk_text, dedupe_documents
 from pipelines.lake import read_jsonl, write_json
+from pipelines.settings import Settings
 from pipelines.vectorstore.milvus import MilvusStore
 
 log = logging.getLogger(__name__)
@@ -154,10 +156,10 @@ def index_documents(
     return summary
 
 
-def summarize(stage_manifest: dict[str, Any], result: IndexSummary | None) -> dict[str, Any]:
+def summarize(stage_manifest: StageManifest, result: IndexSummary | None) -> IngestSummary:
     """The run summary: fetched/quarantined from staging, the rest from indexing (zeros on a dry run)."""
     result = result or IndexSummary()
-    out = {
+    out: IngestSummary = {
         "fetched": stage_manifest["fetched"],
         "new": result.new,
         "updated": result.updated,
@@ -176,12 +178,12 @@ def summarize(stage_manifest: dict[str, Any], result: IndexSummary | None) -> di
 
 
 def index_staged(
-    settings: Any,
-    stage_manifest: dict[str, Any],
+    settings: Settings,
+    stage_manifest: StageManifest,
     document_of: Callable[[dict[str, Any]], Document],
     progress: Progress | None = None,
     embedder_factory: Callable[[], Any] | None = None,
-) -> dict[str, Any]:
+) -> IngestSummary:
     """Embed and upsert a stage's ``records.jsonl`` (``document_of`` turns a record into a Document).
 
     Returns the run summary and writes it as ``summary.json`` beside the records (the run's report).

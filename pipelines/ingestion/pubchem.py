@@ -16,7 +16,6 @@ Stages, like arXiv's:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -25,9 +24,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pipelines.assets import watchlist_rows
+from pipelines.contracts import IngestSummary, PubChemFetchManifest, StageManifest
 from pipelines.documents import Document
 from pipelines.ingestion.indexing import Progress, index_staged, summarize
-from pipelines.lake import partition_dir, read_jsonl, write_json, write_jsonl
+from pipelines.lake import partition_dir, read_jsonl, staged_records, write_json, write_jsonl
 from pipelines.settings import Settings
 from pipelines.sources.mentions import find_mentions
 from pipelines.sources.pubchem import (
@@ -37,22 +38,18 @@ from pipelines.sources.pubchem import (
     parse_descriptions,
     parse_properties,
 )
+from pipelines.windows import window_days
 
 log = logging.getLogger(__name__)
 
 SOURCE = "pubchem"
-WATCHLIST = Path(__file__).resolve().parents[2] / "include" / "pubchem_watchlist.csv"
 NEGATIVE_TTL_DAYS = 30
 POSITIVE_TTL_DAYS = 180
 
 
-def load_watchlist(path: Path = WATCHLIST) -> list[str]:
+def load_watchlist(path: Path | None = None) -> list[str]:
     """Names in the watch list CSV (column ``name``), in file order; raises ValueError on a bad file."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "name" not in reader.fieldnames:
-            raise ValueError(f"{path}: the watch list needs a 'name' column")
-        return [row["name"].strip() for row in reader if (row.get("name") or "").strip()]
+    return [row["name"] for row in watchlist_rows(path)]
 
 
 class NameCache:
@@ -95,10 +92,8 @@ def paper_mentions(
     ``window`` = [start, end)."""
     files = list(records)
     if not files and window is not None:
-        day, end = window
-        while day < end:
-            files.extend(sorted((data_dir / "arxiv" / day.strftime("%Y-%m-%d")).glob("*/records.jsonl")))
-            day += timedelta(days=1)
+        days = list(window_days(*window))
+        files = [f.path for f in staged_records(data_dir, ["arxiv"], days[0], days[-1])]
     known = list(known)
     found: list[str] = []
     for f in files:
@@ -113,7 +108,7 @@ def fetch_compounds(
     names: Iterable[str] = (),
     client: PubChemClient | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> PubChemFetchManifest:
     """Resolve ``names``, fetch every compound's properties and descriptions into the lake; returns a manifest."""
     client = client or PubChemClient.from_settings(settings)
     cache = NameCache(settings.home / "pubchem" / "name_cache.json")
@@ -157,7 +152,7 @@ def fetch_compounds(
         pages.append(f"{n:04d}")
         if progress:
             progress("fetch", min(i + len(batch), len(wanted)), len(wanted))
-    manifest = {
+    manifest: PubChemFetchManifest = {
         "source": SOURCE,
         "dir": str(run_dir),
         "pages": pages,
@@ -206,7 +201,7 @@ def compound_text(c: Compound) -> str:
     return " ".join(parts)
 
 
-def stage_compounds(fetch_manifest: dict[str, Any]) -> dict[str, Any]:
+def stage_compounds(fetch_manifest: PubChemFetchManifest) -> StageManifest:
     """Raw answers → ``records.jsonl`` (structured record + ``text``); returns the stage manifest."""
     run_dir = Path(fetch_manifest["dir"])
     records, quarantine = [], []
@@ -226,7 +221,7 @@ def stage_compounds(fetch_manifest: dict[str, Any]) -> dict[str, Any]:
             records.append(rec)
     rows_n, digest = write_jsonl(run_dir / "records.jsonl", records)
     write_jsonl(run_dir / "quarantine.jsonl", quarantine)
-    manifest = {
+    manifest: StageManifest = {
         "source": SOURCE,
         "uri": str(run_dir / "records.jsonl"),
         "rows": rows_n,
@@ -278,7 +273,7 @@ def ingest_pubchem(
     from_papers: tuple[datetime, datetime] | None = None,
     dry_run: bool = False,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> IngestSummary:
     """Select, fetch, stage and (unless ``dry_run``) index compounds; returns the summary (+ ``not_found``)."""
     all_names = select_names(settings, names, watchlist, from_papers)
     fetched = fetch_compounds(settings, cids, all_names, progress=progress)

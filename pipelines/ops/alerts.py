@@ -17,6 +17,8 @@ from typing import Any
 
 import requests
 
+from pipelines.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -44,7 +46,9 @@ def _why(exc: requests.RequestException) -> str:
     return type(exc).__name__
 
 
-def send_alert(settings: Any, subject: str, body: str, fields: Mapping[str, Any] | None = None) -> list[str]:
+def send_alert(
+    settings: Settings, subject: str, body: str, fields: Mapping[str, Any] | None = None
+) -> list[str]:
     """Deliver one alert on every configured channel; returns the channels that accepted it."""
     fields = dict(fields or {})
     delivered: list[str] = []

@@ -17,6 +17,8 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from pipelines.settings import Settings
+
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -32,7 +34,7 @@ class StatsD:
         self._sock: socket.socket | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> StatsD:
+    def from_settings(cls, settings: Settings) -> StatsD:
         return cls(settings.statsd_host, settings.statsd_port, settings.statsd_prefix, settings.statsd_on)
 
     def _send(self, name: str, value: float, kind: str) -> None:
@@ -63,7 +65,7 @@ class StatsD:
 
 
 def emit_ingest(
-    settings: Any,
+    settings: Settings,
     source: str,
     summary: Mapping[str, Any],
     seconds: float | None = None,
@@ -94,7 +96,7 @@ def emit_ingest(
 
 
 def emit_retrain(
-    settings: Any,
+    settings: Settings,
     summary: Mapping[str, Any],
     train_losses: list[float] | None = None,
     client: StatsD | None = None,

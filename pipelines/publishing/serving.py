@@ -38,6 +38,7 @@ from typing import Any
 
 from pipelines.lake import write_json
 from pipelines.publishing.model_store import ModelStore
+from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def _reason(detail: str) -> str:
     return str(body)
 
 
-def client_for(settings: Any) -> VLLMClient:
+def client_for(settings: Settings) -> VLLMClient:
     """A client of ``CBNANO_SYSTEM_A_URL`` with its token."""
     return VLLMClient(settings.system_a_url, settings.system_a_token)
 
@@ -174,7 +175,7 @@ class ServedAdapter:
     rank: int
 
 
-def system_a_path(settings: Any, local: Path) -> str:
+def system_a_path(settings: Settings, local: Path) -> str:
     """``local`` as System A sees it: under ``CBNANO_SYSTEM_A_STORE`` when it is in the model store, else the
     same path (a base kept outside the store must be mounted at the same path there)."""
     try:
@@ -184,7 +185,7 @@ def system_a_path(settings: Any, local: Path) -> str:
     return str(Path(settings.system_a_store or settings.model_store) / rel)
 
 
-def served_adapter(settings: Any, domain: str, store: ModelStore | None = None) -> ServedAdapter | None:
+def served_adapter(settings: Settings, domain: str, store: ModelStore | None = None) -> ServedAdapter | None:
     """The domain's production adapter (the version's own folder, so the path changes with production)."""
     store = store or ModelStore(settings.model_store)
     version = store.production(domain)
@@ -201,7 +202,7 @@ def served_adapter(settings: Any, domain: str, store: ModelStore | None = None) 
     )
 
 
-def serving_state(settings: Any, domain: str) -> dict[str, Any]:
+def serving_state(settings: Settings, domain: str) -> dict[str, Any]:
     """What ``serving.json`` says about the domain on System A (empty before the first hand-off)."""
     path = Path(settings.model_store) / domain / STATE_FILE
     try:
@@ -215,7 +216,7 @@ def _now() -> str:
 
 
 def hand_off(
-    settings: Any, domain: str, client: VLLMClient | None = None, alert: bool = True
+    settings: Settings, domain: str, client: VLLMClient | None = None, alert: bool = True
 ) -> dict[str, Any]:
     """Make System A serve ``domain``'s production adapter under the domain's name; returns the outcome.
 
@@ -279,7 +280,7 @@ def hand_off(
     return outcome
 
 
-def serve_command(settings: Any, domains: list[str] | None = None) -> list[str]:
+def serve_command(settings: Settings, domains: list[str] | None = None) -> list[str]:
     """The vLLM command line System A runs: the base, LoRA on, every domain's production adapter.
 
     Raises ValueError when production adapters disagree on their base (one server serves one base) or when
@@ -323,10 +324,10 @@ def _profile_rank(profile: str) -> int:
     """``lora_r`` of an axolotl profile (0 when the profile has none)."""
     import yaml
 
-    from pipelines.training.configs import CONFIG_DIR
+    from pipelines.training.configs import config_dir
 
     try:
-        cfg = yaml.safe_load((CONFIG_DIR / f"{profile}.yml").read_text()) or {}
+        cfg = yaml.safe_load((config_dir() / f"{profile}.yml").read_text()) or {}
     except OSError:
         return 0
     return int(cfg.get("lora_r") or 0)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.retrieval.search import Result, Searcher, parse_query
+from pipelines.settings import Settings
 
 SOURCE_CHARS = 600
 SYSTEM_PROMPT = (
@@ -45,7 +46,7 @@ def build_messages(question: str, results: list[Result], domain: str | None) -> 
     ]
 
 
-def _local_model(settings: Any, domain: str | None) -> tuple[Path, str]:
+def _local_model(settings: Settings, domain: str | None) -> tuple[Path, str]:
     """The folder to answer with offline: the domain's production merged model, else the base."""
     from pipelines.publishing.model_store import ModelStore
     from pipelines.training.base_models import BaseModelMissing, locate_base
@@ -69,7 +70,7 @@ def _local_model(settings: Any, domain: str | None) -> tuple[Path, str]:
 
 
 def ask(
-    settings: Any, question: str, domain: str | None = None, top_k: int = 5, max_tokens: int = 256
+    settings: Settings, question: str, domain: str | None = None, top_k: int = 5, max_tokens: int = 256
 ) -> dict[str, Any]:
     """Retrieve, prompt, answer (System A, or locally without it); see the module docstring."""
     from pipelines.training.configs import DOMAINS

@@ -10,7 +10,7 @@ MRR@10 (1 / rank of the first relevant document, 0 beyond 10) and nDCG@10 (binar
 
 Usage::
 
-    queries = load_queries(GOLDEN_DIR / "queries.jsonl")
+    queries = load_queries(golden_path("queries.jsonl"))
     report = evaluate(lambda q, mode: [r.doc_id for r in searcher.search(parse_query(q, 10, mode)).results],
                       queries, modes=("dense", "hybrid"))
 """
@@ -24,9 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.assets import asset
 from pipelines.documents import Document
+from pipelines.settings import Settings
 
-GOLDEN_DIR = Path(__file__).resolve().parents[2] / "include" / "retrieval"
+
+def golden_path(name: str) -> Path:
+    """A file of the golden set, ``include/retrieval/<name>`` (``corpus.jsonl``, ``queries.jsonl``)."""
+    return asset("include", "retrieval", name)
+
+
 KINDS = ("identifier", "paraphrase", "cross_source")
 
 
@@ -131,7 +138,9 @@ def hybrid_verdict(metrics: dict[str, Any]) -> list[str]:
     return out
 
 
-def evaluate_golden(settings: Any, modes: Sequence[str] = ("dense", "keyword", "hybrid")) -> dict[str, Any]:
+def evaluate_golden(
+    settings: Settings, modes: Sequence[str] = ("dense", "keyword", "hybrid")
+) -> dict[str, Any]:
     """Index the golden corpus into the configured collection (the platform's own indexing path) and
     evaluate ``modes`` on the golden queries; returns :func:`evaluate`'s report."""
     from pipelines.embedding.minilm import DIMENSION, get_embedder
@@ -146,8 +155,8 @@ def evaluate_golden(settings: Any, modes: Sequence[str] = ("dense", "keyword", "
 
     with MilvusStore.from_settings(settings) as store:
         store.ensure_collection(DIMENSION.get(settings.embedding_model) or factory().dimension)
-        index_documents(load_corpus(GOLDEN_DIR / "corpus.jsonl"), store, factory, settings.embedding_model)
-    queries = load_queries(GOLDEN_DIR / "queries.jsonl")
+        index_documents(load_corpus(golden_path("corpus.jsonl")), store, factory, settings.embedding_model)
+    queries = load_queries(golden_path("queries.jsonl"))
     with Searcher.from_settings(settings) as searcher:
         return evaluate(
             lambda q, mode: [r.doc_id for r in searcher.search(parse_query(q, 10, mode)).results],

@@ -26,6 +26,7 @@ from datetime import date
 from typing import Any
 
 from pipelines.retrieval.terms import keyword_terms
+from pipelines.settings import Settings
 from pipelines.vectorstore.milvus import Hit, MilvusStore
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ class Searcher:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="keyword-search")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Searcher:
+    def from_settings(cls, settings: Settings) -> Searcher:
         """A searcher on the configured Milvus and embedding model (the model loads on the first query)."""
         from pipelines.embedding.minilm import DIMENSION, get_embedder
 

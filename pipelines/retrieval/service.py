@@ -33,6 +33,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from pipelines.retrieval.search import DEFAULT_MODE, Searcher, SearchError, parse_query
+from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class _Corpus:
                 self._searcher = None
 
 
-def create_app(settings: Any, open_searcher: Callable[[], Searcher] | None = None) -> Any:
+def create_app(settings: Settings, open_searcher: Callable[[], Searcher] | None = None) -> Any:
     """The FastAPI application over the configured corpus (``open_searcher`` replaces how it is opened)."""
     corpus = _Corpus(open_searcher or (lambda: Searcher.from_settings(settings)))
     token = settings.search_token
@@ -131,7 +132,7 @@ def create_app(settings: Any, open_searcher: Callable[[], Searcher] | None = Non
     return app
 
 
-def serve(settings: Any, host: str = "127.0.0.1", port: int = 8600) -> None:
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8600) -> None:
     """Run the service with uvicorn until interrupted."""
     import uvicorn
 

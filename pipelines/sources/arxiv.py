@@ -27,6 +27,7 @@ from typing import Any
 
 import requests
 
+from pipelines.settings import Settings
 from pipelines.sources.http import (
     MAX_RESPONSE_BYTES,
     MinIntervalLimiter,
@@ -367,7 +368,7 @@ class ArxivClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Any, **kwargs: Any) -> ArxivClient:
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> ArxivClient:
         """A client on the configured endpoints, delay and retry policy."""
         retry = RetryPolicy(max_attempts=settings.http_max_attempts, base_s=settings.http_backoff_s)
         return cls(

@@ -32,6 +32,7 @@ from typing import Any
 
 import requests
 
+from pipelines.settings import Settings
 from pipelines.sources.http import MAX_RESPONSE_BYTES, PoliteClient, RetryPolicy, SourceError
 
 log = logging.getLogger(__name__)
@@ -315,7 +316,7 @@ class PubChemClient:
         self.throttle_events: list[str] = []
 
     @classmethod
-    def from_settings(cls, settings: Any, **kwargs: Any) -> PubChemClient:
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> PubChemClient:
         """A client on the configured endpoint and retry policy, sharing the process-wide policy limiter."""
         retry = RetryPolicy(
             max_attempts=settings.http_max_attempts,

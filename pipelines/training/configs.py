@@ -19,10 +19,15 @@ from typing import Any
 
 import yaml
 
+from pipelines.assets import asset
 from pipelines.settings import TRAIN_PROFILES as PROFILES
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "axolotl_configs"
 DOMAINS = ("chemistry", "materials", "thermal", "catalysis")
+
+
+def config_dir() -> Path:
+    """``axolotl_configs/``: one base per hardware profile, one overlay per domain under ``domains/``."""
+    return asset("axolotl_configs")
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -42,16 +47,15 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 
 def render_config(
-    profile: str, domain: str, run: dict[str, Any], config_dir: Path = CONFIG_DIR
+    profile: str, domain: str, run: dict[str, Any], configs: Path | None = None
 ) -> dict[str, Any]:
     """The full axolotl config for one run; raises ValueError for an unknown profile or domain."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
-    cfg = deep_merge(
-        load_yaml(config_dir / f"{profile}.yml"), load_yaml(config_dir / "domains" / f"{domain}.yml")
-    )
+    folder = configs or config_dir()
+    cfg = deep_merge(load_yaml(folder / f"{profile}.yml"), load_yaml(folder / "domains" / f"{domain}.yml"))
     cfg = deep_merge(cfg, run)
     if not cfg.get("base_model"):
         raise ValueError(f"profile {profile}: no base_model (give one in the run values)")

@@ -32,13 +32,15 @@ import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipelines.lake import read_jsonl, write_json, write_jsonl
+from pipelines.assets import asset
+from pipelines.contracts import DatasetCard
+from pipelines.lake import staged_records, write_json, write_jsonl
+from pipelines.windows import month_end
 
-DOMAINS_FILE = Path(__file__).resolve().parents[2] / "include" / "domains.yaml"
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
 _FINDING = re.compile(
     r"\b(we (?:find|show|observe|demonstrate|report|predict)|reach(?:es)?|achiev\w+|retain\w*|"
@@ -76,11 +78,16 @@ class Example:
         return [{"role": "user", "content": user}, {"role": "assistant", "content": self.output}]
 
 
-def load_domains(path: Path = DOMAINS_FILE) -> dict[str, dict[str, Any]]:
-    """The routing config: {domain: {categories, keywords, watchlist_domains}}."""
+def domains_file() -> Path:
+    """``include/domains.yaml``: which papers and compounds feed each domain's dataset."""
+    return asset("include", "domains.yaml")
+
+
+def load_domains(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The routing config (default :func:`domains_file`): {domain: {categories, keywords, watchlist_domains}}."""
     import yaml
 
-    config = yaml.safe_load(path.read_text())
+    config = yaml.safe_load((path or domains_file()).read_text())
     return {
         name: {
             "categories": set(d.get("categories") or []),
@@ -99,12 +106,9 @@ def _has_keyword(text: str, keywords: Iterable[str]) -> bool:
 def latest_records(data_dir: Path, source: str, until: datetime | None = None) -> list[dict[str, Any]]:
     """The newest staged record of each document of ``source`` (staged on or before ``until``)."""
     best: dict[str, tuple[str, dict[str, Any]]] = {}
-    for f in sorted(data_dir.glob(f"{source}/*/*/records.jsonl")):
-        day = f.parent.parent.name
-        if until is not None and day > until.strftime("%Y-%m-%d"):
-            continue
-        for rec in read_jsonl(f):
-            key = (day, str(rec.get("version", 0)).zfill(4))
+    for f in staged_records(data_dir, [source], last_day=until.date() if until else None):
+        for rec in f.records():
+            key = (f.day, str(rec.get("version", 0)).zfill(4))
             stamp = "|".join(key)
             if rec["doc_id"] not in best or stamp >= best[rec["doc_id"]][0]:
                 best[rec["doc_id"]] = (stamp, rec)
@@ -265,15 +269,6 @@ def _iter_domain_examples(
             yield from compound_examples(rec)
 
 
-def month_end(month: str) -> datetime:
-    """The last day of ``YYYY-MM`` (UTC midnight); raises ValueError for anything else."""
-    m = re.fullmatch(r"(\d{4})-(\d{2})", month or "")
-    if not m or not 1 <= int(m.group(2)) <= 12:
-        raise ValueError(f"not a month (YYYY-MM): {month!r}")
-    y, mo = int(m.group(1)), int(m.group(2))
-    return datetime(y + mo // 12, mo % 12 + 1, 1, tzinfo=UTC) - timedelta(days=1)
-
-
 def build_dataset(
     domain: str,
     data_dir: Path,
@@ -288,7 +283,7 @@ def build_dataset(
     ngram: int = 8,
     watchlist_domains: dict[str, str] | None = None,
     domains: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+) -> DatasetCard:
     """Build and write one domain's dataset (see module docstring); returns the dataset card."""
     domains = domains or load_domains()
     if domain not in domains:
@@ -334,7 +329,7 @@ def build_dataset(
         [{"id": e.key()[:16], "doc": e.ref, "source": e.source, "messages": e.messages()} for e in val],
     )
     toks = [lengths[e.key()] for e in clean]
-    card = {
+    card: DatasetCard = {
         "domain": domain,
         "month": month,
         "format": "chat",

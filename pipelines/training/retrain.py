@@ -22,12 +22,15 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipelines.assets import watchlist_rows
+from pipelines.contracts import DatasetCard, RetrainSummary
 from pipelines.evaluation.evaluate import eval_items_path, evaluate_roles
-from pipelines.evaluation.gate import DEFAULT_MIN_GAIN, decide, overrule
+from pipelines.evaluation.gate import DEFAULT_MIN_GAIN, GateDecision, decide, overrule
 from pipelines.evaluation.scoring import load_items
 from pipelines.lake import write_json
 from pipelines.ops.metrics import emit_retrain
@@ -37,7 +40,8 @@ from pipelines.settings import TEST_PROFILES, Settings
 from pipelines.training.base_models import BaseModel, locate_base, resolve_base
 from pipelines.training.configs import config_hash, render_config, validate_in_train_env, write_config
 from pipelines.training.datasets import DatasetTooSmall, build_dataset
-from pipelines.training.runner import adapter_changed, check_merge, merge, run_dir_for, train
+from pipelines.training.runner import TrainResult, adapter_changed, check_merge, merge, run_dir_for, train
+from pipelines.windows import last_complete_month
 
 Log = Callable[[str], None]
 KEEP_VERSIONS = 3
@@ -53,12 +57,7 @@ def token_counter(base: Path) -> Callable[[str], int]:
 
 def watchlist_domains() -> dict[str, str]:
     """Watch-list name (lower-case) → the watch list's domain column."""
-    import csv
-
-    from pipelines.ingestion.pubchem import WATCHLIST
-
-    with open(WATCHLIST, newline="", encoding="utf-8") as fh:
-        return {r["name"].strip().lower(): r.get("domain", "").strip() for r in csv.DictReader(fh)}
+    return {row["name"].lower(): row["domain"] for row in watchlist_rows()}
 
 
 def _code_revision() -> str:
@@ -74,23 +73,6 @@ def _code_revision() -> str:
         return "unknown"
 
 
-def resolve_month(
-    interval_start: datetime | None, override: str | None = None, now: datetime | None = None
-) -> str:
-    """The month (``YYYY-MM``) a retraining run trains on: the override, else the run's data interval, else
-    (a manual run with no interval) the last complete month before ``now``. Raises ValueError on a bad override.
-    """
-    if override:
-        try:
-            return datetime.strptime(override, "%Y-%m").strftime("%Y-%m")
-        except ValueError:
-            raise ValueError(f"month must be YYYY-MM, got {override!r}") from None
-    if interval_start is not None:
-        return interval_start.strftime("%Y-%m")
-    first = (now or datetime.now(UTC)).replace(day=1)
-    return (first - timedelta(days=1)).strftime("%Y-%m")
-
-
 def _actor(origin: dict[str, Any] | None) -> str:
     """Who a retraining run acts as in the model store's history: the Airflow run, else the user."""
     return (
@@ -102,7 +84,7 @@ def _actor(origin: dict[str, Any] | None) -> str:
 
 def prepare_dataset(
     settings: Settings, domain: str, profile: str, month: str, base_model: str | None = None
-) -> tuple[BaseModel, dict[str, Any]]:
+) -> tuple[BaseModel, DatasetCard]:
     """Resolve the base (failing fast without one), then build the month's dataset for ``domain`` with its
     tokenizer; returns (base, card). Raises :class:`DatasetTooSmall` when there is too little to train on, and
     ValueError for an unknown domain before anything is resolved, built or written."""
@@ -155,12 +137,255 @@ class _Clock:
         self.say(f"step {name}: {self.timings[name]:.1f}s")
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run will make: its rendered config, deterministic folder and version."""
+
+    domain: str
+    month: str
+    profile: str
+    base: BaseModel
+    card: DatasetCard
+    cfg: dict[str, Any]
+    run_dir: Path
+    version: str  # same month, dataset and config: same version
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trained, merged and merge-checked candidate."""
+
+    result: TrainResult
+    merged: Path
+    merge_report: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A candidate's evaluation against base (and production) and the gate's decision on it."""
+
+    evaluation: dict[str, Any]
+    decision: GateDecision
+    test_model: bool
+
+
+def plan_run(
+    settings: Settings,
+    *,
+    domain: str,
+    month: str,
+    profile: str,
+    base: BaseModel,
+    card: DatasetCard,
+    max_steps: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunPlan:
+    """Render the run's axolotl config over the dataset; returns the plan (folder and version follow from it)."""
+    run: dict[str, Any] = {"base_model": str(base.path), "seed": 42, **(overrides or {})}
+    if max_steps:
+        run["max_steps"] = max_steps
+    dataset = {
+        "path": card["files"]["train"],
+        "type": "chat_template",
+        "ds_type": "json",
+        "field_messages": "messages",
+        "roles_to_train": ["assistant"],
+        "train_on_eos": "turn",
+    }
+    cfg = render_config(profile, domain, {**run, "datasets": [dataset]})
+    return RunPlan(
+        domain=domain,
+        month=month,
+        profile=profile,
+        base=base,
+        card=card,
+        cfg=cfg,
+        run_dir=run_dir_for(settings.runs_dir, domain, month, card["sha256"], cfg),
+        version=f"{month}.{card['sha256'][:6]}{config_hash(cfg)[:4]}",
+    )
+
+
+def reuse_existing(
+    settings: Settings, store: ModelStore, plan: RunPlan, *, origin: dict[str, str] | None = None
+) -> RetrainSummary | None:
+    """When the plan's version exists already (same month, dataset and config), the summary of that version
+    (finishing a publish a crash interrupted); None when it has yet to be made."""
+    done = store.version_dir(plan.domain, plan.version) / "manifest.json"
+    if not done.is_file():
+        return None
+    published = json.loads(done.read_text())
+    gate_reason = (published.get("gate") or {}).get("reason", "")
+    if store.interrupted_promotion(plan.domain, plan.version):  # a crash between publish and the pointer move
+        store.promote(
+            plan.domain,
+            plan.version,
+            actor=_actor(origin),
+            allow_test_models=settings.allow_test_models,
+            reason=f"{gate_reason} (completing an interrupted publish)",
+        )
+        from pipelines.publishing.serving import hand_off
+
+        hand_off(settings, plan.domain)
+    return {
+        "domain": plan.domain,
+        "version": plan.version,
+        "published": store.production(plan.domain) == plan.version,
+        "reason": f"unchanged: {plan.version} was already made from this dataset and config "
+        f"({gate_reason or 'no gate record'})",
+        "metrics": {"candidate": published.get("metrics", {})},
+        "run_dir": str(plan.run_dir),
+    }
+
+
+def train_candidate(
+    settings: Settings, plan: RunPlan, *, gpu: int | None, clock: _Clock, say: Log
+) -> Candidate:
+    """Validate the config, train (resuming), check the adapter moved, merge and check the merge."""
+    with clock.step("validate"):
+        problems = validate_in_train_env(
+            [write_config(plan.cfg, plan.run_dir / "config.rendered.yml")], settings.train_python
+        )
+    if problems:
+        raise ValueError("config rejected before training: " + "; ".join(problems))
+    with clock.step("train"):
+        result = train(plan.cfg, plan.run_dir, settings.train_python, gpu=gpu, log=say)
+    if not adapter_changed(result.adapter_dir):
+        raise RuntimeError(f"training left the adapter unchanged in {result.adapter_dir}")
+    with clock.step("merge"):
+        merged = merge(plan.run_dir, settings.train_python, gpu=gpu, log=say)
+    with clock.step("merge_check"):
+        report = check_merge(plan.base.path, result.adapter_dir, merged, settings.train_python, gpu=gpu)
+    return Candidate(result, merged, report)
+
+
+def judge_candidate(
+    settings: Settings,
+    store: ModelStore,
+    plan: RunPlan,
+    candidate: Candidate,
+    *,
+    min_gain: float,
+    gpu: int | None,
+    clock: _Clock,
+) -> Verdict:
+    """Evaluate base, production (if any) and the candidate per item, and let the gate decide; a test model's
+    pass is overruled unless ``CBNANO_ALLOW_TEST_MODELS``."""
+    roles: dict[str, tuple[Path, Path | None]] = {"base": (plan.base.path, None)}
+    prod = _production_role(store, settings, plan.domain)
+    if prod:
+        roles["production"] = prod
+    roles["candidate"] = (plan.base.path, candidate.result.adapter_dir)
+    with clock.step("evaluate"):
+        evaluation = evaluate_roles(
+            settings,
+            plan.domain,
+            roles,
+            Path(plan.card["files"]["validation"]),
+            bool(plan.cfg.get("load_in_4bit")),
+            gpu,
+            plan.run_dir / "eval_spec.json",
+        )
+    decision = decide(evaluation["per_item"], min_gain=min_gain)
+    test_profile = plan.profile in TEST_PROFILES
+    test_model = test_profile or plan.base.test_model
+    if decision.publish and test_model and not settings.allow_test_models:
+        what = f"profile {plan.profile}" if test_profile else f"random-init base {plan.base.name}"
+        decision = overrule(
+            decision, f"test model ({what}) never becomes production without CBNANO_ALLOW_TEST_MODELS=1"
+        )
+    clock.say(decision.reason)
+    return Verdict(evaluation, decision, test_model)
+
+
+def publish_candidate(
+    settings: Settings,
+    store: ModelStore,
+    plan: RunPlan,
+    candidate: Candidate,
+    verdict: Verdict,
+    *,
+    origin: dict[str, str] | None,
+    clock: _Clock,
+) -> RetrainSummary:
+    """Write the run's report, register the candidate as a version (production moves only if the gate
+    passed), apply retention, tell System A when production moved; returns the run's summary."""
+    evaluation, decision = verdict.evaluation, verdict.decision
+    result = candidate.result
+    report = {
+        "domain": plan.domain,
+        "version": plan.version,
+        "base": {"name": plan.base.name, "test_model": plan.base.test_model},
+        "profile": plan.profile,
+        "metrics": evaluation["metrics"],
+        "per_item": evaluation["per_item"],
+        "gate": decision.to_dict(),
+        "merge_check": candidate.merge_report,
+        "train_losses": result.losses,
+        "train_stats": result.stats,
+        "dataset": plan.card,
+        "origin": origin or {},
+        "evaluation": {
+            k: evaluation[k] for k in ("device", "dtype", "seconds", "peak_gpu_gib", "items", "heldout")
+        },
+        "timings": clock.timings,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_json(plan.run_dir / "eval.json", report)  # the run's decision with its numbers, kept with the run
+    with clock.step("register"):
+        register_candidate(
+            store,
+            plan.domain,
+            plan.version,
+            base_name=plan.base.name,
+            profile=plan.profile,
+            run_dir=plan.run_dir,
+            adapter_dir=result.adapter_dir,
+            merged=candidate.merged,
+            dataset_dir=Path(plan.card["files"]["train"]).parent,
+            report={**report, "timings": clock.timings},
+            losses=result.losses,
+            manifest={
+                "base": {"name": plan.base.name},
+                "base_model": plan.base.name,
+                "profile": plan.profile,
+                "test_model": verdict.test_model,
+                "dataset_sha256": plan.card["sha256"],
+                "config": plan.cfg,
+                "metrics": evaluation["metrics"]["candidate"],
+                "gate": decision.to_dict(),
+                "code_revision": _code_revision(),
+                "origin": origin or {},
+            },
+            promote=decision.publish,
+            actor=_actor(origin),
+            allow_test_models=settings.allow_test_models,
+        )
+        store.apply_retention(plan.domain, keep_last=KEEP_VERSIONS)
+    write_json(plan.run_dir / "eval.json", {**report, "timings": clock.timings})
+    summary: RetrainSummary = {
+        "domain": plan.domain,
+        "version": plan.version,
+        "published": decision.publish,
+        "reason": decision.reason,
+        "metrics": evaluation["metrics"],
+        "run_dir": str(plan.run_dir),
+        "timings": clock.timings,
+        "train_stats": result.stats,
+        "evaluation": report["evaluation"],
+    }
+    if decision.publish:  # production moved: tell System A (never undoes the publish; see publishing.serving)
+        from pipelines.publishing.serving import hand_off
+
+        summary["system_a"] = hand_off(settings, plan.domain)["state"]
+    return summary
+
+
 def retrain(
     settings: Settings,
     domain: str,
+    *,
     profile: str | None = None,
     month: str | None = None,
-    *,
     min_gain: float = DEFAULT_MIN_GAIN,
     max_steps: int | None = None,
     base_model: str | None = None,
@@ -168,7 +393,7 @@ def retrain(
     log: Log | None = None,
     origin: dict[str, str] | None = None,
     overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> RetrainSummary:
     """Run the chain for one domain (see module docstring); returns the summary.
 
     ``profile`` defaults to ``CBNANO_TRAIN_PROFILE``, ``month`` to the last complete month. ``origin`` (e.g.
@@ -177,7 +402,7 @@ def retrain(
     GPU check's CPU smoke mode uses them); they are part of the config hash.
     """
     profile = profile or settings.train_profile
-    month = month or resolve_month(None)
+    month = month or last_complete_month()
     say = log or (lambda _m: None)
     clock = _Clock(say)
     with clock.step("dataset"):
@@ -191,162 +416,26 @@ def retrain(
                 "reason": f"refused: {exc}",
                 "metrics": {},
             }
-    run: dict[str, Any] = {"base_model": str(base.path), "seed": 42, **(overrides or {})}
-    if max_steps:
-        run["max_steps"] = max_steps
-    ds_dir = Path(card["files"]["train"]).parent
     say(
         f"dataset: {card['train']} train / {card['validation']} held-out examples "
         f"({card['validation_documents']} documents), sha256 {card['sha256'][:12]}; base {base.name}"
     )
-    cfg = render_config(
-        profile,
-        domain,
-        {
-            **run,
-            "datasets": [
-                {
-                    "path": card["files"]["train"],
-                    "type": "chat_template",
-                    "ds_type": "json",
-                    "field_messages": "messages",
-                    "roles_to_train": ["assistant"],
-                    "train_on_eos": "turn",
-                }
-            ],
-        },
+    plan = plan_run(
+        settings,
+        domain=domain,
+        month=month,
+        profile=profile,
+        base=base,
+        card=card,
+        max_steps=max_steps,
+        overrides=overrides,
     )
-    run_dir = run_dir_for(settings.runs_dir, domain, month, card["sha256"], cfg)
-    version = f"{month}.{card['sha256'][:6]}{config_hash(cfg)[:4]}"  # same inputs, same version
     store = ModelStore(settings.model_store)
-    done = store.version_dir(domain, version) / "manifest.json"
-    if done.is_file():  # same month, dataset and config: that candidate exists already; nothing to redo
-        published = json.loads(done.read_text())
-        if store.interrupted_promotion(domain, version):  # a crash between publish and the pointer move
-            store.promote(
-                domain,
-                version,
-                actor=_actor(origin),
-                allow_test_models=settings.allow_test_models,
-                reason=f"{(published.get('gate') or {}).get('reason', '')} (completing an interrupted "
-                "publish)",
-            )
-            from pipelines.publishing.serving import hand_off
-
-            hand_off(settings, domain)
-        return {
-            "domain": domain,
-            "version": version,
-            "published": store.production(domain) == version,
-            "reason": f"unchanged: {version} was already made from this dataset and config "
-            f"({(published.get('gate') or {}).get('reason', 'no gate record')})",
-            "metrics": {"candidate": published.get("metrics", {})},
-            "run_dir": str(run_dir),
-        }
-    with clock.step("validate"):
-        problems = validate_in_train_env(
-            [write_config(cfg, run_dir / "config.rendered.yml")], settings.train_python
-        )
-    if problems:
-        raise ValueError("config rejected before training: " + "; ".join(problems))
-    with clock.step("train"):
-        result = train(cfg, run_dir, settings.train_python, gpu=gpu, log=say)
-    if not adapter_changed(result.adapter_dir):
-        raise RuntimeError(f"training left the adapter unchanged in {result.adapter_dir}")
-    with clock.step("merge"):
-        merged = merge(run_dir, settings.train_python, gpu=gpu, log=say)
-    with clock.step("merge_check"):
-        merge_report = check_merge(base.path, result.adapter_dir, merged, settings.train_python, gpu=gpu)
-    roles: dict[str, tuple[Path, Path | None]] = {"base": (base.path, None)}
-    prod = _production_role(store, settings, domain)
-    if prod:
-        roles["production"] = prod
-    roles["candidate"] = (base.path, result.adapter_dir)
-    with clock.step("evaluate"):
-        evaluation = evaluate_roles(
-            settings,
-            domain,
-            roles,
-            Path(card["files"]["validation"]),
-            bool(cfg.get("load_in_4bit")),
-            gpu,
-            run_dir / "eval_spec.json",
-        )
-    decision = decide(evaluation["per_item"], min_gain=min_gain)
-    test_model = profile in TEST_PROFILES or base.test_model
-    if decision.publish and test_model and not settings.allow_test_models:
-        decision = overrule(
-            decision,
-            f"test model ({'profile ' + profile if profile in TEST_PROFILES else 'random-init base ' + base.name}) "
-            "never becomes production without CBNANO_ALLOW_TEST_MODELS=1",
-        )
-    say(decision.reason)
-    actor = _actor(origin)
-    report = {
-        "domain": domain,
-        "version": version,
-        "base": {"name": base.name, "test_model": base.test_model},
-        "profile": profile,
-        "metrics": evaluation["metrics"],
-        "per_item": evaluation["per_item"],
-        "gate": decision.to_dict(),
-        "merge_check": merge_report,
-        "train_losses": result.losses,
-        "train_stats": result.stats,
-        "dataset": card,
-        "origin": origin or {},
-        "evaluation": {
-            k: evaluation[k] for k in ("device", "dtype", "seconds", "peak_gpu_gib", "items", "heldout")
-        },
-        "timings": clock.timings,
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    write_json(run_dir / "eval.json", report)  # the run's decision with its numbers, kept with the run
-    with clock.step("register"):
-        register_candidate(
-            store,
-            domain,
-            version,
-            base_name=base.name,
-            profile=profile,
-            run_dir=run_dir,
-            adapter_dir=result.adapter_dir,
-            merged=merged,
-            dataset_dir=ds_dir,
-            report={**report, "timings": clock.timings},
-            losses=result.losses,
-            manifest={
-                "base": {"name": base.name},
-                "base_model": base.name,
-                "profile": profile,
-                "test_model": test_model,
-                "dataset_sha256": card["sha256"],
-                "config": cfg,
-                "metrics": evaluation["metrics"]["candidate"],
-                "gate": decision.to_dict(),
-                "code_revision": _code_revision(),
-                "origin": origin or {},
-            },
-            promote=decision.publish,
-            actor=actor,
-            allow_test_models=settings.allow_test_models,
-        )
-        store.apply_retention(domain, keep_last=KEEP_VERSIONS)
-    write_json(run_dir / "eval.json", {**report, "timings": clock.timings})
-    summary = {
-        "domain": domain,
-        "version": version,
-        "published": decision.publish,
-        "reason": decision.reason,
-        "metrics": evaluation["metrics"],
-        "run_dir": str(run_dir),
-        "timings": clock.timings,
-        "train_stats": result.stats,
-        "evaluation": report["evaluation"],
-    }
-    if decision.publish:  # production moved: tell System A (never undoes the publish; see publishing.serving)
-        from pipelines.publishing.serving import hand_off
-
-        summary["system_a"] = hand_off(settings, domain)["state"]
-    emit_retrain(settings, summary, result.losses)
+    reused = reuse_existing(settings, store, plan, origin=origin)
+    if reused is not None:
+        return reused
+    candidate = train_candidate(settings, plan, gpu=gpu, clock=clock, say=say)
+    verdict = judge_candidate(settings, store, plan, candidate, min_gain=min_gain, gpu=gpu, clock=clock)
+    summary = publish_candidate(settings, store, plan, candidate, verdict, origin=origin, clock=clock)
+    emit_retrain(settings, summary, candidate.result.losses)
     return summary

@@ -16,6 +16,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pipelines.assets import asset
+from pipelines.lake import staged_records
+
 # (hidden, intermediate, layers, attention heads, key/value heads, tied embeddings)
 SHAPES: dict[str, tuple[int, int, int, int, int, bool]] = {
     "tiny": (64, 128, 2, 4, 4, False),
@@ -143,15 +146,15 @@ def sample_corpus(data_dir: Path | None = None) -> list[str]:
     """Text to train the tokenizer on: staged records if there are any, else the bundled arXiv sample."""
     texts: list[str] = []
     if data_dir is not None:
-        for f in sorted(data_dir.glob("*/*/*/records.jsonl")):
-            texts += [json.loads(line).get("text", "") for line in f.read_text().splitlines() if line.strip()]
+        for f in staged_records(data_dir):
+            texts += [rec.get("text", "") for rec in f.records()]
     if not texts:
         import xml.etree.ElementTree as ET
 
-        sample = Path(__file__).resolve().parents[2] / "include" / "samples" / "arxiv"
-        for f in sorted(sample.glob("*.xml")):
+        sample = asset("include", "samples", "arxiv")
+        for page in sorted(sample.glob("*.xml")):
             texts += [
-                el.text or "" for el in ET.parse(f).getroot().iter("{http://www.w3.org/2005/Atom}summary")
+                el.text or "" for el in ET.parse(page).getroot().iter("{http://www.w3.org/2005/Atom}summary")
             ]
     # the chat template's markers, so the tokenizer has pieces for them
     return texts + ["<|user|>\nWhat is it?</s>\n<|assistant|>\nIt is.</s>\n"] * 20

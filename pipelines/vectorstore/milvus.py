@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.settings import Settings
+
 log = logging.getLogger(__name__)
 
 # VARCHAR limits are in bytes; the text fields are cut to fit (on a UTF-8 boundary) before writing.
@@ -123,7 +125,7 @@ class MilvusStore:
         self.full_text = False  # set by ensure_collection: the collection has the BM25 ``sparse`` field
 
     @classmethod
-    def from_settings(cls, settings: Any) -> MilvusStore:
+    def from_settings(cls, settings: Settings) -> MilvusStore:
         """A store on the configured URI, token and collection name (parent folder created for Lite)."""
         if settings.milvus_is_lite:
             from pathlib import Path

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from pipelines.contracts import INGEST_SUMMARY_KEYS
 from pipelines.ingestion.arxiv import ingest_arxiv
 from pipelines.settings import get_settings
 from pipelines.vectorstore.milvus import MilvusStore
@@ -106,15 +107,7 @@ def test_cli_end_to_end(replay, tmp_path):
     out = run_cli("ingest", "arxiv", "--start", "2026-11-26", "--end", "2026-11-27", env=env)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(summary) >= {
-        "fetched",
-        "new",
-        "updated",
-        "unchanged",
-        "chunks_upserted",
-        "chunks_deleted",
-        "quarantined",
-    }
+    assert set(summary) >= set(INGEST_SUMMARY_KEYS)
     assert summary["new"] == 7
     assert "fetch: 8/8" in out.stderr  # plain progress lines when not on a terminal
 

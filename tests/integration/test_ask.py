@@ -9,7 +9,7 @@ from pipelines.embedding.minilm import MINILM, get_embedder
 from pipelines.ingestion.indexing import index_documents
 from pipelines.publishing.model_store import ModelStore
 from pipelines.publishing.serving import hand_off
-from pipelines.retrieval.golden import GOLDEN_DIR, load_corpus
+from pipelines.retrieval.golden import golden_path, load_corpus
 from pipelines.settings import get_settings, reset_settings_cache
 from pipelines.vectorstore.milvus import MilvusStore
 from pipelines.vllm_standin import VLLMStandIn
@@ -25,7 +25,7 @@ def corpus(cbnano_env, monkeypatch):
     reset_settings_cache()
     with MilvusStore.from_settings(get_settings()) as store:
         store.ensure_collection(384)
-        index_documents(load_corpus(GOLDEN_DIR / "corpus.jsonl"), store, lambda: get_embedder(MINILM), MINILM)
+        index_documents(load_corpus(golden_path("corpus.jsonl")), store, lambda: get_embedder(MINILM), MINILM)
     return get_settings()
 
 

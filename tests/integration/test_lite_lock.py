@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.embedding.minilm import MINILM, get_embedder
 from pipelines.ingestion.indexing import index_documents
-from pipelines.retrieval.golden import GOLDEN_DIR, load_corpus
+from pipelines.retrieval.golden import golden_path, load_corpus
 from pipelines.vectorstore.lite_lock import holder
 from pipelines.vectorstore.milvus import MilvusStore, VectorStoreError
 
@@ -35,7 +35,7 @@ def test_a_second_process_waits_then_fails_naming_the_holder_and_harms_nothing(c
     with MilvusStore.from_settings(cbnano_env) as store:
         store.ensure_collection(384)
         index_documents(
-            load_corpus(GOLDEN_DIR / "corpus.jsonl")[:10], store, lambda: get_embedder(MINILM), MINILM
+            load_corpus(golden_path("corpus.jsonl"))[:10], store, lambda: get_embedder(MINILM), MINILM
         )
     # closed: the file is free again (the embedded server stopped with the last store of this process)
     env = {**os.environ, "CBNANO_MILVUS_LOCK_WAIT_S": "1"}

@@ -58,7 +58,7 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     settings = allow_test_models(monkeypatch, False)
     log = []
     first = retrain(
-        settings, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=4, log=log.append
+        settings, "catalysis", profile="tiny", month="2026-11", min_gain=-1.0, max_steps=4, log=log.append
     )
     assert first["published"] is False and first["version"]
     assert first["reason"].startswith("refused: test model (profile tiny) never becomes production")
@@ -126,7 +126,7 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     system_a = VLLMStandIn(base="tiny-llama").start()
     monkeypatch.setenv("CBNANO_SYSTEM_A_URL", system_a.url)
     settings = allow_test_models(monkeypatch, True)
-    second = retrain(settings, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=3)
+    second = retrain(settings, "catalysis", profile="tiny", month="2026-11", min_gain=-1.0, max_steps=3)
     assert second["published"] is True and second["reason"].startswith("published: held-out loss gain")
     assert store.production("catalysis") == second["version"]
     assert second["system_a"] == "confirmed"  # the stand-in read the real adapter folder (config + weights)
@@ -146,13 +146,13 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     history = (lake.model_store / "catalysis" / "history.jsonl").read_text().splitlines()
     assert json.loads(history[-1])["action"] == "promote"
     (lake.model_store / "catalysis" / "history.jsonl").write_text("\n".join(history[:-1]) + "\n")
-    retry = retrain(settings, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=3)
+    retry = retrain(settings, "catalysis", profile="tiny", month="2026-11", min_gain=-1.0, max_steps=3)
     assert retry["reason"].startswith("unchanged:") and retry["published"] is True
     assert store.production("catalysis") == second["version"]
     assert store.history("catalysis")[-1]["reason"].endswith("(completing an interrupted publish)")
 
     # 3. a bar no candidate can clear: refused against production, yet kept as a version
-    third = retrain(settings, "catalysis", "tiny", month="2026-11", min_gain=5.0, max_steps=2)
+    third = retrain(settings, "catalysis", profile="tiny", month="2026-11", min_gain=5.0, max_steps=2)
     assert third["published"] is False and third["reason"].startswith("refused: held-out loss gain")
     assert "vs production" in third["reason"] and set(third["metrics"]) == {"base", "production", "candidate"}
     assert store.production("catalysis") == second["version"]
@@ -163,7 +163,7 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     }
 
     # 4. the second run's inputs again: that candidate exists, nothing is retrained
-    same = retrain(settings, "catalysis", "tiny", month="2026-11", min_gain=-1.0, max_steps=3)
+    same = retrain(settings, "catalysis", profile="tiny", month="2026-11", min_gain=-1.0, max_steps=3)
     assert same["reason"].startswith("unchanged:") and same["version"] == second["version"]
 
 
@@ -187,7 +187,7 @@ def test_missing_base_fails_first_with_the_setting_named_and_nothing_written(lak
 def test_too_small_dataset_is_refused_without_training(lake):
     from pipelines.training.retrain import retrain
 
-    out = retrain(lake, "thermal", "tiny", month="2026-11", max_steps=2)
+    out = retrain(lake, "thermal", profile="tiny", month="2026-11", max_steps=2)
     assert out["published"] is False and "need at least" in out["reason"]
     assert not (lake.home / "runs").exists()
 

@@ -16,7 +16,7 @@ import pytest
 from pipelines.documents import Document
 from pipelines.embedding.minilm import MINILM, get_embedder
 from pipelines.ingestion.indexing import index_documents
-from pipelines.retrieval.golden import GOLDEN_DIR, evaluate_golden, hybrid_verdict, load_corpus
+from pipelines.retrieval.golden import evaluate_golden, golden_path, hybrid_verdict, load_corpus
 from pipelines.retrieval.search import Searcher, SearchError, parse_query
 from pipelines.vectorstore.milvus import MilvusStore
 
@@ -65,7 +65,7 @@ def long_doc(n_sentences):
 
 
 def test_one_result_per_document_and_the_chunk_cap(cbnano_env):
-    corpus = load_corpus(GOLDEN_DIR / "corpus.jsonl")
+    corpus = load_corpus(golden_path("corpus.jsonl"))
     index(cbnano_env, corpus)
     summary = index(cbnano_env, [long_doc(400)], max_chunks=6)
     assert summary.capped_documents == 1 and summary.chunks_upserted == 6
@@ -82,7 +82,7 @@ def test_one_result_per_document_and_the_chunk_cap(cbnano_env):
 
 
 def test_date_source_and_category_filters(cbnano_env):
-    index(cbnano_env, load_corpus(GOLDEN_DIR / "corpus.jsonl"))
+    index(cbnano_env, load_corpus(golden_path("corpus.jsonl")))
     results = search(
         cbnano_env, "lithium battery cathode", top_k=50, since="2025-05-01", until="2025-07-31"
     ).results
@@ -163,7 +163,7 @@ def make_old_collection(settings, docs):
 
 
 def test_an_old_collection_is_migrated_in_place_without_re_embedding(cbnano_env):
-    docs = load_corpus(GOLDEN_DIR / "corpus.jsonl")[:12]
+    docs = load_corpus(golden_path("corpus.jsonl"))[:12]
     vectors = make_old_collection(cbnano_env, docs)
     with MilvusStore.from_settings(cbnano_env) as store:
         store.ensure_collection(384)
@@ -185,7 +185,7 @@ def test_an_old_collection_is_migrated_in_place_without_re_embedding(cbnano_env)
 
 
 def test_a_migration_cut_short_after_the_drop_is_finished_on_next_use(cbnano_env):
-    docs = load_corpus(GOLDEN_DIR / "corpus.jsonl")[:6]
+    docs = load_corpus(golden_path("corpus.jsonl"))[:6]
     make_old_collection(cbnano_env, docs)
     with MilvusStore.from_settings(cbnano_env) as store:
         staged = store.collection + "__migrating"
@@ -206,7 +206,7 @@ def test_search_on_an_empty_home_says_so(cbnano_env):
 def test_cli_search_modes_and_errors(cbnano_env, capsys):
     from pipelines.cli import main
 
-    index(cbnano_env, load_corpus(GOLDEN_DIR / "corpus.jsonl"))
+    index(cbnano_env, load_corpus(golden_path("corpus.jsonl")))
     assert main(["search", "7440-06-4", "--json", "--top-k", "3"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert hits[0]["doc_id"] == "23939" and hits[0]["url"].endswith("/compound/23939")
@@ -236,7 +236,7 @@ def get(url, token=None):
 def test_search_service_over_http(cbnano_env, capsys):
     from pipelines.cli import main
 
-    index(cbnano_env, load_corpus(GOLDEN_DIR / "corpus.jsonl"))
+    index(cbnano_env, load_corpus(golden_path("corpus.jsonl")))
     assert main(["search", "MOF-808", "--json"]) == 0
     cli_hits = json.loads(capsys.readouterr().out)
     # the stores above are closed: the file is free for the service's process (pipelines.vectorstore.lite_lock)

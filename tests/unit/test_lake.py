@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.lake import read_jsonl, sha256_file, write_atomic, write_jsonl
+from pipelines.lake import partition_dir, read_jsonl, sha256_file, write_atomic, write_json, write_jsonl
 
 pytestmark = pytest.mark.unit
 
@@ -44,3 +44,35 @@ def test_run_lock_is_exclusive_names_the_holder_and_is_released(tmp_path):
                 pass
     with run_lock(run, wait_s=0.3):  # released
         pass
+
+
+def test_staged_records_and_run_summaries_read_the_layout(tmp_path):
+    import os
+    from datetime import date
+
+    from pipelines.lake import run_summaries, staged_records
+
+    for source, day, run, doc in [
+        ("arxiv", "2026-11-25", "api-a", "p1"),
+        ("arxiv", "2026-11-26", "api-b", "p2"),
+        ("pubchem", "2026-11-26", "cids-c", "c1"),
+    ]:
+        folder = partition_dir(tmp_path, source, day, run)
+        write_jsonl(folder / "records.jsonl", [{"doc_id": doc}])
+        write_json(folder / "summary.json", {"new": 1})
+    write_jsonl(tmp_path / "datasets" / "catalysis" / "2026-11" / "records.jsonl", [{"doc_id": "not a run"}])
+    os.utime(tmp_path / "arxiv/2026-11-25/api-a/summary.json", (2e9, 2e9))  # the newest write
+
+    every = staged_records(tmp_path)
+    assert [(f.source, f.day, f.run) for f in every] == [
+        ("arxiv", "2026-11-25", "api-a"),
+        ("arxiv", "2026-11-26", "api-b"),
+        ("pubchem", "2026-11-26", "cids-c"),
+    ]
+    assert [r["doc_id"] for r in every[1].records()] == ["p2"]
+    window = staged_records(tmp_path, ["arxiv"], date(2026, 11, 26), date(2026, 11, 26))
+    assert [f.run for f in window] == ["api-b"]
+    assert [f.run for f in staged_records(tmp_path, ["arxiv"], last_day=date(2026, 11, 25))] == ["api-a"]
+    newest = run_summaries(tmp_path)
+    assert newest[0].run == "api-a" and len(newest) == 3
+    assert len(run_summaries(tmp_path, limit=2)) == 2

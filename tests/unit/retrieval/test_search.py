@@ -5,7 +5,7 @@ import math
 import pytest
 
 from pipelines.retrieval.golden import (
-    GOLDEN_DIR,
+    golden_path,
     load_corpus,
     load_queries,
     ndcg_at,
@@ -96,13 +96,13 @@ def test_rank_metrics_by_hand():
 
 
 def test_golden_set_is_consistent():
-    docs = {d.doc_id for d in load_corpus(GOLDEN_DIR / "corpus.jsonl")}
-    queries = load_queries(GOLDEN_DIR / "queries.jsonl")
+    docs = {d.doc_id for d in load_corpus(golden_path("corpus.jsonl"))}
+    queries = load_queries(golden_path("queries.jsonl"))
     assert {q.kind for q in queries} == {"identifier", "paraphrase", "cross_source"}
     for q in queries:
         assert set(q.relevant) <= docs, q.id
     # an identifier query names something in its relevant document's text, a paraphrase does not
-    texts = {d.doc_id: d.text + " " + d.doc_id for d in load_corpus(GOLDEN_DIR / "corpus.jsonl")}
+    texts = {d.doc_id: d.text + " " + d.doc_id for d in load_corpus(golden_path("corpus.jsonl"))}
     for q in queries:
         if q.kind == "identifier":
             assert q.query in texts[q.relevant[0]], q.id

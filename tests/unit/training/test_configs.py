@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.training.configs import CONFIG_DIR, DOMAINS, PROFILES, config_hash, deep_merge, render_config
+from pipelines.training.configs import DOMAINS, PROFILES, config_dir, config_hash, deep_merge, render_config
 
 pytestmark = pytest.mark.unit
 RUN = {
@@ -12,7 +12,7 @@ RUN = {
 
 
 def test_every_config_opens_with_its_launch_command():
-    for path in list(CONFIG_DIR.glob("*.yml")) + list((CONFIG_DIR / "domains").glob("*.yml")):
+    for path in list(config_dir().glob("*.yml")) + list((config_dir() / "domains").glob("*.yml")):
         head = path.read_text().splitlines()[:4]
         assert any("cbnano retrain" in line for line in head), path
 
@@ -104,10 +104,11 @@ def test_every_domain_and_category_is_defined_once_and_everywhere():
 
     import cbnano_common
     from pipelines.sources.arxiv import ARXIV_CATEGORIES, DEFAULT_CATEGORIES
-    from pipelines.training.datasets import DOMAINS_FILE
+    from pipelines.training.configs import config_dir
+    from pipelines.training.datasets import domains_file
 
-    root = DOMAINS_FILE.parents[1]
-    assert set(yaml.safe_load(DOMAINS_FILE.read_text())["domains"]) == set(DOMAINS)
+    root = config_dir().parent
+    assert set(yaml.safe_load(domains_file().read_text())["domains"]) == set(DOMAINS)
     assert {p.stem for p in (root / "axolotl_configs" / "domains").glob("*.yml")} == set(DOMAINS)
     assert {p.stem for p in (root / "include" / "eval").glob("*.jsonl")} == set(DOMAINS)
     assert list(cbnano_common.DEFAULT_CATEGORIES) == list(DEFAULT_CATEGORIES)

@@ -11,7 +11,6 @@ from pipelines.training.datasets import (
     held_out_documents,
     internal_examples,
     is_validation,
-    month_end,
     paper_examples,
 )
 
@@ -137,13 +136,6 @@ def test_lab_drops_can_group_lines_into_one_document(tmp_path):
     )
     ex, problems = internal_examples(d)
     assert not problems and [e.ref for e in ex] == ["internal:catalysis:ceria-osc"] * 2 + ["facts.jsonl:3"]
-
-
-def test_month_end():
-    assert month_end("2026-11") == datetime(2026, 11, 30, tzinfo=UTC)
-    assert month_end("2026-12") == datetime(2026, 12, 31, tzinfo=UTC)
-    with pytest.raises(ValueError):
-        month_end("2026-13")
 
 
 def test_build_catalysis_dataset(lake, tmp_path):

@@ -120,5 +120,5 @@ def test_retrain_hands_its_gpu_to_training_merge_check_and_evaluation(monkeypatc
 
     monkeypatch.setattr(chain, "evaluate_roles", evaluate)
     with pytest.raises(RuntimeError, match="stop after evaluation"):
-        chain.retrain(cbnano_env, "catalysis", "gpu_qlora", "2026-11", gpu=1)
+        chain.retrain(cbnano_env, "catalysis", profile="gpu_qlora", month="2026-11", gpu=1)
     assert seen == {"train": 1, "merge": 1, "merge_check": 1, "evaluate": 1}

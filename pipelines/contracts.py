@@ -1,0 +1,150 @@
+"""The shapes that cross stage boundaries: manifests the ingestion stages hand each other (through XCom in the
+DAGs), the run summaries the CLI prints, the dataset card and the retraining summary.
+
+They are ``TypedDict``s, not classes: each is written to the data lake as JSON and passed through XCom as it
+is, so it stays a plain dict at run time while mypy checks every producer and reader. Keys marked
+``NotRequired`` appear only for some sources or outcomes.
+"""
+
+# no `from __future__ import annotations` here: TypedDict reads NotRequired from evaluated annotations
+from typing import Any, NotRequired, TypedDict
+
+# ---- ingestion -----------------------------------------------------------------------------------------
+
+
+class ArxivFetchManifest(TypedDict):
+    """``fetch.json`` of an arXiv run: the raw pages written to ``<dir>/raw/``."""
+
+    source: str
+    kind: str  # "api" (a window of submissions) or "rss" (today's announcements)
+    categories: list[str]
+    dir: str
+    pages: list[str]
+    entries: int
+    requests: int
+    fetched_at: str
+    max_abstract_chars: int
+    query: NotRequired[str]
+    start: NotRequired[str]
+    end: NotRequired[str]
+    total_results: NotRequired[int]
+
+
+class PubChemFetchManifest(TypedDict):
+    """``fetch.json`` of a PubChem run: one properties and one descriptions answer per page of CIDs."""
+
+    source: str
+    dir: str
+    pages: list[str]
+    requested: list[int]
+    resolved: dict[str, int]  # name → the CID PubChem listed first
+    not_found: list[str]
+    requests: int
+    throttle_events: list[str]  # what PubChem said each time it throttled us
+    fetched_at: str
+
+
+class StageManifest(TypedDict):
+    """``stage.json``: the normalised ``records.jsonl`` a run produced and what it set aside."""
+
+    source: str
+    uri: str
+    rows: int
+    sha256: str
+    fetched: int
+    quarantined: int
+    quarantine_uri: str
+    truncated_abstracts: NotRequired[int]  # arXiv
+    not_found: NotRequired[int]  # PubChem: names it does not know
+    not_found_names: NotRequired[list[str]]
+
+
+# the keys DESIGN.md promises every `cbnano ingest` summary, in the order it lists them
+INGEST_SUMMARY_KEYS = (
+    "fetched",
+    "new",
+    "updated",
+    "unchanged",
+    "chunks_upserted",
+    "chunks_deleted",
+    "quarantined",
+)
+
+
+class IngestSummary(TypedDict):
+    """What ``cbnano ingest`` prints and a DAG's indexing task returns (``summary.json`` adds timing)."""
+
+    fetched: int
+    new: int
+    updated: int
+    unchanged: int
+    chunks_upserted: int
+    chunks_deleted: int
+    quarantined: int
+    not_found: NotRequired[int]
+    not_found_names: NotRequired[list[str]]
+    capped_documents: NotRequired[int]
+    truncated_abstracts: NotRequired[int]
+    dry_run: NotRequired[bool]
+    records: NotRequired[str]
+
+
+# ---- training ------------------------------------------------------------------------------------------
+
+
+class DatasetFiles(TypedDict):
+    train: str
+    validation: str
+
+
+class DatasetCard(TypedDict):
+    """``dataset_card.json`` of one domain's monthly dataset."""
+
+    domain: str
+    month: str | None
+    format: str
+    examples: int
+    train: int
+    validation: int
+    validation_documents: int
+    by_source: dict[str, int]
+    dropped: dict[str, int]
+    bad_internal_lines: list[str]
+    tokens: dict[str, float]
+    sha256: str
+    files: DatasetFiles
+    built_at: str
+
+
+RETRAIN_RESULT_KEYS = ("domain", "version", "published", "reason", "metrics")
+
+
+class RetrainResult(TypedDict):
+    """The five keys every caller of a retraining run reports (CLI line, DAG XCom): see DESIGN.md."""
+
+    domain: str
+    version: str | None  # None: the run stopped before a candidate was trained
+    published: bool  # production moved to ``version``
+    reason: str
+    metrics: dict[str, Any]  # role → metric → mean (a reused candidate: {"candidate": ...})
+
+
+class RetrainSummary(RetrainResult):
+    """:func:`pipelines.training.retrain.retrain`'s whole answer."""
+
+    run_dir: NotRequired[str]
+    timings: NotRequired[dict[str, float]]
+    train_stats: NotRequired[dict[str, float]]
+    evaluation: NotRequired[dict[str, Any]]
+    system_a: NotRequired[str]  # the hand-off's state when production moved
+
+
+def retrain_result(summary: RetrainSummary) -> RetrainResult:
+    """The five reported keys of a retraining summary (what the CLI prints and the DAG passes on)."""
+    return RetrainResult(
+        domain=summary["domain"],
+        version=summary["version"],
+        published=summary["published"],
+        reason=summary["reason"],
+        metrics=summary["metrics"],
+    )
