@@ -9,7 +9,8 @@ import logging
 import os
 from datetime import timedelta
 
-from airflow.sdk import Asset, AsyncCallback, BaseNotifier, DeadlineAlert, DeadlineReference
+import pendulum
+from airflow.sdk import Asset, AsyncCallback, BaseNotifier, DeadlineAlert, DeadlineReference, Param
 
 
 class FailureAlert(BaseNotifier):
@@ -68,6 +69,15 @@ DEFAULT_ARGS = {
     "on_failure_callback": [FailureAlert()],
 }
 
+# What every CB Nano DAG shares: its first interval, no automatic catch-up (backfills are asked for), one run at a
+# time, and the retries and failure alert above. A DAG passes it as ``@dag(..., **DAG_COMMON)``.
+DAG_COMMON = {
+    "start_date": pendulum.datetime(2026, 11, 1, tz="UTC"),
+    "catchup": False,
+    "max_active_runs": 1,
+    "default_args": DEFAULT_ARGS,
+}
+
 # Nightly ingestion is queued at 02:00 UTC: by default, alert if it is not done by 06:00.
 INGEST_DEADLINE_H = float(os.environ.get("CBNANO_INGEST_DEADLINE_H", "4"))
 
@@ -99,6 +109,11 @@ MIN_GAIN = 0.01
 MODEL_ASSETS = {
     d: Asset(name=f"cbnano_model_{d}", uri=f"cbnano://models/{d}", group="models") for d in DOMAINS
 }
+
+
+def domains_param(description):
+    """The forms' domain multi-select: every domain by default, choices limited to the domains."""
+    return Param(DOMAINS, type="array", items={"type": "string", "enum": DOMAINS}, description=description)
 
 
 def _connection(conn_id):

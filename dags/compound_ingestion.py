@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import logging
 
-import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from cbnano_common import ARXIV_CORPUS, DEFAULT_ARGS, PUBCHEM_CORPUS, dag_settings
+from cbnano_common import ARXIV_CORPUS, DAG_COMMON, PUBCHEM_CORPUS, dag_settings
 
 
 @dag(
     dag_id="compound_ingestion",
     schedule=[ARXIV_CORPUS],
-    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    **DAG_COMMON,
     tags=["cbnano", "ingestion", "pubchem"],
     doc_md=__doc__,
     params={

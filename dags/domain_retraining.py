@@ -19,37 +19,29 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 from cbnano_common import (
     BASE_MODEL,
-    DEFAULT_ARGS,
+    DAG_COMMON,
     DOMAINS,
     MIN_GAIN,
     MODEL_ASSETS,
     TRAIN_PROFILE,
     TRAIN_PROFILES,
     dag_settings,
+    domains_param,
 )
 
 
 @dag(
     dag_id="domain_retraining",
     schedule=CronDataIntervalTimetable("0 0 1 * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    **DAG_COMMON,
     tags=["cbnano", "training"],
     doc_md=__doc__,
     params={
-        "domains": Param(
-            DOMAINS,
-            type="array",
-            items={"type": "string", "enum": DOMAINS},
-            description="Domains to retrain.",
-        ),
+        "domains": domains_param("Domains to retrain."),
         "profile": Param(
             TRAIN_PROFILE,
             type="string",

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import logging
 
-import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 from cbnano_common import (
     ARXIV_CORPUS,
     CATEGORY_CHOICES,
-    DEFAULT_ARGS,
+    DAG_COMMON,
     DEFAULT_CATEGORIES,
     INGEST_DEADLINE_H,
     dag_settings,
@@ -33,10 +32,7 @@ from cbnano_common import (
 @dag(
     dag_id="literature_ingestion",
     schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    **DAG_COMMON,
     deadline=finish_deadline("literature_ingestion", INGEST_DEADLINE_H),
     tags=["cbnano", "ingestion", "arxiv"],
     doc_md=__doc__,

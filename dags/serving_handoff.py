@@ -14,10 +14,9 @@ else from `CBNANO_SYSTEM_A_URL` / `CBNANO_SYSTEM_A_TOKEN`. Logic lives in `pipel
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
 
-from cbnano_common import DEFAULT_ARGS, DOMAINS, MODEL_ASSETS, dag_settings
+from cbnano_common import DAG_COMMON, MODEL_ASSETS, dag_settings, domains_param
 
 
 @dag(
@@ -28,19 +27,12 @@ from cbnano_common import DEFAULT_ARGS, DOMAINS, MODEL_ASSETS, dag_settings
         | MODEL_ASSETS["thermal"]
         | MODEL_ASSETS["catalysis"]
     ),
-    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    **DAG_COMMON,
     tags=["cbnano", "serving"],
     doc_md=__doc__,
     params={
-        "domains": Param(
-            DOMAINS,
-            type="array",
-            items={"type": "string", "enum": DOMAINS},
-            description="Domains to hand to System A (an Asset-triggered run takes the domains "
-            "whose production moved).",
+        "domains": domains_param(
+            "Domains to hand to System A (an Asset-triggered run takes the domains whose production moved)."
         ),
     },
 )

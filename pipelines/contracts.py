@@ -70,6 +70,18 @@ INGEST_SUMMARY_KEYS = (
     "quarantined",
 )
 
+# the counts the ingestion report page and the metrics show, in display order (PubChem adds not_found)
+INGEST_COUNTS = (
+    "fetched",
+    "new",
+    "updated",
+    "unchanged",
+    "quarantined",
+    "chunks_upserted",
+    "chunks_deleted",
+    "not_found",
+)
+
 
 class IngestSummary(TypedDict):
     """What ``cbnano ingest`` prints and a DAG's indexing task returns (``summary.json`` adds timing)."""

@@ -15,6 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from pipelines.contracts import INGEST_COUNTS
 from pipelines.lake import run_summaries
 from pipelines.publishing.model_store import ModelStore
 from pipelines.settings import Settings
@@ -129,20 +130,7 @@ def ingestion_runs(settings: Settings, limit: int = 30) -> list[dict[str, Any]]:
                 "partition": run.day,
                 "run": run.run,
                 "finished_at": s.get("finished_at", ""),
-                "counts": {
-                    k: s[k]
-                    for k in (
-                        "fetched",
-                        "new",
-                        "updated",
-                        "unchanged",
-                        "quarantined",
-                        "chunks_upserted",
-                        "chunks_deleted",
-                        "not_found",
-                    )
-                    if k in s
-                },
+                "counts": {k: s[k] for k in INGEST_COUNTS if k in s},
                 "quarantine_reasons": dict(reasons.most_common()),
                 "path": str(path.parent),
             }
@@ -256,16 +244,7 @@ def render_ingestion(runs: list[dict[str, Any]], base: str = "./") -> str:
         return _page(
             "CB Nano ingestion runs", "<p class='muted'>No ingestion run has finished yet.</p>", base
         )
-    keys = [
-        "fetched",
-        "new",
-        "updated",
-        "unchanged",
-        "quarantined",
-        "chunks_upserted",
-        "chunks_deleted",
-        "not_found",
-    ]
+    keys = list(INGEST_COUNTS)
     rows = "".join(
         f"<tr><td>{_fmt(r['finished_at'])}</td><td>{escape(r['source'])}</td><td>{escape(r['partition'])}</td>"
         + "".join(f"<td>{_fmt(r['counts'].get(k))}</td>" for k in keys)

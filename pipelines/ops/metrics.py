@@ -17,6 +17,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from pipelines.contracts import INGEST_COUNTS
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,16 +75,7 @@ def emit_ingest(
 ) -> list[str]:
     """Send an ingestion run's figures; returns the lines (sent or not)."""
     statsd = client or StatsD.from_settings(settings)
-    for key in (
-        "fetched",
-        "new",
-        "updated",
-        "unchanged",
-        "quarantined",
-        "chunks_upserted",
-        "chunks_deleted",
-        "not_found",
-    ):
+    for key in INGEST_COUNTS:
         if key in summary:
             statsd.incr(f"ingest.{source}.{key}", int(summary[key]))
     if seconds and summary.get("chunks_upserted"):

@@ -3,6 +3,7 @@
 import pytest
 
 from pipelines.contracts import (
+    INGEST_COUNTS,
     INGEST_SUMMARY_KEYS,
     RETRAIN_RESULT_KEYS,
     IngestSummary,
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.unit
 
 
 def test_the_promised_keys_are_the_required_ones():
+    assert set(INGEST_SUMMARY_KEYS) < set(INGEST_COUNTS)
     assert IngestSummary.__required_keys__ == frozenset(INGEST_SUMMARY_KEYS)
     assert RetrainResult.__required_keys__ == frozenset(RETRAIN_RESULT_KEYS)
     assert RetrainSummary.__required_keys__ == frozenset(RETRAIN_RESULT_KEYS)
