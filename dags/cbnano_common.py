@@ -85,6 +85,11 @@ INGEST_DEADLINE_H = float(os.environ.get("CBNANO_INGEST_DEADLINE_H", "4"))
 ARXIV_CORPUS = Asset(name="cbnano_corpus_arxiv", uri="cbnano://corpus/arxiv", group="corpus")
 PUBCHEM_CORPUS = Asset(name="cbnano_corpus_pubchem", uri="cbnano://corpus/pubchem", group="corpus")
 
+# The forms' choices and defaults. DAG files import nothing from pipelines at parse time (tests/dags checks), so
+# these mirror the one definition of each in pipelines: DEFAULT_CATEGORIES (pipelines.sources.arxiv), DOMAINS,
+# TRAIN_PROFILES and DEFAULT_TRAIN_PROFILE (pipelines.settings), MIN_GAIN (pipelines.evaluation.gate);
+# tests/unit/training/test_configs.py checks that each copy equals its definition. CATEGORY_CHOICES are the
+# form's offer (checked against arXiv's taxonomy there). The defaults follow the worker's settings.
 DEFAULT_CATEGORIES = ["cond-mat.mtrl-sci", "physics.chem-ph"]
 CATEGORY_CHOICES = [
     "cond-mat.mtrl-sci",
@@ -98,9 +103,6 @@ CATEGORY_CHOICES = [
 ]
 
 DOMAINS = ["chemistry", "materials", "thermal", "catalysis"]
-# The retraining form's choices and defaults. DAG files import nothing from pipelines at parse time, so these
-# mirror pipelines.settings (TRAIN_PROFILES, DEFAULT_TRAIN_PROFILE) and pipelines.evaluation.gate
-# (DEFAULT_MIN_GAIN); tests/dags checks that they agree. The defaults follow the worker's settings.
 TRAIN_PROFILES = ["tiny", "cpu_lora", "gpu_qlora"]
 TRAIN_PROFILE = os.environ.get("CBNANO_TRAIN_PROFILE") or "gpu_qlora"
 BASE_MODEL = os.environ.get("CBNANO_BASE_MODEL") or None

@@ -473,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of ``cbnano``."""
     from pipelines.evaluation.gate import DEFAULT_MIN_GAIN
     from pipelines.retrieval.search import MODES as SEARCH_MODES
+    from pipelines.settings import DOMAINS
     from pipelines.settings import TRAIN_PROFILES as PROFILES
 
     p = argparse.ArgumentParser(prog="cbnano", description="CB Nano R&D platform command line")
@@ -539,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_stats)
 
     rt = sub.add_parser("retrain", help="build data, train, merge, evaluate, gate and publish one domain")
-    rt.add_argument("--domain", required=True)
+    rt.add_argument("--domain", required=True, help=", ".join(DOMAINS))
     rt.add_argument(
         "--profile", choices=PROFILES, help="axolotl profile (default: CBNANO_TRAIN_PROFILE, gpu_qlora)"
     )
@@ -560,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ds = sub.add_parser("dataset", help="domain instruction datasets")
     ds.add_argument("action", choices=["build"])
-    ds.add_argument("--domain", required=True)
+    ds.add_argument("--domain", required=True, help=", ".join(DOMAINS))
     ds.add_argument("--month", help="YYYY-MM (default: the last complete month)")
     ds.add_argument(
         "--profile",
@@ -578,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     md.add_argument("name", nargs="?", help="with import-base: smollm2")
     md.add_argument("--force", action="store_true", help="with import-base: import again")
-    md.add_argument("--domain", help="chemistry, materials, thermal or catalysis")
+    md.add_argument("--domain", help=", ".join(DOMAINS))
     md.add_argument("--version", help="version to promote (or to roll back to; default: the previous one)")
     md.add_argument("--reason", help="with promote/rollback: why (recorded in the history with who did it)")
     md.add_argument("--json", action="store_true", help="list as JSON")
@@ -586,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ak = sub.add_parser("ask", help="answer a question from the corpus with a domain's model, citing sources")
     ak.add_argument("question")
-    ak.add_argument("--domain", help="chemistry, materials, thermal or catalysis (default: the base model)")
+    ak.add_argument("--domain", help=f"{', '.join(DOMAINS)} (default: the base model)")
     ak.add_argument("--top-k", type=int, default=5, help="sources to retrieve (default 5)")
     ak.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens")
     ak.add_argument("--json", action="store_true", help='print {"answer": ..., "sources": [...]}')

@@ -24,6 +24,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Hardware profiles in axolotl_configs/. `tiny` trains a random test model: it exercises the chain in tests and
 # demos, and its candidates never become production unless CBNANO_ALLOW_TEST_MODELS=1.
 TRAIN_PROFILES = ("tiny", "cpu_lora", "gpu_qlora")
+# The lab's domains: one dataset, adapter, eval set and model Asset each (include/domains.yaml routes documents
+# to them; tests/unit/training/test_configs.py checks that every copy agrees with this one).
+DOMAINS = ("chemistry", "materials", "thermal", "catalysis")
 TEST_PROFILES = ("tiny",)
 DEFAULT_TRAIN_PROFILE = "gpu_qlora"  # System B's recipe; what the monthly schedule runs
 

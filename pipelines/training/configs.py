@@ -20,9 +20,8 @@ from typing import Any
 import yaml
 
 from pipelines.assets import asset
+from pipelines.settings import DOMAINS
 from pipelines.settings import TRAIN_PROFILES as PROFILES
-
-DOMAINS = ("chemistry", "materials", "thermal", "catalysis")
 
 
 def config_dir() -> Path:
