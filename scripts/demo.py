@@ -89,15 +89,14 @@ def main() -> int:
                 print("demo failed: see the task logs above", file=sys.stderr)
                 return 1
 
+    from pipelines.lake import run_summaries
     from pipelines.retrieval.search import Searcher, parse_query
     from pipelines.settings import get_settings, reset_settings_cache
 
     settings = get_settings()
     for source in ("arxiv", "pubchem"):
-        summaries = sorted(
-            settings.data_dir.glob(f"{source}/*/*/summary.json"), key=lambda p: p.stat().st_mtime
-        )
-        print(f"== {source} run summary: {json.dumps(json.loads(summaries[-1].read_text()))}")
+        newest = run_summaries(settings.data_dir, [source], limit=1)[0]
+        print(f"== {source} run summary: {json.dumps(json.loads(newest.path.read_text()))}")
     with Searcher.from_settings(settings) as searcher:
         stats = searcher.store.stats()
         print(f"== corpus: {json.dumps(stats['sources'])} in collection {settings.milvus_collection}")

@@ -239,3 +239,15 @@ def test_system_a_serves_vllm_with_runtime_lora_from_the_read_only_store():
     assert env("worker-system-b")["CBNANO_SYSTEM_A_URL"] == "${SYSTEM_A_URL:-}"
     init = " ".join(SERVICES["airflow-init"]["command"])
     assert "connections add cbnano_system_a" in init and "CBNANO_SYSTEM_A_TOKEN" in init
+
+
+def test_the_airflow_image_installs_the_package_by_host_role_with_its_data_files():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    dockerfile = (ROOT / "airflow.Dockerfile").read_text()
+    extras = next(line for line in dockerfile.splitlines() if line.startswith("ARG EXTRAS="))
+    assert set(extras.split("=", 1)[1].split(",")) == {"airflow", "system-b", "system-c"}
+    assert set(extras.split("=", 1)[1].split(",")) <= set(project["optional-dependencies"])
+    assert 'pip install --no-cache-dir "/opt/cbnano-src[${EXTRAS}]"' in dockerfile  # regular, not -e
+    assert "CBNANO_ASSETS_DIR=/opt/cbnano-src" in dockerfile
+    for folder in ("include", "axolotl_configs", "pipelines"):
+        assert f"COPY --chown=airflow:0 {folder} /opt/cbnano-src/{folder}" in dockerfile
