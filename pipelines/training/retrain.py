@@ -10,7 +10,12 @@ Model work (training, merge check, evaluation) runs in the training environment 
 (``gpu``), or on the CPU. A candidate trained on a test model (the ``tiny`` profile, a random-init base) never
 becomes production unless ``CBNANO_ALLOW_TEST_MODELS=1``.
 
-Returns the summary: ``domain``, ``version`` (the version registered, or None when the run stopped before
+:func:`retrain` runs the steps, each a function of its own: :func:`prepare_dataset` → :func:`plan_run`
+(config, run folder, version) → :func:`reuse_existing` (that version exists: nothing to redo) →
+:func:`train_candidate` (validate, train, merge, merge check) → :func:`judge_candidate` (evaluate, gate) →
+:func:`publish_candidate` (report, register, retention, System A).
+
+Returns the summary (:class:`pipelines.contracts.RetrainSummary`): ``domain``, ``version`` (the version registered, or None when the run stopped before
 training), ``published`` (production moved to it), ``reason`` (the gate's line, with its 95% interval),
 ``metrics`` (role → metric → mean), plus ``run_dir``, ``timings`` (seconds per step) and ``train_stats``.
 """
@@ -122,7 +127,7 @@ def _production_role(store: ModelStore, settings: Settings, domain: str) -> tupl
     return base.path, store.version_dir(domain, prod) / "adapter"
 
 
-class _Clock:
+class StepClock:
     """Wall time of each named step."""
 
     def __init__(self, say: Log) -> None:
@@ -238,7 +243,7 @@ def reuse_existing(
 
 
 def train_candidate(
-    settings: Settings, plan: RunPlan, *, gpu: int | None, clock: _Clock, say: Log
+    settings: Settings, plan: RunPlan, *, gpu: int | None, clock: StepClock, say: Log
 ) -> Candidate:
     """Validate the config, train (resuming), check the adapter moved, merge and check the merge."""
     with clock.step("validate"):
@@ -266,7 +271,7 @@ def judge_candidate(
     *,
     min_gain: float,
     gpu: int | None,
-    clock: _Clock,
+    clock: StepClock,
 ) -> Verdict:
     """Evaluate base, production (if any) and the candidate per item, and let the gate decide; a test model's
     pass is overruled unless ``CBNANO_ALLOW_TEST_MODELS``."""
@@ -305,7 +310,7 @@ def publish_candidate(
     verdict: Verdict,
     *,
     origin: dict[str, str] | None,
-    clock: _Clock,
+    clock: StepClock,
 ) -> RetrainSummary:
     """Write the run's report, register the candidate as a version (production moves only if the gate
     passed), apply retention, tell System A when production moved; returns the run's summary."""
@@ -404,7 +409,7 @@ def retrain(
     profile = profile or settings.train_profile
     month = month or last_complete_month()
     say = log or (lambda _m: None)
-    clock = _Clock(say)
+    clock = StepClock(say)
     with clock.step("dataset"):
         try:
             base, card = prepare_dataset(settings, domain, profile, month, base_model)
