@@ -128,6 +128,20 @@ class DatasetCard(TypedDict):
     built_at: str
 
 
+class Evaluation(TypedDict):
+    """What :func:`pipelines.evaluation.evaluate.evaluate_roles` returns: each role's means and the per-item
+    scores the gate pairs (metric → role → item id → score), with where and how it ran."""
+
+    metrics: dict[str, dict[str, float]]  # role → metric → mean
+    per_item: dict[str, dict[str, dict[str, float]]]
+    device: str | None
+    dtype: str | None
+    seconds: float | None
+    peak_gpu_gib: float | None
+    items: str | None  # the multiple-choice set
+    heldout: str | None  # the held-out rows
+
+
 RETRAIN_RESULT_KEYS = ("domain", "version", "published", "reason", "metrics")
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from pipelines.assets import asset
+from pipelines.contracts import Evaluation
 from pipelines.settings import Settings
 
 
@@ -33,7 +33,7 @@ def evaluate_roles(
     gpu: int | None,
     spec_path: Path,
     timeout_s: float = 4 * 3600,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Score every role — ``{role: (base folder, adapter folder or None)}`` — on the domain's items and the
     held-out rows; returns ``{"metrics": {role: {metric: mean}}, "per_item": {metric: {role: {id: score}}},
     "device", "dtype", "seconds", "peak_gpu_gib"}``.
@@ -68,5 +68,10 @@ def evaluate_roles(
     return {
         "metrics": {role: scored["metrics"] for role, scored in out["roles"].items()},
         "per_item": per_item,
-        **{k: out.get(k) for k in ("device", "dtype", "seconds", "peak_gpu_gib", "items", "heldout")},
+        "device": out.get("device"),
+        "dtype": out.get("dtype"),
+        "seconds": out.get("seconds"),
+        "peak_gpu_gib": out.get("peak_gpu_gib"),
+        "items": out.get("items"),
+        "heldout": out.get("heldout"),
     }

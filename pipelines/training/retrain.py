@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.assets import watchlist_rows
-from pipelines.contracts import DatasetCard, RetrainSummary
+from pipelines.contracts import DatasetCard, Evaluation, RetrainSummary
 from pipelines.evaluation.evaluate import eval_items_path, evaluate_roles
 from pipelines.evaluation.gate import DEFAULT_MIN_GAIN, GateDecision, decide, overrule
 from pipelines.evaluation.scoring import load_items
@@ -169,7 +169,7 @@ class Candidate:
 class Verdict:
     """A candidate's evaluation against base (and production) and the gate's decision on it."""
 
-    evaluation: dict[str, Any]
+    evaluation: Evaluation
     decision: GateDecision
     test_model: bool
 
@@ -316,7 +316,9 @@ def publish_candidate(
     passed), apply retention, tell System A when production moved; returns the run's summary."""
     evaluation, decision = verdict.evaluation, verdict.decision
     result = candidate.result
-    report = {
+    # where and how the evaluation ran (device, dtype, seconds, peak memory, the item and held-out files)
+    ran: dict[str, Any] = {k: v for k, v in evaluation.items() if k not in ("metrics", "per_item")}
+    report: dict[str, Any] = {
         "domain": plan.domain,
         "version": plan.version,
         "base": {"name": plan.base.name, "test_model": plan.base.test_model},
@@ -329,9 +331,7 @@ def publish_candidate(
         "train_stats": result.stats,
         "dataset": plan.card,
         "origin": origin or {},
-        "evaluation": {
-            k: evaluation[k] for k in ("device", "dtype", "seconds", "peak_gpu_gib", "items", "heldout")
-        },
+        "evaluation": ran,
         "timings": clock.timings,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -376,7 +376,7 @@ def publish_candidate(
         "run_dir": str(plan.run_dir),
         "timings": clock.timings,
         "train_stats": result.stats,
-        "evaluation": report["evaluation"],
+        "evaluation": ran,
     }
     if decision.publish:  # production moved: tell System A (never undoes the publish; see publishing.serving)
         from pipelines.publishing.serving import hand_off
