@@ -7,7 +7,6 @@ aware UTC datetimes; a window is [start, end); a month is ``YYYY-MM``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 
@@ -61,17 +60,16 @@ def resolve_window(
     return start.astimezone(UTC), end.astimezone(UTC)
 
 
-def window_days(start: datetime, end: datetime) -> Iterator[date]:
-    """The UTC days the window [start, end) touches, in order."""
-    day, last = start.astimezone(UTC).date(), (end.astimezone(UTC) - timedelta(microseconds=1)).date()
-    while day <= last:
-        yield day
-        day += timedelta(days=1)
+def window_day_span(start: datetime, end: datetime) -> tuple[date, date] | None:
+    """The first and the last UTC day the window [start, end) touches; None for an empty window."""
+    if start >= end:
+        return None
+    return start.astimezone(UTC).date(), (end.astimezone(UTC) - timedelta(microseconds=1)).date()
 
 
 def parse_month(value: str) -> str:
     """``YYYY-MM`` normalised; raises ValueError naming anything else."""
-    m = re.fullmatch(r"(\d{4})-(\d{1,2})", (value or "").strip())
+    m = re.fullmatch(r"(\d{4})-(\d{2})", (value or "").strip())
     if not m or not 1 <= int(m.group(2)) <= 12:
         raise ValueError(f"month must be YYYY-MM, got {value!r}")
     return f"{int(m.group(1)):04d}-{int(m.group(2)):02d}"

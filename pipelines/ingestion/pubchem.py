@@ -38,7 +38,7 @@ from pipelines.sources.pubchem import (
     parse_descriptions,
     parse_properties,
 )
-from pipelines.windows import window_days
+from pipelines.windows import window_day_span
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,8 @@ def paper_mentions(
     ``window`` = [start, end)."""
     files = list(records)
     if not files and window is not None:
-        days = list(window_days(*window))
-        files = [f.path for f in staged_records(data_dir, ["arxiv"], days[0], days[-1])]
+        span = window_day_span(*window)
+        files = [f.path for f in staged_records(data_dir, ["arxiv"], *span)] if span else []
     known = list(known)
     found: list[str] = []
     for f in files:

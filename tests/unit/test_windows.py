@@ -11,7 +11,7 @@ from pipelines.windows import (
     parse_month,
     resolve_month,
     resolve_window,
-    window_days,
+    window_day_span,
 )
 
 pytestmark = pytest.mark.unit
@@ -34,7 +34,9 @@ def test_bad_override_is_refused(bad):
 def test_month_end_and_parse_month():
     assert month_end("2026-11") == datetime(2026, 11, 30, tzinfo=UTC)
     assert month_end("2026-12") == datetime(2026, 12, 31, tzinfo=UTC)
-    assert parse_month(" 2026-7 ") == "2026-07"
+    assert parse_month(" 2026-07 ") == "2026-07"
+    with pytest.raises(ValueError, match="YYYY-MM, got '2026-7'"):
+        parse_month("2026-7")  # the documented form only, as the DAG form's pattern
     with pytest.raises(ValueError, match="YYYY-MM, got '2026-13'"):
         month_end("2026-13")
 
@@ -65,10 +67,11 @@ def test_resolve_window_override_interval_or_yesterday():
         resolve_window(start, start)  # a bare cron schedule's empty interval
 
 
-def test_window_days():
+def test_window_day_span():
     day = datetime(2026, 11, 25, tzinfo=UTC)
-    assert list(window_days(day, day.replace(day=27))) == [date(2026, 11, 25), date(2026, 11, 26)]
-    assert list(window_days(day.replace(hour=2), day.replace(day=26, hour=2))) == [
+    assert window_day_span(day, day.replace(day=27)) == (date(2026, 11, 25), date(2026, 11, 26))
+    assert window_day_span(day.replace(hour=2), day.replace(day=26, hour=2)) == (
         date(2026, 11, 25),
         date(2026, 11, 26),
-    ]
+    )
+    assert window_day_span(day, day) is None
