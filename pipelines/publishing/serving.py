@@ -322,12 +322,10 @@ def serve_command(settings: Settings, domains: list[str] | None = None) -> list[
 
 def _profile_rank(profile: str) -> int:
     """``lora_r`` of an axolotl profile (0 when the profile has none)."""
-    import yaml
-
-    from pipelines.training.configs import config_dir
+    from pipelines.training.configs import config_dir, load_yaml
 
     try:
-        cfg = yaml.safe_load((config_dir() / f"{profile}.yml").read_text()) or {}
+        cfg = load_yaml(config_dir() / f"{profile}.yml")
     except OSError:
         return 0
     return int(cfg.get("lora_r") or 0)

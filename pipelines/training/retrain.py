@@ -242,10 +242,9 @@ def reuse_existing(
     }
 
 
-def train_candidate(
-    settings: Settings, plan: RunPlan, *, gpu: int | None, clock: StepClock, say: Log
-) -> Candidate:
-    """Validate the config, train (resuming), check the adapter moved, merge and check the merge."""
+def train_candidate(settings: Settings, plan: RunPlan, *, gpu: int | None, clock: StepClock) -> Candidate:
+    """Validate the config, train (resuming), check the adapter moved, merge and check the merge; axolotl's
+    output goes to the clock's log."""
     with clock.step("validate"):
         problems = validate_in_train_env(
             [write_config(plan.cfg, plan.run_dir / "config.rendered.yml")], settings.train_python
@@ -253,11 +252,11 @@ def train_candidate(
     if problems:
         raise ValueError("config rejected before training: " + "; ".join(problems))
     with clock.step("train"):
-        result = train(plan.cfg, plan.run_dir, settings.train_python, gpu=gpu, log=say)
+        result = train(plan.cfg, plan.run_dir, settings.train_python, gpu=gpu, log=clock.say)
     if not adapter_changed(result.adapter_dir):
         raise RuntimeError(f"training left the adapter unchanged in {result.adapter_dir}")
     with clock.step("merge"):
-        merged = merge(plan.run_dir, settings.train_python, gpu=gpu, log=say)
+        merged = merge(plan.run_dir, settings.train_python, gpu=gpu, log=clock.say)
     with clock.step("merge_check"):
         report = check_merge(plan.base.path, result.adapter_dir, merged, settings.train_python, gpu=gpu)
     return Candidate(result, merged, report)
@@ -439,7 +438,7 @@ def retrain(
     reused = reuse_existing(settings, store, plan, origin=origin)
     if reused is not None:
         return reused
-    candidate = train_candidate(settings, plan, gpu=gpu, clock=clock, say=say)
+    candidate = train_candidate(settings, plan, gpu=gpu, clock=clock)
     verdict = judge_candidate(settings, store, plan, candidate, min_gain=min_gain, gpu=gpu, clock=clock)
     summary = publish_candidate(settings, store, plan, candidate, verdict, origin=origin, clock=clock)
     emit_retrain(settings, summary, candidate.result.losses)
