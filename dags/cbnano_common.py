@@ -118,6 +118,12 @@ def domains_param(description):
     return Param(DOMAINS, type="array", items={"type": "string", "enum": DOMAINS}, description=description)
 
 
+def day_param(description, title=None):
+    """An optional day (YYYY-MM-DD) in a form: a date picker, empty by default."""
+    extra = {"title": title} if title else {}
+    return Param(None, type=["null", "string"], format="date", description=description, **extra)
+
+
 def _connection(conn_id):
     """The Airflow Connection ``conn_id``, or None when it is not defined."""
     from airflow.sdk import Connection

@@ -17,7 +17,7 @@ import logging
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from cbnano_common import ARXIV_CORPUS, DAG_COMMON, PUBCHEM_CORPUS, dag_settings
+from cbnano_common import ARXIV_CORPUS, DAG_COMMON, PUBCHEM_CORPUS, dag_settings, day_param
 
 
 @dag(
@@ -40,18 +40,8 @@ from cbnano_common import ARXIV_CORPUS, DAG_COMMON, PUBCHEM_CORPUS, dag_settings
             description="Compound names or formulas to resolve, e.g. 'cerium oxide', 'LiPF6'.",
         ),
         "watchlist": Param(True, type="boolean", description="Include the lab's watch list."),
-        "papers_start": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            description="Mine papers staged from this day (YYYY-MM-DD) for compound names.",
-        ),
-        "papers_end": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            description="...up to this day (exclusive); needs papers_start.",
-        ),
+        "papers_start": day_param("Mine papers staged from this day (YYYY-MM-DD) for compound names."),
+        "papers_end": day_param("...up to this day (exclusive); needs papers_start."),
         "dry_run": Param(False, type="boolean", description="Fetch and stage only: no embedding, no Milvus."),
     },
 )

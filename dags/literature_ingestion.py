@@ -25,6 +25,7 @@ from cbnano_common import (
     DEFAULT_CATEGORIES,
     INGEST_DEADLINE_H,
     dag_settings,
+    day_param,
     finish_deadline,
 )
 
@@ -47,20 +48,12 @@ from cbnano_common import (
             title="arXiv categories",
             description="arXiv categories to ingest.",
         ),
-        "window_start": Param(
-            None,
-            type=["null", "string"],
-            format="date",
+        "window_start": day_param(
+            "First day (YYYY-MM-DD). Empty: the run's data interval, or yesterday for a manual run without one.",
             title="Window start",
-            description="First day (YYYY-MM-DD). Empty: the run's data interval, or "
-            "yesterday for a manual run without one.",
         ),
-        "window_end": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Window end",
-            description="Day after the last one (exclusive); needs window_start.",
+        "window_end": day_param(
+            "Day after the last one (exclusive); needs window_start.", title="Window end"
         ),
         "max_results": Param(
             None,
