@@ -34,6 +34,32 @@ CHAT_TEMPLATE = (
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
+def _random_llama(
+    tok: Any, shape: tuple[int, int, int, int, int, bool], max_positions: int, seed: int, device: str = "cpu"
+) -> Any:
+    """A random-init ``LlamaForCausalLM`` of ``shape`` (as in :data:`SHAPES`) for the tokenizer ``tok``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hidden, inter, layers, heads, kv, tied = shape
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=max_positions,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=tied,
+    )
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return LlamaForCausalLM(config)
+
+
 def build_tiny_llama(
     out: Path,
     corpus: Iterable[str],
@@ -44,9 +70,8 @@ def build_tiny_llama(
     seed: int = 0,
 ) -> Path:
     """Train a BPE tokenizer on ``corpus``, build a random Llama of that vocabulary, save both to ``out``."""
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -66,21 +91,7 @@ def build_tiny_llama(
         model_max_length=2048,
     )
     fast.save_pretrained(out)
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=2048,
-        bos_token_id=fast.bos_token_id,
-        eos_token_id=fast.eos_token_id,
-        pad_token_id=fast.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
+    model = _random_llama(fast, (hidden, hidden * 2, layers, heads, heads, False), 2048, seed)
     model.save_pretrained(out, safe_serialization=True)
     n_params = sum(p.numel() for p in model.parameters())
     (out / "cbnano_base.json").write_text(
@@ -102,32 +113,15 @@ def build_random_llama(out: Path, tokenizer_dir: Path, shape: str, seed: int = 0
     """A random-init Llama of ``shape`` (see :data:`SHAPES`) with the tokenizer of ``tokenizer_dir``, in bf16
     (initialised on the GPU when there is one: an 8B model takes minutes on the CPU); returns its facts."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    hidden, inter, layers, heads, kv, tied = SHAPES[shape]
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     out.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(out)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        max_position_embeddings=8192,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=tied,
-    )
-    torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        model: Any = LlamaForCausalLM(config)
-    model = model.to(torch.bfloat16)
+    model = _random_llama(tok, SHAPES[shape], 8192, seed, device).to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
     facts: dict[str, object] = {
         "name": out.name,
