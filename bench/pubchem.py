@@ -18,6 +18,7 @@ import os
 import platform
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 
 
@@ -77,7 +78,7 @@ def main() -> int:
         settings = get_settings()
         client = PubChemClient(srv.pubchem_url)  # the process-wide policy limiter
         t0 = time.perf_counter()
-        fetched = fetch_compounds(settings, names=names, client=client)
+        fetched = fetch_compounds(settings, names=names, client=client, day=date(2026, 11, 26))
         staged = stage_compounds(fetched)
         took = time.perf_counter() - t0
         arrivals = list(srv.arrivals)

@@ -64,13 +64,30 @@ def compound_ingestion():
             if ev.extra and ev.extra.get("records")
         ]
         names = select_names(dag_settings(), p["names"], p["watchlist"], window, paper_records=records)
-        return {"cids": p["cids"], "names": names, "papers": records}
+        return {
+            "cids": p["cids"],
+            "names": names,
+            "papers": records,
+            "papers_start": window[0].date().isoformat() if window else None,
+        }
 
     @task(pool="pubchem_api")
     def fetch(selection: dict) -> dict:
         from pipelines.ingestion.pubchem import fetch_compounds
+        from pipelines.windows import parse_day
 
-        return fetch_compounds(dag_settings(), selection["cids"], selection["names"])
+        # the lake day: the papers window's first day, else the run's data interval (a backfill files under
+        # its interval, not the day it ran), else the run's logical date / when it was queued (asset events)
+        ctx = get_current_context()
+        when = (
+            selection.get("papers_start")
+            or ctx.get("data_interval_start")
+            or ctx.get("logical_date")
+            or ctx["dag_run"].run_after
+        )
+        return fetch_compounds(
+            dag_settings(), selection["cids"], selection["names"], day=parse_day(when).date()
+        )
 
     @task
     def stage(fetched: dict) -> dict:

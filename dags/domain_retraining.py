@@ -102,6 +102,7 @@ def domain_retraining():
         from airflow.sdk.exceptions import AirflowSkipException
 
         from pipelines.contracts import retrain_result
+        from pipelines.training.datasets import DatasetTooSmall
         from pipelines.training.gpus import gpu_lease
         from pipelines.training.retrain import prepare_dataset, retrain
         from pipelines.windows import resolve_month
@@ -118,18 +119,28 @@ def domain_retraining():
                 f"examples at {card['files']['train']}; no training"
             )
         with gpu_lease(settings.gpus) as gpu:
-            summary = retrain(
-                settings,
-                domain,
-                profile=profile,
-                month=month,
-                min_gain=p["min_gain"],
-                max_steps=p.get("max_steps"),
-                base_model=p.get("base_model"),
-                gpu=gpu,
-                log=print,
-                origin={"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]},
-            )
+            try:
+                summary = retrain(
+                    settings,
+                    domain,
+                    profile=profile,
+                    month=month,
+                    min_gain=p["min_gain"],
+                    max_steps=p.get("max_steps"),
+                    base_model=p.get("base_model"),
+                    gpu=gpu,
+                    log=print,
+                    origin={"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]},
+                )
+            except DatasetTooSmall as exc:  # nothing trained: listed by report, which then fails the run
+                print(f"{domain}: not trained: {exc}")
+                return {
+                    "domain": domain,
+                    "version": None,
+                    "published": False,
+                    "reason": f"not trained: {exc}",
+                    "metrics": {},
+                }
         print(f"{domain}: {summary['reason']}")
         return retrain_result(summary)
 
@@ -137,14 +148,22 @@ def domain_retraining():
 
     @task
     def report(summaries: list) -> list[str]:
-        """A leaf with the default trigger rule: the run fails when any domain (or plan) failed."""
+        """A leaf with the default trigger rule: the run fails when any domain (or plan) failed, or when a
+        domain could not be trained (its reason listed first)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         lines = [
             f"{s['domain']}: {s['version']} {'-> production' if s['published'] else 'kept'}; {s['reason']}"
+            if s["version"]
+            else f"{s['domain']}: {s['reason']}"
             for s in summaries
             if s
         ]
         for line in lines:
             print(line)
+        untrained = [line for line in lines if ": not trained: " in line]
+        if untrained:
+            raise AirflowFailException("; ".join(untrained))
         return lines
 
     report(results)

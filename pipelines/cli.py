@@ -92,7 +92,7 @@ def cmd_ingest_arxiv(args: argparse.Namespace) -> int:
     from pipelines.ingestion.arxiv import DEFAULT_CATEGORIES, ingest_arxiv
     from pipelines.settings import get_settings
     from pipelines.sources.arxiv import validate_categories
-    from pipelines.windows import check_window, parse_day
+    from pipelines.windows import check_window, parse_day, today_utc
 
     categories = args.category or list(DEFAULT_CATEGORIES)
     try:
@@ -119,7 +119,7 @@ def cmd_ingest_arxiv(args: argparse.Namespace) -> int:
             categories,
             max_results=args.max_results,
             dry_run=args.dry_run,
-            today=args.today,
+            announced_on=today_utc() if args.today else None,
             progress=progress,
         )
     finally:
@@ -131,7 +131,7 @@ def cmd_ingest_arxiv(args: argparse.Namespace) -> int:
 def cmd_ingest_pubchem(args: argparse.Namespace) -> int:
     from pipelines.ingestion.pubchem import ingest_pubchem
     from pipelines.settings import get_settings
-    from pipelines.windows import check_window, parse_day
+    from pipelines.windows import check_window, parse_day, today_utc
 
     if not (args.cid or args.name or args.watchlist or args.from_papers):
         raise UsageError("say which compounds: --cid, --name, --watchlist and/or --from-papers START END")
@@ -144,6 +144,10 @@ def cmd_ingest_pubchem(args: argparse.Namespace) -> int:
             check_window(*window)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    try:  # the lake day this run files under: --day, else the papers window's first day, else today
+        day = parse_day(args.day).date() if args.day else (window[0].date() if window else today_utc())
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     progress = _progress_reporter()
     try:
         summary = ingest_pubchem(
@@ -154,6 +158,7 @@ def cmd_ingest_pubchem(args: argparse.Namespace) -> int:
             from_papers=window,
             dry_run=args.dry_run,
             progress=progress,
+            day=day,
         )
     finally:
         progress.close()
@@ -238,6 +243,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from pipelines.settings import get_settings
     from pipelines.training.base_models import check_base
     from pipelines.training.configs import DOMAINS
+    from pipelines.training.datasets import DatasetTooSmall
     from pipelines.training.gpus import gpu_lease
     from pipelines.training.retrain import retrain
     from pipelines.windows import month_end
@@ -275,6 +281,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                 gpu=gpu,
                 log=lambda line: print(line, file=sys.stderr, flush=True),
             )
+    except DatasetTooSmall as exc:  # not a gate decision: nothing was trained
+        print(f"cbnano: not trained: {exc}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     except RuntimeError as exc:  # training, merge or evaluation failed in the training environment
@@ -500,6 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     pc = isub.add_parser("pubchem", help="PubChem compounds by CID, name, watch list or mentions in papers")
     pc.add_argument("--cid", action="append", type=int, metavar="N", help="PubChem CID, repeatable")
     pc.add_argument("--name", action="append", metavar="NAME", help="compound name or formula, repeatable")
+    pc.add_argument(
+        "--day",
+        metavar="YYYY-MM-DD",
+        help="the lake day to file this run under (default: the --from-papers start, else today, UTC)",
+    )
     pc.add_argument(
         "--watchlist", action="store_true", help="the lab's watch list (include/pubchem_watchlist.csv)"
     )

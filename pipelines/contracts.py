@@ -105,8 +105,10 @@ class IngestSummary(TypedDict):
 
 
 class DatasetFiles(TypedDict):
-    train: str
+    train: str  # chat rows
+    train_text: str  # completion rows (the documents' text)
     validation: str
+    probe: str  # the knowledge probe
 
 
 class DatasetCard(TypedDict):
@@ -120,6 +122,9 @@ class DatasetCard(TypedDict):
     validation: int
     validation_documents: int
     by_source: dict[str, int]
+    by_kind: dict[str, int]  # training rows by kind (datasets.KINDS); they add up to ``train``
+    teacher: dict[str, Any]  # used, kept, dropped
+    probe: dict[str, Any]  # items, closed, open, documents, baselines (chance, longest/shortest choice)
     dropped: dict[str, int]
     bad_internal_lines: list[str]
     tokens: dict[str, float]

@@ -69,6 +69,12 @@ class Settings:
     system_a_url: str = ""  # vLLM's OpenAI-compatible server on System A; empty: no hand-off, local answers
     system_a_token: str = ""
     system_a_store: str = ""  # the model store's mount point on System A; empty: the same path as here
+    teacher_url: str = (
+        ""  # an OpenAI-compatible chat endpoint that writes fact QA; empty: rule-based extractor
+    )
+    teacher_model: str = ""
+    teacher_token: str = ""
+    replay_share: float = 0.2  # earlier months' training rows mixed into a month's dataset, as a share of it
     alert_webhook_url: str = ""
     alert_email: str = ""
     smtp_host: str = ""
@@ -91,6 +97,7 @@ class Settings:
         out["smtp_password"] = "***" if self.smtp_password else ""
         out["search_token"] = "***" if self.search_token else ""
         out["system_a_token"] = "***" if self.system_a_token else ""
+        out["teacher_token"] = "***" if self.teacher_token else ""
         if self.alert_webhook_url:  # webhook URLs carry their token in the path
             from pipelines.ops.alerts import redact_url
 
@@ -176,6 +183,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         system_a_url=(env.get("CBNANO_SYSTEM_A_URL") or "").strip(),
         system_a_token=env.get("CBNANO_SYSTEM_A_TOKEN", ""),
         system_a_store=(env.get("CBNANO_SYSTEM_A_STORE") or "").strip(),
+        teacher_url=(env.get("CBNANO_TEACHER_URL") or "").strip().rstrip("/"),
+        teacher_model=(env.get("CBNANO_TEACHER_MODEL") or "").strip(),
+        teacher_token=env.get("CBNANO_TEACHER_TOKEN", ""),
+        replay_share=_float(env, "CBNANO_REPLAY_SHARE", 0.2),
         alert_webhook_url=env.get("CBNANO_ALERT_WEBHOOK_URL", ""),
         alert_email=env.get("CBNANO_ALERT_EMAIL", ""),
         smtp_host=env.get("CBNANO_SMTP_HOST", ""),

@@ -10,6 +10,12 @@ import re
 from datetime import UTC, date, datetime, timedelta
 
 
+def today_utc(now: datetime | None = None) -> date:
+    """The current UTC day. Only the entry points (the CLI, a manual DAG run with no interval) call it, and
+    hand the day down: no stage reads the clock to decide where its data goes."""
+    return (now or datetime.now(UTC)).astimezone(UTC).date()
+
+
 def parse_day(value: str | date | datetime) -> datetime:
     """``YYYY-MM-DD`` (or a date/datetime) as an aware UTC datetime; raises ValueError naming the input."""
     if isinstance(value, datetime):
@@ -39,6 +45,7 @@ def resolve_window(
     interval_end: datetime | None,
     override_start: str | None = None,
     override_end: str | None = None,
+    now: datetime | None = None,
 ) -> tuple[datetime, datetime]:
     """The window a scheduled or manual run ingests: the override days if given, else its data interval,
     else (a manual run without one) yesterday, UTC.
@@ -52,7 +59,7 @@ def resolve_window(
         start, end = parse_day(override_start), parse_day(override_end)
     else:
         if interval_start is None or interval_end is None:  # a manual run without a logical date
-            today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            today = parse_day(today_utc(now))
             start, end = today - timedelta(days=1), today
         else:
             start, end = parse_day(interval_start), parse_day(interval_end)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +107,16 @@ def fetch_window(
 
 
 def fetch_announcements(
-    settings: Settings, categories: Sequence[str] = DEFAULT_CATEGORIES, client: ArxivClient | None = None
+    settings: Settings,
+    categories: Sequence[str] = DEFAULT_CATEGORIES,
+    *,
+    day: date,
+    client: ArxivClient | None = None,
 ) -> ArxivFetchManifest:
-    """Fetch today's RSS announcements for each category into the lake; returns the fetch manifest."""
+    """Fetch the RSS announcements for each category into the lake, filed under ``day`` (the day the caller
+    reads them: RSS serves only the current announcements); returns the fetch manifest."""
     client = client or ArxivClient.from_settings(settings)
-    now = datetime.now(UTC)
-    today = datetime(now.year, now.month, now.day, tzinfo=UTC)
+    today = datetime(day.year, day.month, day.day, tzinfo=UTC)
     run_dir = _run_dir(settings, "rss", categories, today, today + timedelta(days=1))
     raw_dir = run_dir / "raw"
     _clear_raw(raw_dir)
@@ -131,7 +135,7 @@ def fetch_announcements(
         "pages": pages,
         "entries": entries,
         "requests": client.http.requests_sent,
-        "fetched_at": now.isoformat(timespec="seconds"),
+        "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "max_abstract_chars": settings.max_abstract_chars,
     }
     write_json(run_dir / "fetch.json", manifest)
@@ -229,15 +233,15 @@ def ingest_arxiv(
     categories: Sequence[str] = DEFAULT_CATEGORIES,
     max_results: int | None = None,
     dry_run: bool = False,
-    today: bool = False,
+    announced_on: date | None = None,
     progress: Progress | None = None,
 ) -> IngestSummary:
-    """Fetch, stage and (unless ``dry_run``) index the window [start, end) (or, with ``today``, today's RSS
-    announcements, and start/end are not used); returns the summary."""
-    if today:
-        fetched = fetch_announcements(settings, categories)
+    """Fetch, stage and (unless ``dry_run``) index the window [start, end) (or, with ``announced_on``, the
+    RSS announcements read that day, filed under it, and start/end are not used); returns the summary."""
+    if announced_on is not None:
+        fetched = fetch_announcements(settings, categories, day=announced_on)
     elif start is None or end is None:
-        raise ValueError("a window needs both start and end (or today=True)")
+        raise ValueError("a window needs both start and end (or announced_on, a day of RSS announcements)")
     else:
         fetched = fetch_window(settings, start, end, categories, max_results=max_results, progress=progress)
     staged = stage_pages(fetched)

@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,10 +106,14 @@ def fetch_compounds(
     settings: Settings,
     cids: Iterable[int] = (),
     names: Iterable[str] = (),
+    *,
+    day: date,
     client: PubChemClient | None = None,
     progress: Progress | None = None,
 ) -> PubChemFetchManifest:
-    """Resolve ``names``, fetch every compound's properties and descriptions into the lake; returns a manifest."""
+    """Resolve ``names``, fetch every compound's properties and descriptions into the lake, filed under the
+    run's ``day`` (its data interval's, or the papers window's: a backfill files where its interval is, and a
+    month's dataset finds them); returns a manifest."""
     client = client or PubChemClient.from_settings(settings)
     cache = NameCache(settings.home / "pubchem" / "name_cache.json")
     wanted = list(dict.fromkeys(int(c) for c in cids))
@@ -130,9 +134,8 @@ def fetch_compounds(
             progress("resolve", i, len(names))
     cache.save()
     wanted = list(dict.fromkeys(wanted))
-    now = datetime.now(UTC)
     key = hashlib.sha256(json.dumps([sorted(wanted), sorted(not_found)]).encode()).hexdigest()[:10]
-    run_dir = partition_dir(settings.data_dir, SOURCE, now.strftime("%Y-%m-%d"), f"run-{key}")
+    run_dir = partition_dir(settings.data_dir, SOURCE, day.isoformat(), f"run-{key}")
     raw = run_dir / "raw"
     pages: list[str] = []
     for i in range(0, len(wanted), client.batch_size):
@@ -161,7 +164,7 @@ def fetch_compounds(
         "not_found": not_found,
         "requests": client.http.requests_sent,
         "throttle_events": client.throttle_events,
-        "fetched_at": now.isoformat(timespec="seconds"),
+        "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     write_json(run_dir / "fetch.json", manifest)
     log.info(
@@ -273,10 +276,13 @@ def ingest_pubchem(
     from_papers: tuple[datetime, datetime] | None = None,
     dry_run: bool = False,
     progress: Progress | None = None,
+    *,
+    day: date,
 ) -> IngestSummary:
-    """Select, fetch, stage and (unless ``dry_run``) index compounds; returns the summary (+ ``not_found``)."""
+    """Select, fetch, stage and (unless ``dry_run``) index compounds, filed under the run's ``day`` (see
+    :func:`fetch_compounds`); returns the summary (+ ``not_found``)."""
     all_names = select_names(settings, names, watchlist, from_papers)
-    fetched = fetch_compounds(settings, cids, all_names, progress=progress)
+    fetched = fetch_compounds(settings, cids, all_names, day=day, progress=progress)
     staged = stage_compounds(fetched)
     if dry_run:
         return {

@@ -1,26 +1,32 @@
-"""Monthly instruction datasets per domain, built from what the platform ingested.
+"""Monthly training sets per domain, built from what the platform ingested: the month's knowledge as targets.
 
-``build_dataset`` gathers, for one domain and month:
+``build_dataset`` gathers, for one domain and month, per document routed to the domain
+(:mod:`pipelines.training.knowledge` holds the extractor and the phrasings):
 
-* **compounds** (PubChem records in the lake): several phrasings of each fact — formula, molecular weight,
-  IUPAC name, SMILES, description;
-* **papers** (arXiv records in the lake): a title from its abstract, a one-sentence summary (the abstract's
-  opening sentence, which in these fields states what was done), and the key finding (the sentence that
-  reports a result: "we find/show/observe…", or the one with most numbers);
-* **the lab's own drops**: ``CBNANO_DATA_DIR/internal/<domain>/*.jsonl`` lines with ``instruction``,
-  optional ``input`` and ``output``; a bad line is reported with its file and line number and skipped.
+* **text** rows: the paper itself (title and abstract) as a completion target, ``{"text": ...}`` in
+  ``train_text.jsonl`` (axolotl's ``completion`` type, beside the chat rows);
+* **comprehension** rows mined from the text: what the paper is about (asked by its title only), and each
+  sentence continued from its first half;
+* **fact_qa** rows, closed-book: each fact (a quantity with its unit, a method) in several question and answer
+  phrasings, written by the rule-based extractor or, with ``CBNANO_TEACHER_URL``, by a teacher model whose
+  items are checked against the source (unfaithful ones dropped and counted);
+* **compound** rows from PubChem records, chemically right: an extended solid (TiO2, Al2O3) has an empirical
+  formula unit written metal first and no SMILES row;
+* **internal** rows, the lab's own drops: ``CBNANO_DATA_DIR/internal/<domain>/*.jsonl`` lines with
+  ``instruction``, optional ``input`` and ``output``; a bad line is reported with its file and line number;
+* **replay** rows: a share (``CBNANO_REPLAY_SHARE``, default 0.2) of the domain's earlier months' training
+  rows, against forgetting.
 
-Then: exact duplicates removed; examples longer than ``max_tokens`` (counted with the base model's tokenizer,
-passed in as ``count_tokens``) dropped; examples sharing any ``ngram``-word shingle with the evaluation sets
-dropped (decontamination); a deterministic train/validation split by the hash of each example's **document**
-(an arXiv paper, a PubChem compound, a lab-drop line or the drop's ``doc`` key), so every phrasing of a held-out
-document is held out: the validation split is documents training never saw, in this month or any other.
+Then: exact duplicates removed; examples longer than ``max_tokens`` (the base tokenizer's count, passed in as
+``count_tokens``) dropped; examples sharing any ``ngram``-word shingle with the evaluation sets dropped
+(decontamination); a deterministic train/validation split by **document** (a held-out document's every row is
+held out, in this month or any other).
 
-Rows are chat conversations, ``{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}``, trained
-and evaluated through the base model's own chat template (axolotl's ``chat_template`` dataset type), the
-format System A's vLLM server applies. Validation rows also carry ``id`` (the example's content hash) and
-``doc``. Writes ``train.jsonl``, ``val.jsonl`` and ``dataset_card.json`` (counts by source, token statistics,
-sha256) and returns the card. Fewer than ``min_examples`` → :class:`DatasetTooSmall`, and nothing is written.
+Besides ``train.jsonl`` (chat rows ``{"messages": [...]}``), ``train_text.jsonl`` and ``val.jsonl`` (held-out
+chat rows with ``id`` and ``doc``, for the secondary held-out loss), it writes ``probe.jsonl``, the knowledge
+probe the gate decides on (see :func:`write_probe`), and ``dataset_card.json`` (rows by kind, teacher items
+kept and dropped, the probe's size and its no-model baselines, token statistics, sha256). Returns the card.
+Too little to train on → :class:`DatasetTooSmall`, and nothing is written.
 """
 
 from __future__ import annotations
@@ -38,30 +44,47 @@ from typing import Any
 
 from pipelines.assets import asset
 from pipelines.contracts import DatasetCard
-from pipelines.lake import staged_records, write_json, write_jsonl
-from pipelines.windows import month_end
-
-_SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
-_FINDING = re.compile(
-    r"\b(we (?:find|show|observe|demonstrate|report|predict)|reach(?:es)?|achiev\w+|retain\w*|"
-    r"keep\w*|results? (?:show|indicate))\b",
-    re.I,
+from pipelines.lake import read_jsonl, staged_records, write_json, write_jsonl
+from pipelines.training.knowledge import (
+    QA,
+    Fact,
+    FactQA,
+    RuleBasedQA,
+    choices_for,
+    compound_facts,
+    comprehension_rows,
+    fact_rows,
+    is_extended_solid,
+    item_id,
+    paper_abstract,
+    paper_facts,
+    probe_baselines,
+    probe_question,
 )
+from pipelines.windows import month_end, parse_month
+
+Retrieve = Callable[[str], list[str]]  # question -> the passages `cbnano ask` would show for it
 
 
-class DatasetTooSmall(ValueError):
-    """Not enough examples to train on; the message gives the counts."""
+class DatasetTooSmall(Exception):
+    """Not enough examples to train on; the message gives the counts. A run that meets it is reported as
+    "not trained: <message>" (CLI exit 1, the DAG's domain listed as not trained), never as a gate decision."""
+
+
+KINDS = ("text", "comprehension", "fact_qa", "compound", "replay", "internal", "feedback")
 
 
 @dataclass(frozen=True)
 class Example:
-    """One alpaca-format instruction example and where it came from."""
+    """One training example and where it came from: a chat turn (``instruction`` [+ ``input``] → ``output``)
+    or, for ``kind == "text"``, a document's text as a completion target (``output``)."""
 
     instruction: str
     input: str
     output: str
-    source: str  # "pubchem", "arxiv" or "internal"
-    ref: str  # the document it came from (CID, arXiv id, file:line)
+    source: str  # "pubchem", "arxiv", "internal" or "replay"
+    ref: str  # the document it came from (arxiv:ID, pubchem:CID, a lab-drop reference, replay:MONTH)
+    kind: str = "internal"  # one of KINDS
 
     def key(self) -> str:
         """Content hash: identical examples share it; the split is decided by it."""
@@ -70,12 +93,16 @@ class Example:
 
     def text(self) -> str:
         """All of the example's text (for length and overlap checks)."""
-        return f"{self.instruction}\n{self.input}\n{self.output}"
+        return f"{self.instruction}\n{self.input}\n{self.output}".strip()
 
     def messages(self) -> list[dict[str, str]]:
         """The example as a chat: the instruction (and its input) from the user, the output as the answer."""
         user = f"{self.instruction}\n\n{self.input}" if self.input else self.instruction
         return [{"role": "user", "content": user}, {"role": "assistant", "content": self.output}]
+
+    def row(self) -> dict[str, Any]:
+        """The training row: ``{"text"}`` for a text example, else ``{"messages"}``."""
+        return {"text": self.output} if self.kind == "text" else {"messages": self.messages()}
 
 
 def domains_file() -> Path:
@@ -115,52 +142,44 @@ def latest_records(data_dir: Path, source: str, until: datetime | None = None) -
     return [rec for _, rec in best.values()]
 
 
-def paper_examples(rec: dict[str, Any]) -> list[Example]:
-    """Title, summary and key-finding examples from a staged arXiv record."""
-    title = rec["title_clean"]
-    abstract = rec["text"][len(title) + 2 :] if rec["text"].startswith(title) else rec["text"]
-    sentences = [s.strip() for s in _SENT.split(abstract) if len(s.split()) >= 5]
-    if not sentences:
+def _from_qa(rows: Iterable[QA], source: str) -> list[Example]:
+    return [Example(q.question, "", q.answer, source, q.doc, q.kind) for q in rows]
+
+
+def paper_examples(rec: dict[str, Any], generator: FactQA | None = None) -> list[Example]:
+    """A staged arXiv record's text row, comprehension rows and fact QA rows (``generator``: the teacher,
+    or by default the rule-based extractor)."""
+    title, abstract = paper_abstract(rec)
+    if len(abstract.split()) < 5:
         return []
     ref = f"arxiv:{rec['doc_id']}"
-    out = [Example("Suggest a title for the paper with this abstract.", abstract, title, "arxiv", ref)]
-    if len(sentences) >= 2:
-        out.append(Example("Summarize this abstract in one sentence.", abstract, sentences[0], "arxiv", ref))
-        findings = [s for s in sentences[1:] if _FINDING.search(s)]
-        finding = findings[0] if findings else max(sentences[1:], key=lambda s: len(re.findall(r"\d", s)))
-        out.append(Example(f'What is the key finding of the paper "{title}"?', "", finding, "arxiv", ref))
+    out = [Example("", "", f"{title}\n\n{abstract}", "arxiv", ref, "text")]
+    out += _from_qa(comprehension_rows(ref, title, abstract), "arxiv")
+    out += _from_qa((generator or RuleBasedQA()).qa(ref, title, abstract, paper_facts(rec)), "arxiv")
     return out
 
 
 def compound_examples(rec: dict[str, Any]) -> list[Example]:
-    """Several phrasings of each fact in a staged PubChem record."""
+    """A staged PubChem record's facts in several phrasings (see :func:`knowledge.compound_facts`: an extended
+    solid gets its empirical formula unit and no SMILES), its IUPAC name, SMILES (molecules only) and its
+    first description."""
     name = rec.get("title") or rec.get("iupac_name")
     if not name:
         return []
     ref = f"pubchem:{rec['cid']}"
-    out: list[Example] = []
+    out = _from_qa(fact_rows(compound_facts(rec)), "pubchem")
 
     def add(questions: list[str], answer: str) -> None:
-        out.extend(Example(q, "", answer, "pubchem", ref) for q in questions)
+        out.extend(Example(q, "", answer, "pubchem", ref, "compound") for q in questions)
 
-    if rec.get("formula"):
-        add(
-            [f"What is the molecular formula of {name}?", f"Give the chemical formula of {name}."],
-            f"The molecular formula of {name} is {rec['formula']}.",
-        )
-    if rec.get("weight") is not None:
-        add(
-            [f"What is the molecular weight of {name}?", f"How heavy is one mole of {name}?"],
-            f"{name} has a molecular weight of {rec['weight']:g} g/mol.",
-        )
-    if rec.get("iupac_name"):
+    if rec.get("iupac_name") and rec["iupac_name"] != name:
         add([f"What is the IUPAC name of {name}?"], f"The IUPAC name of {name} is {rec['iupac_name']}.")
-    if rec.get("smiles"):
+    if rec.get("smiles") and not (rec.get("formula") and is_extended_solid(rec["formula"])):
         add(
             [f"Write the SMILES string of {name}.", f"What is the SMILES notation for {name}?"], rec["smiles"]
         )
     for text, _source, _url in rec.get("descriptions", []):
-        add([f"Describe {name}.", f"What is {name} used for?"], text)
+        add([f"Describe {name}.", f"What is {name}?"], text)
         break
     return out
 
@@ -222,6 +241,7 @@ def internal_examples(folder: Path) -> tuple[list[Example], list[str]]:
                     obj["output"].strip(),
                     "internal",
                     ref,
+                    "internal",
                 )
             )
     return examples, problems
@@ -252,21 +272,106 @@ def held_out_documents(refs: Iterable[str], val_percent: int, min_docs: int) -> 
     return set(by_share if len(by_share) >= min_docs else ordered[:min_docs])
 
 
-def _iter_domain_examples(
-    domain: str,
-    cfg: dict[str, Any],
-    data_dir: Path,
-    until: datetime | None,
-    watchlist_domains: dict[str, str],
-) -> Iterator[Example]:
+def _routed_records(
+    cfg: dict[str, Any], data_dir: Path, until: datetime | None, watchlist_domains: dict[str, str]
+) -> Iterator[dict[str, Any]]:
     for rec in latest_records(data_dir, "arxiv", until):
         if set(rec.get("categories", [])) & cfg["categories"] or _has_keyword(rec["text"], cfg["keywords"]):
-            yield from paper_examples(rec)
+            yield rec
     for rec in latest_records(data_dir, "pubchem", until):
         names = [rec.get("title", "")] + list(rec.get("synonyms", []))
         in_watch = any(watchlist_domains.get(n.lower()) in cfg["watchlist_domains"] for n in names if n)
         if in_watch or _has_keyword(rec.get("text", ""), cfg["keywords"]):
-            yield from compound_examples(rec)
+            yield rec
+
+
+def replay_examples(data_dir: Path, domain: str, month: str | None, n: int) -> list[Example]:
+    """Up to ``n`` training rows of the domain's earlier months (the newest months first; within a month a
+    fixed hash order), as ``replay`` examples; none without a month or earlier datasets."""
+    if not month or n <= 0:
+        return []
+    root = data_dir / "datasets" / domain
+    found = root.iterdir() if root.is_dir() else iter(())
+    earlier = sorted((d for d in found if d.is_dir() and _is_month(d.name) and d.name < month), reverse=True)
+    out: list[Example] = []
+    for folder in earlier:
+        rows: list[Example] = []
+        for name in ("train.jsonl", "train_text.jsonl"):
+            if not (folder / name).is_file():
+                continue
+            for row in read_jsonl(folder / name):
+                ref = f"replay:{folder.name}"
+                if isinstance(row.get("text"), str):
+                    rows.append(Example("", "", row["text"], "replay", ref, "text"))
+                elif isinstance(row.get("messages"), list) and len(row["messages"]) == 2:
+                    user, answer = (str(m.get("content", "")) for m in row["messages"])
+                    rows.append(Example(user, "", answer, "replay", ref, "replay"))
+        rows.sort(key=Example.key)
+        out += rows[: n - len(out)]
+        if len(out) >= n:
+            break
+    return out
+
+
+def _is_month(name: str) -> bool:
+    try:
+        return parse_month(name) == name
+    except ValueError:
+        return False
+
+
+def month_facts(data_dir: Path, until: datetime | None) -> list[Fact]:
+    """The facts of every document staged by ``until``, whatever its domain: the probe's distractor pool."""
+    facts = [f for rec in latest_records(data_dir, "arxiv", until) for f in paper_facts(rec)]
+    return facts + [f for rec in latest_records(data_dir, "pubchem", until) for f in compound_facts(rec)]
+
+
+def write_probe(
+    path: Path,
+    facts: list[Fact],
+    pool: list[Fact],
+    trained: set[str],
+    held: set[str],
+    train_texts: list[str],
+    retrieve: Retrieve | None,
+) -> list[dict[str, Any]]:
+    """The knowledge probe, one multiple-choice item per line (``id``, ``doc``, ``kind``, ``question``,
+    ``choices``, ``answer``, ``passages``): ``closed`` items on the facts of **trained** documents, in a
+    phrasing no training row contains; ``open`` items (with ``retrieve``: the passages ``cbnano ask`` shows
+    for the question) on trained and held-out documents. Distractors are the same kind of fact from the
+    month's other documents (``pool``). A document's methods give one item (the first). Returns the items."""
+    lowered = [t.lower() for t in train_texts]
+    items: list[dict[str, Any]] = []
+    asked: set[tuple[str, str]] = set()
+    for fact in facts:
+        if (fact.doc, fact.slot) in asked:
+            continue
+        picked = choices_for(fact, pool)
+        if picked is None:
+            continue
+        asked.add((fact.doc, fact.slot))
+        choices, answer = picked
+        kinds = (["closed"] if fact.doc in trained else []) + (
+            ["open"] if retrieve and fact.source == "arxiv" and fact.doc in trained | held else []
+        )
+        for kind in kinds:
+            question = probe_question(fact, kind)
+            if any(question.lower() in t for t in lowered):
+                continue  # a training row asks it this way: it would test the format, not the knowledge
+            items.append(
+                {
+                    "id": item_id(fact, kind),
+                    "doc": fact.doc,
+                    "kind": kind,
+                    "question": question,
+                    "choices": choices,
+                    "answer": answer,
+                    "passages": retrieve(question) if kind == "open" and retrieve else [],
+                    "held_out": fact.doc in held,
+                }
+            )
+    write_jsonl(path, items)
+    return items
 
 
 def build_dataset(
@@ -283,17 +388,33 @@ def build_dataset(
     ngram: int = 8,
     watchlist_domains: dict[str, str] | None = None,
     domains: dict[str, dict[str, Any]] | None = None,
+    generator: FactQA | None = None,
+    replay_share: float = 0.2,
+    retrieve: Retrieve | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> DatasetCard:
-    """Build and write one domain's dataset (see module docstring); returns the dataset card."""
+    """Build and write one domain's dataset (see module docstring); returns the dataset card.
+
+    ``generator`` writes the fact QA rows (default: the rule-based extractor); ``retrieve`` gives the open
+    probe items their passages (without it the probe has closed items only); ``clock`` stamps the card's
+    ``built_at`` and nothing else: the rows, the probe and the sha256 depend only on the lake and the month.
+    """
     domains = domains or load_domains()
     if domain not in domains:
         raise ValueError(f"unknown domain {domain!r}; known: {', '.join(sorted(domains))}")
     until = month_end(month) if month else None
+    generator = generator or RuleBasedQA()
     internal, problems = internal_examples(data_dir / "internal" / domain)
-    raw = (
-        list(_iter_domain_examples(domain, domains[domain], data_dir, until, watchlist_domains or {}))
-        + internal
-    )
+    raw: list[Example] = []
+    facts: list[Fact] = []
+    for rec in _routed_records(domains[domain], data_dir, until, watchlist_domains or {}):
+        if rec.get("source") == "pubchem":
+            raw += compound_examples(rec)
+            facts += compound_facts(rec)
+        else:
+            raw += paper_examples(rec, generator)
+            facts += paper_facts(rec)
+    raw += internal
     by_key: dict[str, Example] = {}
     for e in raw:
         by_key.setdefault(e.key(), e)
@@ -321,23 +442,56 @@ def build_dataset(
         )
     held = held_out_documents(docs, val_percent, min_validation_docs)
     train = [e for e in clean if e.ref not in held]
-    val = [e for e in clean if e.ref in held]
-
-    _, train_sha = write_jsonl(out_dir / "train.jsonl", [{"messages": e.messages()} for e in train])
+    val = [e for e in clean if e.ref in held and e.kind != "text"]
+    replay = [
+        e
+        for e in replay_examples(data_dir, domain, month, round(replay_share * len(train)))
+        if e.key() not in by_key and not (shingles(e.text(), ngram) & banned)
+    ]
+    train += replay
+    chat = [e.row() for e in train if e.kind != "text"]
+    text = [e.row() for e in train if e.kind == "text"]
+    _, train_sha = write_jsonl(out_dir / "train.jsonl", chat)
+    _, text_sha = write_jsonl(out_dir / "train_text.jsonl", text)
     _, val_sha = write_jsonl(
         out_dir / "val.jsonl",
         [{"id": e.key()[:16], "doc": e.ref, "source": e.source, "messages": e.messages()} for e in val],
     )
+    trained_docs = {e.ref for e in train if e.source != "replay"}
+    probe = write_probe(
+        out_dir / "probe.jsonl",
+        [f for f in facts if f.doc in docs],
+        month_facts(data_dir, until),
+        trained_docs,
+        held,
+        [json.dumps(r, ensure_ascii=False) for r in chat + text],
+        retrieve,
+    )
+    probe_sha = hashlib.sha256((out_dir / "probe.jsonl").read_bytes()).hexdigest()
     toks = [lengths[e.key()] for e in clean]
+    kinds = Counter("replay" if e.source == "replay" else e.kind for e in train)
     card: DatasetCard = {
         "domain": domain,
         "month": month,
-        "format": "chat",
+        "format": "chat+text",
         "examples": len(clean),
         "train": len(train),
         "validation": len(val),
         "validation_documents": len({e.ref for e in val}),
-        "by_source": dict(sorted(Counter(e.source for e in clean).items())),
+        "by_source": dict(sorted(Counter(e.source for e in train + val).items())),
+        "by_kind": {k: kinds.get(k, 0) for k in KINDS},
+        "teacher": {
+            "used": not isinstance(generator, RuleBasedQA),
+            "kept": int(getattr(generator, "kept", 0)),
+            "dropped": int(getattr(generator, "dropped", 0)),
+        },
+        "probe": {
+            "items": len(probe),
+            "closed": sum(1 for it in probe if it["kind"] == "closed"),
+            "open": sum(1 for it in probe if it["kind"] == "open"),
+            "documents": len({it["doc"] for it in probe}),
+            "baselines": probe_baselines(probe),
+        },
         "dropped": {
             "duplicates": len(raw) - len(unique),
             "too_long": len(unique) - len(fitting),
@@ -352,9 +506,14 @@ def build_dataset(
             "max": max(toks),
             "total": sum(toks),
         },
-        "sha256": hashlib.sha256((train_sha + val_sha).encode()).hexdigest(),
-        "files": {"train": str(out_dir / "train.jsonl"), "validation": str(out_dir / "val.jsonl")},
-        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "sha256": hashlib.sha256((train_sha + text_sha + val_sha + probe_sha).encode()).hexdigest(),
+        "files": {
+            "train": str(out_dir / "train.jsonl"),
+            "train_text": str(out_dir / "train_text.jsonl"),
+            "validation": str(out_dir / "val.jsonl"),
+            "probe": str(out_dir / "probe.jsonl"),
+        },
+        "built_at": clock().isoformat(timespec="seconds"),
     }
     write_json(out_dir / "dataset_card.json", card)
     return card

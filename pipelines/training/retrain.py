@@ -44,7 +44,7 @@ from pipelines.publishing.release import register_candidate
 from pipelines.settings import TEST_PROFILES, Settings
 from pipelines.training.base_models import BaseModel, locate_base, resolve_base
 from pipelines.training.configs import config_hash, render_config, validate_in_train_env, write_config
-from pipelines.training.datasets import DatasetTooSmall, build_dataset
+from pipelines.training.datasets import build_dataset
 from pipelines.training.runner import TrainResult, adapter_changed, check_merge, merge, run_dir_for, train
 from pipelines.windows import last_complete_month
 
@@ -91,7 +91,7 @@ def prepare_dataset(
     settings: Settings, domain: str, profile: str, month: str, base_model: str | None = None
 ) -> tuple[BaseModel, DatasetCard]:
     """Resolve the base (failing fast without one), then build the month's dataset for ``domain`` with its
-    tokenizer; returns (base, card). Raises :class:`DatasetTooSmall` when there is too little to train on, and
+    tokenizer; returns (base, card). Raises :class:`~pipelines.training.datasets.DatasetTooSmall` when there is too little to train on, and
     ValueError for an unknown domain before anything is resolved, built or written."""
     from pipelines.training.configs import DOMAINS
 
@@ -409,17 +409,8 @@ def retrain(
     month = month or last_complete_month()
     say = log or (lambda _m: None)
     clock = StepClock(say)
-    with clock.step("dataset"):
-        try:
-            base, card = prepare_dataset(settings, domain, profile, month, base_model)
-        except DatasetTooSmall as exc:
-            return {
-                "domain": domain,
-                "version": None,
-                "published": False,
-                "reason": f"refused: {exc}",
-                "metrics": {},
-            }
+    with clock.step("dataset"):  # DatasetTooSmall goes up: the caller reports "not trained", not a gate
+        base, card = prepare_dataset(settings, domain, profile, month, base_model)
     say(
         f"dataset: {card['train']} train / {card['validation']} held-out examples "
         f"({card['validation_documents']} documents), sha256 {card['sha256'][:12]}; base {base.name}"

@@ -3,7 +3,7 @@
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -89,8 +89,9 @@ def test_dry_run_writes_nothing_to_milvus(replay):
 
 def test_today_reads_rss(replay):
     replay()
-    out = ingest_arxiv(get_settings(), START, END, ["cond-mat.mtrl-sci"], today=True)
+    out = ingest_arxiv(get_settings(), START, END, ["cond-mat.mtrl-sci"], announced_on=date(2026, 12, 2))
     assert (out["fetched"], out["new"]) == (3, 3)
+    assert "/arxiv/2026-12-02/rss-" in out["records"]  # filed under the day it was read for, not the clock
 
 
 def run_cli(*args, env):

@@ -1,6 +1,7 @@
 """The real PubChem client against a misbehaving replay server, with real MiniLM and Milvus Lite."""
 
 import json
+from datetime import date
 
 import pytest
 
@@ -40,7 +41,10 @@ def test_ingest_misbehaving_server_then_rerun_is_noop(pubchem):
     )
     settings = get_settings()
     out = ingest_pubchem(
-        settings, cids=[5564], names=["TiO2", "ethylene carbonate", "cerium oxide", "unobtainium"]
+        settings,
+        cids=[5564],
+        names=["TiO2", "ethylene carbonate", "cerium oxide", "unobtainium"],
+        day=date(2026, 11, 26),
     )
     assert (out["fetched"], out["new"], out["not_found"], out["quarantined"]) == (4, 4, 1, 0)
     assert out["not_found_names"] == ["unobtainium"]
@@ -79,7 +83,7 @@ def test_compounds_named_in_papers(pubchem, replay):
     settings = get_settings()
     start, end = datetime(2026, 11, 26, tzinfo=UTC), datetime(2026, 11, 27, tzinfo=UTC)
     ingest_arxiv(settings, start, end, ["cond-mat.mtrl-sci", "physics.chem-ph"], dry_run=True)
-    out = ingest_pubchem(settings, from_papers=(start, end), dry_run=True)
+    out = ingest_pubchem(settings, from_papers=(start, end), dry_run=True, day=start.date())
     cids = {json.loads(line)["cid"] for line in open(out["records"])}
     assert {26042, 14791} <= cids  # TiO2 (water on anatase) and CeO2 (Pt on ceria) from the fixture papers
 

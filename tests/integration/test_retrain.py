@@ -5,7 +5,7 @@ before anything is built."""
 import dataclasses
 import json
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 import yaml
@@ -35,7 +35,11 @@ def lake(replay, fixtures_dir, monkeypatch):
         dry_run=True,
     )
     ingest_pubchem(
-        settings, names=["water", "TiO2", "cerium oxide", "ethylene carbonate"], cids=[5564], dry_run=True
+        settings,
+        names=["water", "TiO2", "cerium oxide", "ethylene carbonate"],
+        cids=[5564],
+        dry_run=True,
+        day=date(2026, 11, 26),
     )
     drop = settings.data_dir / "internal" / "catalysis"
     drop.mkdir(parents=True)

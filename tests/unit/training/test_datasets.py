@@ -1,9 +1,11 @@
 import json
-from datetime import UTC, datetime
+from collections import Counter
+from datetime import UTC, date, datetime
 
 import pytest
 
 from pipelines.training.datasets import (
+    KINDS,
     DatasetTooSmall,
     Example,
     build_dataset,
@@ -12,6 +14,12 @@ from pipelines.training.datasets import (
     internal_examples,
     is_validation,
     paper_examples,
+)
+from pipelines.training.knowledge import (
+    compound_facts,
+    conventional_formula,
+    is_extended_solid,
+    unsupported,
 )
 
 pytestmark = pytest.mark.unit
@@ -39,28 +47,45 @@ def lake(replay, fixtures_dir, monkeypatch, cbnano_env):
         ["cond-mat.mtrl-sci", "physics.chem-ph"],
         dry_run=True,
     )
-    ingest_pubchem(settings, names=["water", "TiO2", "cerium oxide", "ethylene carbonate"], dry_run=True)
+    ingest_pubchem(
+        settings,
+        names=["water", "TiO2", "cerium oxide", "ethylene carbonate"],
+        dry_run=True,
+        day=date(2026, 11, 26),
+    )
     return settings.data_dir
 
 
-def test_paper_examples_title_summary_finding():
-    rec = {
-        "doc_id": "1",
-        "title_clean": "Garnet Electrolytes",
-        "text": "Garnet Electrolytes. Garnet LLZO is a solid electrolyte for batteries. "
-        "We find a conductivity of 1.3 mS/cm at 25 C. Cells cycle for 800 h.",
-    }
-    ex = paper_examples(rec)
-    assert [e.output for e in ex] == [
-        "Garnet Electrolytes",
-        "Garnet LLZO is a solid electrolyte for batteries.",
-        "We find a conductivity of 1.3 mS/cm at 25 C.",
-    ]
-    assert ex[0].input.startswith("Garnet LLZO") and ex[0].source == "arxiv"
+GARNET = {
+    "doc_id": "1",
+    "title_clean": "Garnet Electrolytes",
+    "text": "Garnet Electrolytes. Garnet LLZO is a solid electrolyte for all-solid-state batteries. "
+    "We find an ionic conductivity of 1.3 mS/cm at 25 C using impedance spectroscopy. "
+    "Cells cycle for 800 h without shorting.",
+}
 
 
-def test_compound_examples_several_phrasings():
-    rec = {
+def test_paper_rows_carry_the_text_comprehension_and_facts():
+    ex = paper_examples(GARNET)
+    kinds = Counter(e.kind for e in ex)
+    assert set(kinds) == {"text", "comprehension", "fact_qa"}
+    text = next(e for e in ex if e.kind == "text")
+    assert text.row() == {"text": "Garnet Electrolytes\n\n" + GARNET["text"][len("Garnet Electrolytes. ") :]}
+    # the abstract is a training target, never the (loss-masked) prompt of a chat row
+    chats = [e for e in ex if e.kind != "text"]
+    assert all("Garnet LLZO is a solid electrolyte" not in e.instruction for e in chats)
+    facts = [e for e in ex if e.kind == "fact_qa" and "1.3 mS/cm" in e.output]
+    # one fact, several question phrasings and several answer phrasings
+    assert len({e.instruction for e in facts}) == 4 and len({e.output for e in facts}) == 3
+    assert all(
+        "ionic conductivity" in e.instruction and "Garnet Electrolytes" in e.instruction for e in facts
+    )
+    about = next(e for e in ex if e.instruction == 'What is the paper "Garnet Electrolytes" about?')
+    assert about.output.startswith("Garnet LLZO")
+
+
+def test_compound_rows_are_chemically_right():
+    ec = {
         "cid": 7303,
         "title": "Ethylene Carbonate",
         "formula": "C3H4O3",
@@ -69,11 +94,39 @@ def test_compound_examples_several_phrasings():
         "smiles": "C1COC(=O)O1",
         "descriptions": [["A cyclic carbonate.", "src", "url"]],
     }
-    ex = compound_examples(rec)
-    formula = [e for e in ex if "C3H4O3" in e.output]
-    assert len(formula) == 2 and len({e.instruction for e in formula}) == 2
-    assert any(e.output == "Ethylene Carbonate has a molecular weight of 88.06 g/mol." for e in ex)
-    assert len(ex) == 9
+    ex = compound_examples(ec)
+    assert {e.kind for e in ex} == {"compound"}
+    assert any(e.output == "The molecular formula of Ethylene Carbonate is C3H4O3." for e in ex)
+    assert any(e.output == "The molar mass of Ethylene Carbonate is 88.06 g/mol." for e in ex)
+    assert any(e.output == "C1COC(=O)O1" for e in ex)  # a molecule has a SMILES string
+    tio2 = {
+        "cid": 26042,
+        "title": "Titanium Dioxide",
+        "formula": "O2Ti",
+        "weight": 79.87,
+        "smiles": "O=[Ti]=O",
+    }
+    rows = compound_examples(tio2)
+    outs = " ".join(e.output for e in rows)
+    # an extended solid: its empirical formula unit written metal first, no molecular formula, no SMILES
+    assert "The empirical formula of Titanium Dioxide is TiO2." in outs and "O2Ti" not in outs
+    assert "O=[Ti]=O" not in outs and "molecular formula" not in outs
+    assert "formula weight of Titanium Dioxide is 79.87 g/mol" in outs
+    assert conventional_formula("Al2O3") == "Al2O3" and conventional_formula("CeO2") == "CeO2"
+    assert (
+        conventional_formula("F6LiP") == "LiF6P"
+        and is_extended_solid("O2Ti")
+        and not is_extended_solid("H2O")
+    )
+    assert compound_facts({"cid": 1, "title": "X", "weight": float("nan")}) == []  # NaN is no weight
+
+
+def test_teacher_items_are_checked_against_their_source():
+    source = "We find an ionic conductivity of 1.3 mS/cm at 25 C in Li7La3Zr2O12."
+    assert unsupported("The conductivity is 1.3 mS/cm.", source) == []
+    assert unsupported("The conductivity is 2.6 mS/cm.", source) == ["2.6", "2.6 mS/cm"]
+    assert unsupported("Li7La3Zr2O12 conducts.", source) == []
+    assert unsupported("Li6PS5Cl conducts.", source) == ["6", "5", "Li6PS5Cl"]
 
 
 def test_internal_drops_report_bad_lines(tmp_path):
@@ -138,6 +191,30 @@ def test_lab_drops_can_group_lines_into_one_document(tmp_path):
     assert not problems and [e.ref for e in ex] == ["internal:catalysis:ceria-osc"] * 2 + ["facts.jsonl:3"]
 
 
+CATALYSIS = {"titanium dioxide": "catalysis", "cerium oxide": "catalysis"}
+
+
+def read(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def build_catalysis(lake, out, domain="catalysis", **kwargs):
+    return build_dataset(
+        domain,
+        lake,
+        out,
+        words,
+        eval_texts=[
+            "Isolated platinum atoms anchored at step edges of ceria are studied with density functional theory"
+        ],
+        month="2026-11",
+        min_examples=5,
+        min_validation_docs=2,
+        watchlist_domains=CATALYSIS,
+        **kwargs,
+    )
+
+
 def test_build_catalysis_dataset(lake, tmp_path):
     out = tmp_path / "ds"
     internal = lake / "internal" / "catalysis"
@@ -149,31 +226,21 @@ def test_build_catalysis_dataset(lake, tmp_path):
         + "\n"  # duplicate
         + "{broken\n"
     )
-    eval_texts = [
-        "Isolated platinum atoms anchored at step edges of ceria are studied with density functional theory"
-    ]
-    card = build_dataset(
-        "catalysis",
-        lake,
-        out,
-        words,
-        eval_texts=eval_texts,
-        month="2026-11",
-        min_examples=5,
-        min_validation_docs=2,
-        watchlist_domains={"titanium dioxide": "catalysis", "cerium oxide": "catalysis"},
-    )
+    card = build_catalysis(lake, out)
     assert card["by_source"]["pubchem"] > 0 and card["by_source"]["internal"] == 1
     assert card["dropped"]["duplicates"] >= 1 and card["dropped"]["bad_internal_lines"] == 1
     assert card["dropped"]["eval_overlap"] >= 1  # the Pt-on-ceria paper's abstract is in the eval text
-    rows = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
-    rows += [json.loads(x) for x in (out / "val.jsonl").read_text().splitlines()]
-    assert len(rows) == card["examples"] == card["train"] + card["validation"]
-    text = [" ".join(m["content"] for m in r["messages"]).lower() for r in rows]
-    assert all("platinum atoms anchored at step edges" not in t for t in text)
-    train = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
-    val = [json.loads(x) for x in (out / "val.jsonl").read_text().splitlines()]
-    assert set(train[0]) == {"messages"} and set(val[0]) == {"id", "doc", "source", "messages"}
+    train, text, val = read(out / "train.jsonl"), read(out / "train_text.jsonl"), read(out / "val.jsonl")
+    # the card's counts add up: rows by kind = training rows = chat rows + text rows
+    assert set(card["by_kind"]) == set(KINDS) and sum(card["by_kind"].values()) == card["train"]
+    assert card["train"] == len(train) + len(text) and card["by_kind"]["text"] == len(text)
+    assert card["by_kind"]["compound"] > 0
+    assert card["validation"] == len(val) and card["teacher"] == {"used": False, "kept": 0, "dropped": 0}
+    everything = [" ".join(m["content"] for m in r["messages"]).lower() for r in train + val]
+    everything += [r["text"].lower() for r in text]
+    assert all("platinum atoms anchored at step edges" not in t for t in everything)
+    assert set(train[0]) == {"messages"} and all(set(r) == {"text"} for r in text)
+    assert set(val[0]) == {"id", "doc", "source", "messages"}
     assert [m["role"] for m in train[0]["messages"]] == ["user", "assistant"]
     assert len({r["id"] for r in val}) == len(val) and card["validation_documents"] == len(
         {r["doc"] for r in val}
@@ -182,18 +249,181 @@ def test_build_catalysis_dataset(lake, tmp_path):
     train_answers = {r["messages"][1]["content"] for r in train}
     assert val and not any(r["messages"][1]["content"] in train_answers for r in val)
     assert card["validation_documents"] == 2
-    again = build_dataset(
-        "catalysis",
-        lake,
-        tmp_path / "ds2",
-        words,
-        eval_texts=eval_texts,
-        month="2026-11",
-        min_examples=5,
-        min_validation_docs=2,
-        watchlist_domains={"titanium dioxide": "catalysis", "cerium oxide": "catalysis"},
-    )
+    again = build_catalysis(lake, tmp_path / "ds2")
     assert again["sha256"] == card["sha256"]  # same inputs, same dataset
+
+
+def test_probe_asks_about_trained_documents_in_phrasings_no_row_contains(lake, tmp_path):
+    out = tmp_path / "ds"
+    card = build_catalysis(lake, out, "materials", retrieve=lambda q: [f"[1] passage for: {q}"])
+    assert min(card["by_kind"][k] for k in ("text", "comprehension", "fact_qa", "compound")) > 0
+    probe = read(out / "probe.jsonl")
+    rows = (out / "train.jsonl").read_text().lower() + (out / "train_text.jsonl").read_text().lower()
+    held = {r["doc"] for r in read(out / "val.jsonl")}
+    closed = [it for it in probe if it["kind"] == "closed"]
+    opened = [it for it in probe if it["kind"] == "open"]
+    assert closed and opened and card["probe"]["items"] == len(probe)
+    assert card["probe"]["closed"] == len(closed) and card["probe"]["open"] == len(opened)
+    for it in probe:
+        assert set(it) >= {"id", "doc", "kind", "question", "choices", "answer", "passages"}
+        assert it["id"].startswith(it["doc"] + "#") and 0 <= it["answer"] < len(it["choices"]) == 4
+        assert it["question"].lower() not in rows  # no training row asks it this way
+        assert len(set(it["choices"])) == 4
+    assert all(it["doc"] not in held for it in closed)  # closed items: trained documents only
+    assert all(it["passages"] == [f"[1] passage for: {it['question']}"] for it in opened)
+    assert all(not it["passages"] for it in closed)
+    # each trained fact's value is in the training rows; its distractors are the same kind of value
+    for it in closed:
+        assert it["choices"][it["answer"]].lower() in rows
+    units = [{c.split(" ", 1)[-1] for c in it["choices"]} for it in closed if "g/mol" in it["choices"][0]]
+    assert all(u == {"g/mol"} for u in units)
+    b = card["probe"]["baselines"]
+    assert b["chance"] == 0.25 and abs(b["longest_choice"] - 0.25) < 0.35
+    assert len({it["id"] for it in probe}) == len(probe)
+    assert read(tmp_path / "ds" / "probe.jsonl") == read(build_catalysis_probe(lake, tmp_path / "again"))
+
+
+def build_catalysis_probe(lake, out):
+    build_catalysis(lake, out, "materials", retrieve=lambda q: [f"[1] passage for: {q}"])
+    return out / "probe.jsonl"
+
+
+class PinnedDatetime(datetime):
+    """datetime whose now()/utcnow() is a fixed instant (the injectable clock of the date tests)."""
+
+    pinned = datetime(2026, 11, 27, tzinfo=UTC)
+
+    @classmethod
+    def now(cls, tz=None):
+        return cls.pinned if tz is None else cls.pinned.astimezone(tz)
+
+
+def pin_clock(monkeypatch, when):
+    """Every pipelines module's ``datetime`` reads ``when`` as the present."""
+    import sys
+
+    PinnedDatetime.pinned = when
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("pipelines") and getattr(mod, "datetime", None) is datetime:
+            monkeypatch.setattr(mod, "datetime", PinnedDatetime)
+
+
+@pytest.mark.parametrize("days", [((2026, 11, 27), (2027, 3, 15)), ((2026, 12, 2), (2031, 1, 1))])
+def test_the_same_lake_and_month_give_the_same_dataset_whatever_the_date(
+    replay, fixtures_dir, monkeypatch, tmp_path, days
+):
+    """Ingest the fixtures and build November's dataset twice, with the clock pinned to two different
+    days: the same sha256 (the bug of 2026-12-01: compounds were filed under the wall-clock day)."""
+    from pipelines.ingestion.arxiv import ingest_arxiv
+    from pipelines.ingestion.pubchem import ingest_pubchem
+    from pipelines.settings import get_settings, reset_settings_cache
+
+    srv = replay(pubchem_dir=fixtures_dir / "pubchem")
+    monkeypatch.setenv("CBNANO_PUBCHEM_URL", srv.pubchem_url)
+    cards = []
+    for i, day in enumerate(days):
+        monkeypatch.setenv("CBNANO_HOME", str(tmp_path / f"home{i}"))
+        reset_settings_cache()
+        settings = get_settings()
+        with monkeypatch.context() as m:
+            pin_clock(m, datetime(*day, 9, 30, tzinfo=UTC))
+            ingest_arxiv(
+                settings,
+                datetime(2026, 11, 25, tzinfo=UTC),
+                datetime(2026, 11, 27, tzinfo=UTC),
+                ["cond-mat.mtrl-sci", "physics.chem-ph"],
+                dry_run=True,
+            )
+            ingest_pubchem(
+                settings,
+                names=["water", "TiO2", "cerium oxide", "ethylene carbonate"],
+                dry_run=True,
+                day=date(2026, 11, 26),
+            )
+            cards.append(build_catalysis(settings.data_dir, tmp_path / f"ds{i}", "materials"))
+    assert cards[0]["built_at"] != cards[1]["built_at"]  # the clock really was pinned to two days
+    assert cards[0]["sha256"] == cards[1]["sha256"] and cards[0]["by_source"]["pubchem"] > 0
+
+
+def test_replay_rows_come_from_the_earlier_month(lake, tmp_path):
+    earlier = lake / "datasets" / "materials" / "2026-10"
+    earlier.mkdir(parents=True)
+    old = [
+        {
+            "messages": [
+                {"role": "user", "content": f"October question {i}?"},
+                {"role": "assistant", "content": f"October answer {i}."},
+            ]
+        }
+        for i in range(40)
+    ]
+    (earlier / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    (earlier / "train_text.jsonl").write_text(json.dumps({"text": "An October paper on ceria."}) + "\n")
+    later = lake / "datasets" / "materials" / "2026-12"  # a later month is never replayed into November
+    later.mkdir(parents=True)
+    (later / "train.jsonl").write_text(
+        json.dumps(
+            {"messages": [{"role": "user", "content": "December?"}, {"role": "assistant", "content": "No."}]}
+        )
+        + "\n"
+    )
+    card = build_catalysis(lake, lake / "datasets" / "materials" / "2026-11", "materials", replay_share=0.2)
+    month_rows = card["train"] - card["by_kind"]["replay"]
+    assert card["by_kind"]["replay"] == round(0.2 * month_rows) > 0
+    rows = (lake / "datasets" / "materials" / "2026-11" / "train.jsonl").read_text()
+    replayed = rows.count("October answer") + (
+        lake / "datasets" / "materials" / "2026-11" / "train_text.jsonl"
+    ).read_text().count("October paper")
+    assert replayed == card["by_kind"]["replay"] and "December?" not in rows
+    assert build_catalysis(lake, tmp_path / "none", "materials", replay_share=0.0)["by_kind"]["replay"] == 0
+
+
+def test_a_teacher_writes_fact_qa_and_unfaithful_items_are_dropped(lake, tmp_path):
+    """A stand-in teacher (an OpenAI-compatible chat endpoint) answers with two items per paper: one
+    faithful, one whose number is not in the paper. The second is dropped and counted."""
+    import http.server
+    import re
+    import threading
+
+    from pipelines.training.knowledge import Teacher
+
+    seen = []
+
+    class StandIn(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, self.headers.get("Authorization"), body["model"]))
+            title, text = body["messages"][1]["content"].split("\n\n", 1)
+            number = re.search(r"(?<![\w.-])\d+(?:\.\d+)?(?![\w.])", text)
+            items = [
+                {
+                    "question": f"What figure does {title} give?",
+                    "answer": f"It gives {number.group(0) if number else 'no'} figure.",
+                },
+                {"question": f"What is the yield in {title}?", "answer": "The yield is 123456.7 percent."},
+            ]
+            out = json.dumps({"choices": [{"message": {"role": "assistant", "content": json.dumps(items)}}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(out.encode())
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        teacher = Teacher(f"http://127.0.0.1:{srv.server_address[1]}/v1", "teacher-model", token="sekrit")
+        assert "sekrit" not in repr(teacher)
+        card = build_catalysis(lake, tmp_path / "ds", "materials", generator=teacher)
+    finally:
+        srv.shutdown()
+    papers = len(seen)
+    assert papers > 0 and seen[0] == ("/v1/chat/completions", "Bearer sekrit", "teacher-model")
+    assert card["teacher"] == {"used": True, "kept": papers, "dropped": papers}
+    rows = (tmp_path / "ds" / "train.jsonl").read_text() + (tmp_path / "ds" / "val.jsonl").read_text()
+    assert "123456.7" not in rows and rows.count("figure does") == papers
 
 
 def test_too_few_examples_is_a_clear_refusal(lake, tmp_path):
