@@ -106,7 +106,7 @@ DOMAINS = ["chemistry", "materials", "thermal", "catalysis"]
 TRAIN_PROFILES = ["tiny", "cpu_lora", "gpu_qlora"]
 TRAIN_PROFILE = os.environ.get("CBNANO_TRAIN_PROFILE") or "gpu_qlora"
 BASE_MODEL = os.environ.get("CBNANO_BASE_MODEL") or None
-MIN_GAIN = 0.01
+MIN_GAIN = 0.02
 # One Asset per domain's published model (the production pointer in the model store).
 MODEL_ASSETS = {
     d: Asset(name=f"cbnano_model_{d}", uri=f"cbnano://models/{d}", group="models") for d in DOMAINS

@@ -6,7 +6,9 @@ thermal, catalysis), build the month's chat dataset from the ingested papers and
 base model (`CBNANO_BASE_MODEL`) with axolotl (`CBNANO_TRAIN_PROFILE`, default `gpu_qlora`: QLoRA on System B's
 GPUs), merge, check the merge, evaluate base vs current production vs candidate per item on the leased GPU, and
 register the candidate as a model-store version. Production moves only when the gate's 95% interval of the
-held-out loss gain clears the minimum gain and no guard metric regresses significantly.
+closed-book knowledge gain (the probe's questions on the month's trained documents, paired per document) clears
+the minimum gain, answering with retrieved sources is non-inferior and the forgetting guard holds. A domain
+with too little data is listed by `report` as "not trained", and the run fails.
 
 `plan` fails the run at once, before any dataset is built, when there is no usable base model. One mapped task
 per domain runs on Celery queue `system_b` holding a slot of pool `system_b_gpu` (one slot per GPU), so two
@@ -61,7 +63,8 @@ from cbnano_common import (
         "min_gain": Param(
             MIN_GAIN,
             type="number",
-            description="Held-out loss gain (nats/token) the 95% interval's lower bound must exceed.",
+            description="Closed-book knowledge gain on the trained documents (accuracy points) the 95% "
+            "interval's lower bound must exceed.",
         ),
         "month": Param(
             None,

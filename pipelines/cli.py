@@ -563,8 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-gain",
         type=float,
         default=DEFAULT_MIN_GAIN,
-        help="the 95%% interval's lower bound of the held-out loss gain must exceed this "
-        f"(nats/token; default {DEFAULT_MIN_GAIN})",
+        help="the 95%% interval's lower bound of the closed-book knowledge gain on the trained documents "
+        f"must exceed this (accuracy points; default {DEFAULT_MIN_GAIN})",
     )
     rt.add_argument("--max-steps", type=int, help="cap the training steps")
     rt.add_argument(

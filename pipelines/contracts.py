@@ -145,6 +145,7 @@ class Evaluation(TypedDict):
     peak_gpu_gib: float | None
     items: str | None  # the multiple-choice set
     heldout: str | None  # the held-out rows
+    probe: NotRequired[int | None]  # knowledge-probe items scored
 
 
 RETRAIN_RESULT_KEYS = ("domain", "version", "published", "reason", "metrics")

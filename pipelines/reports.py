@@ -20,7 +20,15 @@ from pipelines.lake import run_summaries
 from pipelines.publishing.model_store import ModelStore
 from pipelines.settings import Settings
 
-METRICS = ("heldout_loss", "mc_accuracy", "mc_prob")
+# knowledge first (the gate's primary and its open-book guard), then the forgetting guard and held-out loss
+METRICS = (
+    "knowledge_closed",
+    "knowledge_open",
+    "knowledge_choice_only",
+    "mc_accuracy",
+    "mc_prob",
+    "heldout_loss",
+)
 
 
 def _json(path: Path) -> dict[str, Any]:

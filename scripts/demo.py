@@ -130,22 +130,46 @@ def main() -> int:
             "(several minutes on 2 cores) ...",
             flush=True,
         )
+        from pipelines.training.datasets import DatasetTooSmall
+
         t0 = time.perf_counter()
-        out = retrain(
-            settings,
-            "catalysis",
-            profile="cpu_lora",
-            month="2026-11",
-            max_steps=12,
-            log=lambda line: (
-                print("   " + line, flush=True) if line.startswith(("dataset:", "step ")) else None
-            ),
-        )
+        try:
+            out = retrain(
+                settings,
+                "catalysis",
+                profile="cpu_lora",
+                month="2026-11",
+                max_steps=12,
+                log=lambda line: (
+                    print("   " + line, flush=True) if line.startswith(("dataset:", "step ")) else None
+                ),
+            )
+        except DatasetTooSmall as exc:
+            print(f"demo failed: not trained: {exc}", file=sys.stderr)
+            return 1
         print(f"   finished in {time.perf_counter() - t0:.0f}s")
+        report = json.loads((Path(out["run_dir"]) / "eval.json").read_text())
+        card = report["dataset"]
+        probe = card["probe"]
+        print(f"   training rows by kind: {json.dumps(card['by_kind'])}")
+        print(
+            f"   knowledge probe: {probe['items']} items ({probe['closed']} closed-book on trained documents, "
+            f"{probe['open']} with retrieved sources) over {probe['documents']} documents; no-model baselines: "
+            f"chance {probe['baselines']['chance']:.2f}, longest choice {probe['baselines']['longest_choice']:.2f}"
+        )
         for name, m in out["metrics"].items():
             print(
-                f"   {name:<10} held-out loss {m.get('heldout_loss', float('nan')):.4f}  "
-                f"mc accuracy {m.get('mc_accuracy', float('nan')):.3f}  mc p(correct) {m.get('mc_prob', float('nan')):.3f}"
+                f"   {name:<10} knowledge closed {m.get('knowledge_closed', float('nan')):.3f}  "
+                f"open {m.get('knowledge_open', float('nan')):.3f}  "
+                f"choices-only {m.get('knowledge_choice_only', float('nan')):.3f}  "
+                f"mc accuracy {m.get('mc_accuracy', float('nan')):.3f}  "
+                f"held-out loss {m.get('heldout_loss', float('nan')):.4f}"
+            )
+        for c in report["gate"]["comparisons"]:
+            print(
+                f"   {c['metric']:<16} candidate - {c['baseline']}: {c['gain']:+.3f} "
+                f"(95% CI {c['ci_low']:+.3f}..{c['ci_high']:+.3f}, n={c['n']} {c.get('unit', 'items')}; "
+                f"detectable at 80% power against its bar: {c['mde']:.3f})"
             )
         print(f"   gate: {out['reason']}")
         vdir = settings.model_store / "catalysis" / "versions" / str(out["version"])

@@ -24,6 +24,20 @@ def eval_items_path(domain: str) -> Path:
     return asset("include", "eval", f"{domain}.jsonl")
 
 
+def general_passages() -> list[dict[str, str]]:
+    """Every domain's multiple-choice items as statements (question, then the right answer): the general
+    passages of the forgetting guard ``general_loss``. Ids ``general:<item id>``."""
+    from pipelines.evaluation.scoring import load_items
+    from pipelines.settings import DOMAINS
+
+    out = []
+    for domain in DOMAINS:
+        for it in load_items(eval_items_path(domain)):
+            q = it["question"].rstrip()
+            out.append({"id": f"general:{it['id']}", "text": f"{q} {it['choices'][it['answer']]}."})
+    return out
+
+
 def evaluate_roles(
     settings: Settings,
     domain: str,
@@ -33,9 +47,10 @@ def evaluate_roles(
     gpu: int | None,
     spec_path: Path,
     timeout_s: float = 4 * 3600,
+    probe: Path | None = None,
 ) -> Evaluation:
-    """Score every role — ``{role: (base folder, adapter folder or None)}`` — on the domain's items and the
-    held-out rows; returns ``{"metrics": {role: {metric: mean}}, "per_item": {metric: {role: {id: score}}},
+    """Score every role — ``{role: (base folder, adapter folder or None)}`` — on the domain's items, the
+    held-out rows and the knowledge ``probe``; returns ``{"metrics": {role: {metric: mean}}, "per_item": {metric: {role: {id: score}}},
     "device", "dtype", "seconds", "peak_gpu_gib"}``.
 
     Roles sharing a base are scored in one model load. Raises ValueError when the roles were not scored on
@@ -50,6 +65,9 @@ def evaluate_roles(
         "groups": [{"base": b, "roles": r} for b, r in groups.items()],
         "items": str(eval_items_path(domain)),
         "heldout": str(heldout),
+        "probe": str(probe) if probe else None,
+        "general": general_passages(),
+        "domain": domain,
         "load_in_4bit": load_in_4bit,
     }
     spec_path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,4 +92,5 @@ def evaluate_roles(
         "peak_gpu_gib": out.get("peak_gpu_gib"),
         "items": out.get("items"),
         "heldout": out.get("heldout"),
+        "probe": out.get("probe"),
     }

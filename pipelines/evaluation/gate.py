@@ -1,29 +1,30 @@
-"""The publish gate: is a fine-tuned candidate *really* better than what serves today?
+"""The publish gate: does a fine-tuned candidate *know more* of the month's science than what serves today?
 
 The evaluation scores every model on the same items (``per_item``: metric → role → item id → score), so the
-gate works on **paired per-item differences**: for each item, how much better the candidate did than the
-baseline (the domain's production model, or the base model when there is none yet). A mean over 40 items moves
-by 0.025 when one item flips; deciding on the raw mean difference would publish noise. Instead the gate
-estimates a 95% confidence interval of the mean paired difference — the wider of a paired bootstrap (items
-resampled with replacement, 10,000 resamples, fixed seed: the same scores always give the same decision) and
-Student's t interval, which keeps the error rate honest on few items (see :func:`interval`) — and
+gate works on **paired differences**: per unit, how much better the candidate did than the baseline (the
+domain's production model, or the base when there is none yet). The unit is the **document** for the knowledge
+probe (its items' scores averaged per document, from the item ids ``<doc>#...``: items of one paper are not
+independent observations) and the item elsewhere. It estimates a 95% interval of the mean paired difference —
+the wider of a paired bootstrap (10,000 resamples, fixed seed: the same scores always give the same decision)
+and Student's t interval, which keeps the error rate honest on few units (see :func:`interval`) — and moves
+production only when
 
-* moves production only when the **lower bound** of the primary metric's interval clears ``min_gain``
-  (in the metric's own units, in the direction that is better for it), and
-* refuses when any **guard** metric regresses significantly: the *upper* bound of its interval is below
-  ``-tolerance`` (we are 95% sure it got worse by more than the tolerance: 0.02 accuracy, 0.01 p(correct)).
+* the **primary** metric, ``knowledge_closed`` (closed-book accuracy on the facts of the documents the
+  candidate was trained on, in phrasings no training row uses), has a lower bound above ``min_gain``
+  (accuracy points, default 0.02);
+* each **non-inferiority** guard has a lower bound above ``-margin``: ``knowledge_open`` (answering with the
+  retrieved passages, the mode System A serves; margin 0.05) and ``mc_prob`` (the fixed general-knowledge set,
+  the forgetting guard; margin 0.02);
+* no other guard (``mc_accuracy``) regresses significantly (its *upper* bound below ``-tolerance``).
 
-The primary metric is the held-out loss (mean token negative log-likelihood per held-out document the training
-split never saw): continuous, one value per item, so it detects small effects. Multiple-choice accuracy on the
-fixed domain sets guards against forgetting (``mc_accuracy``, 0/1 per item, and ``mc_prob``, the probability
-the model puts on the right choice, which sees the same change with less noise).
+Every comparison carries the effect the test detects with 80% power **against its bar**: for the primary,
+``min_gain + (t_0.975 + t_0.8) · sd / √n`` with ``n - 1`` degrees of freedom (a one-sided bar the true gain must
+clear by the interval's half-width plus the power margin). ``held-out loss`` stays in the report as a
+secondary figure; it is not a gate metric (a random-init model passed it by learning our templates).
 
-Each comparison also carries its **minimum detectable effect** (MDE): the true mean difference the test would
-detect with 80% power at this n and spread, ``(z_0.975 + z_0.8) · sd / √n``. ``docs/BENCHMARKS.md`` records
-what it is for each metric on the lab's sets.
-
-    decision = decide(per_item, primary="heldout_loss", guards=("mc_accuracy", "mc_prob"), min_gain=0.01)
-    decision.reason  # 'refused: held-out loss gain +0.012 (95% CI -0.004..+0.028) < 0.010 vs base (n=212)'
+    decision = decide(per_item, min_gain=0.02)
+    decision.reason  # 'refused: knowledge (closed-book) gain +0.050 (95% CI -0.080..+0.180) <= 0.020 vs base
+                     #  (n=7 documents, detectable at 80% power: 0.310); ...'
 """
 
 from __future__ import annotations
@@ -34,17 +35,43 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Which way is better for the metrics the evaluation writes, and how they read in a reason line.
-HIGHER_IS_BETTER = {"heldout_loss": False, "mc_accuracy": True, "mc_prob": True}
-LABELS = {"heldout_loss": "held-out loss", "mc_accuracy": "mc accuracy", "mc_prob": "mc p(correct)"}
-PRIMARY = "heldout_loss"
-GUARDS = ("mc_accuracy", "mc_prob")
-DEFAULT_MIN_GAIN = 0.01  # nats per token on held-out documents
+HIGHER_IS_BETTER = {
+    "heldout_loss": False,
+    "general_loss": False,
+    "mc_choice_only": True,
+    "mc_accuracy": True,
+    "mc_prob": True,
+    "knowledge_closed": True,
+    "knowledge_closed_p": True,
+    "knowledge_open": True,
+    "knowledge_open_p": True,
+    "knowledge_choice_only": True,
+}
+LABELS = {
+    "heldout_loss": "held-out loss",
+    "general_loss": "general-text loss",
+    "mc_choice_only": "mc choices without the question",
+    "mc_accuracy": "mc accuracy",
+    "mc_prob": "mc p(correct)",
+    "knowledge_closed": "knowledge (closed-book)",
+    "knowledge_closed_p": "knowledge (closed-book) p(correct)",
+    "knowledge_open": "knowledge (with sources)",
+    "knowledge_open_p": "knowledge (with sources) p(correct)",
+    "knowledge_choice_only": "choices without the question",
+}
+PRIMARY = "knowledge_closed"
+# metric -> margin its lower bound must stay above: answering with sources (accuracy), the forgetting guards
+# (general-text loss in nats/token, mc p(correct))
+NONINFERIOR = {"knowledge_open": 0.05, "general_loss": 0.02, "mc_prob": 0.02}
+GUARDS = ("mc_accuracy",)
+BY_DOCUMENT = ("knowledge_",)  # metrics whose items are paired per document (ids "<doc>#...")
+DEFAULT_MIN_GAIN = 0.02  # accuracy points of closed-book knowledge on the trained documents
 # A guard regression counts when we are 95% sure it is worse by more than this: statistically certain but
 # negligible shifts (a 0.0005 move in p(correct) on 40 items can be "significant") do not block a release.
 DEFAULT_TOLERANCE = {"mc_accuracy": 0.02, "mc_prob": 0.01}
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
-_Z_POWER = 1.959964 + 0.841621  # two-sided 5% test, 80% power
+_Z_POWER = 1.959964 + 0.841621  # two-sided 5% test, 80% power (large n)
 
 PerItem = Mapping[str, Mapping[str, Mapping[str, float]]]  # metric -> role -> item id -> score
 
@@ -59,15 +86,16 @@ class Comparison:
     gain: float
     ci_low: float
     ci_high: float
-    mde: float
+    mde: float  # the true gain this test detects with 80% power against its bar (see module docstring)
     candidate_mean: float
     baseline_mean: float
+    unit: str = "items"  # what n counts: "documents" for the knowledge probe
 
     def line(self) -> str:
-        """``held-out loss gain +0.012 (95% CI -0.004..+0.028)``."""
+        """``knowledge (closed-book) gain +0.050 (95% CI -0.080..+0.180, n=7 documents)``."""
         return (
             f"{LABELS.get(self.metric, self.metric)} gain {self.gain:+.3f} "
-            f"(95% CI {self.ci_low:+.3f}..{self.ci_high:+.3f})"
+            f"(95% CI {self.ci_low:+.3f}..{self.ci_high:+.3f}, n={self.n} {self.unit})"
         )
 
 
@@ -100,8 +128,22 @@ def improvement(metric: str, candidate: float, baseline: float) -> float:
     return candidate - baseline if HIGHER_IS_BETTER[metric] else baseline - candidate
 
 
+def by_document(metric: str) -> bool:
+    """True for the metrics paired per document (the knowledge probe's)."""
+    return metric.startswith(BY_DOCUMENT)
+
+
+def per_document(scores: Mapping[str, float]) -> dict[str, float]:
+    """Item scores (ids ``<doc>#...``) averaged per document."""
+    sums: dict[str, list[float]] = {}
+    for item, score in scores.items():
+        sums.setdefault(item.split("#", 1)[0], []).append(float(score))
+    return {doc: math.fsum(v) / len(v) for doc, v in sums.items()}
+
+
 def paired_differences(per_item: PerItem, metric: str, baseline: str) -> list[float]:
-    """Per-item gains of the candidate over ``baseline`` on ``metric``, in item-id order.
+    """Per-unit gains of the candidate over ``baseline`` on ``metric`` (per document for the knowledge
+    metrics, per item elsewhere), in id order.
 
     Raises ValueError when a role is missing or the two roles were not scored on identical item ids.
     """
@@ -112,6 +154,8 @@ def paired_differences(per_item: PerItem, metric: str, baseline: str) -> list[fl
         if role not in roles:
             raise ValueError(f"{metric}: no per-item scores for {role!r}")
     cand, base = roles["candidate"], roles[baseline]
+    if by_document(metric):
+        cand, base = per_document(cand), per_document(base)
     if set(cand) != set(base):
         only = sorted(set(cand) ^ set(base))[:5]
         raise ValueError(f"{metric}: candidate and {baseline} were scored on different items (e.g. {only})")
@@ -182,6 +226,28 @@ def t975(df: int) -> float:
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
+# Student's t quantile t_0.80 for 1..30 degrees of freedom (the 80%-power term of the detectable effect)
+_T80 = (1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879, 0.876, 0.873, 0.870, 0.868,
+        0.866, 0.865, 0.863, 0.862, 0.861, 0.860, 0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855,
+        0.854, 0.854)  # fmt: skip
+
+
+def t80(df: int) -> float:
+    """The 80th percentile of Student's t with ``df`` degrees of freedom."""
+    if df <= len(_T80):
+        return _T80[df - 1]
+    z = 0.841621
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def detectable(sd: float, n: int, bar: float = 0.0) -> float:
+    """The true mean gain a test of ``n`` paired units with spread ``sd`` detects with 80% power when the
+    interval's lower bound must clear ``bar``: ``bar + (t_0.975 + t_0.8) · sd / √n`` (t with n - 1 df)."""
+    if n < 2:
+        return math.inf
+    return bar + (t975(n - 1) + t80(n - 1)) * sd / math.sqrt(n)
+
+
 def interval(diffs: Sequence[float], seed: int = 0, resamples: int = RESAMPLES) -> tuple[float, float]:
     """The gate's 95% interval of the mean paired difference: the wider of the paired-bootstrap percentile
     interval and Student's t interval. The bootstrap follows skewed per-item differences; on few items (a
@@ -197,14 +263,18 @@ def interval(diffs: Sequence[float], seed: int = 0, resamples: int = RESAMPLES) 
     return min(lo, mean - half), max(hi, mean + half)
 
 
-def compare(per_item: PerItem, metric: str, baseline: str, seed: int = 0) -> Comparison:
-    """The paired comparison of the candidate with ``baseline`` on ``metric`` (see module docstring)."""
+def compare(per_item: PerItem, metric: str, baseline: str, seed: int = 0, bar: float = 0.0) -> Comparison:
+    """The paired comparison of the candidate with ``baseline`` on ``metric`` (see module docstring); its
+    ``mde`` is against ``bar`` (the primary's ``min_gain``, a guard's ``-margin``)."""
     diffs = paired_differences(per_item, metric, baseline)
     n = len(diffs)
     mean = math.fsum(diffs) / n
     sd = math.sqrt(math.fsum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
     lo, hi = interval(diffs, seed=seed)
     roles = per_item[metric]
+    cand, base = roles["candidate"], roles[baseline]
+    if by_document(metric):
+        cand, base = per_document(cand), per_document(base)
     return Comparison(
         metric,
         baseline,
@@ -212,9 +282,10 @@ def compare(per_item: PerItem, metric: str, baseline: str, seed: int = 0) -> Com
         round(mean, 6),
         round(lo, 6),
         round(hi, 6),
-        round(_Z_POWER * sd / math.sqrt(n), 6),
-        round(math.fsum(roles["candidate"].values()) / n, 6),
-        round(math.fsum(roles[baseline].values()) / n, 6),
+        round(detectable(sd, n, bar), 6) if n > 1 else math.inf,
+        round(math.fsum(cand.values()) / n, 6),
+        round(math.fsum(base.values()) / n, 6),
+        "documents" if by_document(metric) else "items",
     )
 
 
@@ -224,45 +295,60 @@ def decide(
     guards: Iterable[str] = GUARDS,
     min_gain: float = DEFAULT_MIN_GAIN,
     tolerance: float | Mapping[str, float] = DEFAULT_TOLERANCE,
+    noninferior: Mapping[str, float] | None = None,
 ) -> GateDecision:
     """Apply the gate (see module docstring) with production as the baseline when it was scored, else base.
 
-    Raises ValueError when a needed metric or role is missing or the roles' item ids differ.
+    ``noninferior`` (default :data:`NONINFERIOR` for the knowledge primary, none otherwise) maps a metric to
+    the margin its lower bound must stay above; a metric the evaluation did not score is left out. Raises
+    ValueError when the primary or a role is missing or the roles' item ids differ.
     """
+    if noninferior is None:
+        noninferior = NONINFERIOR if primary == PRIMARY else {}
     baseline = "production" if "production" in per_item.get(primary, {}) else "base"
-    head = compare(per_item, primary, baseline)
-    comparisons = [head] + [compare(per_item, g, baseline) for g in guards if g in per_item]
-    regressions = []
-    for c in comparisons[1:]:
+    head = compare(per_item, primary, baseline, bar=min_gain)
+    ni = [compare(per_item, m, baseline, bar=-margin) for m, margin in noninferior.items() if m in per_item]
+    others = [compare(per_item, g, baseline) for g in guards if g in per_item and g not in noninferior]
+    comparisons = [head, *ni, *others]
+    problems = [
+        f"{c.line()} not shown non-inferior (lower bound <= -{noninferior[c.metric]:.3f}; detectable drop "
+        f"{-c.mde:.3f})"
+        for c in ni
+        if c.ci_low <= -noninferior[c.metric]
+    ]
+    for c in others:
         tol = tolerance.get(c.metric, 0.0) if isinstance(tolerance, Mapping) else tolerance
         if c.ci_high < -tol:
-            regressions.append(c.line())
+            problems.append(f"significantly worse: {c.line()}")
     passed = head.ci_low > min_gain
     line = (
-        f"{head.line()} {'>' if passed else '<='} {min_gain:.3f} vs {baseline} (n={head.n}, "
-        f"detectable ~{head.mde:.3f})"
+        f"{head.line()} {'>' if passed else '<='} {min_gain:.3f} vs {baseline} "
+        f"(detectable at 80% power: {head.mde:.3f})"
     )
+    rest = "; ".join(c.line() for c in comparisons[1:]) or "no guard metrics"
     if not passed:
-        return GateDecision(False, f"refused: {line}", primary, baseline, min_gain, comparisons, regressions)
-    if regressions:
+        body = f"{line}; guards: {rest}"
+        if problems:
+            body += f"; and {'; '.join(problems)}"
+        return GateDecision(False, f"refused: {body}", primary, baseline, min_gain, comparisons, problems)
+    if problems:
         return GateDecision(
             False,
-            f"refused: {line}; but significantly worse: {'; '.join(regressions)}",
+            f"refused: {line}; but {'; '.join(problems)}",
             primary,
             baseline,
             min_gain,
             comparisons,
-            regressions,
+            problems,
         )
-    guards_ok = "; ".join(c.line() for c in comparisons[1:]) or "no guard metrics"
     return GateDecision(
         True,
-        f"published: {line}; no significant regression ({guards_ok})",
+        f"published: {line}; guards hold ({rest})",
         primary,
         baseline,
         min_gain,
         comparisons,
-        regressions,
+        problems,
     )
 
 

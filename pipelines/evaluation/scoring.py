@@ -14,6 +14,18 @@ can compare models item by item (``pipelines.evaluation.gate``):
 * **mc_prob** — the same item's probability of the right choice, the choices' mean per-token log-probabilities
   normalised with a softmax: it moves before the argmax flips, so it shows forgetting with less noise.
 
+* **general_loss** — for each general passage (the statements of every domain's multiple-choice set: question
+  and right answer, ``pipelines.evaluation.evaluate.general_passages``): mean token NLL of the passage after its
+  first word. Continuous and paired, so it sees forgetting the 40 0/1 items of ``mc_accuracy`` cannot; the
+  gate holds it non-inferior. Lower is better.
+* **mc_choice_only** — ``mc_accuracy`` with an empty question: what the choices alone give away.
+* **knowledge_closed** / **knowledge_open** — for each knowledge-probe item (``probe.jsonl``, written by the
+  dataset step): 1 if the right choice wins, as for ``mc_accuracy``; ``closed`` items are asked alone, ``open``
+  items inside the ``cbnano ask`` prompt with their retrieved passages (the mode System A serves). Their
+  probabilities of the right choice are ``knowledge_closed_p`` / ``knowledge_open_p``, and
+  ``knowledge_choice_only`` scores the closed items' choices with an empty question: near chance unless the
+  choices alone give the answer away (or a model learnt to prefer values it saw, whatever the question).
+
 Eval items: ``{"id", "question", "choices": [>= 2 strings], "answer": index}``. Held-out rows:
 ``{"id", "doc", "messages": [{"role": "user", ...}, {"role": "assistant", ...}]}`` (``val.jsonl``).
 
@@ -25,11 +37,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 Pair = tuple[list[int], list[int]]  # (prompt token ids, continuation token ids)
+Messages = Sequence[dict[str, str]]
 
 
 def load_items(path: Path) -> list[dict[str, Any]]:
@@ -146,14 +159,16 @@ class Scorer:
             count[doc] = count.get(doc, 0) + n
         return {doc: nll[doc] / count[doc] for doc in nll if count[doc]}
 
-    def multiple_choice(self, items: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
-        """(item id → 1.0/0.0 correct, item id → probability of the right choice) for ``items``."""
+    def multiple_choice(
+        self, items: Sequence[dict[str, Any]], prompt_of: Callable[[dict[str, Any]], Messages] | None = None
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """(item id → 1.0/0.0 correct, item id → probability of the right choice) for ``items``, each asked as
+        ``prompt_of(item)`` (default: its question alone)."""
         pairs: list[Pair] = []
         for item in items:
+            messages = prompt_of(item) if prompt_of else user_message(item["question"])
             prompt = self._encode(
-                self.tok.apply_chat_template(
-                    user_message(item["question"]), tokenize=False, add_generation_prompt=True
-                )
+                self.tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
             )
             pairs += [(prompt, self._encode(choice)) for choice in item["choices"]]
         scores = iter(self.continuation_logprobs(pairs))
@@ -166,8 +181,41 @@ class Scorer:
             prob[item["id"]] = weights[item["answer"]] / sum(weights)
         return correct, prob
 
+    def passages(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """Passage id → mean token NLL of its text after the first word (``general_loss``)."""
+        pairs: list[Pair] = []
+        for row in rows:
+            first, _, rest = str(row["text"]).partition(" ")
+            pairs.append((self._encode(first), self._encode(" " + rest)))
+        return {
+            row["id"]: -total / n
+            for row, (total, n) in zip(rows, self.continuation_logprobs(pairs), strict=True)
+            if n
+        }
+
+    def knowledge(self, probe: Sequence[dict[str, Any]], domain: str | None) -> dict[str, dict[str, float]]:
+        """The knowledge probe's per-item scores (see the module docstring)."""
+        from pipelines.retrieval.prompt import ask_messages
+
+        out: dict[str, dict[str, float]] = {}
+        closed = [it for it in probe if it["kind"] == "closed"]
+        opened = [it for it in probe if it["kind"] == "open"]
+        if closed:
+            out["knowledge_closed"], out["knowledge_closed_p"] = self.multiple_choice(closed)
+            out["knowledge_choice_only"], _ = self.multiple_choice(closed, lambda it: user_message(""))
+        if opened:
+            out["knowledge_open"], out["knowledge_open_p"] = self.multiple_choice(
+                opened, lambda it: ask_messages(it["question"], it.get("passages") or [], domain)
+            )
+        return out
+
     def score(
-        self, items: Sequence[dict[str, Any]], heldout_rows: Sequence[dict[str, Any]]
+        self,
+        items: Sequence[dict[str, Any]],
+        heldout_rows: Sequence[dict[str, Any]],
+        probe: Sequence[dict[str, Any]] = (),
+        domain: str | None = None,
+        general: Sequence[dict[str, Any]] = (),
     ) -> dict[str, Any]:
         """``{"metrics": {metric: mean}, "per_item": {metric: {id: score}}}`` for this model."""
         per_item: dict[str, dict[str, float]] = {}
@@ -175,6 +223,11 @@ class Scorer:
             per_item["heldout_loss"] = self.heldout(heldout_rows)
         if items:
             per_item["mc_accuracy"], per_item["mc_prob"] = self.multiple_choice(items)
+            per_item["mc_choice_only"], _ = self.multiple_choice(items, lambda it: user_message(""))
+        if general:
+            per_item["general_loss"] = self.passages(general)
+        if probe:
+            per_item.update(self.knowledge(probe, domain))
         metrics = {m: round(math.fsum(v.values()) / len(v), 6) for m, v in per_item.items() if v}
         return {
             "metrics": metrics,

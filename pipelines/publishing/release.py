@@ -48,6 +48,14 @@ def portable_merged(src: Path, dest: Path, base_name: str) -> None:
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+def _measured_on(metric: str, domain: str) -> str:
+    if metric == "heldout_loss":
+        return "held-out documents"
+    if metric.startswith("knowledge_"):
+        return f"{domain} knowledge probe of the month's documents"
+    return f"{domain} multiple choice"
+
+
 def model_card(
     domain: str, version: str, base_name: str, profile: str, dataset: dict[str, Any], report: dict[str, Any]
 ) -> str:
@@ -58,7 +66,7 @@ def model_card(
     results = [
         {
             "type": m,
-            "name": f"{LABELS.get(m, m)} ({'held-out documents' if m == 'heldout_loss' else domain + ' multiple choice'})",
+            "name": f"{LABELS.get(m, m)} ({_measured_on(m, domain)})",
             "value": round(float(v), 4),
         }
         for m, v in sorted(cand.items())
@@ -100,7 +108,8 @@ def model_card(
     body = (
         f"# CB Nano {domain} adapter {version}\n\n"
         f"LoRA adapter for `{base_name}` (the model store's `base/{base_name}`), trained with the `{profile}` "
-        f"profile on {dataset['train']} chat examples ({json.dumps(dataset['by_source'])}) through the base "
+        f"profile on {dataset['train']} rows (by kind {json.dumps(dataset.get('by_kind', {}))}; by source "
+        f"{json.dumps(dataset['by_source'])}); knowledge probe {json.dumps(dataset.get('probe', {}))}; through the base "
         f"model's chat template; dataset sha256 `{dataset['sha256']}`. System A serves it as "
         f"`{domain}` on top of the base.\n\n"
         f"## Evaluation\n\n| metric | {' | '.join(roles)} |\n|---|{'---|' * len(roles)}\n{table}\n\n"
@@ -113,7 +122,7 @@ def model_card(
 
 
 def chart(path: Path, metrics: dict[str, dict[str, float]], losses: list[float]) -> None:
-    """``eval.png``: held-out loss and multiple-choice accuracy per model, and the training loss."""
+    """``eval.png``: closed-book knowledge and multiple-choice accuracy per model, and the training loss."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,9 +131,10 @@ def chart(path: Path, metrics: dict[str, dict[str, float]], losses: list[float])
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     names = [n for n in ("base", "production", "candidate") if n in metrics]
     colors = {"base": "#999", "production": "#4a7", "candidate": "#37c"}
-    for ax, metric in zip(axes[:2], ("heldout_loss", "mc_accuracy"), strict=True):
+    for ax, metric in zip(axes[:2], ("knowledge_closed", "mc_accuracy"), strict=True):
         ax.bar(names, [metrics[n].get(metric, float("nan")) for n in names], color=[colors[n] for n in names])
         ax.set_title(LABELS.get(metric, metric))
+    axes[0].set_ylim(0, 1)
     axes[1].set_ylim(0, 1)
     axes[2].plot(range(1, len(losses) + 1), losses)
     axes[2].set_title("training loss")

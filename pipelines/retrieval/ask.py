@@ -18,32 +18,23 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipelines.retrieval.prompt import ask_messages, source_block
 from pipelines.retrieval.search import Result, Searcher, parse_query
 from pipelines.settings import Settings
-
-SOURCE_CHARS = 600
-SYSTEM_PROMPT = (
-    "You are the CB Nano lab's {domain} assistant. Answer the question using only the numbered "
-    "sources below, and cite the sources you use as [1], [2], ... If the sources do not answer the "
-    "question, say so."
-)
 
 
 class AskError(RuntimeError):
     """The question cannot be answered as asked (no corpus, no model, System A down); one readable line."""
 
 
+def source_blocks(results: list[Result]) -> list[str]:
+    """The numbered source blocks of the prompt for ``results`` (see :mod:`pipelines.retrieval.prompt`)."""
+    return [source_block(n, r.title, r.source, r.doc_id, r.text) for n, r in enumerate(results, 1)]
+
+
 def build_messages(question: str, results: list[Result], domain: str | None) -> list[dict[str, str]]:
     """The chat conversation: the system instruction, then the numbered sources and the question."""
-    blocks = []
-    for n, r in enumerate(results, 1):
-        text = r.text if len(r.text) <= SOURCE_CHARS else r.text[:SOURCE_CHARS].rsplit(" ", 1)[0] + " …"
-        blocks.append(f"[{n}] {r.title} ({r.source}:{r.doc_id})\n{text}")
-    sources = "\n\n".join(blocks) if blocks else "(no sources found)"
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT.format(domain=domain or "materials and chemistry")},
-        {"role": "user", "content": f"Sources:\n\n{sources}\n\nQuestion: {question}"},
-    ]
+    return ask_messages(question, source_blocks(results), domain)
 
 
 def _local_model(settings: Settings, domain: str | None) -> tuple[Path, str]:

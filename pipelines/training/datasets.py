@@ -24,7 +24,7 @@ held out, in this month or any other).
 
 Besides ``train.jsonl`` (chat rows ``{"messages": [...]}``), ``train_text.jsonl`` and ``val.jsonl`` (held-out
 chat rows with ``id`` and ``doc``, for the secondary held-out loss), it writes ``probe.jsonl``, the knowledge
-probe the gate decides on (see :func:`write_probe`), and ``dataset_card.json`` (rows by kind, teacher items
+probe the gate decides on (see :func:`probe_items`), and ``dataset_card.json`` (rows by kind, teacher items
 kept and dropped, the probe's size and its no-model baselines, token statistics, sha256). Returns the card.
 Too little to train on → :class:`DatasetTooSmall`, and nothing is written.
 """
@@ -71,6 +71,7 @@ class DatasetTooSmall(Exception):
     "not trained: <message>" (CLI exit 1, the DAG's domain listed as not trained), never as a gate decision."""
 
 
+MEANING_OVERLAP = 0.9  # cosine (MiniLM) at which a training example says what an evaluation item says
 KINDS = ("text", "comprehension", "fact_qa", "compound", "replay", "internal", "feedback")
 
 
@@ -111,12 +112,14 @@ def domains_file() -> Path:
 
 
 def load_domains(path: Path | None = None) -> dict[str, dict[str, Any]]:
-    """The routing config (default :func:`domains_file`): {domain: {categories, keywords, watchlist_domains}}."""
+    """The routing config (default :func:`domains_file`): {domain: {description, categories, keywords,
+    watchlist_domains}}."""
     import yaml
 
     config = yaml.safe_load((path or domains_file()).read_text())
     return {
         name: {
+            "description": str(d.get("description") or ""),
             "categories": set(d.get("categories") or []),
             "keywords": list(d.get("keywords") or []),
             "watchlist_domains": set(d.get("watchlist_domains") or []),
@@ -272,12 +275,27 @@ def held_out_documents(refs: Iterable[str], val_percent: int, min_docs: int) -> 
     return set(by_share if len(by_share) >= min_docs else ordered[:min_docs])
 
 
+Router = Callable[[list[tuple[str, set[str]]]], list[list[str]]]  # (text, categories) -> domains, best first
+
+
 def _routed_records(
-    cfg: dict[str, Any], data_dir: Path, until: datetime | None, watchlist_domains: dict[str, str]
+    domain: str,
+    cfg: dict[str, Any],
+    data_dir: Path,
+    until: datetime | None,
+    watchlist_domains: dict[str, str],
+    router: Router | None,
 ) -> Iterator[dict[str, Any]]:
-    for rec in latest_records(data_dir, "arxiv", until):
-        if set(rec.get("categories", [])) & cfg["categories"] or _has_keyword(rec["text"], cfg["keywords"]):
-            yield rec
+    papers = latest_records(data_dir, "arxiv", until)
+    if router is not None:  # by meaning: categories plus similarity to each domain's description
+        routes = router([(rec["text"], set(rec.get("categories", []))) for rec in papers])
+        yield from (rec for rec, to in zip(papers, routes, strict=True) if domain in to)
+    else:  # no embedding model in this environment: categories and whole-word keywords
+        for rec in papers:
+            if set(rec.get("categories", [])) & cfg["categories"] or _has_keyword(
+                rec["text"], cfg["keywords"]
+            ):
+                yield rec
     for rec in latest_records(data_dir, "pubchem", until):
         names = [rec.get("title", "")] + list(rec.get("synonyms", []))
         in_watch = any(watchlist_domains.get(n.lower()) in cfg["watchlist_domains"] for n in names if n)
@@ -326,8 +344,7 @@ def month_facts(data_dir: Path, until: datetime | None) -> list[Fact]:
     return facts + [f for rec in latest_records(data_dir, "pubchem", until) for f in compound_facts(rec)]
 
 
-def write_probe(
-    path: Path,
+def probe_items(
     facts: list[Fact],
     pool: list[Fact],
     trained: set[str],
@@ -339,7 +356,7 @@ def write_probe(
     ``choices``, ``answer``, ``passages``): ``closed`` items on the facts of **trained** documents, in a
     phrasing no training row contains; ``open`` items (with ``retrieve``: the passages ``cbnano ask`` shows
     for the question) on trained and held-out documents. Distractors are the same kind of fact from the
-    month's other documents (``pool``). A document's methods give one item (the first). Returns the items."""
+    month's other documents (``pool``). A document's methods give one item (the first)."""
     lowered = [t.lower() for t in train_texts]
     items: list[dict[str, Any]] = []
     asked: set[tuple[str, str]] = set()
@@ -370,7 +387,6 @@ def write_probe(
                     "held_out": fact.doc in held,
                 }
             )
-    write_jsonl(path, items)
     return items
 
 
@@ -392,10 +408,15 @@ def build_dataset(
     replay_share: float = 0.2,
     retrieve: Retrieve | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    min_probe_documents: int = 2,
+    router: Router | None = None,
+    embed: Callable[[list[str]], Any] | None = None,
 ) -> DatasetCard:
     """Build and write one domain's dataset (see module docstring); returns the dataset card.
 
-    ``generator`` writes the fact QA rows (default: the rule-based extractor); ``retrieve`` gives the open
+    ``router`` sends papers to domains (:class:`pipelines.training.routing.MeaningRouter`'s ``route``; without
+    one, categories and keywords); ``embed`` (unit vectors per text) also drops examples whose meaning is
+    that of an evaluation item (cosine >= ``MEANING_OVERLAP``); ``generator`` writes the fact QA rows (default: the rule-based extractor); ``retrieve`` gives the open
     probe items their passages (without it the probe has closed items only); ``clock`` stamps the card's
     ``built_at`` and nothing else: the rows, the probe and the sha256 depend only on the lake and the month.
     """
@@ -407,7 +428,7 @@ def build_dataset(
     internal, problems = internal_examples(data_dir / "internal" / domain)
     raw: list[Example] = []
     facts: list[Fact] = []
-    for rec in _routed_records(domains[domain], data_dir, until, watchlist_domains or {}):
+    for rec in _routed_records(domain, domains[domain], data_dir, until, watchlist_domains or {}, router):
         if rec.get("source") == "pubchem":
             raw += compound_examples(rec)
             facts += compound_facts(rec)
@@ -424,10 +445,17 @@ def build_dataset(
     short = [e for e in unique if len(e.text()) <= max_tokens * 32]
     lengths = {e.key(): count_tokens(e.text()) for e in short}
     fitting = [e for e in short if lengths[e.key()] <= max_tokens]
+    eval_list = list(eval_texts)
     banned: set[tuple[str, ...]] = set()
-    for t in eval_texts:
+    for t in eval_list:
         banned |= shingles(t, ngram)
     clean = [e for e in fitting if not (shingles(e.text(), ngram) & banned)]
+    copied = len(fitting) - len(clean)
+    if embed is not None and clean and eval_list:  # overlap in meaning, not only 8-gram copies
+        import numpy as np
+
+        sims = np.asarray(embed([e.text() for e in clean]) @ embed(eval_list).T).max(axis=1)
+        clean = [e for e, sim in zip(clean, sims, strict=True) if float(sim) < MEANING_OVERLAP]
     if len(clean) < min_examples:
         raise DatasetTooSmall(
             f"{domain}: {len(clean)} usable examples (of {len(raw)} gathered: {len(raw) - len(unique)} duplicates, "
@@ -451,15 +479,8 @@ def build_dataset(
     train += replay
     chat = [e.row() for e in train if e.kind != "text"]
     text = [e.row() for e in train if e.kind == "text"]
-    _, train_sha = write_jsonl(out_dir / "train.jsonl", chat)
-    _, text_sha = write_jsonl(out_dir / "train_text.jsonl", text)
-    _, val_sha = write_jsonl(
-        out_dir / "val.jsonl",
-        [{"id": e.key()[:16], "doc": e.ref, "source": e.source, "messages": e.messages()} for e in val],
-    )
     trained_docs = {e.ref for e in train if e.source != "replay"}
-    probe = write_probe(
-        out_dir / "probe.jsonl",
+    probe = probe_items(
         [f for f in facts if f.doc in docs],
         month_facts(data_dir, until),
         trained_docs,
@@ -467,7 +488,19 @@ def build_dataset(
         [json.dumps(r, ensure_ascii=False) for r in chat + text],
         retrieve,
     )
-    probe_sha = hashlib.sha256((out_dir / "probe.jsonl").read_bytes()).hexdigest()
+    probed = {it["doc"] for it in probe if it["kind"] == "closed"}
+    if len(probed) < min_probe_documents:
+        raise DatasetTooSmall(
+            f"{domain}: {len(probed)} trained documents with knowledge-probe items (facts with three "
+            f"distractors of their kind); the gate needs at least {min_probe_documents}"
+        )
+    _, train_sha = write_jsonl(out_dir / "train.jsonl", chat)
+    _, text_sha = write_jsonl(out_dir / "train_text.jsonl", text)
+    _, val_sha = write_jsonl(
+        out_dir / "val.jsonl",
+        [{"id": e.key()[:16], "doc": e.ref, "source": e.source, "messages": e.messages()} for e in val],
+    )
+    _, probe_sha = write_jsonl(out_dir / "probe.jsonl", probe)
     toks = [lengths[e.key()] for e in clean]
     kinds = Counter("replay" if e.source == "replay" else e.kind for e in train)
     card: DatasetCard = {
@@ -495,7 +528,8 @@ def build_dataset(
         "dropped": {
             "duplicates": len(raw) - len(unique),
             "too_long": len(unique) - len(fitting),
-            "eval_overlap": len(fitting) - len(clean),
+            "eval_overlap": copied,
+            "eval_meaning_overlap": len(fitting) - copied - len(clean),
             "bad_internal_lines": len(problems),
         },
         "bad_internal_lines": problems,

@@ -44,20 +44,13 @@ from pipelines.publishing.release import register_candidate
 from pipelines.settings import TEST_PROFILES, Settings
 from pipelines.training.base_models import BaseModel, locate_base, resolve_base
 from pipelines.training.configs import config_hash, render_config, validate_in_train_env, write_config
-from pipelines.training.datasets import build_dataset
+from pipelines.training.dataset_step import build_in_child
+from pipelines.training.knowledge import probe_baselines
 from pipelines.training.runner import TrainResult, adapter_changed, check_merge, merge, run_dir_for, train
 from pipelines.windows import last_complete_month
 
 Log = Callable[[str], None]
 KEEP_VERSIONS = 3
-
-
-def token_counter(base: Path) -> Callable[[str], int]:
-    """Count tokens with the base model's tokenizer (the ``tokenizers`` library: no torch needed)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(base / "tokenizer.json"))
-    return lambda text: len(tok.encode(text).ids)
 
 
 def watchlist_domains() -> dict[str, str]:
@@ -91,9 +84,10 @@ def prepare_dataset(
     settings: Settings, domain: str, profile: str, month: str, base_model: str | None = None
 ) -> tuple[BaseModel, DatasetCard]:
     """Resolve the base (failing fast without one), then build the month's dataset for ``domain`` with its
-    tokenizer; returns (base, card). Raises :class:`~pipelines.training.datasets.DatasetTooSmall` when there is too little to train on, and
-    ValueError for an unknown domain before anything is resolved, built or written."""
-    from pipelines.training.configs import DOMAINS
+    tokenizer, the teacher (or the extractor), replay of earlier months and the probe's retrieved passages;
+    returns (base, card). Raises :class:`~pipelines.training.datasets.DatasetTooSmall` when there is too little
+    to train on, and ValueError for an unknown domain before anything is resolved, built or written."""
+    from pipelines.settings import DOMAINS
 
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
@@ -101,17 +95,15 @@ def prepare_dataset(
     items = load_items(eval_items_path(domain))
     eval_texts = [it["question"] + " " + " ".join(it["choices"]) for it in items]
     sequence_len = int(render_config(profile, domain, {"base_model": str(base.path)})["sequence_len"])
-    card = build_dataset(
-        domain,
-        settings.data_dir,
-        settings.data_dir / "datasets" / domain / month,
-        token_counter(base.path),
-        eval_texts,
-        month=month,
-        max_tokens=sequence_len - 96,
-        watchlist_domains=watchlist_domains(),
-    )
-    return base, card
+    spec = {
+        "domain": domain,
+        "month": month,
+        "tokenizer": str(base.path / "tokenizer.json"),
+        "eval_texts": eval_texts,
+        "max_tokens": sequence_len - 96,
+        "watchlist_domains": watchlist_domains(),
+    }
+    return base, build_in_child(settings, spec)
 
 
 def _production_role(store: ModelStore, settings: Settings, domain: str) -> tuple[Path, Path] | None:
@@ -189,15 +181,22 @@ def plan_run(
     run: dict[str, Any] = {"base_model": str(base.path), "seed": 42, **(overrides or {})}
     if max_steps:
         run["max_steps"] = max_steps
-    dataset = {
-        "path": card["files"]["train"],
-        "type": "chat_template",
-        "ds_type": "json",
-        "field_messages": "messages",
-        "roles_to_train": ["assistant"],
-        "train_on_eos": "turn",
-    }
-    cfg = render_config(profile, domain, {**run, "datasets": [dataset]})
+    datasets: list[dict[str, Any]] = [
+        {
+            "path": card["files"]["train"],
+            "type": "chat_template",
+            "ds_type": "json",
+            "field_messages": "messages",
+            "roles_to_train": ["assistant"],
+            "train_on_eos": "turn",
+        }
+    ]
+    text_rows = Path(card["files"]["train_text"])
+    if text_rows.is_file() and text_rows.stat().st_size:  # the documents' own text as completion targets
+        datasets.append(
+            {"path": card["files"]["train_text"], "type": "completion", "ds_type": "json", "field": "text"}
+        )
+    cfg = render_config(profile, domain, {**run, "datasets": datasets})
     return RunPlan(
         domain=domain,
         month=month,
@@ -288,6 +287,7 @@ def judge_candidate(
             bool(plan.cfg.get("load_in_4bit")),
             gpu,
             plan.run_dir / "eval_spec.json",
+            probe=Path(plan.card["files"]["probe"]),
         )
     decision = decide(evaluation["per_item"], min_gain=min_gain)
     test_profile = plan.profile in TEST_PROFILES
@@ -325,6 +325,11 @@ def publish_candidate(
         "metrics": evaluation["metrics"],
         "per_item": evaluation["per_item"],
         "gate": decision.to_dict(),
+        # what answering without a model scores: chance, and the longest / shortest choice
+        "baselines": {
+            "probe": plan.card["probe"]["baselines"],
+            "mc": probe_baselines(load_items(eval_items_path(plan.domain))),
+        },
         "merge_check": candidate.merge_report,
         "train_losses": result.losses,
         "train_stats": result.stats,

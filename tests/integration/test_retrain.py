@@ -47,6 +47,17 @@ def lake(replay, fixtures_dir, monkeypatch):
     return settings
 
 
+# the probe has closed items only here: the test lake is staged without an index, so no passages to retrieve
+METRICS = {
+    "heldout_loss",
+    "mc_accuracy",
+    "mc_prob",
+    "knowledge_closed",
+    "knowledge_closed_p",
+    "knowledge_choice_only",
+}
+
+
 def allow_test_models(monkeypatch, allowed):
     monkeypatch.setenv("CBNANO_ALLOW_TEST_MODELS", "1" if allowed else "0")
     reset_settings_cache()
@@ -66,7 +77,12 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     )
     assert first["published"] is False and first["version"]
     assert first["reason"].startswith("refused: test model (profile tiny) never becomes production")
-    assert "held-out loss gain" in first["reason"] and "(95% CI " in first["reason"]
+    assert "knowledge (closed-book) gain" in first["reason"] and "(95% CI " in first["reason"]
+    assert (
+        "n=" in first["reason"]
+        and "documents)" in first["reason"]
+        and "detectable at 80% power" in first["reason"]
+    )
     assert [v.version for v in store.versions("catalysis")] == [first["version"]] and not store.production(
         "catalysis"
     )
@@ -105,10 +121,15 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
         and "catalysis" in front["tags"]
     )
     reported = {m["type"] for m in front["model-index"][0]["results"][0]["metrics"]}
-    assert reported == {"heldout_loss", "mc_accuracy", "mc_prob"}
+    assert reported == METRICS
     # per-item results, paired on identical ids for every role
     report = json.loads((vdir / "eval.json").read_text())
-    assert set(report["per_item"]) == {"heldout_loss", "mc_accuracy", "mc_prob"}
+    assert set(report["per_item"]) == METRICS
+    # the knowledge probe, scored per item for every role, on the probe's own ids
+    probe = [json.loads(x) for x in open(report["dataset"]["files"]["probe"])]
+    closed = {it["id"] for it in probe if it["kind"] == "closed"}
+    assert set(report["per_item"]["knowledge_closed"]["base"]) == closed and closed
+    assert report["dataset"]["probe"]["closed"] == len(closed)
     for by_role in report["per_item"].values():
         assert set(by_role) == {"base", "candidate"} and by_role["base"].keys() == by_role["candidate"].keys()
     assert len(report["per_item"]["mc_accuracy"]["base"]) == 40
@@ -131,7 +152,9 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     monkeypatch.setenv("CBNANO_SYSTEM_A_URL", system_a.url)
     settings = allow_test_models(monkeypatch, True)
     second = retrain(settings, "catalysis", profile="tiny", month="2026-11", min_gain=-1.0, max_steps=3)
-    assert second["published"] is True and second["reason"].startswith("published: held-out loss gain")
+    assert second["published"] is True and second["reason"].startswith(
+        "published: knowledge (closed-book) gain"
+    )
     assert store.production("catalysis") == second["version"]
     assert second["system_a"] == "confirmed"  # the stand-in read the real adapter folder (config + weights)
     assert system_a.adapters == {
@@ -142,7 +165,7 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     settings = allow_test_models(monkeypatch, True)
 
     assert set(second["metrics"]) == {"base", "candidate"}
-    assert set(second["metrics"]["candidate"]) == {"heldout_loss", "mc_accuracy", "mc_prob"}
+    assert set(second["metrics"]["candidate"]) == METRICS
     assert store.history("catalysis")[-1]["reason"] == second["reason"]
 
     # 2b. a crash between the version's rename and the pointer move: the retry completes the promotion
@@ -157,7 +180,7 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
 
     # 3. a bar no candidate can clear: refused against production, yet kept as a version
     third = retrain(settings, "catalysis", profile="tiny", month="2026-11", min_gain=5.0, max_steps=2)
-    assert third["published"] is False and third["reason"].startswith("refused: held-out loss gain")
+    assert third["published"] is False and third["reason"].startswith("refused: knowledge (closed-book) gain")
     assert "vs production" in third["reason"] and set(third["metrics"]) == {"base", "production", "candidate"}
     assert store.production("catalysis") == second["version"]
     assert {v.version for v in store.versions("catalysis")} == {
@@ -188,12 +211,31 @@ def test_missing_base_fails_first_with_the_setting_named_and_nothing_written(lak
     assert not lake.model_store.exists()
 
 
-def test_too_small_dataset_is_refused_without_training(lake):
+def test_too_small_dataset_is_not_trained_and_says_so(lake, capsys):
+    """Too little data is "not trained: <reason>" (CLI exit 1, one line), never a gate decision."""
+    from pipelines.cli import main
+    from pipelines.training.datasets import DatasetTooSmall
     from pipelines.training.retrain import retrain
 
-    out = retrain(lake, "thermal", profile="tiny", month="2026-11", max_steps=2)
-    assert out["published"] is False and "need at least" in out["reason"]
+    with pytest.raises(DatasetTooSmall, match="needs? at least"):
+        retrain(lake, "thermal", profile="tiny", month="2026-11", max_steps=2)
     assert not (lake.home / "runs").exists()
+    assert main(["retrain", "--domain", "thermal", "--profile", "tiny", "--month", "2026-11"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cbnano: not trained: thermal: ") and "refused" not in err[0]
+
+
+def test_dag_reports_a_domain_it_could_not_train_and_fails_the_run(airflow_db, lake):
+    import pendulum
+    from domain_retraining import domain_retraining_dag as dag
+
+    run = dag.test(
+        logical_date=pendulum.datetime(2026, 12, 1, 1, tz="UTC"),
+        run_conf={"domains": ["thermal"], "profile": "tiny", "max_steps": 2, "min_gain": -1.0},
+    )
+    states = {(ti.task_id, ti.map_index): str(ti.state) for ti in run.get_task_instances()}
+    assert states[("retrain_domain", 0)] == "success" and states[("report", -1)] == "failed", states
+    assert str(run.state) == "failed"
 
 
 def test_domain_retraining_dag(airflow_db, lake):

@@ -9,6 +9,7 @@ The spec (written by ``pipelines.training.retrain``)::
                  "roles": {"base": null, "production": "/store/chemistry/versions/v1/adapter",
                            "candidate": "/runs/<run>/out"}}],
      "items": "include/eval/chemistry.jsonl", "heldout": "/data/datasets/chemistry/2026-11/val.jsonl",
+     "probe": "/data/datasets/chemistry/2026-11/probe.jsonl", "domain": "chemistry",
      "load_in_4bit": true, "max_batch_tokens": 4096}
 
 Each group's base is loaded once; roles without an adapter are scored on the bare base first, then each
@@ -66,6 +67,9 @@ def score_group(
     device: str,
     load_in_4bit: bool,
     max_batch_tokens: int,
+    probe: list[dict[str, Any]] | None = None,
+    domain: str | None = None,
+    general: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Scores of every role of one base: ({role: {"metrics", "per_item"}}, dtype name)."""
     from peft import PeftModel
@@ -76,7 +80,9 @@ def score_group(
     roles: dict[str, str | None] = group["roles"]
     out: dict[str, Any] = {}
     for role in [r for r, a in roles.items() if not a]:  # the bare base first, before any adapter is attached
-        out[role] = Scorer(model, tok, device, max_batch_tokens).score(items, heldout)
+        out[role] = Scorer(model, tok, device, max_batch_tokens).score(
+            items, heldout, probe or [], domain, general or []
+        )
     peft_model = None
     for role, adapter in roles.items():
         if not adapter:
@@ -86,7 +92,9 @@ def score_group(
         else:
             peft_model.load_adapter(adapter, adapter_name=role, is_trainable=False)
         peft_model.set_adapter(role)
-        out[role] = Scorer(peft_model, tok, device, max_batch_tokens).score(items, heldout)
+        out[role] = Scorer(peft_model, tok, device, max_batch_tokens).score(
+            items, heldout, probe or [], domain
+        )
     return out, dtype
 
 
@@ -102,10 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.evaluation.scoring import load_items
 
     items = load_items(Path(spec["items"])) if spec.get("items") else []
-    heldout = (
-        [json.loads(line) for line in Path(spec["heldout"]).read_text().splitlines() if line.strip()]
-        if spec.get("heldout")
+    heldout, probe = (
+        [json.loads(line) for line in Path(spec[key]).read_text().splitlines() if line.strip()]
+        if spec.get(key)
         else []
+        for key in ("heldout", "probe")
     )
     t0 = time.perf_counter()
     roles: dict[str, Any] = {}
@@ -118,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             device,
             bool(spec.get("load_in_4bit")),
             int(spec.get("max_batch_tokens", 4096)),
+            probe,
+            spec.get("domain"),
+            spec.get("general") or [],
         )
         roles.update(scored)
         if device == "cuda":
@@ -132,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             "peak_gpu_gib": peak,
             "items": len(items),
             "heldout": len(heldout),
+            "probe": len(probe),
         }
     )
     return 0

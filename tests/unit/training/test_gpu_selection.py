@@ -91,7 +91,12 @@ def test_retrain_hands_its_gpu_to_training_merge_check_and_evaluation(monkeypatc
         "validation_documents": 5,
         "sha256": "ab" * 32,
         "by_source": {},
-        "files": {"train": str(ds / "train.jsonl"), "validation": str(ds / "val.jsonl")},
+        "files": {
+            "train": str(ds / "train.jsonl"),
+            "train_text": str(ds / "train_text.jsonl"),
+            "validation": str(ds / "val.jsonl"),
+            "probe": str(ds / "probe.jsonl"),
+        },
     }
     monkeypatch.setattr(chain, "prepare_dataset", lambda *a, **k: (base, card))
     monkeypatch.setattr(chain, "validate_in_train_env", lambda *a, **k: [])
@@ -114,7 +119,7 @@ def test_retrain_hands_its_gpu_to_training_merge_check_and_evaluation(monkeypatc
     monkeypatch.setattr(chain, "merge", merge)
     monkeypatch.setattr(chain, "check_merge", check)
 
-    def evaluate(settings, domain, roles, heldout, load_in_4bit, gpu, spec_path):
+    def evaluate(settings, domain, roles, heldout, load_in_4bit, gpu, spec_path, probe=None):
         seen["evaluate"] = gpu
         raise RuntimeError("stop after evaluation")
 
