@@ -66,7 +66,10 @@ def test_ingest_misbehaving_server_then_rerun_is_noop(pubchem):
 
     names_asked = sum(1 for _, path, _ in srv.requests if "/compound/name/" in path)
     again = ingest_pubchem(
-        settings, cids=[5564], names=["TiO2", "ethylene carbonate", "cerium oxide", "unobtainium"]
+        settings,
+        cids=[5564],
+        names=["TiO2", "ethylene carbonate", "cerium oxide", "unobtainium"],
+        day=date(2026, 11, 26),
     )
     assert (again["new"], again["updated"], again["unchanged"], again["chunks_upserted"]) == (0, 0, 4, 0)
     # the cached names (found and not found) were not asked again

@@ -93,7 +93,52 @@ def test_multiple_choice_picks_the_most_likely_choice(scorer, tmp_path):
     weights = [math.exp(-x) for x in nll]
     assert prob["a"] == pytest.approx(weights[best] / sum(weights), rel=1e-3) and prob["b"] < prob["a"]
     scored = scorer.score(load_items(f), [])
-    assert scored["metrics"]["mc_accuracy"] == 0.5 and set(scored["per_item"]) == {"mc_accuracy", "mc_prob"}
+    assert scored["metrics"]["mc_accuracy"] == 0.5
+    assert set(scored["per_item"]) == {"mc_accuracy", "mc_prob", "mc_choice_only"}
+
+
+def test_knowledge_probe_and_general_passages_are_scored_as_served(scorer):
+    """Closed items are asked alone, open items inside the ask prompt with their passages; general passages
+    get their token NLL after the first word; the choice-only baseline asks nothing."""
+    from pipelines.retrieval.prompt import ask_messages
+
+    choices = ["0.2 W m-1 K-1", "12 W m-1 K-1", "9 W m-1 K-1", "0.5 W m-1 K-1"]
+    closed = {
+        "id": "arxiv:1#closed-a",
+        "kind": "closed",
+        "question": "Which conductivity?",
+        "choices": choices,
+        "answer": 0,
+    }
+    opened = {
+        **closed,
+        "id": "arxiv:1#open-a",
+        "kind": "open",
+        "passages": ["[1] A paper (arxiv:1)\n0.2 W m-1 K-1."],
+    }
+    general = [{"id": "general:x", "text": "Water boils at 100 C."}]
+    out = scorer.score([], [], [closed, opened], "thermal", general)
+    assert set(out["per_item"]) == {
+        "knowledge_closed",
+        "knowledge_closed_p",
+        "knowledge_choice_only",
+        "knowledge_open",
+        "knowledge_open_p",
+        "general_loss",
+    }
+    alone, _ = scorer.multiple_choice([closed])
+    served, p_served = scorer.multiple_choice(
+        [opened], lambda it: ask_messages(it["question"], it["passages"], "thermal")
+    )
+    nothing, _ = scorer.multiple_choice([closed], lambda it: user_message(""))
+    assert out["per_item"]["knowledge_closed"] == alone and out["per_item"]["knowledge_open"] == served
+    assert out["per_item"]["knowledge_open_p"] == pytest.approx(p_served, abs=1e-6)
+    assert out["per_item"]["knowledge_choice_only"] == nothing
+    first = scorer._encode("Water")
+    rest = scorer._encode(" boils at 100 C.")
+    assert out["per_item"]["general_loss"]["general:x"] == pytest.approx(
+        hf_mean_nll(scorer, first, rest), rel=1e-3
+    )
 
 
 def test_bad_or_repeated_eval_items_are_named(tmp_path):
