@@ -306,7 +306,10 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
         _, card = prepare_dataset(
             settings, args.domain, args.profile or settings.train_profile, month, args.base_model
         )
-    except (DatasetTooSmall, ValueError, FileNotFoundError) as exc:
+    except DatasetTooSmall as exc:  # the data, not the command line: one line, exit 1
+        print(f"cbnano: not trained: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     for problem in card["bad_internal_lines"]:
         print(f"bad line in lab drop: {problem}", file=sys.stderr)
@@ -321,6 +324,9 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
                 "validation",
                 "validation_documents",
                 "by_source",
+                "by_kind",
+                "teacher",
+                "probe",
                 "dropped",
                 "sha256",
                 "files",

@@ -159,11 +159,45 @@ class Scorer:
             count[doc] = count.get(doc, 0) + n
         return {doc: nll[doc] / count[doc] for doc in nll if count[doc]}
 
+    def shared_prompt_logprobs(
+        self, prompt: list[int], conts: Sequence[list[int]]
+    ) -> list[tuple[float, int]]:
+        """:meth:`continuation_logprobs` for several continuations of one prompt: the prompt runs once and its
+        key/value cache serves every continuation (a long open-book prompt is not recomputed per choice)."""
+        torch = self.torch
+        with torch.no_grad():
+            first = self.model(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
+            head = torch.log_softmax(first.logits[0, -1].float(), dim=-1)
+            cache = first.past_key_values
+            cache.batch_repeat_interleave(len(conts))
+            width = max(len(c) for c in conts)
+            ids = torch.full((len(conts), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(conts), len(prompt) + width), dtype=torch.long)
+            mask[:, : len(prompt)] = 1
+            for row, c in enumerate(conts):
+                ids[row, : len(c)] = torch.tensor(c)
+                mask[row, len(prompt) : len(prompt) + len(c)] = 1
+            logits = self.model(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), past_key_values=cache
+            ).logits
+            out = []
+            for row, c in enumerate(conts):
+                total = float(head[c[0]])
+                if len(c) > 1:
+                    lp = torch.log_softmax(logits[row, : len(c) - 1].float(), dim=-1)
+                    total += float(lp.gather(1, torch.tensor(c[1:], device=lp.device)[:, None]).sum())
+                out.append((total, len(c)))
+        return out
+
     def multiple_choice(
-        self, items: Sequence[dict[str, Any]], prompt_of: Callable[[dict[str, Any]], Messages] | None = None
+        self,
+        items: Sequence[dict[str, Any]],
+        prompt_of: Callable[[dict[str, Any]], Messages] | None = None,
+        share_prompt: bool = False,
     ) -> tuple[dict[str, float], dict[str, float]]:
         """(item id → 1.0/0.0 correct, item id → probability of the right choice) for ``items``, each asked as
-        ``prompt_of(item)`` (default: its question alone)."""
+        ``prompt_of(item)`` (default: its question alone). ``share_prompt`` scores each item's choices on one
+        cached run of its prompt (:meth:`shared_prompt_logprobs`), for long prompts."""
         pairs: list[Pair] = []
         for item in items:
             messages = prompt_of(item) if prompt_of else user_message(item["question"])
@@ -171,7 +205,16 @@ class Scorer:
                 self.tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
             )
             pairs += [(prompt, self._encode(choice)) for choice in item["choices"]]
-        scores = iter(self.continuation_logprobs(pairs))
+        if share_prompt:
+            scored: list[tuple[float, int]] = []
+            at = 0
+            for item in items:
+                group = pairs[at : at + len(item["choices"])]
+                scored += self.shared_prompt_logprobs(group[0][0], [c for _, c in group])
+                at += len(group)
+            scores = iter(scored)
+        else:
+            scores = iter(self.continuation_logprobs(pairs))
         correct, prob = {}, {}
         for item in items:
             means = [total / max(n, 1) for total, n in (next(scores) for _ in item["choices"])]
@@ -205,7 +248,9 @@ class Scorer:
             out["knowledge_choice_only"], _ = self.multiple_choice(closed, lambda it: user_message(""))
         if opened:
             out["knowledge_open"], out["knowledge_open_p"] = self.multiple_choice(
-                opened, lambda it: ask_messages(it["question"], it.get("passages") or [], domain)
+                opened,
+                lambda it: ask_messages(it["question"], it.get("passages") or [], domain),
+                share_prompt=True,
             )
         return out
 

@@ -39,7 +39,7 @@ def token_counter(tokenizer_json: Path) -> Callable[[str], int]:
 
 
 @contextmanager
-def corpus_retriever(settings: Settings, top_k: int = 5) -> Iterator[Retrieve | None]:
+def corpus_retriever(settings: Settings, top_k: int = 3) -> Iterator[Retrieve | None]:
     """A question → the source blocks ``cbnano ask`` would show for it (the platform's search over the corpus),
     for the probe's open items; None when there is no corpus to search (nothing indexed yet, or no embedding
     model in this environment)."""

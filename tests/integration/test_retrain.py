@@ -133,7 +133,7 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     for by_role in report["per_item"].values():
         assert set(by_role) == {"base", "candidate"} and by_role["base"].keys() == by_role["candidate"].keys()
     assert len(report["per_item"]["mc_accuracy"]["base"]) == 40
-    assert len(report["per_item"]["heldout_loss"]["base"]) == report["dataset"]["validation_documents"] >= 5
+    assert len(report["per_item"]["heldout_loss"]["base"]) == report["dataset"]["validation_documents"] >= 3
     assert report["merge_check"]["max_rel_diff"] < 1e-3 and report["merge_check"]["changed"] > 0
     assert report["evaluation"]["device"] == "cpu" and set(report["timings"]) >= {
         "dataset",

@@ -130,6 +130,19 @@ def test_knowledge_probe_and_general_passages_are_scored_as_served(scorer):
     served, p_served = scorer.multiple_choice(
         [opened], lambda it: ask_messages(it["question"], it["passages"], "thermal")
     )
+    # the open items' shared-prompt path (one cached prompt run for all choices) gives the same numbers
+    shared, p_shared = scorer.multiple_choice(
+        [opened], lambda it: ask_messages(it["question"], it["passages"], "thermal"), share_prompt=True
+    )
+    assert shared == served and p_shared == pytest.approx(p_served, abs=1e-5)
+    prompt = scorer._encode(
+        scorer.tok.apply_chat_template(
+            ask_messages("q", ["[1] x"], None), tokenize=False, add_generation_prompt=True
+        )
+    )
+    conts = [scorer._encode(c) for c in choices]
+    for (total, n), cont in zip(scorer.shared_prompt_logprobs(prompt, conts), conts, strict=True):
+        assert -total / n == pytest.approx(hf_mean_nll(scorer, prompt, cont), rel=1e-4)
     nothing, _ = scorer.multiple_choice([closed], lambda it: user_message(""))
     assert out["per_item"]["knowledge_closed"] == alone and out["per_item"]["knowledge_open"] == served
     assert out["per_item"]["knowledge_open_p"] == pytest.approx(p_served, abs=1e-6)

@@ -93,7 +93,7 @@ def score_group(
             peft_model.load_adapter(adapter, adapter_name=role, is_trainable=False)
         peft_model.set_adapter(role)
         out[role] = Scorer(peft_model, tok, device, max_batch_tokens).score(
-            items, heldout, probe or [], domain
+            items, heldout, probe or [], domain, general or []
         )
     return out, dtype
 
