@@ -2,7 +2,7 @@
 
     make demo    # once: ingests the samples and imports SmolLM2 (var/models/base/smollm2)
     .venv/bin/python bench/knowledge_control.py [--domain catalysis] [--month 2026-11] [--seeds 1 2 3]
-                                                [--max-steps 12]
+                                                [--max-steps 8]
 
 For each seed it trains two candidates on the CPU with SmolLM2-135M (profile ``cpu_lora``), from the same lake:
 
@@ -11,8 +11,8 @@ For each seed it trains two candidates on the CPU with SmolLM2-135M (profile ``c
   kind: conductivities among conductivities, formulas among formulas), so the control sees the same format,
   questions, lengths and vocabulary, but the wrong value for every document.
 
-Both are evaluated by the real evaluation on the real probe (``probe.jsonl``: the true values) and judged by the
-real gate, against the base. The gate must refuse the control in every seed. It prints one JSON line per
+All candidates are evaluated in one real evaluation (the base scored once, each adapter on it) on the real probe
+(``probe.jsonl``: the true values) and each is judged by the real gate against the base. The gate must refuse the control in every seed. It prints one JSON line per
 candidate: seed, kind, the ``knowledge_closed`` gain with its 95% interval and n (documents), and the decision;
 the figures go to ``docs/BENCHMARKS.md`` whatever they are. A temporary model store keeps the lab's untouched.
 """
@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -57,15 +58,14 @@ def control_rows(dataset: Path, out: Path, seed: int) -> dict[str, str]:
         for f in facts:
             swap[(f.doc, f.value)] = moved[f.value]
     out.mkdir(parents=True, exist_ok=True)
-    values_of = {v for _, v in swap}
+    moved_to = {value: other for (_doc, value), other in swap.items()}
+    # one pass, longest value first, so a value moved to B is never moved again (B back to A, say)
+    pattern = re.compile("|".join(re.escape(v) for v in sorted(moved_to, key=len, reverse=True)))
     for name in ("train.jsonl", "train_text.jsonl"):
-        rows = []
-        for line in (dataset / name).read_text().splitlines():
-            text = line
-            for (_doc, value), other in swap.items():
-                if value in values_of and value in text:
-                    text = text.replace(value, other)
-            rows.append(json.loads(text))
+        rows = [
+            json.loads(pattern.sub(lambda m: moved_to[m.group(0)], line))
+            for line in (dataset / name).read_text().splitlines()
+        ]
         write_jsonl(out / name, rows)
     for name in ("val.jsonl", "probe.jsonl"):
         shutil.copy(dataset / name, out / name)
@@ -82,18 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--domain", default="catalysis")
     ap.add_argument("--month", default="2026-11")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--max-steps", type=int, default=12)
+    ap.add_argument("--max-steps", type=int, default=8)
     args = ap.parse_args(argv)
 
-    from pipelines.publishing.model_store import ModelStore
+    from pipelines.evaluation.evaluate import evaluate_roles
+    from pipelines.evaluation.gate import DEFAULT_MIN_GAIN, decide
     from pipelines.settings import get_settings, reset_settings_cache
-    from pipelines.training.retrain import (
-        StepClock,
-        judge_candidate,
-        plan_run,
-        prepare_dataset,
-        train_candidate,
-    )
+    from pipelines.training.retrain import StepClock, plan_run, prepare_dataset, train_candidate
 
     settings = get_settings()
     base_dir = settings.model_store / "base" / "smollm2"
@@ -107,14 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(CBNANO_MODEL_STORE=str(store_dir), CBNANO_BASE_MODEL="smollm2")
         reset_settings_cache()
         settings = get_settings()
-        store = ModelStore(settings.model_store)
         base, card = prepare_dataset(settings, args.domain, "cpu_lora", args.month)
         dataset = Path(card["files"]["train"]).parent
+        print(
+            json.dumps({"bench": "knowledge_control", "dataset": card["by_kind"], "probe": card["probe"]}),
+            flush=True,
+        )
+        adapters: dict[str, Path] = {}
+        timings: dict[str, dict[str, float]] = {}
+        plans = {}
         for seed in args.seeds:
-            control_dir = Path(tmp) / f"control-{seed}"
             control_card = {
                 **card,
-                "files": control_rows(dataset, control_dir, seed),
+                "files": control_rows(dataset, Path(tmp) / f"control-{seed}", seed),
                 "sha256": f"control{seed}-{card['sha256']}",
             }
             for kind, c in (("real", card), ("control", control_card)):
@@ -130,28 +130,51 @@ def main(argv: list[str] | None = None) -> int:
                     overrides={"seed": seed},
                 )
                 candidate = train_candidate(settings, plan, gpu=None, clock=clock)
-                verdict = judge_candidate(
-                    settings, store, plan, candidate, min_gain=0.02, gpu=None, clock=clock
-                )
-                head = verdict.decision.comparisons[0]
-                print(
-                    json.dumps(
-                        {
-                            "bench": "knowledge_control",
-                            "seed": seed,
-                            "candidate": kind,
-                            "metric": head.metric,
-                            "gain": head.gain,
-                            "ci": [head.ci_low, head.ci_high],
-                            "n": head.n,
-                            "unit": head.unit,
-                            "published": verdict.decision.publish,
-                            "reason": verdict.decision.reason,
-                            "timings": clock.timings,
-                        }
-                    ),
-                    flush=True,
-                )
+                adapters[f"{kind}-{seed}"] = candidate.result.adapter_dir
+                timings[f"{kind}-{seed}"] = clock.timings
+                plans[f"{kind}-{seed}"] = plan
+                print(json.dumps({"trained": f"{kind}-{seed}", "timings": clock.timings}), flush=True)
+        # one evaluation: the base once, then every adapter on it, on the real probe and guards
+        roles: dict[str, tuple[Path, Path | None]] = {"base": (base.path, None)}
+        roles.update({name: (base.path, path) for name, path in adapters.items()})
+        evaluation = evaluate_roles(
+            settings,
+            args.domain,
+            roles,
+            Path(card["files"]["validation"]),
+            False,
+            None,
+            Path(tmp) / "eval_spec.json",
+            probe=Path(card["files"]["probe"]),
+        )
+        for name in adapters:
+            per_item = {
+                m: {"base": r["base"], "candidate": r[name]} for m, r in evaluation["per_item"].items()
+            }
+            decision = decide(per_item, min_gain=DEFAULT_MIN_GAIN)
+            head = decision.comparisons[0]
+            kind, seed = name.split("-")
+            print(
+                json.dumps(
+                    {
+                        "bench": "knowledge_control",
+                        "seed": int(seed),
+                        "candidate": kind,
+                        "metric": head.metric,
+                        "gain": head.gain,
+                        "ci": [head.ci_low, head.ci_high],
+                        "n": head.n,
+                        "unit": head.unit,
+                        "mde": head.mde,
+                        "published": decision.publish,
+                        "reason": decision.reason,
+                        "candidate_means": evaluation["metrics"][name],
+                        "base_means": evaluation["metrics"]["base"],
+                        "timings": timings[name],
+                    }
+                ),
+                flush=True,
+            )
     return 0
 
 
