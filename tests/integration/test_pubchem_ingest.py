@@ -108,3 +108,6 @@ def test_compound_ingestion_dag(airflow_db, pubchem):
     }
     with MilvusStore.from_settings(get_settings()) as store:
         assert store.stats()["sources"]["pubchem"]["documents"] == 3
+    # filed under the run's logical day (a backfill lands in its interval), not the day the test runs
+    days = {p.name for p in (get_settings().data_dir / "pubchem").iterdir()}
+    assert days == {"2026-11-27"}
