@@ -187,7 +187,7 @@ def test_log_in_trigger_from_the_form_and_see_the_registry(airflow_ui, page):
     # publish a catalysis model with the tiny profile (the same code as domain_retraining), then the registry
     env = airflow_ui["env"]
     subprocess.run(
-        [str(BIN / "cbnano"), "ingest", "pubchem", "--watchlist", "--dry-run"],
+        [str(BIN / "cbnano"), "ingest", "pubchem", "--watchlist", "--dry-run", "--day", "2026-11-26"],
         env=env,
         check=True,
         capture_output=True,
