@@ -6,6 +6,7 @@
 For each shape (SmolLM2-1.7B's, Llama-3-8B's; see pipelines/training/tiny.py SHAPES) it builds a random-init
 model around the imported SmolLM2 tokenizer (`cbnano models import-base smollm2` first, or it imports it),
 registers it as a base in the model store, writes a synthetic lab drop of catalyst test results for the domain,
+stages the bundled sample papers and compounds of November 2026 (the knowledge probe asks about their facts),
 and runs `pipelines.training.retrain.retrain` — the function `cbnano retrain` and the DAG call — on the GPU:
 dataset, config validation, QLoRA training, merge, merge check, evaluation of base and candidate per item,
 gate, registration as a version. It prints one JSON line per shape with training tokens/s, s/step and peak
@@ -27,6 +28,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -81,6 +83,30 @@ def lab_drop(path: Path, docs: int, seed: int = 0) -> None:
     path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n")
 
 
+SAMPLE_MONTH = "2026-11"
+
+
+def stage_samples(settings: Any) -> None:
+    """Stage the bundled sample papers and compounds (November 2026) into the lake, without indexing: the
+    month's dataset needs documents whose facts the knowledge probe can ask about, beside the lab drop."""
+    import dataclasses
+    from datetime import UTC, date, datetime
+
+    from pipelines.ingestion.arxiv import ingest_arxiv
+    from pipelines.ingestion.pubchem import ingest_pubchem
+    from pipelines.replay import ReplayServer
+    from pipelines.sources.arxiv import DEFAULT_CATEGORIES
+
+    root = Path(__file__).resolve().parents[1] / "include" / "samples"
+    with ReplayServer(corpus=[root / "arxiv"], pubchem_dir=root / "pubchem") as srv:
+        local = dataclasses.replace(
+            settings, arxiv_api_url=srv.arxiv_api_url, pubchem_url=srv.pubchem_url, arxiv_delay_s=0.0
+        )
+        start, end = datetime(2026, 11, 23, tzinfo=UTC), datetime(2026, 11, 27, tzinfo=UTC)
+        ingest_arxiv(local, start, end, DEFAULT_CATEGORIES, dry_run=True)
+        ingest_pubchem(local, watchlist=True, from_papers=(start, end), dry_run=True, day=date(2026, 11, 23))
+
+
 def run_shape(shape: str, domain: str, steps: int, gpu: int | None, smoke: bool, verbose: bool) -> dict:
     """Build the base, run the chain, return the figures."""
     from pipelines.settings import get_settings
@@ -116,6 +142,7 @@ def run_shape(shape: str, domain: str, steps: int, gpu: int | None, smoke: bool,
         domain,
         profile="gpu_qlora",
         base_model=name,
+        month=SAMPLE_MONTH,
         max_steps=steps,
         gpu=gpu,
         overrides=CPU_SMOKE if smoke else None,
@@ -168,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = args.shape or (["smoke"] if args.smoke else ["1.7b", "8b"])
     steps, docs, gpu = (2, 40, None) if args.smoke else (args.steps, args.docs, args.gpu)
     lab_drop(settings.data_dir / "internal" / args.domain / "gpu_bench.jsonl", docs)
+    stage_samples(settings)
     for shape in shapes:
         print(json.dumps(run_shape(shape, args.domain, steps, gpu, args.smoke, args.verbose)), flush=True)
     return 0
