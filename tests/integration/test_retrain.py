@@ -50,8 +50,10 @@ def lake(replay, fixtures_dir, monkeypatch):
 # the probe has closed items only here: the test lake is staged without an index, so no passages to retrieve
 METRICS = {
     "heldout_loss",
+    "general_loss",
     "mc_accuracy",
     "mc_prob",
+    "mc_choice_only",
     "knowledge_closed",
     "knowledge_closed_p",
     "knowledge_choice_only",
