@@ -311,8 +311,8 @@ def decide(
     others = [compare(per_item, g, baseline) for g in guards if g in per_item and g not in noninferior]
     comparisons = [head, *ni, *others]
     problems = [
-        f"{c.line()} not shown non-inferior (lower bound <= -{noninferior[c.metric]:.3f}; detectable drop "
-        f"{-c.mde:.3f})"
+        f"{c.line()} not shown non-inferior (lower bound <= -{noninferior[c.metric]:.3f}; passing at 80% "
+        f"power needs a true gain of {c.mde:+.3f})"
         for c in ni
         if c.ci_low <= -noninferior[c.metric]
     ]
