@@ -96,6 +96,7 @@ class IngestSummary(TypedDict):
     not_found: NotRequired[int]
     not_found_names: NotRequired[list[str]]
     capped_documents: NotRequired[int]
+    refused_documents: NotRequired[int]  # a field the store cannot hold: logged, not indexed
     truncated_abstracts: NotRequired[int]
     dry_run: NotRequired[bool]
     records: NotRequired[str]

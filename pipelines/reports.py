@@ -32,10 +32,16 @@ METRICS = (
 
 
 def _json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; {} when it is missing, unreadable or not an object."""
     try:
-        return dict(json.loads(path.read_text()))
-    except (OSError, ValueError):
+        value = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
         return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def model_registry(settings: Settings) -> list[dict[str, Any]]:
@@ -49,20 +55,23 @@ def model_registry(settings: Settings) -> list[dict[str, Any]]:
         entry = out.setdefault(
             info.domain, {"domain": info.domain, "production": store.production(info.domain), "versions": []}
         )
+        gate = _obj(report.get("gate")) or _obj(manifest.get("gate"))
+        metrics = {k: v for k, v in _obj(report.get("metrics")).items() if isinstance(v, dict)}
         entry["versions"].append(
             {
                 "version": info.version,
                 "production": info.production,
                 "published_at": info.published_at,
-                "metrics": report.get("metrics") or {"candidate": info.metrics},
-                "gate": (report.get("gate") or manifest.get("gate") or {}).get("reason", ""),
-                "comparisons": (report.get("gate") or manifest.get("gate") or {}).get("comparisons") or [],
-                "dataset_sha256": card.get("sha256") or manifest.get("dataset_sha256", ""),
+                "problems": list(info.problems),
+                "metrics": metrics or {"candidate": info.metrics},
+                "gate": str(gate.get("reason", "")),
+                "comparisons": [c for c in gate.get("comparisons") or [] if isinstance(c, dict)],
+                "dataset_sha256": str(card.get("sha256") or manifest.get("dataset_sha256", "")),
                 "dataset_examples": {"train": card.get("train"), "validation": card.get("validation")},
-                "dataset_tokens": (card.get("tokens") or {}).get("total"),
+                "dataset_tokens": _obj(card.get("tokens")).get("total"),
                 "base_model": manifest.get("base_model", ""),
                 "profile": manifest.get("profile", ""),
-                "origin": manifest.get("origin") or report.get("origin") or {},
+                "origin": _obj(manifest.get("origin")) or _obj(report.get("origin")),
                 "chart": str(info.path / "eval.png") if (info.path / "eval.png").is_file() else None,
             }
         )
@@ -224,7 +233,11 @@ def render_registry(
                 f"<tr><td>dataset</td><td><code>{escape(v['dataset_sha256'][:16])}</code> · {_fmt(ex['train'])} "
                 f"train / {_fmt(ex['validation'])} validation examples · {_fmt(v['dataset_tokens'])} tokens</td></tr>"
                 f"<tr><td>gate</td><td>{_fmt(v['gate'])}</td></tr>"
-                f"<tr><td>made by run</td><td>{_run_link(v['origin'], airflow_base)}</td></tr></table>"
+                + "".join(
+                    f"<tr><td class='refused'>problem</td><td class='refused'>{escape(p)}</td></tr>"
+                    for p in v.get("problems", [])
+                )
+                + f"<tr><td>made by run</td><td>{_run_link(v['origin'], airflow_base)}</td></tr></table>"
                 f"<table><tr><th>metric</th>{head}</tr>{rows}</table>{comp_table}"
             )
             if v["chart"]:

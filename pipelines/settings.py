@@ -5,7 +5,10 @@ Defaults are embedded so that a fresh checkout runs on one machine with no set-u
 ``CBNANO_HOME`` (``./var``), the vector store is a Milvus Lite file there, and the HTTP endpoints are the
 real public ones. In the lab the same variables point at the hosts (see README's configuration table).
 
-Secrets (``CBNANO_MILVUS_TOKEN``) come from the environment only, never from code or files in the repo.
+Secrets (the tokens, the SMTP password, the alert webhook URL, which carries its token in its path) come from
+the environment only, never from code or files in the repo; they are marked as such on :class:`Settings`, whose
+``repr``, ``str`` and :meth:`Settings.as_dict` never show them. Every variable is checked once, here, when
+the settings are loaded: a bad value is one :class:`SettingsError` line naming the variable.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 ARXIV_API_URL = "https://export.arxiv.org/api/query"
 ARXIV_RSS_URL = "https://rss.arxiv.org/rss"
@@ -35,6 +40,28 @@ class SettingsError(ValueError):
     """A ``CBNANO_*`` variable holds a value the platform cannot use."""
 
 
+_SECRET = {"secret": True}
+
+
+def secret_fields() -> tuple[str, ...]:
+    """The names of the :class:`Settings` fields that hold secrets."""
+    return tuple(f.name for f in fields(Settings) if f.metadata.get("secret"))
+
+
+def redact_url(url: str) -> str:
+    """``url`` without what may carry a secret (its path, query and credentials): ``https://host/…``.
+
+    Webhook URLs (Slack, Teams, Mattermost) carry their token in the path.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable URL>"
+    return f"{parts.scheme}://{host}{port}/…" if host else "<URL without host>"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved configuration. Paths are absolute."""
@@ -44,7 +71,7 @@ class Settings:
     model_store: Path
     runs_dir: Path
     milvus_uri: str
-    milvus_token: str
+    milvus_token: str = field(repr=False, metadata=_SECRET)
     milvus_collection: str
     arxiv_api_url: str
     arxiv_rss_url: str
@@ -65,21 +92,23 @@ class Settings:
     max_abstract_chars: int = 20_000  # longer abstracts are cut (arXiv's own limit is 1,920 characters)
     milvus_lock_wait_s: float = 120.0  # how long to wait for another process's hold on a Milvus Lite file
     max_chunks_per_doc: int = 64  # chunks one document may take in the corpus (its beginning is kept)
-    search_token: str = ""  # bearer token of the search service (System C); empty: no auth
+    search_token: str = field(
+        default="", repr=False, metadata=_SECRET
+    )  # bearer token of the search service (System C); empty: no auth
     system_a_url: str = ""  # vLLM's OpenAI-compatible server on System A; empty: no hand-off, local answers
-    system_a_token: str = ""
+    system_a_token: str = field(default="", repr=False, metadata=_SECRET)
     system_a_store: str = ""  # the model store's mount point on System A; empty: the same path as here
     teacher_url: str = (
         ""  # an OpenAI-compatible chat endpoint that writes fact QA; empty: rule-based extractor
     )
     teacher_model: str = ""
-    teacher_token: str = ""
+    teacher_token: str = field(default="", repr=False, metadata=_SECRET)
     replay_share: float = 0.2  # earlier months' training rows mixed into a month's dataset, as a share of it
-    alert_webhook_url: str = ""
+    alert_webhook_url: str = field(default="", repr=False, metadata=_SECRET)  # carries its token in its path
     alert_email: str = ""
     smtp_host: str = ""
     smtp_user: str = ""
-    smtp_password: str = ""
+    smtp_password: str = field(default="", repr=False, metadata=_SECRET)
     statsd_on: bool = False
     statsd_host: str = "127.0.0.1"
     statsd_port: int = 8125
@@ -91,44 +120,88 @@ class Settings:
         return not self.milvus_uri.startswith(("http://", "https://", "tcp://", "unix:"))
 
     def as_dict(self) -> dict[str, str]:
-        """Every setting as a printable string, the token masked."""
+        """Every setting as a printable string, secrets masked (the webhook URL down to its host)."""
         out = {f.name: str(getattr(self, f.name)) for f in fields(self)}
-        out["milvus_token"] = "***" if self.milvus_token else ""
-        out["smtp_password"] = "***" if self.smtp_password else ""
-        out["search_token"] = "***" if self.search_token else ""
-        out["system_a_token"] = "***" if self.system_a_token else ""
-        out["teacher_token"] = "***" if self.teacher_token else ""
-        if self.alert_webhook_url:  # webhook URLs carry their token in the path
-            from pipelines.ops.alerts import redact_url
-
+        for name in secret_fields():
+            out[name] = "***" if getattr(self, name) else ""
+        if self.alert_webhook_url:
             out["alert_webhook_url"] = redact_url(self.alert_webhook_url)
         return out
 
+    def __repr__(self) -> str:
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items()) + ")"
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    __str__ = __repr__
+
+
+def _number(env: Mapping[str, str], name: str, kind: type, default: Any) -> Any:
     raw = env.get(name)
-    if raw is None or raw == "":
+    if raw is None or raw.strip() == "":
         return default
     try:
-        value = float(raw)
+        return kind(raw.strip())
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if value < 0:
-        raise SettingsError(f"{name}={raw!r} must be >= 0")
+        what = "a whole number" if kind is int else "a number"
+        raise SettingsError(f"{name}={raw!r} is not {what}") from None
+
+
+def _float(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    minimum: float = 0.0,
+    above: bool = False,
+    below: float | None = None,
+) -> float:
+    """A number >= ``minimum`` (> with ``above``) and < ``below``; NaN and infinity are refused."""
+    value = float(_number(env, name, float, default))
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SettingsError(f"{name}={env.get(name)!r} is not a finite number")
+    if value < minimum or (above and value == minimum):
+        raise SettingsError(f"{name}={env.get(name)!r} must be {'>' if above else '>='} {minimum:g}")
+    if below is not None and value >= below:
+        raise SettingsError(f"{name}={env.get(name)!r} must be < {below:g}")
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
-    if value <= 0:
-        raise SettingsError(f"{name}={raw!r} must be > 0")
+def _int(
+    env: Mapping[str, str], name: str, default: int, minimum: int = 1, maximum: int | None = None
+) -> int:
+    value = int(_number(env, name, int, default))
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise SettingsError(f"{name}={env.get(name)!r} must be {bound}")
     return value
+
+
+def _url(env: Mapping[str, str], name: str, default: str = "", secret: bool = False) -> str:
+    """An http(s) URL with a host (or empty, when the default is empty); a secret one is never echoed."""
+    raw = (env.get(name) or "").strip() or default
+    if not raw:
+        return ""
+    shown = "" if secret else f"={raw!r}"
+    try:
+        parts = urlsplit(raw)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # a port that is not a number raises here
+    except ValueError:
+        ok = False
+    if not ok:
+        raise SettingsError(f"{name}{shown} is not an http(s) URL with a host (e.g. https://host:8000)")
+    return raw
+
+
+def _host_port(env: Mapping[str, str], name: str) -> str:
+    """``host`` or ``host:port`` (port 1-65535), or empty."""
+    raw = (env.get(name) or "").strip()
+    if ":" not in raw:
+        return raw
+    host, _, port = raw.rpartition(":")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SettingsError(f"{name}={raw!r}: the port after ':' must be a number between 1 and 65535")
+    if not host:
+        raise SettingsError(f"{name}={raw!r} has a port but no host")
+    return raw
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -160,18 +233,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         milvus_uri=milvus_uri,
         milvus_token=env.get("CBNANO_MILVUS_TOKEN", ""),
         milvus_collection=env.get("CBNANO_MILVUS_COLLECTION") or "cbnano_corpus",
-        arxiv_api_url=env.get("CBNANO_ARXIV_API_URL") or ARXIV_API_URL,
-        arxiv_rss_url=env.get("CBNANO_ARXIV_RSS_URL") or ARXIV_RSS_URL,
+        arxiv_api_url=_url(env, "CBNANO_ARXIV_API_URL", ARXIV_API_URL),
+        arxiv_rss_url=_url(env, "CBNANO_ARXIV_RSS_URL", ARXIV_RSS_URL),
         arxiv_delay_s=_float(env, "CBNANO_ARXIV_DELAY_S", 3.0),
         http_max_attempts=_int(env, "CBNANO_HTTP_MAX_ATTEMPTS", 5),
         http_backoff_s=_float(env, "CBNANO_HTTP_BACKOFF_S", 2.0),
-        http_timeout_s=_float(env, "CBNANO_HTTP_TIMEOUT_S", 60.0),
-        pubchem_url=env.get("CBNANO_PUBCHEM_URL") or PUBCHEM_URL,
+        http_timeout_s=_float(env, "CBNANO_HTTP_TIMEOUT_S", 60.0, above=True),
+        pubchem_url=_url(env, "CBNANO_PUBCHEM_URL", PUBCHEM_URL),
         embedding_model=env.get("CBNANO_EMBEDDING_MODEL") or EMBEDDING_MODEL,
         embedding_device=env.get("CBNANO_EMBEDDING_DEVICE") or "cpu",
         embedding_batch_size=_int(env, "CBNANO_EMBEDDING_BATCH_SIZE", 64),
         train_python=train_python,
-        gpus=int(env.get("CBNANO_GPUS") or 0),
+        gpus=_int(env, "CBNANO_GPUS", 0, minimum=0),
         base_model=(env.get("CBNANO_BASE_MODEL") or "").strip(),
         train_profile=train_profile,
         allow_test_models=_flag(env, "CBNANO_ALLOW_TEST_MODELS"),
@@ -180,21 +253,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         milvus_lock_wait_s=_float(env, "CBNANO_MILVUS_LOCK_WAIT_S", 120.0),
         max_chunks_per_doc=_int(env, "CBNANO_MAX_CHUNKS_PER_DOC", 64),
         search_token=env.get("CBNANO_SEARCH_TOKEN", ""),
-        system_a_url=(env.get("CBNANO_SYSTEM_A_URL") or "").strip(),
+        system_a_url=_url(env, "CBNANO_SYSTEM_A_URL"),
         system_a_token=env.get("CBNANO_SYSTEM_A_TOKEN", ""),
         system_a_store=(env.get("CBNANO_SYSTEM_A_STORE") or "").strip(),
-        teacher_url=(env.get("CBNANO_TEACHER_URL") or "").strip().rstrip("/"),
+        teacher_url=_url(env, "CBNANO_TEACHER_URL").rstrip("/"),
         teacher_model=(env.get("CBNANO_TEACHER_MODEL") or "").strip(),
         teacher_token=env.get("CBNANO_TEACHER_TOKEN", ""),
-        replay_share=_float(env, "CBNANO_REPLAY_SHARE", 0.2),
-        alert_webhook_url=env.get("CBNANO_ALERT_WEBHOOK_URL", ""),
+        replay_share=_float(env, "CBNANO_REPLAY_SHARE", 0.2, below=1.0),
+        alert_webhook_url=_url(env, "CBNANO_ALERT_WEBHOOK_URL", secret=True),
         alert_email=env.get("CBNANO_ALERT_EMAIL", ""),
-        smtp_host=env.get("CBNANO_SMTP_HOST", ""),
+        smtp_host=_host_port(env, "CBNANO_SMTP_HOST"),
         smtp_user=env.get("CBNANO_SMTP_USER", ""),
         smtp_password=env.get("CBNANO_SMTP_PASSWORD", ""),
         statsd_on=_flag(env, "CBNANO_STATSD_ON"),
         statsd_host=env.get("CBNANO_STATSD_HOST") or "127.0.0.1",
-        statsd_port=_int(env, "CBNANO_STATSD_PORT", 8125),
+        statsd_port=_int(env, "CBNANO_STATSD_PORT", 8125, maximum=65535),
         statsd_prefix=env.get("CBNANO_STATSD_PREFIX") or "cbnano",
     )
 

@@ -26,7 +26,7 @@ from pipelines.contracts import IngestSummary, StageManifest
 from pipelines.documents import Document, chunk_text, dedupe_documents
 from pipelines.lake import read_jsonl, write_json
 from pipelines.settings import Settings
-from pipelines.vectorstore.milvus import MilvusStore
+from pipelines.vectorstore.milvus import MilvusStore, fit_id, row_problem
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class IndexSummary:
     chunks_upserted: int = 0
     chunks_deleted: int = 0
     capped_documents: int = 0  # documents whose chunks beyond ``max_chunks`` were left out
+    refused_documents: int = 0  # documents with a field the store cannot hold (logged, not indexed)
     embed_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,28 +111,38 @@ def index_documents(
             )
             chunks = chunks[:max_chunks]
             summary.capped_documents += 1
-        stale.extend(sorted(prev_chunks - {c.chunk_id for c in chunks}))
-        for c in chunks:
-            rows.append(
-                (
-                    c.tokens,
-                    {
-                        "chunk_id": c.chunk_id,
-                        "doc_id": doc.doc_id,
-                        "source": doc.source,
-                        "title": doc.title,
-                        "text": c.text,
-                        "url": doc.url,
-                        "published": doc.published,
-                        "categories": " ".join(doc.categories),
-                        "content_hash": digest,
-                        "embedding_model": embedding_model,
-                        "version": int(doc.version),
-                        "chunk_index": c.index,
-                        "chunk_count": len(chunks),
-                    },
-                )
+        doc_rows = [
+            (
+                c.tokens,
+                {
+                    "chunk_id": c.chunk_id,
+                    "doc_id": doc.doc_id,
+                    "source": doc.source,
+                    "title": doc.title,
+                    "text": c.text,
+                    "url": doc.url,
+                    "published": doc.published,
+                    "categories": " ".join(doc.categories),
+                    "content_hash": digest,
+                    "embedding_model": embedding_model,
+                    "version": int(doc.version),
+                    "chunk_index": c.index,
+                    "chunk_count": len(chunks),
+                },
             )
+            for c in chunks
+        ]
+        refused = next((p for _, r in doc_rows if (p := row_problem(r))), None)
+        if refused:  # one document the store cannot hold never fails the batch it is in
+            log.warning("%s:%s not indexed: %s", doc.source, doc.doc_id, refused)
+            summary.refused_documents += 1
+            if prev_chunks:
+                summary.updated -= 1
+            else:
+                summary.new -= 1
+            continue
+        stale.extend(sorted(prev_chunks - {fit_id(c.chunk_id, "chunk_id") for c in chunks}))
+        rows.extend(doc_rows)
     # Batches of similar length pad least: sorting all chunks once keeps the pipeline as fast as one big
     # encode() call while still writing (and reporting progress) batch by batch.
     rows.sort(key=lambda item: -item[0])
@@ -172,6 +183,8 @@ def summarize(stage_manifest: StageManifest, result: IndexSummary | None) -> Ing
         out["not_found"] = stage_manifest["not_found"]
     if result.capped_documents:
         out["capped_documents"] = result.capped_documents
+    if result.refused_documents:
+        out["refused_documents"] = result.refused_documents
     if stage_manifest.get("truncated_abstracts"):
         out["truncated_abstracts"] = stage_manifest["truncated_abstracts"]
     return out

@@ -34,6 +34,7 @@ from pipelines.sources.mentions import find_mentions
 from pipelines.sources.pubchem import (
     Compound,
     PubChemClient,
+    cid_of,
     compound_from,
     parse_descriptions,
     parse_properties,
@@ -58,7 +59,32 @@ class NameCache:
     def __init__(self, path: Path, now: datetime | None = None) -> None:
         self.path = path
         self.now = now or datetime.now(UTC)
-        self.entries: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else {}
+        self.entries: dict[str, dict[str, Any]] = self._load(path)
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, dict[str, Any]]:
+        """The cached answers; a cache that cannot be read is set aside (``.corrupt``) and started afresh, and
+        an entry of the wrong shape is dropped: the names are only asked again."""
+        if not path.is_file():
+            return {}
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(raw, dict):
+                raise ValueError(f"a JSON {type(raw).__name__}, not an object")
+        except (OSError, ValueError, RecursionError) as exc:
+            aside = path.with_name(path.name + ".corrupt")
+            log.warning("PubChem name cache %s is unreadable (%s): set aside as %s", path, exc, aside.name)
+            path.replace(aside)
+            return {}
+        good = {}
+        for name, entry in raw.items():
+            try:
+                cids = [cid_of(c) for c in entry["cids"]]
+                datetime.fromisoformat(entry["at"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            good[name] = {"cids": cids, "at": entry["at"]}
+        return good
 
     def get(self, name: str) -> list[int] | None:
         """Cached CIDs ([] = known not found) or None when unknown or expired."""
@@ -208,6 +234,8 @@ def stage_compounds(fetch_manifest: PubChemFetchManifest) -> StageManifest:
     """Raw answers → ``records.jsonl`` (structured record + ``text``); returns the stage manifest."""
     run_dir = Path(fetch_manifest["dir"])
     records, quarantine = [], []
+    requested = set(fetch_manifest["requested"])
+    seen: set[int] = set()
     for page in fetch_manifest["pages"]:
         rows = parse_properties(json.loads((run_dir / "raw" / f"properties-{page}.json").read_text()))
         descs = parse_descriptions(json.loads((run_dir / "raw" / f"descriptions-{page}.json").read_text()))
@@ -217,11 +245,30 @@ def stage_compounds(fetch_manifest: PubChemFetchManifest) -> StageManifest:
                 comp = compound_from(row, descs.get(cid) if isinstance(cid, int) else None)
             except (KeyError, ValueError, TypeError) as exc:
                 quarantine.append({"reason": f"unreadable property row: {exc}", "raw": json.dumps(row)})
+                if type(row.get("CID")) is int:
+                    seen.add(row["CID"])  # quarantined under its own reason
                 continue
+            if comp.cid not in requested:
+                quarantine.append(
+                    {
+                        "reason": f"PubChem answered CID {comp.cid}, which was not asked for",
+                        "raw": json.dumps(row),
+                    }
+                )
+                continue
+            if comp.cid in seen:
+                continue
+            seen.add(comp.cid)
             synonyms = sorted(n for n, cid in fetch_manifest["resolved"].items() if cid == comp.cid)
             rec = {**comp.to_dict(), "synonyms": synonyms, "source": SOURCE, "doc_id": str(comp.cid)}
             rec["text"] = compound_text(comp)
             records.append(rec)
+    # a CID asked for that came back with no usable row is quarantined by name, never lost in silence
+    quarantine += [
+        {"reason": f"PubChem answered no usable property row for CID {cid}", "raw": json.dumps({"CID": cid})}
+        for cid in fetch_manifest["requested"]
+        if cid not in seen
+    ]
     rows_n, digest = write_jsonl(run_dir / "records.jsonl", records)
     write_jsonl(run_dir / "quarantine.jsonl", quarantine)
     manifest: StageManifest = {

@@ -17,25 +17,11 @@ from typing import Any
 
 import requests
 
-from pipelines.settings import Settings
+from pipelines.settings import Settings, redact_url
+
+__all__ = ["redact_url", "send_alert"]
 
 log = logging.getLogger(__name__)
-
-
-def redact_url(url: str) -> str:
-    """``url`` without what may carry a secret (its path, query and credentials): ``https://host/…``.
-
-    Webhook URLs (Slack, Teams, Mattermost) carry their token in the path.
-    """
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<unparseable URL>"
-    return f"{parts.scheme}://{host}{port}/…" if host else "<URL without host>"
 
 
 def _why(exc: requests.RequestException) -> str:
@@ -78,7 +64,7 @@ def send_alert(
                     smtp.login(settings.smtp_user, settings.smtp_password)
                 smtp.send_message(msg)
             delivered.append("email")
-        except (OSError, smtplib.SMTPException) as exc:
+        except (OSError, ValueError, smtplib.SMTPException) as exc:
             log.error("alert e-mail via %s failed: %s", settings.smtp_host, exc)
     if not delivered:
         log.warning("ALERT (no channel delivered it): %s", text)

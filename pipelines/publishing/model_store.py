@@ -34,12 +34,16 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +55,7 @@ log = logging.getLogger(__name__)
 STALE_STAGING_S = 24 * 3600  # a staging folder this old belongs to a publish that died
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 MANIFEST = "manifest.json"
+LOCK_FILE = ".lock"  # per domain: held (flock) while the production pointer moves and history is appended
 
 
 class ModelStoreError(RuntimeError):
@@ -122,6 +127,7 @@ class ModelStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._local = threading.local()  # the domains whose lock this thread holds
 
     def _domain(self, domain: str) -> Path:
         return self.root / _check("domain", domain)
@@ -258,9 +264,14 @@ class ModelStore:
         """A version's manifest; raises :class:`ModelStoreError` if it is missing or unreadable."""
         path = self.version_dir(domain, version) / MANIFEST
         try:
-            return dict(json.loads(path.read_text()))
+            man = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ModelStoreError(f"{domain}/{version}: cannot read {MANIFEST}: {exc}") from None
+        if not isinstance(man, dict):
+            raise ModelStoreError(
+                f"{domain}/{version}: {MANIFEST} is a JSON {type(man).__name__}, not an object"
+            )
+        return man
 
     def promote(
         self, domain: str, version: str, actor: str = "", reason: str = "", allow_test_models: bool = False
@@ -277,14 +288,15 @@ class ModelStore:
         allow_test_models: bool = False,
     ) -> str:
         """Point production back at ``version`` (default: the one before the current); returns it."""
-        current = self.production(domain)
-        if version is None:
-            moves = [m for m in self.history(domain) if m["action"] in ("promote", "rollback")]
-            previous = [m["version"] for m in moves if m["version"] != current]
-            if not previous:
-                raise ModelStoreError(f"{domain}: no earlier production version to roll back to")
-            version = previous[-1]
-        self._point(domain, version, "rollback", actor, reason, allow_test_models)
+        with self._locked(domain):  # what "the one before" is cannot change under a concurrent promote
+            current = self.production(domain)
+            if version is None:
+                moves = [m for m in self.history(domain) if m["action"] in ("promote", "rollback")]
+                previous = [m["version"] for m in moves if m["version"] != current]
+                if not previous:
+                    raise ModelStoreError(f"{domain}: no earlier production version to roll back to")
+                version = previous[-1]
+            self._point(domain, version, "rollback", actor, reason, allow_test_models)
         return version
 
     def history(self, domain: str) -> list[dict[str, Any]]:
@@ -322,13 +334,17 @@ class ModelStore:
         for d in domains:
             prod = self.production(d)
             for vdir in (self._domain(d) / "versions").glob("*"):
-                if not vdir.is_dir() or not (vdir / MANIFEST).exists():
+                if not vdir.is_dir() or not _NAME.match(vdir.name):
                     continue
                 problems: list[str] = []
                 try:
                     man = self.manifest(d, vdir.name)
                 except ModelStoreError as exc:
                     man, problems = {}, [str(exc)]
+                metrics = man.get("metrics") or {}
+                if not isinstance(metrics, dict):
+                    problems.append(f"{d}/{vdir.name}: {MANIFEST} metrics is not an object")
+                    metrics = {}
                 if verify and not problems:
                     problems = self.verify(d, vdir.name)
                 out.append(
@@ -338,7 +354,7 @@ class ModelStore:
                         vdir,
                         vdir.name == prod,
                         str(man.get("published_at", "")),
-                        dict(man.get("metrics") or {}),
+                        dict(metrics),
                         tuple(problems),
                     )
                 )
@@ -420,12 +436,33 @@ class ModelStore:
                 "it becomes production only with CBNANO_ALLOW_TEST_MODELS=1"
             )
         ddir = self._domain(domain)
-        tmp = ddir / f".production-{os.getpid()}"
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
-        os.symlink(Path("versions") / version, tmp)
-        os.replace(tmp, ddir / "production")  # atomic pointer move
-        self._log(domain, action, version, actor, reason)
+        # the pointer and history's last move agree even when two promotes race: both happen under the lock
+        with self._locked(domain):
+            tmp = ddir / f".production-{os.getpid()}"
+            if tmp.is_symlink() or tmp.exists():
+                tmp.unlink()
+            os.symlink(Path("versions") / version, tmp)
+            os.replace(tmp, ddir / "production")  # atomic pointer move
+            self._log(domain, action, version, actor, reason)
+
+    @contextlib.contextmanager
+    def _locked(self, domain: str) -> Iterator[None]:
+        """Hold the domain's lock file (an exclusive ``flock``: processes, and threads with their own open
+        file, wait their turn). Re-entered by the thread that holds it, it does not wait on itself."""
+        held: frozenset[str] = getattr(self._local, "held", frozenset())
+        if domain in held:
+            yield
+            return
+        path = self._domain(domain) / LOCK_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            self._local.held = held | {domain}
+            try:
+                yield
+            finally:
+                self._local.held = held
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _log(self, domain: str, action: str, version: str, actor: str = "", reason: str = "") -> None:
         path = self._domain(domain) / "history.jsonl"
@@ -437,7 +474,13 @@ class ModelStore:
             "actor": actor or default_actor(),
             "reason": reason,
         }
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
+        with self._locked(domain), open(path, "a+b") as fh:
+            fh.seek(0, os.SEEK_END)
+            torn = False
+            if fh.tell() > 0:
+                fh.seek(-1, os.SEEK_END)
+                torn = fh.read(1) != b"\n"
+            # a line torn by a crash mid-write is ended first, so it never swallows this record
+            fh.write((b"\n" if torn else b"") + (json.dumps(entry) + "\n").encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())

@@ -72,6 +72,9 @@ class VLLMClient:
         self.attempts = attempts
         self.backoff_s = backoff_s
 
+    def __repr__(self) -> str:  # the token never shows (tracebacks, logs)
+        return f"VLLMClient(url={self.url!r}, token={'***' if self.token else ''!r})"
+
     def _call(
         self, method: str, path: str, body: dict[str, Any] | None = None, timeout_s: float | None = None
     ) -> Any:
@@ -109,7 +112,13 @@ class VLLMClient:
     def adapters(self) -> dict[str, str]:
         """The LoRA adapters System A serves: name -> the path it loaded it from."""
         models = self._call("GET", "/v1/models")
-        return {m["id"]: m.get("root", "") for m in models.get("data", []) if m.get("parent")}
+        data = models.get("data") if isinstance(models, dict) else None
+        if not isinstance(data, list) or not all(isinstance(m, dict) and "id" in m for m in data):
+            raise SystemAError(
+                f"System A at {self.url} answered /v1/models with something that is not a model list: "
+                f"{str(models)[:200]!r}"
+            )
+        return {str(m["id"]): str(m.get("root") or "") for m in data if m.get("parent")}
 
     def load(self, name: str, path: str, inplace: bool = False) -> None:
         """Load (or, with ``inplace``, replace) adapter ``name`` from ``path``."""
@@ -226,7 +235,16 @@ def hand_off(
     """
     if not settings.system_a_url and client is None:
         return {"domain": domain, "state": "not_configured"}
-    target = served_adapter(settings, domain)
+    store = ModelStore(settings.model_store)
+    try:
+        target = served_adapter(settings, domain, store)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # the adapter's config cannot be read
+        version = store.production(domain) or ""
+        folder = store.version_dir(domain, version) / "adapter" if version else Path()
+        target = ServedAdapter(domain, version, system_a_path(settings, folder), "", 0)
+        broken: Exception | None = SystemAError(f"cannot read {folder / 'adapter_config.json'}: {exc}")
+    else:
+        broken = None
     if target is None:
         return {"domain": domain, "state": "no_production"}
     client = client or client_for(settings)
@@ -238,6 +256,8 @@ def hand_off(
         "system_a": client.url,
     }
     try:
+        if broken is not None:
+            raise broken
         loaded = client.adapters()
         action = "already loaded"
         if loaded.get(domain) != target.path:
@@ -258,7 +278,9 @@ def hand_off(
                 )
         outcome.update(state="confirmed", action=action, confirmed_at=_now())
         log.info("System A serves %s %s (%s)", domain, target.version, action)
-    except SystemAError as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, production already moved: record and alert
+        if not isinstance(exc, SystemAError):
+            exc = SystemAError(f"{type(exc).__name__}: {exc}")
         outcome.update(
             state="failed",
             error=str(exc),

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from pipelines.retrieval.terms import keyword_terms
@@ -197,6 +198,12 @@ class Searcher:
     def from_settings(cls, settings: Settings) -> Searcher:
         """A searcher on the configured Milvus and embedding model (the model loads on the first query)."""
         from pipelines.embedding.minilm import DIMENSION, get_embedder
+
+        if settings.milvus_is_lite and not Path(settings.milvus_uri).exists():  # searching creates nothing
+            raise SearchError(
+                f"nothing ingested yet: no Milvus Lite file at {settings.milvus_uri} "
+                "(run `cbnano ingest arxiv` first)"
+            )
 
         def factory() -> Any:
             return get_embedder(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -30,10 +31,40 @@ from typing import Any
 
 # at module level: FastAPI resolves the endpoints' (string) annotations in this module's globals
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from pipelines.retrieval.search import DEFAULT_MODE, Searcher, SearchError, parse_query
 from pipelines.settings import Settings
+from pipelines.vectorstore.milvus import VectorStoreError
+
+SECRET_PARAM = re.compile(r"(token|key|secret|passw|auth)", re.IGNORECASE)
+
+
+def redact_query(path: str) -> str:
+    """``path`` with the values of query parameters that may carry a secret (``?token=…``) masked: the
+    service reads its token from the Authorization header only, but a client may still put one in a URL."""
+    base, sep, query = path.partition("?")
+    if not sep:
+        return path
+    pairs = [p.partition("=") for p in query.split("&")]
+    return (
+        base
+        + "?"
+        + "&".join(k + (eq and ("=***" if SECRET_PARAM.search(k) else eq + v)) for k, eq, v in pairs)
+    )
+
+
+class RedactAccessLog(logging.Filter):
+    """uvicorn's access log lines with secret-looking query parameters masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+            args = list(record.args)
+            args[2] = redact_query(str(args[2]))
+            record.args = tuple(args)
+        return True
+
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +99,7 @@ def create_app(settings: Settings, open_searcher: Callable[[], Searcher] | None 
     async def lifespan(app: Any) -> AsyncIterator[None]:
         try:
             corpus.get().embed("warm-up")  # load the model now, not on the first request
-        except SearchError as exc:
+        except (SearchError, VectorStoreError) as exc:  # nothing ingested yet, or Milvus not answering
             log.warning("search service starting without a corpus: %s", exc)
         yield
         corpus.close()
@@ -92,12 +123,26 @@ def create_app(settings: Settings, open_searcher: Callable[[], Searcher] | None 
     def searcher() -> Searcher:
         try:
             return corpus.get()
-        except SearchError as exc:
+        except (SearchError, VectorStoreError) as exc:
             raise HTTPException(503, str(exc)) from None
 
     @app.exception_handler(SearchError)
     async def bad_request(request: Request, exc: SearchError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(VectorStoreError)
+    async def store_unavailable(request: Request, exc: VectorStoreError) -> JSONResponse:
+        # Milvus is down, or another process holds the Lite file: the client may retry later
+        return JSONResponse({"detail": f"the corpus is unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # the documented 400 naming the parameter, not FastAPI's 422
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err.get("loc", ())[1:]) or "request"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=400)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -140,4 +185,5 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8600) -> None
         log.warning(
             "CBNANO_SEARCH_TOKEN is not set: /search and /stats answer anyone who reaches %s:%d", host, port
         )
+    logging.getLogger("uvicorn.access").addFilter(RedactAccessLog())
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")

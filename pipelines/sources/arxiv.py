@@ -48,7 +48,9 @@ DEFAULT_CATEGORIES = ("cond-mat.mtrl-sci", "physics.chem-ph")
 MAX_PAGE_SIZE = 2000  # arXiv's per-request cap
 MAX_QUERY_RESULTS = 30000  # arXiv's per-query cap
 
-_ID_BODY = r"(?P<id>\d{4}\.\d{4,5}|[a-z][a-z\-]*(?:\.[A-Z]{2})?/\d{7})(?:v(?P<version>\d+))?"
+# old-style archive names are short ("cond-mat", "solv-int"): a 200-letter one is not an arXiv id
+_ID_BODY = r"(?P<id>\d{4}\.\d{4,5}|[a-z][a-z\-]{0,15}(?:\.[A-Z]{2})?/\d{7})(?:v(?P<version>\d+))?"
+MAX_VERSION = 100_000  # arXiv papers have a handful of versions; a larger number is a broken feed
 # an abs URL on arXiv's own hosts, or a bare id: an id inside a URL of another host is not an arXiv paper
 _ID_URL_RE = re.compile(rf"https?://(?:www\.|export\.)?arxiv\.org/abs/{_ID_BODY}")
 _ID_BARE_RE = re.compile(_ID_BODY)
@@ -158,6 +160,8 @@ def parse_arxiv_id(raw: str) -> tuple[str, int | None]:
     if not m:
         raise ValueError(f"not an arXiv id: {raw!r}")
     version = m.group("version")
+    if version and (len(version) > 6 or not 1 <= int(version) <= MAX_VERSION):
+        raise ValueError(f"not an arXiv version: v{version[:30]} in {raw[:80]!r}")
     return m.group("id"), int(version) if version else None
 
 

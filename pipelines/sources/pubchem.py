@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -159,10 +160,28 @@ class Compound:
 
 
 def _float(value: Any) -> float | None:
+    """A finite number, or None (a missing, non-numeric, NaN or infinite value)."""
+    if isinstance(value, bool) or value is None or value == "":
+        return None
     try:
-        return float(value) if value is not None and value != "" else None
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None
+
+
+def cid_of(value: Any) -> int:
+    """A CID as PubChem writes it (a positive JSON integer, or its digits); raises ValueError for anything
+    else: ``1.5``, ``true`` or ``"1e3"`` are not CID 1 or 1000."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"CID {json.dumps(value)[:40]} is not a whole number")
+    if isinstance(value, str):
+        if not value.strip().isdigit():
+            raise ValueError(f"CID {value[:40]!r} is not a whole number")
+        value = int(value)
+    if value <= 0:
+        raise ValueError(f"CID {value} is not a compound id")
+    return value
 
 
 def _list(value: Any) -> list[Any]:
@@ -180,8 +199,13 @@ def parse_properties(payload: Any) -> list[dict[str, Any]]:
     An entry that is not an object comes back as ``{"_malformed": <its text>}`` so that staging quarantines it
     instead of the whole answer failing.
     """
-    rows = []
-    for raw in _list(_dict(_dict(payload).get("PropertyTable")).get("Properties")):
+    rows: list[dict[str, Any]] = []
+    table = _dict(payload).get("PropertyTable")
+    if not isinstance(table, dict) or not isinstance(table.get("Properties"), list):
+        fault = _dict(_dict(payload).get("Fault"))
+        what = f"a Fault ({fault.get('Code')}: {fault.get('Message')})" if fault else "not a PropertyTable"
+        return [{"_malformed": json.dumps(payload)[:500], "_answer": what}]
+    for raw in table["Properties"]:
         if not isinstance(raw, dict):
             rows.append({"_malformed": json.dumps(raw)[:500]})
             continue
@@ -233,6 +257,10 @@ def _json(resp: requests.Response) -> Any:
     HTML error page from a proxy, a truncated body)."""
     try:
         return resp.json()
+    except RecursionError:
+        raise SourceError(
+            "PubChem answered JSON nested too deep to read", url=resp.url, attempts=1, status=resp.status_code
+        ) from None
     except ValueError:
         kind = resp.headers.get("Content-Type", "no content type")
         raise SourceError(
@@ -247,7 +275,7 @@ def fault_of(resp: requests.Response) -> dict[str, Any] | None:
     """The ``Fault`` object of a PUG REST error answer, or None when the body is not one (e.g. HTML)."""
     try:
         body = resp.json()
-    except (ValueError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
         return None
     return body.get("Fault") if isinstance(body, dict) else None
 
@@ -267,16 +295,15 @@ def compound_from(row: dict[str, Any], desc: dict[str, Any] | None) -> Compound:
     TypeError for a row that is not a usable compound (staging quarantines it)."""
     desc = desc or {}
     if "_malformed" in row:
-        raise ValueError(f"property entry is not an object: {row['_malformed'][:200]}")
+        what = row.get("_answer") or "property entry is not an object"
+        raise ValueError(f"{what}: {row['_malformed'][:200]}")
     if "CID" not in row:
         raise ValueError("property entry has no CID")
-    cid = int(row["CID"])
-    if cid <= 0:
-        raise ValueError(f"CID {cid} is not a compound id")
+    cid = cid_of(row["CID"])
     for key in ("Title", "MolecularFormula", "IUPACName", "SMILES", "ConnectivitySMILES", "InChIKey"):
         _text(row, key)
     return Compound(
-        cid=int(row["CID"]),
+        cid=cid,
         title=row.get("Title") or desc.get("title", ""),
         formula=row.get("MolecularFormula", ""),
         weight=row.get("MolecularWeight"),
@@ -376,9 +403,8 @@ class PubChemClient:
         cids = []
         for c in _list(_dict(_dict(_json(resp)).get("IdentifierList")).get("CID")):
             try:
-                if int(c) > 0:
-                    cids.append(int(c))
-            except (TypeError, ValueError):
+                cids.append(cid_of(c))
+            except ValueError:
                 log.warning("PubChem answered a CID that is not a number for %r: %r", name, c)
         return cids
 
@@ -411,6 +437,6 @@ class PubChemClient:
         """Full :class:`Compound` records for ``cids``: two batched requests per ``batch_size`` CIDs."""
         ids = list(dict.fromkeys(int(c) for c in cids))
         rows = self.properties(ids)
-        rows = [r for r in rows if isinstance(r.get("CID"), int)]
+        rows = [r for r in rows if isinstance(r.get("CID"), int) and not isinstance(r.get("CID"), bool)]
         descs = self.descriptions([int(r["CID"]) for r in rows])
         return [compound_from(r, descs.get(int(r["CID"]))) for r in rows]

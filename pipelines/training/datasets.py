@@ -207,9 +207,25 @@ def internal_examples(folder: Path) -> tuple[list[Example], list[str]]:
         if f.is_symlink() and not f.resolve().is_relative_to(root):
             problems.append(f"{f.name}: a link to {f.resolve()}, outside the drop folder; skipped")
             continue
-        # JSONL lines end at "\n" only: U+2028 or NEL inside a JSON string is text, not a line break; a UTF-8
-        # byte-order mark at the start of the file is not part of line 1
-        for n, line in enumerate(f.read_text(encoding="utf-8-sig").split("\n"), 1):
+        # stat, never open, what is not a regular file: a FIFO would block the build, a folder or a dangling
+        # link would fail it
+        if not f.is_file():
+            what = "a dangling link" if f.is_symlink() and not f.exists() else "not a regular file"
+            problems.append(f"{f.name}: {what}; skipped")
+            continue
+        try:
+            # JSONL lines end at "\n" only: U+2028 or NEL inside a JSON string is text, not a line break; a
+            # UTF-8 byte-order mark at the start of the file is not part of line 1
+            content = f.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            problems.append(
+                f"{f.name}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); skipped"
+            )
+            continue
+        except OSError as exc:
+            problems.append(f"{f.name}: unreadable ({exc.strerror or exc}); skipped")
+            continue
+        for n, line in enumerate(content.split("\n"), 1):
             if not line.strip():
                 continue
             where = f"{f.name}:{n}"
@@ -222,6 +238,9 @@ def internal_examples(folder: Path) -> tuple[list[Example], list[str]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 problems.append(f"{where}: not JSON ({exc.msg})")
+                continue
+            except RecursionError:
+                problems.append(f"{where}: JSON nested too deep")
                 continue
             if not isinstance(obj, dict):
                 problems.append(f"{where}: not a JSON object")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.training.configs import config_hash, write_config
+from pipelines.training.process_group import end_group, grouped
 
 Log = Callable[[str], None]
 _STEP_LOSS = re.compile(r"\{'loss': '?([0-9.]+)'?.*?'epoch': '?([0-9.]+)'?")
@@ -85,26 +86,33 @@ def train_env(train_python: str, gpu: int | None) -> dict[str, str]:
 
 
 def _run(cmd: list[str], env: dict[str, str], log_file: Path, log: Log | None) -> list[str]:
+    """Run ``cmd`` in a process group of its own that ends with this process (a killed retrain leaves no
+    axolotl worker behind, see :mod:`pipelines.training.process_group`); its output goes to ``log_file``
+    and ``log`` line by line."""
     lines: list[str] = []
     with (
         open(log_file, "a", encoding="utf-8") as fh,
         subprocess.Popen(
-            cmd,
+            grouped(cmd),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
             bufsize=1,
             cwd=log_file.parent,
+            start_new_session=True,
         ) as proc,
     ):
         assert proc.stdout is not None
-        for line in proc.stdout:
-            fh.write(line)
-            lines.append(line.rstrip())
-            if log:
-                log(line.rstrip())
-        rc = proc.wait()
+        try:
+            for line in proc.stdout:
+                fh.write(line)
+                lines.append(line.rstrip())
+                if log:
+                    log(line.rstrip())
+            rc = proc.wait()
+        finally:  # an exception here (the task stopped, Ctrl-C) ends axolotl and its workers too
+            end_group(proc)
     if rc != 0:
         tail = "\n".join(lines[-15:])
         raise TrainingError(f"{' '.join(cmd)} exited with {rc}; last lines:\n{tail}")
@@ -292,12 +300,21 @@ def run_in_train_env(
             "or set CBNANO_TRAIN_PYTHON)"
         )
     cmd = [train_python, "-m", f"pipelines.training.steps.{step}", *args]
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=train_env(train_python, gpu), timeout=timeout_s
-        )
-    except subprocess.TimeoutExpired:
-        raise TrainingError(f"training-environment step {step} ran over {timeout_s:.0f}s") from None
+    with subprocess.Popen(
+        grouped(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=train_env(train_python, gpu),
+        start_new_session=True,
+    ) as running:
+        try:
+            out, err = running.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise TrainingError(f"training-environment step {step} ran over {timeout_s:.0f}s") from None
+        finally:
+            end_group(running)
+    proc = subprocess.CompletedProcess(cmd, running.returncode, out, err)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise TrainingError(

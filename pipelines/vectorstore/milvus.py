@@ -22,6 +22,7 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -104,6 +105,29 @@ def fit_bytes(value: str, limit: int) -> str:
     return raw[:limit].decode("utf-8", errors="ignore")
 
 
+def fit_id(value: str, field: str) -> str:
+    """``value`` as the key field ``field`` stores it: itself when it fits, else a cut prefix with the sha256 of
+    the whole id appended, so that two long ids never become one and the same id always maps the same way."""
+    limit = FIELD_LIMITS[field]
+    if len(value.encode("utf-8")) <= limit:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8")).hexdigest()[:24]
+    return fit_bytes(value, limit - len(digest) - 1) + "~" + digest
+
+
+INT64 = (-(2**63), 2**63 - 1)
+INT_FIELDS = ("version", "chunk_index", "chunk_count")
+
+
+def row_problem(row: dict[str, Any]) -> str | None:
+    """Why Milvus would refuse ``row`` (an integer field it cannot hold), or None."""
+    for name in INT_FIELDS:
+        value = row.get(name)
+        if not isinstance(value, int) or not INT64[0] <= value <= INT64[1]:
+            return f"{name} {str(value)[:40]} does not fit Milvus's INT64 field"
+    return None
+
+
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -123,6 +147,12 @@ class MilvusStore:
         self._loaded = False
         self._lite_held = False
         self.full_text = False  # set by ensure_collection: the collection has the BM25 ``sparse`` field
+
+    def __repr__(self) -> str:  # the token never shows (tracebacks, logs)
+        return (
+            f"MilvusStore(uri={self.uri!r}, collection={self.collection!r}, "
+            f"token={'***' if self.token else ''!r})"
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MilvusStore:
@@ -398,7 +428,8 @@ class MilvusStore:
         The hash is ``""`` for a document that was written only in part (chunks disagreeing on the hash, or
         fewer chunks than its ``chunk_count``), so that callers redo it.
         """
-        ids = list(dict.fromkeys(doc_ids))
+        asked = {fit_id(d, "doc_id"): d for d in doc_ids}  # stored key -> the id the caller knows
+        ids = list(asked)
         found: dict[str, tuple[str, set[str]]] = {}
         hashes: dict[str, str] = {}
         chunks: dict[str, set[str]] = defaultdict(set)
@@ -419,7 +450,7 @@ class MilvusStore:
                     hashes[row["doc_id"]] = ""
         for doc_id, chunk_ids in chunks.items():
             complete = len(chunk_ids) >= counts[doc_id]
-            found[doc_id] = (hashes[doc_id] if complete else "", chunk_ids)
+            found[asked.get(doc_id, doc_id)] = (hashes[doc_id] if complete else "", chunk_ids)
         return found
 
     def upsert(self, rows: Sequence[dict[str, Any]]) -> int:
@@ -431,7 +462,9 @@ class MilvusStore:
             row.setdefault("published_day", published_day(str(row.get("published", ""))))
             row.setdefault("keywords", chunk_keywords(row))
             for name, limit in FIELD_LIMITS.items():
-                if name in row:
+                if name in ("doc_id", "chunk_id"):
+                    row[name] = fit_id(str(row[name]), name)
+                elif name in row:
                     row[name] = fit_bytes(str(row[name]), limit)
             clean.append(row)
         for i in range(0, len(clean), WRITE_BATCH):
@@ -440,7 +473,7 @@ class MilvusStore:
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
         """Delete rows by chunk id; returns how many ids were asked for."""
-        ids = list(dict.fromkeys(chunk_ids))
+        ids = list(dict.fromkeys(fit_id(c, "chunk_id") for c in chunk_ids))
         for i in range(0, len(ids), WRITE_BATCH):
             self._ready().delete(self.collection, ids=ids[i : i + WRITE_BATCH])
         return len(ids)
@@ -461,8 +494,12 @@ class MilvusStore:
         parts = []
         if source:
             parts.append(f"source == {_quote(source)}")
-        if category:  # categories are stored space-joined: match a whole entry
-            parts.append(f"categories like {_quote('%' + category + '%')}")
+        if category:  # categories are stored space-joined: match a whole entry, never a piece of one
+            c = category.strip()
+            whole = [f"categories == {_quote(c)}"] + [
+                f"categories like {_quote(pattern)}" for pattern in (f"{c} %", f"% {c}", f"% {c} %")
+            ]
+            parts.append("(" + " or ".join(whole) + ")")
         if since:
             parts.append(f"published_day >= {int(since)}")
         if until:

@@ -81,8 +81,9 @@ def test_filter_expression_and_published_day():
     assert published_day("May 2024") == 0
     flt = MilvusStore.filter_for(source="arxiv", category="cond-mat.mtrl-sci", since=20240101, until=20241231)
     assert flt == (
-        'source == "arxiv" and categories like "%cond-mat.mtrl-sci%" and published_day >= 20240101 '
-        "and published_day <= 20241231 and published_day > 0"
+        'source == "arxiv" and (categories == "cond-mat.mtrl-sci" or categories like "cond-mat.mtrl-sci %" '
+        'or categories like "% cond-mat.mtrl-sci" or categories like "% cond-mat.mtrl-sci %") '
+        "and published_day >= 20240101 and published_day <= 20241231 and published_day > 0"
     )
     assert MilvusStore.filter_for() == ""
 

@@ -274,7 +274,7 @@ def test_malformed_answers_are_quarantined_not_fatal(tmp_path):
     reasons = " | ".join(q["reason"] for q in quarantine)
     assert manifest["quarantined"] == 4, reasons
     assert "Title is a list, not text" in reasons and "has no CID" in reasons and "not an object" in reasons
-    assert "invalid literal for int()" in reasons  # the CID that is not a number
+    assert "CID 'not a number' is not a whole number" in reasons
     # a table that is not even a list: nothing to stage, no crash
     (raw / "properties-0000.json").write_text(json.dumps({"PropertyTable": {"Properties": "oops"}}))
     (raw / "descriptions-0000.json").write_text(json.dumps({"InformationList": "oops"}))
