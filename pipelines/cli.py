@@ -204,6 +204,78 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from pipelines.gateway.app import serve
+    from pipelines.gateway.store import GatewayStoreError
+    from pipelines.settings import get_settings
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError("--port must be between 0 and 65535")
+    try:
+        serve(get_settings(), host=args.host, port=args.port, no_auth=args.no_auth)
+    except GatewayStoreError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def cmd_gateway_keys(args: argparse.Namespace) -> int:
+    from pipelines.gateway.store import GatewayStore, GatewayStoreError
+    from pipelines.settings import get_settings
+
+    store = GatewayStore.from_settings(get_settings())
+    try:
+        if args.action == "list":
+            rows = store.keys()
+            for r in rows:
+                print(f"{r['user']:<24} created {r['created_at']}  last used {r['last_used_at'] or 'never'}")
+            if not rows:
+                print("no keys")
+            return 0
+        if not args.user:
+            raise UsageError(f"gateway keys {args.action} needs a USER")
+        if args.action == "revoke":
+            store.revoke(args.user)
+            print(f"revoked the key of {args.user}")
+            return 0
+        key = store.add_key(args.user)
+    except GatewayStoreError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"key of {args.user} (shown once; only its hash is kept):", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def cmd_gateway_traces(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from pipelines.gateway.store import GatewayStore, GatewayStoreError
+    from pipelines.settings import get_settings
+
+    if args.since:
+        try:
+            date.fromisoformat(args.since)
+        except ValueError:
+            raise UsageError(f"--since must be a date YYYY-MM-DD, not {args.since!r}") from None
+    try:
+        rows = GatewayStore.from_settings(get_settings()).traces(since=args.since)
+    except GatewayStoreError as exc:
+        print(f"cbnano: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        _emit(rows)
+        return 0
+    for r in rows:
+        rating = {1: " +1", -1: " -1"}.get(r.get("rating") or 0, "")
+        print(
+            f"{r['at']} {r['user']:<12} {r['endpoint']:<11} {r['model']:<16} {r['status']} "
+            f"{r['latency_ms']:.0f} ms in={r['tokens_in'] or '-'} out={r['tokens_out'] or '-'} "
+            f"sources={','.join(r['sources']) or '-'}{rating}"
+        )
+    if not rows:
+        print("no traces")
+    return 0
+
+
 def cmd_search_service(args: argparse.Namespace) -> int:
     from pipelines.retrieval.service import serve
     from pipelines.settings import get_settings
@@ -554,6 +626,26 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     ss.add_argument("--port", type=int, default=8600)
     ss.set_defaults(func=cmd_search_service)
+
+    gw = sub.add_parser(
+        "gateway",
+        help="System A's OpenAI-compatible gateway (/v1/models, chat, completions, embeddings, search)",
+    )
+    gw.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    gw.add_argument("--port", type=int, default=9000)
+    gw.add_argument(
+        "--no-auth", action="store_true", help="serve without keys (every request is 'anonymous')"
+    )
+    gw.set_defaults(func=cmd_gateway)
+    gsub = gw.add_subparsers(dest="gateway_command")
+    gk = gsub.add_parser("keys", help="users' keys: add (prints the key once), list, revoke")
+    gk.add_argument("action", choices=["add", "list", "revoke"])
+    gk.add_argument("user", nargs="?", help="the user (add, revoke)")
+    gk.set_defaults(func=cmd_gateway_keys)
+    gt = gsub.add_parser("traces", help="the requests the gateway served")
+    gt.add_argument("--since", default="", metavar="YYYY-MM-DD", help="on or after this day")
+    gt.add_argument("--json", action="store_true")
+    gt.set_defaults(func=cmd_gateway_traces)
 
     st = sub.add_parser("stats", help="documents and chunks per source")
     st.add_argument("--json", action="store_true")

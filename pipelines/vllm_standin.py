@@ -11,8 +11,10 @@ behaves like a vLLM started with ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA
   loading ignore the field and refuse: ``inplace=False``), as is the base's own name; then it reads the
   adapter folder (``adapter_config.json`` and ``adapter_model.*`` must be there, else 404);
 * ``POST /v1/unload_lora_adapter`` ``{"lora_name"}``: 404 for a name not loaded;
-* ``POST /v1/chat/completions``: 404 for a model it does not serve; otherwise a deterministic reply that
-  names the model and cites the first numbered source (``[1]``) in the last user message.
+* ``POST /v1/chat/completions`` and ``POST /v1/completions``: 404 for a model it does not serve; otherwise a
+  deterministic reply that names the model and cites the first numbered source (``[1]``) in the last user
+  message (or the prompt). With ``"stream": true`` the reply comes as Server-Sent Events, one word per
+  chunk as vLLM sends them (``chat.completion.chunk`` / ``text_completion``), then ``data: [DONE]``.
 
 Errors use vLLM's JSON shape ``{"error": {"message", "type", "param", "code"}}`` and its messages (checked
 against vLLM 0.33's ``entrypoints/openai/models/serving.py``). With ``token`` set every
@@ -122,8 +124,8 @@ class VLLMStandIn:
                             return self._error(404, f"The lora adapter '{name}' cannot be found.")
                         del owner.adapters[name]
                     return self._send(200, f"Success: LoRA adapter '{name}' removed successfully.")
-                if self.path == "/v1/chat/completions":
-                    return self._chat(body)
+                if self.path in ("/v1/chat/completions", "/v1/completions"):
+                    return self._chat(body, chat=self.path == "/v1/chat/completions")
                 return self._error(404, "Not Found")
 
             def _load(self, body: dict[str, Any]) -> None:
@@ -146,32 +148,67 @@ class VLLMStandIn:
                     owner.adapters[name] = path
                 return self._send(200, f"Success: LoRA adapter '{name}' added successfully.")
 
-            def _chat(self, body: dict[str, Any]) -> None:
+            def _chat(self, body: dict[str, Any], chat: bool = True) -> None:
                 model = body.get("model", "")
                 with owner._lock:
                     served = model == owner.base or model in owner.adapters
                 if not served:
                     return self._error(404, f"The model `{model}` does not exist.")
-                messages = body.get("messages") or []
-                last = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+                if chat:
+                    messages = body.get("messages") or []
+                    last = next(
+                        (m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), ""
+                    )
+                else:
+                    last = str(body.get("prompt") or "")
                 cite = re.search(r"\[(\d+)\]", last)
                 text = f"Stand-in answer from {model}" + (f" [{cite.group(1)}]." if cite else ".")
+                usage = {"prompt_tokens": len(last.split()), "completion_tokens": len(text.split())}
+                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+                kind = "chat.completion" if chat else "text_completion"
+                if body.get("stream"):
+                    return self._stream(model, text, chat, usage)
+                choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+                if chat:
+                    choice["message"] = {"role": "assistant", "content": text}
+                else:
+                    choice["text"] = text
                 return self._send(
                     200,
                     {
-                        "id": "chatcmpl-standin",
-                        "object": "chat.completion",
+                        "id": "cmpl-standin",
+                        "object": kind,
+                        "created": 0,
                         "model": model,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "finish_reason": "stop",
-                                "message": {"role": "assistant", "content": text},
-                            }
-                        ],
-                        "usage": {"prompt_tokens": len(last.split()), "completion_tokens": 6},
+                        "choices": [choice],
+                        "usage": usage,
                     },
                 )
+
+            def _stream(self, model: str, text: str, chat: bool, usage: dict[str, int]) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+                words = text.split(" ")
+                pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+                kind = "chat.completion.chunk" if chat else "text_completion"
+                for i, piece in enumerate(pieces):
+                    last = i == len(pieces) - 1
+                    choice: dict[str, Any] = {"index": 0, "finish_reason": "stop" if last else None}
+                    if chat:
+                        choice["delta"] = {"content": piece, **({"role": "assistant"} if i == 0 else {})}
+                    else:
+                        choice["text"] = piece
+                    chunk = {"id": "cmpl-standin", "object": kind, "created": 0, "model": model,
+                             "choices": [choice]}  # fmt: skip
+                    if last:
+                        chunk["usage"] = usage
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                self.close_connection = True
 
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)

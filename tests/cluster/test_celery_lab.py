@@ -155,3 +155,29 @@ def test_retraining_dry_run_lands_on_system_b(lab):
     assert (mapped["queue"], mapped["hostname"], mapped["state"]) == ("system_b", "system-b", "skipped")
     log = _task_log(lab, "domain_retraining", run_id, "retrain_domain", 1)
     assert "dry run: catalysis dataset of" in "".join(p.read_text() for p in log.parent.rglob("*.log"))
+
+
+def test_the_gateways_key_and_trace_store_on_the_labs_postgres(lab):
+    """The gateway's database as the compose file configures it: tables beside Airflow's in the coordinator's
+    Postgres (CBNANO_GATEWAY_DB). Keys, traces, feedback and the +rag rating query, from two store objects
+    (two gateway processes) at once."""
+    from pipelines.gateway.store import GatewayStore, Trace
+
+    url = f"postgresql+psycopg2://airflow:airflow@127.0.0.1:{lab.pg_port}/airflow"
+    first, second = GatewayStore(url), GatewayStore(url)
+    key = first.add_key("alice")
+    assert second.user_for(key) == "alice" and second.user_for(key + "x") is None
+    assert "airflow:airflow" not in repr(first)
+    t = Trace(user="alice", endpoint="chat", model="catalysis+rag", status=200, latency_ms=41.0, tokens_in=120,
+              tokens_out=18, sources=["2611.08115", "2611.08102"], answer="Ni on ceria [1].", question="Which?")  # fmt: skip
+    first.record(t)
+    second.record(
+        Trace(user="alice", endpoint="embeddings", model="all-MiniLM-L6-v2", status=200, latency_ms=3.0)
+    )
+    assert second.feedback(t.id, "alice", -1, "wrong support") and not second.feedback("cbn-none", "alice", 1)
+    rows = {r["id"]: r for r in first.traces(since="2000-01-01")}
+    assert rows[t.id]["sources"] == ["2611.08115", "2611.08102"] and rows[t.id]["rating"] == -1
+    assert [r["comment"] for r in first.rated("catalysis", -1)] == ["wrong support"]
+    assert [k["user"] for k in first.keys()] == ["alice"] and first.keys()[0]["last_used_at"]
+    first.revoke("alice")
+    assert second.user_for(key) is None

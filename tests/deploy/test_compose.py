@@ -251,3 +251,47 @@ def test_the_airflow_image_installs_the_package_by_host_role_with_its_data_files
     assert "CBNANO_ASSETS_DIR=/opt/cbnano-src" in dockerfile
     for folder in ("include", "axolotl_configs", "pipelines"):
         assert f"COPY --chown=airflow:0 {folder} /opt/cbnano-src/{folder}" in dockerfile
+
+
+def test_system_a_runs_the_gateway_in_front_of_vllm_with_traces_in_the_coordinators_postgres():
+    svc = SERVICES["gateway"]
+    assert svc["profiles"] == ["system-a"]
+    cmd = svc["command"]
+    assert cmd[:4] == ["python", "-m", "pipelines.cli", "gateway"]
+    from pipelines.cli import build_parser
+
+    args = build_parser().parse_args(cmd[3:])
+    assert (args.host, args.port, args.no_auth) == ("0.0.0.0", 9000, False)  # keys required in the lab
+    assert svc["ports"] == ["${GATEWAY_PORT:-9000}:9000"]
+    assert "http://localhost:9000/health" in svc["healthcheck"]["test"]
+    gw = env("gateway")
+    vllm_port = SERVICES["vllm"]["command"][SERVICES["vllm"]["command"].index("--port") + 1]
+    assert gw["CBNANO_SYSTEM_A_URL"] == f"http://vllm:{vllm_port}"
+    assert gw["CBNANO_SYSTEM_A_TOKEN"] == "${SYSTEM_A_TOKEN:?}"
+    airflow_db = env("worker-default")["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert gw["CBNANO_GATEWAY_DB"] == airflow_db  # the coordinator's Postgres, tables gateway_*
+    assert svc["depends_on"]["vllm"]["condition"] == "service_healthy"
+
+
+def test_prometheus_scrapes_the_gateway_with_a_key_and_grafana_has_its_row():
+    prom = yaml.safe_load((ROOT / "include/monitoring/prometheus.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "gateway")
+    assert job["static_configs"][0]["targets"] == ["gateway:9000"] and job["metrics_path"] == "/metrics"
+    secret = job["authorization"]["credentials_file"].rsplit("/", 1)[-1]
+    assert secret in SERVICES["prometheus"]["secrets"]
+    assert COMPOSE["secrets"][secret] == {"environment": "GATEWAY_METRICS_TOKEN"}
+    # every series the dashboard's gateway row asks for is one the gateway exposes
+    from prometheus_client import generate_latest
+
+    from pipelines.gateway.app import Metrics
+
+    m = Metrics()
+    m.requests.labels("chat", "catalysis", "200").inc()
+    m.latency.labels("chat", "catalysis").observe(0.1)
+    m.tokens.labels("catalysis", "in").inc(3)
+    exposed = generate_latest(m.registry).decode()
+    dash = json.loads((ROOT / "include/monitoring/grafana/dashboards/cbnano.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] if "Gateway" in p["title"] for t in p.get("targets", [])]
+    assert len(exprs) >= 4
+    for series in {s for e in exprs for s in re.findall(r"cbnano_gateway_[a-z_]+", e)}:
+        assert series in exposed, series

@@ -74,6 +74,7 @@ SECRET_ENV = {
     "teacher_token": ("CBNANO_TEACHER_TOKEN", "teacher-s3cret"),
     "smtp_password": ("CBNANO_SMTP_PASSWORD", "smtp-s3cret"),
     "alert_webhook_url": ("CBNANO_ALERT_WEBHOOK_URL", "https://hooks.example/services/T0/hook-s3cret"),
+    "gateway_db": ("CBNANO_GATEWAY_DB", "postgresql://gw:db-s3cret@coordinator/gw-s3cret-db"),
 }
 
 

@@ -1,0 +1,233 @@
+"""The gateway's database: users' keys (hashes only), one trace per request, and feedback on answers.
+
+A SQLite file under ``CBNANO_HOME`` by default; in the lab ``CBNANO_GATEWAY_DB`` is an SQLAlchemy URL of the
+coordinator's PostgreSQL. Keys are 32 random bytes (``cbn_…``): only their sha256 is stored, a request's key
+is looked up by its hash and compared with ``hmac.compare_digest``, and no key is ever written to a trace or
+a log. Traces hold no secret: time, user, model, latency, tokens, the sources' ids, status.
+
+    store = GatewayStore.from_settings(settings)
+    key = store.add_key("alice")            # shown once
+    store.user_for(key)                      # "alice"
+    store.record(Trace(user="alice", model="catalysis+rag", ...))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from pipelines.settings import Settings
+
+KEY_PREFIX = "cbn_"
+META = sa.MetaData()
+KEYS = sa.Table(
+    "gateway_keys",
+    META,
+    sa.Column("user", sa.String(128), primary_key=True),
+    sa.Column("key_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("last_used_at", sa.String(32)),
+)
+TRACES = sa.Table(
+    "gateway_traces",
+    META,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("at", sa.String(32), nullable=False, index=True),
+    sa.Column("user", sa.String(128), nullable=False),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("tokens_in", sa.Integer),
+    sa.Column("tokens_out", sa.Integer),
+    sa.Column("sources", sa.Text, nullable=False),  # JSON list of doc ids
+    sa.Column("error", sa.Text),
+    sa.Column("answer", sa.Text),  # +rag answers only: what the feedback rates and a dataset may reuse
+    sa.Column("question", sa.Text),
+)
+FEEDBACK = sa.Table(
+    "gateway_feedback",
+    META,
+    sa.Column("trace_id", sa.String(64), primary_key=True),
+    sa.Column("user", sa.String(128), nullable=False),
+    sa.Column("rating", sa.Integer, nullable=False),
+    sa.Column("comment", sa.Text),
+    sa.Column("at", sa.String(32), nullable=False),
+)
+
+
+class GatewayStoreError(RuntimeError):
+    """The gateway's database refused an operation (unknown user, duplicate key, unreachable database)."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def key_hash(key: str) -> str:
+    """The stored form of a key (its sha256: keys are random, so no slow hash is needed)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Trace:
+    """One request as the gateway recorded it."""
+
+    user: str
+    endpoint: str
+    model: str
+    status: int
+    latency_ms: float
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    sources: list[str] = field(default_factory=list)
+    error: str | None = None
+    answer: str | None = None
+    question: str | None = None
+    id: str = field(default_factory=lambda: f"cbn-{secrets.token_hex(12)}")
+    at: str = field(default_factory=_now)
+
+    def row(self) -> dict[str, Any]:
+        """The table row."""
+        out = asdict(self)
+        out["sources"] = json.dumps(self.sources)
+        return out
+
+
+def default_url(settings: Settings) -> str:
+    """``CBNANO_GATEWAY_DB``, else a SQLite file under ``CBNANO_HOME``."""
+    return settings.gateway_db or f"sqlite:///{Path(settings.home) / 'gateway.db'}"
+
+
+class GatewayStore:
+    """Keys, traces and feedback in one SQLAlchemy database (tables created on first use)."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # the URL may carry a password
+        return f"GatewayStore({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GatewayStore:
+        """The configured database."""
+        return cls(default_url(settings))
+
+    def _begin(self) -> Any:
+        with self._lock:
+            if not self._ready:
+                try:
+                    META.create_all(self.engine)
+                except sa.exc.SQLAlchemyError as exc:
+                    where = self.engine.url.render_as_string(hide_password=True)
+                    raise GatewayStoreError(
+                        f"gateway database {where}: {exc.__class__.__name__}: {exc}"
+                    ) from None
+                self._ready = True
+        return self.engine.begin()
+
+    # ---- keys ---------------------------------------------------------------------------------------------
+    def add_key(self, user: str) -> str:
+        """Create ``user``'s key and return it (shown once; only its hash is kept). One key per user."""
+        if not user or len(user) > 128 or not user.isprintable() or user.strip() != user:
+            raise GatewayStoreError(f"a user name is 1-128 printable characters, not {user!r}")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        with self._begin() as conn:
+            if conn.execute(sa.select(KEYS.c.user).where(KEYS.c.user == user)).first():
+                raise GatewayStoreError(f"{user} already has a key: revoke it first")
+            conn.execute(KEYS.insert().values(user=user, key_sha256=key_hash(key), created_at=_now()))
+        return key
+
+    def revoke(self, user: str) -> None:
+        """Delete ``user``'s key; raises :class:`GatewayStoreError` if there is none."""
+        with self._begin() as conn:
+            if conn.execute(KEYS.delete().where(KEYS.c.user == user)).rowcount == 0:
+                raise GatewayStoreError(f"{user} has no key")
+
+    def keys(self) -> list[dict[str, Any]]:
+        """Users with a key: name, created, last used (never a key or a hash)."""
+        with self._begin() as conn:
+            rows = conn.execute(
+                sa.select(KEYS.c.user, KEYS.c.created_at, KEYS.c.last_used_at).order_by(KEYS.c.user)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    def has_keys(self) -> bool:
+        """True when at least one user has a key."""
+        with self._begin() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(KEYS)).scalar_one() > 0
+
+    def user_for(self, key: str) -> str | None:
+        """The user whose key this is, or None; marks the key used."""
+        digest = key_hash(key)
+        with self._begin() as conn:
+            row = conn.execute(
+                sa.select(KEYS.c.user, KEYS.c.key_sha256).where(KEYS.c.key_sha256 == digest)
+            ).first()
+            if row is None or not hmac.compare_digest(row.key_sha256, digest):
+                return None
+            conn.execute(KEYS.update().where(KEYS.c.user == row.user).values(last_used_at=_now()))
+            return str(row.user)
+
+    # ---- traces and feedback --------------------------------------------------------------------------------
+    def record(self, trace: Trace) -> None:
+        """Store one request's trace."""
+        with self._begin() as conn:
+            conn.execute(TRACES.insert().values(**trace.row()))
+
+    def traces(self, since: str = "", limit: int = 1000) -> list[dict[str, Any]]:
+        """Traces at or after ``since`` (ISO date or time), oldest first, with their feedback if any."""
+        query = (
+            sa.select(TRACES, FEEDBACK.c.rating, FEEDBACK.c.comment)
+            .select_from(TRACES.outerjoin(FEEDBACK, FEEDBACK.c.trace_id == TRACES.c.id))
+            .where(TRACES.c.at >= since)
+            .order_by(TRACES.c.at, TRACES.c.id)
+            .limit(limit)
+        )
+        with self._begin() as conn:
+            out = []
+            for r in conn.execute(query):
+                row = dict(r._mapping)
+                row["sources"] = json.loads(row["sources"] or "[]")
+                out.append(row)
+            return out
+
+    def feedback(self, trace_id: str, user: str, rating: int, comment: str = "") -> bool:
+        """Rate a recorded answer (1 or -1; a second rating replaces the first); False for an unknown id."""
+        with self._begin() as conn:
+            if conn.execute(sa.select(TRACES.c.id).where(TRACES.c.id == trace_id)).first() is None:
+                return False
+            conn.execute(FEEDBACK.delete().where(FEEDBACK.c.trace_id == trace_id))
+            conn.execute(
+                FEEDBACK.insert().values(
+                    trace_id=trace_id, user=user, rating=rating, comment=comment, at=_now()
+                )
+            )
+        return True
+
+    def rated(self, model_prefix: str, rating: int) -> list[dict[str, Any]]:
+        """``+rag`` answers of a model rated ``rating`` (question, answer, sources, comment)."""
+        query = (
+            sa.select(TRACES.c.id, TRACES.c.model, TRACES.c.question, TRACES.c.answer, TRACES.c.sources,
+                      FEEDBACK.c.comment, FEEDBACK.c.at)
+            .select_from(TRACES.join(FEEDBACK, FEEDBACK.c.trace_id == TRACES.c.id))
+            .where(TRACES.c.model == f"{model_prefix}+rag", FEEDBACK.c.rating == rating)
+            .order_by(FEEDBACK.c.at)
+        )  # fmt: skip
+        with self._begin() as conn:
+            return [
+                dict(r._mapping) | {"sources": json.loads(r.sources or "[]")} for r in conn.execute(query)
+            ]
