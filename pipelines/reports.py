@@ -10,6 +10,7 @@ Airflow UI page (``plugins/cbnano_registry.py``), tests and scripts. Read-only.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from html import escape
 from pathlib import Path
@@ -18,7 +19,9 @@ from typing import Any
 from pipelines.contracts import INGEST_COUNTS
 from pipelines.lake import run_summaries
 from pipelines.publishing.model_store import ModelStore
-from pipelines.settings import Settings
+from pipelines.settings import DOMAINS, Settings
+
+log = logging.getLogger(__name__)
 
 # knowledge first (the gate's primary and its open-book guard), then the forgetting guard and held-out loss
 METRICS = (
@@ -77,10 +80,27 @@ def model_registry(settings: Settings) -> list[dict[str, Any]]:
         )
     from pipelines.publishing.serving import serving_state
 
+    flagged = flagged_answers(settings)
     for entry in out.values():
         entry["versions"].sort(key=lambda v: (v["published_at"], v["version"]), reverse=True)
         entry["system_a"] = serving_state(settings, entry["domain"])
+        entry["flagged"] = flagged.get(entry["domain"], [])
     return [out[d] for d in sorted(out)]
+
+
+def flagged_answers(settings: Settings, limit: int = 20) -> dict[str, list[dict[str, Any]]]:
+    """Per domain, the newest ``+rag`` answers the lab rated -1 in the gateway (for people to look at); {}
+    when the gateway has no database yet or it cannot be read."""
+    if not settings.gateway_db and not (Path(settings.home) / "gateway.db").is_file():
+        return {}
+    try:
+        from pipelines.gateway.store import GatewayStore
+
+        store = GatewayStore.from_settings(settings)
+        return {d: store.rated(d, -1)[-limit:][::-1] for d in DOMAINS}
+    except Exception as exc:  # noqa: BLE001 - the registry page shows models even when the gateway's DB is down
+        log.warning("gateway feedback not shown: %s", exc)
+        return {}
 
 
 def _system_a_line(state: dict[str, Any]) -> str:
@@ -242,6 +262,16 @@ def render_registry(
             )
             if v["chart"]:
                 parts.append(f"<img alt='evaluation chart' src='{base}charts/{d}/{escape(v['version'])}'>")
+        if entry.get("flagged"):
+            rows = "".join(
+                f"<tr><td>{_fmt(f.get('at'))}</td><td>{_fmt(f.get('question'))}</td><td>{_fmt(f.get('answer'))}</td>"
+                f"<td>{_fmt(', '.join(f.get('sources') or []))}</td><td>{_fmt(f.get('comment'))}</td></tr>"
+                for f in entry["flagged"]
+            )
+            parts.append(
+                f"<h3 class='refused'>Answers rated -1 in the gateway ({d}+rag)</h3><table class='flagged'>"
+                f"<tr><th>rated</th><th>question</th><th>answer</th><th>sources</th><th>comment</th></tr>{rows}</table>"
+            )
     parts.append("<h2>Recent retraining decisions</h2>")
     if decisions:
         rows = "".join(

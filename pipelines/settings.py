@@ -110,6 +110,7 @@ class Settings:
     smtp_user: str = ""
     smtp_password: str = field(default="", repr=False, metadata=_SECRET)
     gateway_db: str = field(default="", repr=False, metadata=_SECRET)  # SQLAlchemy URL (may hold a password)
+    feedback_rows: bool = False  # the gateway's positively rated +rag answers become rows of the next dataset
     statsd_on: bool = False
     statsd_host: str = "127.0.0.1"
     statsd_port: int = 8125
@@ -267,6 +268,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         smtp_user=env.get("CBNANO_SMTP_USER", ""),
         smtp_password=env.get("CBNANO_SMTP_PASSWORD", ""),
         gateway_db=(env.get("CBNANO_GATEWAY_DB") or "").strip(),
+        feedback_rows=_flag(env, "CBNANO_FEEDBACK_ROWS"),
         statsd_on=_flag(env, "CBNANO_STATSD_ON"),
         statsd_host=env.get("CBNANO_STATSD_HOST") or "127.0.0.1",
         statsd_port=_int(env, "CBNANO_STATSD_PORT", 8125, maximum=65535),

@@ -100,7 +100,19 @@ def build_month(settings: Settings, spec: dict[str, Any]) -> DatasetCard:
             retrieve=retrieve,
             router=router.route if router else None,
             embed=router.encode if router else None,
+            feedback=rated_answers(settings, domain, month) if settings.feedback_rows else (),
         )
+
+
+def rated_answers(settings: Settings, domain: str, month: str) -> list[dict[str, Any]]:
+    """The domain's ``+rag`` answers rated +1 in the gateway during ``month`` (``CBNANO_FEEDBACK_ROWS=1``)."""
+    from pipelines.gateway.store import GatewayStore
+
+    return [
+        r
+        for r in GatewayStore.from_settings(settings).rated(domain, 1)
+        if str(r.get("at", "")).startswith(month)
+    ]
 
 
 def build_in_child(settings: Settings, spec: dict[str, Any], timeout_s: float = 6 * 3600) -> DatasetCard:

@@ -36,7 +36,7 @@ import json
 import re
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -269,6 +269,21 @@ def internal_examples(folder: Path) -> tuple[list[Example], list[str]]:
     return examples, problems
 
 
+_CITATION = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
+
+
+def feedback_examples(rated: Iterable[dict[str, Any]]) -> list[Example]:
+    """Rows from the gateway's positively rated ``+rag`` answers (``question``, ``answer``, ``id``): the question
+    and the answer without its ``[n]`` citations, which name sources the training row does not show."""
+    out = []
+    for r in rated:
+        question, answer = str(r.get("question") or "").strip(), str(r.get("answer") or "")
+        answer = _CITATION.sub("", answer).strip()
+        if question and answer:
+            out.append(Example(question, "", answer, "feedback", f"feedback:{r.get('id', '')}", "feedback"))
+    return out
+
+
 def shingles(text: str, n: int) -> set[tuple[str, ...]]:
     """Word n-grams of ``text`` (lower-case, punctuation stripped)."""
     words = re.findall(r"[a-z0-9]+", text.lower())
@@ -430,6 +445,7 @@ def build_dataset(
     min_probe_documents: int = 2,
     router: Router | None = None,
     embed: Callable[[list[str]], Any] | None = None,
+    feedback: Sequence[dict[str, Any]] = (),
 ) -> DatasetCard:
     """Build and write one domain's dataset (see module docstring); returns the dataset card.
 
@@ -455,6 +471,7 @@ def build_dataset(
             raw += paper_examples(rec, generator)
             facts += paper_facts(rec)
     raw += internal
+    raw += feedback_examples(feedback)
     by_key: dict[str, Example] = {}
     for e in raw:
         by_key.setdefault(e.key(), e)

@@ -60,3 +60,53 @@ def test_the_gateway_refuses_to_start_without_a_key_or_system_a(cbnano_env, monk
 def test_a_bad_user_name_is_refused(cbnano_env, capsys):
     assert main(["gateway", "keys", "add", " spaced "]) == 2
     assert main(["gateway", "keys", "add"]) == 2
+
+
+def _rated(store: GatewayStore, question: str, answer: str, rating: int, comment: str = "") -> str:
+    t = Trace(user="alice", endpoint="chat", model="catalysis+rag", status=200, latency_ms=5.0,
+              sources=["2611.08115"], question=question, answer=answer)  # fmt: skip
+    store.record(t)
+    assert store.feedback(t.id, "alice", rating, comment)
+    return t.id
+
+
+def test_positively_rated_rag_answers_become_rows_only_when_asked(cbnano_env, monkeypatch):
+    from pipelines.training.dataset_step import rated_answers
+    from pipelines.training.datasets import feedback_examples
+
+    store = GatewayStore.from_settings(cbnano_env)
+    good = _rated(store, "Which support resists coke?", "Ceria [1], by its oxygen storage [1, 2].", 1)
+    _rated(store, "Which metal?", "Gold [2].", -1, "wrong: nickel")
+    month = store.rated("catalysis", 1)[0]["at"][:7]
+    rows = rated_answers(cbnano_env, "catalysis", month)
+    assert [r["id"] for r in rows] == [good] and rated_answers(cbnano_env, "catalysis", "1999-01") == []
+    [ex] = feedback_examples(rows)
+    assert (ex.instruction, ex.output, ex.source, ex.kind) == (
+        "Which support resists coke?",
+        "Ceria, by its oxygen storage.",
+        "feedback",
+        "feedback",
+    )
+    assert cbnano_env.feedback_rows is False  # off by default
+    monkeypatch.setenv("CBNANO_FEEDBACK_ROWS", "1")
+    reset_settings_cache()
+    from pipelines.settings import get_settings
+
+    assert get_settings().feedback_rows is True
+
+
+def test_negatively_rated_answers_are_on_the_registry_page(cbnano_env, tmp_path):
+    from pipelines.reports import model_registry, render_registry
+
+    content = tmp_path / "c"
+    (content / "adapter").mkdir(parents=True)
+    (content / "adapter" / "adapter_model.safetensors").write_text("w")
+    from pipelines.publishing.model_store import ModelStore
+
+    ModelStore(cbnano_env.model_store).publish("catalysis", "v1", content, {})
+    _rated(GatewayStore.from_settings(cbnano_env), "Which metal <b>?</b>", "Gold [2].", -1, "wrong: nickel")
+    registry = model_registry(cbnano_env)
+    assert registry[0]["flagged"][0]["comment"] == "wrong: nickel"
+    html = render_registry(registry, [])
+    assert "Answers rated -1 in the gateway (catalysis+rag)" in html and "wrong: nickel" in html
+    assert "<b>?</b>" not in html and "&lt;b&gt;" in html  # escaped

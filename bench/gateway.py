@@ -1,0 +1,220 @@
+"""Benchmark: what the gateway adds over calling System A directly, at 16 concurrent clients.
+
+    .venv/bin/python bench/gateway.py [--requests 400] [--clients 16]
+
+Set-up: the vLLM stand-in (pipelines/vllm_standin.py) plays System A with a catalysis adapter handed to it;
+the golden retrieval corpus is indexed with the real MiniLM into a Milvus Lite file; `cbnano gateway` runs
+as its own process (uvicorn, as in production) with one user's key. The load generator (threads, one httpx
+client each) sends ``--requests`` requests per case, ``--clients`` at a time:
+
+* ``plain``: ``POST /v1/chat/completions`` to the stand-in directly, and the same body through the gateway
+  (key lookup in SQLite, the served-model check against System A's list, the trace written);
+* ``stream``: the same with ``"stream": true``; the figure is the time to the first byte of the body;
+* ``rag``: ``catalysis+rag`` through the gateway (hybrid search from the question, the ask prompt) against a
+  direct call with the same question and no sources; and ``search``: the gateway's ``/v1/search`` alone, whose
+  p95 is the yardstick for ``rag``.
+
+"Added" is the gateway's percentile minus the direct call's. Goals (issue 20): plain p95 added <= 5 ms;
+``rag`` p95 added <= search p95 + 10 ms. Prints one JSON line per case and a summary line; the figures go to
+docs/BENCHMARKS.md whatever they are. The machine's 2 cores run the load generator, the stand-in, the
+gateway and Milvus Lite together: the gateway's figures include that contention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+QUESTIONS = [
+    "Which ligand keeps CsPbI3 in its black phase?",
+    "What suppresses coke in dry reforming of methane?",
+    "How is the thermal conductivity of epoxy raised?",
+    "Which electrolyte additive forms LiF-rich interphases?",
+]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _load(
+    url: str, bodies: list[dict], headers: dict, clients: int, stream: bool, method: str = "POST"
+) -> list[float]:
+    """Latency (ms) of each request: the whole answer, or with ``stream`` the first byte of the body."""
+    import httpx
+
+    local = threading.local()
+
+    def one(body: dict) -> float:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(timeout=120)
+        t0 = time.perf_counter()
+        if method == "GET":
+            resp = client.get(url, params=body, headers=headers)
+            resp.raise_for_status()
+            return (time.perf_counter() - t0) * 1000
+        if stream:
+            with client.stream("POST", url, json=body, headers=headers) as resp:
+                resp.raise_for_status()
+                first = next(resp.iter_bytes())
+                ttfb = (time.perf_counter() - t0) * 1000
+                assert first
+                for _ in resp.iter_bytes():
+                    pass
+            return ttfb
+        resp = client.post(url, json=body, headers=headers)
+        resp.raise_for_status()
+        return (time.perf_counter() - t0) * 1000
+
+    for body in bodies[: clients * 2]:  # warm-up: connections, the model list, the first search
+        one(body)
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(one, bodies))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--clients", type=int, default=16)
+    args = ap.parse_args()
+
+    from pipelines.embedding.minilm import MINILM, get_embedder
+    from pipelines.gateway.store import GatewayStore
+    from pipelines.ingestion.indexing import index_documents
+    from pipelines.publishing.model_store import ModelStore
+    from pipelines.publishing.serving import hand_off
+    from pipelines.retrieval.golden import golden_path, load_corpus
+    from pipelines.settings import load_settings
+    from pipelines.vectorstore.milvus import MilvusStore
+    from pipelines.vllm_standin import VLLMStandIn
+
+    work = Path(tempfile.mkdtemp(prefix="cbnano-bench-gateway-"))
+    system_a = VLLMStandIn(base="smollm2").start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBNANO_")}
+    env.update({"CBNANO_HOME": str(work / "home"), "CBNANO_SYSTEM_A_URL": system_a.url})
+    settings = load_settings(env)
+    with MilvusStore.from_settings(settings) as ms:
+        ms.ensure_collection(384)
+        index_documents(load_corpus(golden_path("corpus.jsonl")), ms, lambda: get_embedder(MINILM), MINILM)
+    content = work / "adapter-content"
+    (content / "adapter").mkdir(parents=True)
+    (content / "adapter" / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "smollm2"})
+    )
+    (content / "adapter" / "adapter_model.safetensors").write_bytes(b"w")
+    ModelStore(settings.model_store).publish("catalysis", "bench", content, {})
+    assert hand_off(settings, "catalysis", alert=False)["state"] == "confirmed"
+    key = GatewayStore.from_settings(settings).add_key("bench")
+    port = _port()
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "gateway", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    gw = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {key}"}
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(gw + "/v1/models", headers=auth, timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if gateway.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(
+                    f"the gateway did not start: {gateway.stderr.read() if gateway.stderr else ''}"
+                )
+            time.sleep(0.3)
+        n, c = args.requests, args.clients
+        msgs = [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(n)]
+        direct = system_a.url + "/v1/chat/completions"
+        via = gw + "/v1/chat/completions"
+        cases = {
+            "plain": (
+                _load(direct, [{"model": "catalysis", "messages": m} for m in msgs], {}, c, False),
+                _load(via, [{"model": "catalysis", "messages": m} for m in msgs], auth, c, False),
+            ),
+            "stream": (
+                _load(
+                    direct, [{"model": "catalysis", "messages": m, "stream": True} for m in msgs], {}, c, True
+                ),
+                _load(
+                    via, [{"model": "catalysis", "messages": m, "stream": True} for m in msgs], auth, c, True
+                ),
+            ),
+            "rag": (
+                _load(direct, [{"model": "catalysis", "messages": m} for m in msgs], {}, c, False),
+                _load(via, [{"model": "catalysis+rag", "messages": m} for m in msgs], auth, c, False),
+            ),
+        }
+        search = _load(
+            gw + "/v1/search",
+            [{"q": QUESTIONS[i % len(QUESTIONS)], "k": 5} for i in range(n)],
+            auth,
+            c,
+            False,
+            method="GET",
+        )
+    finally:
+        gateway.terminate()
+        gateway.wait(30)
+        system_a.stop()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    out = {}
+    for name, (d, g) in cases.items():
+        row = {
+            "case": name,
+            "requests": n,
+            "clients": c,
+            "direct_p50_ms": round(_pct(d, 0.5), 2),
+            "direct_p95_ms": round(_pct(d, 0.95), 2),
+            "gateway_p50_ms": round(_pct(g, 0.5), 2),
+            "gateway_p95_ms": round(_pct(g, 0.95), 2),
+            "added_p50_ms": round(_pct(g, 0.5) - _pct(d, 0.5), 2),
+            "added_p95_ms": round(_pct(g, 0.95) - _pct(d, 0.95), 2),
+            "machine": machine,
+        }
+        out[name] = row
+        print(json.dumps(row))
+    s95 = _pct(search, 0.95)
+    print(json.dumps({"case": "search", "requests": n, "clients": c, "p50_ms": round(statistics.median(search), 2),
+                      "p95_ms": round(s95, 2), "machine": machine}))  # fmt: skip
+    summary = {
+        "plain_added_p95_ms": out["plain"]["added_p95_ms"],
+        "plain_goal_met": out["plain"]["added_p95_ms"] <= 5.0,
+        "rag_added_p95_ms": out["rag"]["added_p95_ms"],
+        "rag_goal_ms": round(s95 + 10, 2),
+        "rag_goal_met": out["rag"]["added_p95_ms"] <= s95 + 10,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
