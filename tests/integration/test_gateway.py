@@ -217,6 +217,12 @@ def test_feedback_is_stored_against_the_completion_and_traces_hold_no_key(lab):
         httpx.post(lab["url"] + "/v1/feedback", headers=h, json={"id": out.id, "rating": 5}).status_code
         == 400
     )
+    # the README's way: the openai client's own post, on the same base URL and key
+    again = client(lab).post("/feedback", cast_to=object, body={"id": out.id, "rating": 1, "comment": "good"})
+    assert again["stored"] is True
+    assert (
+        httpx.get(lab["url"] + "/v1/models", headers={"Authorization": "Bearer cbn_wrong"}).status_code == 401
+    )
     traces = {t["id"]: t for t in lab["store"].traces()}
     mine = traces[out.id]
     assert (mine["user"], mine["model"], mine["status"], mine["rating"]) == ("alice", "catalysis+rag", 200, 1)
