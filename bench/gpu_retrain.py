@@ -110,9 +110,9 @@ def stage_samples(settings: Any) -> None:
 def run_shape(shape: str, domain: str, steps: int, gpu: int | None, smoke: bool, verbose: bool) -> dict:
     """Build the base, run the chain, return the figures."""
     from pipelines.settings import get_settings
+    from pipelines.trainenv import run_step
     from pipelines.training.base_models import import_smollm2
     from pipelines.training.retrain import retrain
-    from pipelines.training.runner import run_in_train_env
 
     settings = get_settings()
     t0 = time.perf_counter()
@@ -120,7 +120,7 @@ def run_shape(shape: str, domain: str, steps: int, gpu: int | None, smoke: bool,
     name = f"random-{shape}"
     base = settings.model_store / "base" / name
     if not (base / "config.json").is_file():
-        run_in_train_env(
+        run_step(
             settings.train_python,
             "build_base",
             [

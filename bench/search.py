@@ -47,7 +47,8 @@ def main() -> int:
     from pipelines.embedding.minilm import get_embedder
     from pipelines.retrieval.search import Searcher, parse_query
     from pipelines.settings import get_settings
-    from pipelines.vectorstore.milvus import MilvusStore
+    from pipelines.terms import keyword_text
+    from pipelines.vectorstore.milvus import FIELD_LIMITS, MilvusStore
 
     settings = get_settings()
     emb = get_embedder(settings.embedding_model)
@@ -59,6 +60,11 @@ def main() -> int:
     nrng = np.random.default_rng(7)
     copies = args.rows // args.base
     t0 = time.perf_counter()
+    # the terms the ingestion side writes for each chunk (pipelines.ingestion.indexing.chunk_row)
+    keywords = [
+        keyword_text(t[:80], t, f"{i}", limit_bytes=FIELD_LIMITS["keywords"])
+        for i, t in enumerate(base_texts)
+    ]
     with MilvusStore.from_settings(settings) as store:
         store.ensure_collection(emb.dimension)
         for k in range(copies):
@@ -79,6 +85,8 @@ def main() -> int:
                     "version": 1,
                     "chunk_index": 0,
                     "chunk_count": 1,
+                    "published_day": 0,
+                    "keywords": keywords[i],
                     "vector": v.tolist(),
                 }
                 for i, v in enumerate(vecs)

@@ -312,9 +312,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from pipelines.contracts import retrain_result
-    from pipelines.settings import get_settings
+    from pipelines.settings import DOMAINS, get_settings
     from pipelines.training.base_models import check_base
-    from pipelines.training.configs import DOMAINS
     from pipelines.training.datasets import DatasetTooSmall
     from pipelines.training.gpus import gpu_lease
     from pipelines.training.retrain import retrain
@@ -427,7 +426,11 @@ def cmd_models(args: argparse.Namespace) -> int:
             from pipelines.publishing.serving import serve_command
 
             try:
-                cmd = serve_command(settings, [args.domain] if args.domain else None)
+                from pipelines.training.configs import lora_rank
+
+                cmd = serve_command(
+                    settings, [args.domain] if args.domain else None, lora_rank(settings.train_profile)
+                )
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             if args.json:
@@ -437,7 +440,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             return 0
         if args.action == "handoff":
             from pipelines.publishing.serving import hand_off
-            from pipelines.training.configs import DOMAINS
+            from pipelines.settings import DOMAINS
 
             if not settings.system_a_url:
                 raise UsageError("models handoff needs CBNANO_SYSTEM_A_URL (System A's vLLM server)")
@@ -728,7 +731,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from pipelines.settings import SettingsError
     from pipelines.sources.http import SourceError
-    from pipelines.training.runner import TrainingError
+    from pipelines.trainenv import StepError
     from pipelines.vectorstore.milvus import VectorStoreError
 
     try:
@@ -740,7 +743,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"cbnano: error: {exc}", file=sys.stderr)
         return 2
-    except (SourceError, VectorStoreError, SettingsError, OSError, _Failure, TrainingError) as exc:
+    except (SourceError, VectorStoreError, SettingsError, OSError, _Failure, StepError) as exc:
         print(f"cbnano: error: {exc}", file=sys.stderr)
         return 1
     except MilvusException as exc:

@@ -44,6 +44,27 @@ class PubChemFetchManifest(TypedDict):
     fetched_at: str
 
 
+class ChunkRow(TypedDict):
+    """One chunk as the ingestion side hands it to the vector store, complete: the store adds nothing."""
+
+    chunk_id: str  # <source>:<doc_id>#<n>
+    doc_id: str
+    source: str
+    title: str
+    text: str
+    url: str
+    published: str  # ISO date or timestamp, or ""
+    published_day: int  # YYYYMMDD of ``published``, 0 without a date (date filters)
+    categories: str  # space-joined
+    content_hash: str  # the document's, with the embedding model and chunking
+    embedding_model: str
+    version: int
+    chunk_index: int
+    chunk_count: int
+    keywords: str  # the chunk's terms for BM25 (pipelines.terms), space-joined
+    vector: list[float]
+
+
 class StageManifest(TypedDict):
     """``stage.json``: the normalised ``records.jsonl`` a run produced and what it set aside."""
 

@@ -185,3 +185,9 @@ def dedupe_documents(docs: Sequence[Document]) -> list[Document]:
         if key not in best or doc.version >= best[key].version:
             best[key] = doc
     return list(best.values())
+
+
+def published_day(published: str) -> int:
+    """``YYYYMMDD`` of an ISO date or timestamp (``2024-05-01T…``), 0 when there is none."""
+    digits = published[:10].replace("-", "")
+    return int(digits) if len(digits) == 8 and digits.isdigit() else 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta
 
+FIRST_YEAR = 1991  # arXiv's first submissions: windows before it are a typo, not an empty result
+
 
 def today_utc(now: datetime | None = None) -> date:
     """The current UTC day. Only the entry points (the CLI, a manual DAG run with no interval) call it, and
@@ -32,8 +34,6 @@ def parse_day(value: str | date | datetime) -> datetime:
 def check_window(start: datetime, end: datetime) -> None:
     """Raise ValueError unless start < end (both aware) and the window is not before arXiv began (every
     window is one of arXiv submissions, PubChem's included: it looks for compounds named in those papers)."""
-    from pipelines.sources.arxiv import FIRST_YEAR
-
     if start >= end:
         raise ValueError(f"start {start:%Y-%m-%d %H:%M} must be before end {end:%Y-%m-%d %H:%M}")
     if start.year < FIRST_YEAR:

@@ -56,7 +56,7 @@ def evaluate_roles(
     Roles sharing a base are scored in one model load. Raises ValueError when the roles were not scored on
     identical items (which the gate needs).
     """
-    from pipelines.training.runner import run_in_train_env
+    from pipelines.trainenv import run_step
 
     groups: dict[str, dict[str, str | None]] = {}
     for role, (base, adapter) in roles.items():
@@ -72,7 +72,7 @@ def evaluate_roles(
     }
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec, indent=2))
-    out = run_in_train_env(
+    out = run_step(
         settings.train_python, "evaluate", ["--spec", str(spec_path)], gpu=gpu, timeout_s=timeout_s
     )
     per_item: dict[str, dict[str, dict[str, float]]] = {}

@@ -22,11 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipelines.contracts import IngestSummary, StageManifest
-from pipelines.documents import Document, chunk_text, dedupe_documents
+from pipelines.contracts import ChunkRow, IngestSummary, StageManifest
+from pipelines.documents import Chunk, Document, chunk_text, dedupe_documents, published_day
 from pipelines.lake import read_jsonl, write_json
 from pipelines.settings import Settings
-from pipelines.vectorstore.milvus import MilvusStore, fit_id, row_problem
+from pipelines.terms import keyword_text
+from pipelines.vectorstore.milvus import FIELD_LIMITS, MilvusStore, fit_id, row_problem
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,28 @@ def log_progress(logger: logging.Logger) -> Progress:
     return report
 
 
+def chunk_row(doc: Document, chunk: Chunk, count: int, digest: str, embedding_model: str) -> ChunkRow:
+    """The complete vector-store row of one chunk (its ``vector`` empty until it is embedded)."""
+    return {
+        "chunk_id": chunk.chunk_id,
+        "doc_id": doc.doc_id,
+        "source": doc.source,
+        "title": doc.title,
+        "text": chunk.text,
+        "url": doc.url,
+        "published": doc.published,
+        "published_day": published_day(doc.published),
+        "categories": " ".join(doc.categories),
+        "content_hash": digest,
+        "embedding_model": embedding_model,
+        "version": int(doc.version),
+        "chunk_index": chunk.index,
+        "chunk_count": count,
+        "keywords": keyword_text(doc.title, chunk.text, doc.doc_id, limit_bytes=FIELD_LIMITS["keywords"]),
+        "vector": [],
+    }
+
+
 def index_documents(
     docs: Sequence[Document],
     store: MilvusStore,
@@ -101,7 +124,7 @@ def index_documents(
             progress("embed", 0, 0)
         return summary
     embedder = embedder_factory()
-    rows: list[tuple[int, dict[str, Any]]] = []
+    rows: list[tuple[int, ChunkRow]] = []
     stale: list[str] = []
     for doc, digest, prev_chunks in todo:
         chunks = chunk_text(doc.text, doc.doc_id, doc.source, embedder.token_offsets)
@@ -111,27 +134,7 @@ def index_documents(
             )
             chunks = chunks[:max_chunks]
             summary.capped_documents += 1
-        doc_rows = [
-            (
-                c.tokens,
-                {
-                    "chunk_id": c.chunk_id,
-                    "doc_id": doc.doc_id,
-                    "source": doc.source,
-                    "title": doc.title,
-                    "text": c.text,
-                    "url": doc.url,
-                    "published": doc.published,
-                    "categories": " ".join(doc.categories),
-                    "content_hash": digest,
-                    "embedding_model": embedding_model,
-                    "version": int(doc.version),
-                    "chunk_index": c.index,
-                    "chunk_count": len(chunks),
-                },
-            )
-            for c in chunks
-        ]
+        doc_rows = [(c.tokens, chunk_row(doc, c, len(chunks), digest, embedding_model)) for c in chunks]
         refused = next((p for _, r in doc_rows if (p := row_problem(r))), None)
         if refused:  # one document the store cannot hold never fails the batch it is in
             log.warning("%s:%s not indexed: %s", doc.source, doc.doc_id, refused)

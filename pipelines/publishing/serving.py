@@ -302,13 +302,13 @@ def hand_off(
     return outcome
 
 
-def serve_command(settings: Settings, domains: list[str] | None = None) -> list[str]:
+def serve_command(settings: Settings, domains: list[str] | None = None, min_rank: int = 0) -> list[str]:
     """The vLLM command line System A runs: the base, LoRA on, every domain's production adapter.
 
     Raises ValueError when production adapters disagree on their base (one server serves one base) or when
     no base is known.
     """
-    from pipelines.training.configs import DOMAINS
+    from pipelines.settings import DOMAINS
 
     store = ModelStore(settings.model_store)
     adapters = [a for d in (domains or list(DOMAINS)) if (a := served_adapter(settings, d, store))]
@@ -323,7 +323,8 @@ def serve_command(settings: Settings, domains: list[str] | None = None) -> list[
     if not base:
         raise ValueError("no production adapter and no CBNANO_BASE_MODEL: nothing tells which base to serve")
     base_path = base if "/" in base else system_a_path(settings, store.base_dir(base))
-    rank = max([a.rank for a in adapters] + [_profile_rank(settings.train_profile)])
+    # ``min_rank``: what the next month's adapters will need (the caller reads it from the training profile)
+    rank = max([a.rank for a in adapters] + [min_rank])
     rank = next((r for r in LORA_RANKS if r >= rank), LORA_RANKS[-1])
     cmd = [
         "vllm",
@@ -340,14 +341,3 @@ def serve_command(settings: Settings, domains: list[str] | None = None) -> list[
     if adapters:
         cmd += ["--lora-modules", *[f"{a.domain}={a.path}" for a in adapters]]
     return cmd
-
-
-def _profile_rank(profile: str) -> int:
-    """``lora_r`` of an axolotl profile (0 when the profile has none)."""
-    from pipelines.training.configs import config_dir, load_yaml
-
-    try:
-        cfg = load_yaml(config_dir() / f"{profile}.yml")
-    except OSError:
-        return 0
-    return int(cfg.get("lora_r") or 0)

@@ -64,7 +64,7 @@ def ask(
     settings: Settings, question: str, domain: str | None = None, top_k: int = 5, max_tokens: int = 256
 ) -> dict[str, Any]:
     """Retrieve, prompt, answer (System A, or locally without it); see the module docstring."""
-    from pipelines.training.configs import DOMAINS
+    from pipelines.settings import DOMAINS
 
     if domain is not None and domain not in DOMAINS:
         raise AskError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
@@ -90,20 +90,20 @@ def ask(
                 ) from None
             raise AskError(str(exc)) from None
         return {"answer": text, "sources": sources, "model": model, "answered_by": "system_a"}
-    from pipelines.training.runner import TrainingError, run_in_train_env
+    from pipelines.trainenv import GenerateAnswer, StepError, run_step
 
     folder, label = _local_model(settings, domain)
     with tempfile.TemporaryDirectory(prefix="cbnano-ask-") as tmp:
         path = Path(tmp) / "messages.json"
         path.write_text(json.dumps(messages))
         try:
-            out = run_in_train_env(
+            out: GenerateAnswer = run_step(  # type: ignore[assignment]
                 settings.train_python,
                 "generate",
                 ["--model", str(folder), "--messages", str(path), "--max-new-tokens", str(max_tokens)],
                 timeout_s=1800,
             )
-        except (TrainingError, FileNotFoundError) as exc:
+        except (StepError, FileNotFoundError) as exc:
             raise AskError(f"local answer with {label} failed: {exc}") from None
     return {
         "answer": out["answer"],

@@ -26,8 +26,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from pipelines.retrieval.terms import keyword_terms
 from pipelines.settings import Settings
+from pipelines.terms import keyword_terms
 from pipelines.vectorstore.milvus import Hit, MilvusStore
 
 log = logging.getLogger(__name__)

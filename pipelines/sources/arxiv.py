@@ -36,6 +36,7 @@ from pipelines.sources.http import (
     SourceError,
     TransientResponse,
 )
+from pipelines.windows import FIRST_YEAR
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ MAX_VERSION = 100_000  # arXiv papers have a handful of versions; a larger numbe
 # an abs URL on arXiv's own hosts, or a bare id: an id inside a URL of another host is not an arXiv paper
 _ID_URL_RE = re.compile(rf"https?://(?:www\.|export\.)?arxiv\.org/abs/{_ID_BODY}")
 _ID_BARE_RE = re.compile(_ID_BODY)
-FIRST_YEAR = 1991  # arXiv's first submissions: windows before it are a typo, not an empty result
 
 # arXiv's category taxonomy (https://arxiv.org/category_taxonomy): a typo would otherwise fetch 0 papers
 ARXIV_CATEGORIES = frozenset(

@@ -123,7 +123,7 @@ def check_base(settings: Settings, profile: str, base_model: str | None = None) 
 
 def resolve_base(settings: Settings, profile: str, base_model: str | None = None) -> BaseModel:
     """The base a run of ``profile`` fine-tunes (see module docstring); builds the tiny one on first use."""
-    from pipelines.training.runner import run_in_train_env
+    from pipelines.trainenv import run_step
 
     configured = _configured(settings, profile, base_model)
     if configured:
@@ -132,7 +132,7 @@ def resolve_base(settings: Settings, profile: str, base_model: str | None = None
     if _usable(path):
         tmp = path.with_name(f".{TINY_BASE}-build")
         shutil.rmtree(tmp, ignore_errors=True)
-        run_in_train_env(
+        run_step(
             settings.train_python,
             "build_base",
             ["--shape", "tiny", "--out", str(tmp), "--data-dir", str(settings.data_dir)],
@@ -145,7 +145,7 @@ def resolve_base(settings: Settings, profile: str, base_model: str | None = None
 
 def import_smollm2(model_store: Path, train_python: str, force: bool = False) -> dict[str, Any]:
     """Write ``<model_store>/base/smollm2`` (skipped if already there unless ``force``); returns its manifest."""
-    from pipelines.training.runner import run_in_train_env
+    from pipelines.trainenv import run_step
 
     out = Path(model_store) / "base" / "smollm2"
     manifest_path = out / BASE_MANIFEST
@@ -153,7 +153,7 @@ def import_smollm2(model_store: Path, train_python: str, force: bool = False) ->
         return {**json.loads(manifest_path.read_text()), "skipped": True}
     tmp = out.with_name(".smollm2-import")
     shutil.rmtree(tmp, ignore_errors=True)
-    info = run_in_train_env(train_python, "import_base", ["--out", str(tmp)], timeout_s=900)
+    info = run_step(train_python, "import_base", ["--out", str(tmp)], timeout_s=900)
     manifest = {
         "name": "smollm2",
         "model": "SmolLM2-135M-Instruct",

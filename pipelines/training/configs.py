@@ -77,8 +77,15 @@ def write_config(cfg: dict[str, Any], path: Path) -> Path:
 
 def validate_in_train_env(paths: list[Path], train_python: str, timeout_s: float = 300) -> list[str]:
     """Problems found by axolotl's schema and validation for each config file (``steps.validate_config``)."""
-    from pipelines.training.runner import run_in_train_env
+    from pipelines.trainenv import run_step
 
-    return list(
-        run_in_train_env(train_python, "validate_config", [str(p) for p in paths], timeout_s=timeout_s)
-    )
+    return list(run_step(train_python, "validate_config", [str(p) for p in paths], timeout_s=timeout_s))
+
+
+def lora_rank(profile: str) -> int:
+    """``lora_r`` of an axolotl profile (0 when the profile has none or cannot be read)."""
+    try:
+        cfg = load_yaml(config_dir() / f"{profile}.yml")
+    except OSError:
+        return 0
+    return int(cfg.get("lora_r") or 0)

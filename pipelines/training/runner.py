@@ -10,24 +10,23 @@ task finds the checkpoints of the failed attempt and resumes from the newest one
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.process_group import end_group, grouped
+from pipelines.trainenv import StepError, run_step, train_env
 from pipelines.training.configs import config_hash, write_config
-from pipelines.training.process_group import end_group, grouped
 
 Log = Callable[[str], None]
 _STEP_LOSS = re.compile(r"\{'loss': '?([0-9.]+)'?.*?'epoch': '?([0-9.]+)'?")
 
 
-class TrainingError(RuntimeError):
-    """axolotl failed; the message carries the command and the last lines it printed."""
+class TrainingError(StepError):
+    """axolotl (train or merge) failed; the message carries the command and the last lines it printed."""
 
 
 @dataclass(frozen=True)
@@ -52,42 +51,9 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
 
 
-def _pipelines_path() -> str:
-    """A folder holding the ``pipelines`` package and nothing else of Airflow's environment.
-
-    From a source checkout (editable install) that is the project root; from an installed package it is a
-    private folder with a link to the package, so the training environment never sees Airflow's site-packages.
-    """
-    pkg = Path(__file__).resolve().parents[1]
-    if (pkg.parent / "pyproject.toml").is_file():
-        return str(pkg.parent)
-    shim = Path(tempfile.gettempdir()) / f"cbnano-pipelines-{os.getuid()}"
-    shim.mkdir(exist_ok=True)
-    link = shim / "pipelines"
-    if not link.exists():
-        link.symlink_to(pkg)
-    return str(shim)
-
-
-def train_env(train_python: str, gpu: int | None) -> dict[str, str]:
-    """Environment of a training-environment subprocess: its venv first on PATH, ``pipelines`` importable,
-    one GPU (or none: ``CUDA_VISIBLE_DEVICES=""``), no telemetry, offline hub."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(train_python).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = _pipelines_path()
-    env["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
-    env["AXOLOTL_DO_NOT_TRACK"] = "1"
-    env["TOKENIZERS_PARALLELISM"] = env.get("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    if not env.get("WANDB_API_KEY"):
-        env["WANDB_MODE"] = "offline"
-    env.pop("VIRTUAL_ENV", None)
-    return env
-
-
 def _run(cmd: list[str], env: dict[str, str], log_file: Path, log: Log | None) -> list[str]:
     """Run ``cmd`` in a process group of its own that ends with this process (a killed retrain leaves no
-    axolotl worker behind, see :mod:`pipelines.training.process_group`); its output goes to ``log_file``
+    axolotl worker behind, see :mod:`pipelines.process_group`); its output goes to ``log_file``
     and ``log`` line by line."""
     lines: list[str] = []
     with (
@@ -236,7 +202,7 @@ def check_merge(
     within :data:`MERGE_TOLERANCE`, when no LoRA target changed, or when a tensor outside the LoRA targets did.
     """
     report = dict(
-        run_in_train_env(
+        run_step(
             train_python,
             "check_merge",
             ["--base", str(base), "--adapter", str(adapter_dir), "--merged", str(merged)],
@@ -281,48 +247,3 @@ def adapter_changed(adapter_dir: Path) -> bool:
             if any(fh.read(end - start)):
                 return True
     return False
-
-
-def run_in_train_env(
-    train_python: str, step: str, args: list[str], gpu: int | None = None, timeout_s: float = 3600
-) -> Any:
-    """Run ``pipelines.training.steps.<step>`` with the training environment's interpreter on one GPU (or
-    the CPU); returns the JSON its last stdout line holds. Keeps torch/transformers out of Airflow's processes.
-
-    Raises FileNotFoundError when the environment is missing and :class:`TrainingError` (with the step's
-    last lines) when the step fails or times out.
-    """
-    import json as _json
-
-    if not Path(train_python).exists():
-        raise FileNotFoundError(
-            f"training environment not found: {train_python} (run `make setup-train`, "
-            "or set CBNANO_TRAIN_PYTHON)"
-        )
-    cmd = [train_python, "-m", f"pipelines.training.steps.{step}", *args]
-    with subprocess.Popen(
-        grouped(cmd),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=train_env(train_python, gpu),
-        start_new_session=True,
-    ) as running:
-        try:
-            out, err = running.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise TrainingError(f"training-environment step {step} ran over {timeout_s:.0f}s") from None
-        finally:
-            end_group(running)
-    proc = subprocess.CompletedProcess(cmd, running.returncode, out, err)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise TrainingError(
-            f"training-environment step {step} failed (exit {proc.returncode}): {' | '.join(tail)}"
-        )
-    try:
-        return _json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        raise TrainingError(
-            f"training-environment step {step} printed no result; stderr: {proc.stderr.strip()[-300:]}"
-        ) from None

@@ -3,7 +3,7 @@
 Milvus Lite (a local file, the default) or a Milvus server (``http://host:19530`` plus a token) hold one
 collection with an explicit schema: a text primary key (the chunk id, ``auto_id=False``), the vector with
 a COSINE IVF_FLAT index, scalar fields for filtering and display, and Milvus's own full-text search: a
-``keywords`` field (the chunk's terms from :mod:`pipelines.retrieval.terms`) that a BM25 function turns into
+``keywords`` field (the chunk's terms from :mod:`pipelines.terms`) that a BM25 function turns into
 the ``sparse`` vector Milvus indexes. ``published_day`` (``YYYYMMDD``, 0 when unknown) makes dates
 filterable. All writes are ``upsert``s, so a retried task rewrites the same keys instead of adding rows.
 
@@ -29,7 +29,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.contracts import ChunkRow
+from pipelines.documents import published_day
 from pipelines.settings import Settings
+from pipelines.terms import keyword_text
+
+__all__ = ["ChunkRow", "MilvusStore", "published_day"]
 
 log = logging.getLogger(__name__)
 
@@ -79,22 +84,14 @@ class Hit:
 OUTPUT_FIELDS = ["chunk_id", "doc_id", "title", "source", "url", "published", "text"]
 
 
-def chunk_keywords(row: dict[str, Any]) -> str:
-    """The ``keywords`` of a chunk row: the terms of its title, text and document id (an arXiv id as typed)."""
-    from pipelines.retrieval.terms import keyword_text
-
+def chunk_keywords(row: ChunkRow | dict[str, Any]) -> str:
+    """The ``keywords`` of a stored row that predates them (the migration): the chunk's terms."""
     return keyword_text(
         str(row.get("title", "")),
         str(row.get("text", "")),
         str(row.get("doc_id", "")),
         limit_bytes=FIELD_LIMITS["keywords"],
     )
-
-
-def published_day(published: str) -> int:
-    """``YYYYMMDD`` of an ISO date or timestamp (``2024-05-01T…``), 0 when there is none."""
-    digits = published[:10].replace("-", "")
-    return int(digits) if len(digits) == 8 and digits.isdigit() else 0
 
 
 def fit_bytes(value: str, limit: int) -> str:
@@ -119,7 +116,7 @@ INT64 = (-(2**63), 2**63 - 1)
 INT_FIELDS = ("version", "chunk_index", "chunk_count")
 
 
-def row_problem(row: dict[str, Any]) -> str | None:
+def row_problem(row: ChunkRow | dict[str, Any]) -> str | None:
     """Why Milvus would refuse ``row`` (an integer field it cannot hold), or None."""
     for name in INT_FIELDS:
         value = row.get(name)
@@ -341,7 +338,7 @@ class MilvusStore:
             )
             index.add_index(field_name="doc_id", index_type=self._scalar_index())
             if full_text:
-                # the terms are made by pipelines.retrieval.terms; Milvus only splits them at spaces
+                # the terms are made by pipelines.terms (the ingestion side); Milvus only splits them at spaces
                 schema.add_field(
                     "keywords",
                     DataType.VARCHAR,
@@ -453,14 +450,20 @@ class MilvusStore:
             found[asked.get(doc_id, doc_id)] = (hashes[doc_id] if complete else "", chunk_ids)
         return found
 
-    def upsert(self, rows: Sequence[dict[str, Any]]) -> int:
-        """Insert-or-replace rows by chunk id (duplicates in ``rows``: the last wins); returns rows written."""
+    def upsert(self, rows: Sequence[ChunkRow]) -> int:
+        """Insert-or-replace complete chunk rows by chunk id (duplicates: the last wins); returns rows written.
+
+        The rows come whole from the ingestion side (:func:`pipelines.ingestion.indexing.chunk_row`): the store
+        only fits the text fields to their byte limits and the ids to their keys."""
         unique = {r["chunk_id"]: r for r in rows}
-        clean = []
-        for row in unique.values():
-            row = dict(row)
-            row.setdefault("published_day", published_day(str(row.get("published", ""))))
-            row.setdefault("keywords", chunk_keywords(row))
+        clean: list[dict[str, Any]] = []
+        for chunk in unique.values():
+            row: dict[str, Any] = dict(chunk)
+            missing = [f for f in ("keywords", "published_day", "vector") if f not in row]
+            if missing:
+                raise VectorStoreError(
+                    f"chunk {row['chunk_id']} lacks {', '.join(missing)}: not a complete row"
+                )
             for name, limit in FIELD_LIMITS.items():
                 if name in ("doc_id", "chunk_id"):
                     row[name] = fit_id(str(row[name]), name)

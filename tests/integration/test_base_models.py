@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.trainenv import StepError, run_step
 from pipelines.training.base_models import import_smollm2
-from pipelines.training.runner import TrainingError, run_in_train_env
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,11 +61,9 @@ def test_smollm2_eos_and_pad_are_the_gguf_metadata_and_end_the_chat_turn(store):
 def test_evaluation_on_a_leased_gpu_that_torch_cannot_see_is_an_error(tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"groups": [], "items": None, "heldout": None}))
-    with pytest.raises(
-        TrainingError, match=r"CUDA_VISIBLE_DEVICES=0 \(a leased GPU\) but torch .* sees no CUDA"
-    ):
-        run_in_train_env(TRAIN_PYTHON, "evaluate", ["--spec", str(spec)], gpu=0)
-    assert run_in_train_env(TRAIN_PYTHON, "evaluate", ["--spec", str(spec)])["device"] == "cpu"
+    with pytest.raises(StepError, match=r"CUDA_VISIBLE_DEVICES=0 \(a leased GPU\) but torch .* sees no CUDA"):
+        run_step(TRAIN_PYTHON, "evaluate", ["--spec", str(spec)], gpu=0)
+    assert run_step(TRAIN_PYTHON, "evaluate", ["--spec", str(spec)])["device"] == "cpu"
 
 
 def test_gpu_check_smoke_runs_the_whole_chain_on_cpu(store, tmp_path):

@@ -1,7 +1,7 @@
 """Issue 22's probe pass, item by item: each hostile or clumsy input named there, and the fixed behaviour.
 
 The items that need a real Milvus Lite file, a real server process or a killed parent are in
-``tests/integration/test_hardening.py``.
+``tests/integration/test_hardening_processes.py``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Programs that run in the training environment (``.venv-train``: torch, transformers, peft, axolotl).
 
 Airflow's processes never import torch or axolotl; each model-touching step is a module here with a ``main()``,
-started by :func:`pipelines.training.runner.run_in_train_env` as ``python -m pipelines.training.steps.<name>``
+started by :func:`pipelines.trainenv.run_step` as ``python -m pipelines.training.steps.<name>``
 with that environment's interpreter, one GPU (``CUDA_VISIBLE_DEVICES``) or none, and its answer as the last
 line of stdout (JSON). Each can be run by hand the same way, e.g.::
 

@@ -139,8 +139,10 @@ def test_not_configured_and_no_production(cbnano_env):
 
 def test_serve_command(lab, tmp_path, monkeypatch):
     settings, store, srv = lab
+    from pipelines.training.configs import lora_rank
+
     publish(store, tmp_path, "thermal", "t1", r=64)
-    cmd = serve_command(settings)
+    cmd = serve_command(settings, min_rank=lora_rank(settings.train_profile))
     assert cmd[:3] == ["vllm", "serve", str(store.base_dir("smollm2"))]
     assert cmd[cmd.index("--served-model-name") + 1] == "smollm2" and "--enable-lora" in cmd
     assert cmd[cmd.index("--max-lora-rank") + 1] == "64"  # the largest adapter (and the profile's r)

@@ -8,7 +8,8 @@ import pytest
 
 from pipelines.evaluation.evaluate import evaluate_roles
 from pipelines.settings import load_settings
-from pipelines.training.runner import TrainingError, check_merge, run_in_train_env
+from pipelines.trainenv import StepError, run_step
+from pipelines.training.runner import check_merge
 
 pytestmark = pytest.mark.unit
 
@@ -69,10 +70,10 @@ def test_merge_check_runs_on_the_leased_gpu(fake_python, tmp_path):
 
 def test_step_failures_and_a_missing_environment_are_one_line(fake_python, tmp_path):
     python, _ = fake_python
-    with pytest.raises(TrainingError, match=r"step failing failed \(exit 2\): error: something broke"):
-        run_in_train_env(str(python), "failing", [])
+    with pytest.raises(StepError, match=r"step failing failed \(exit 2\): error: something broke"):
+        run_step(str(python), "failing", [])
     with pytest.raises(FileNotFoundError, match="make setup-train"):
-        run_in_train_env(str(tmp_path / "nowhere" / "python"), "evaluate", [])
+        run_step(str(tmp_path / "nowhere" / "python"), "evaluate", [])
 
 
 def test_retrain_hands_its_gpu_to_training_merge_check_and_evaluation(monkeypatch, cbnano_env, tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines.retrieval.terms import keyword_terms, keyword_text
+from pipelines.terms import keyword_terms, keyword_text
 
 pytestmark = pytest.mark.unit
 
