@@ -336,10 +336,11 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             f"--min-gain {args.min_gain} would let a candidate worse than production publish; a "
             "negative bar is for test runs only (CBNANO_ALLOW_TEST_MODELS=1)"
         )
+    try:  # the command line's choices, checked before waiting for a GPU: a bad one is bad input (exit 2)
+        check_base(settings, args.profile or settings.train_profile, args.base_model)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
     try:
-        check_base(
-            settings, args.profile or settings.train_profile, args.base_model
-        )  # before waiting for a GPU
         with gpu_lease(settings.gpus) as gpu:
             summary = retrain(
                 settings,
@@ -355,9 +356,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     except DatasetTooSmall as exc:  # not a gate decision: nothing was trained
         print(f"cbnano: not trained: {exc}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
-    except RuntimeError as exc:  # training, merge or evaluation failed in the training environment
+    # from deep in the chain: the run failed (exit 1), the command line was fine
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
         print(f"cbnano: error: {exc}", file=sys.stderr)
         return 1
     _emit(retrain_result(summary))
@@ -407,69 +407,96 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from pipelines.publishing.model_store import ModelStore, ModelStoreError
+def _model_store() -> tuple[Any, Any]:
+    from pipelines.publishing.model_store import ModelStore
     from pipelines.settings import get_settings
 
     settings = get_settings()
-    store = ModelStore(settings.model_store)
+    return settings, ModelStore(settings.model_store)
+
+
+def cmd_models_import_base(args: argparse.Namespace) -> int:
+    from pipelines.training.base_models import import_smollm2
+
+    settings, _ = _model_store()
+    if args.name != "smollm2":
+        raise UsageError("import-base knows one base: smollm2")
     try:
-        if args.action == "import-base":
-            from pipelines.training.base_models import import_smollm2
+        manifest = import_smollm2(settings.model_store, settings.train_python, force=args.force)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    except RuntimeError as exc:  # the import subprocess failed
+        print(f"cbnano: error: {exc}", file=sys.stderr)
+        return 1
+    _emit({k: v for k, v in manifest.items() if k != "files"})
+    return 0
 
-            if args.name != "smollm2":
-                raise UsageError("import-base knows one base: smollm2")
-            manifest = import_smollm2(settings.model_store, settings.train_python, force=args.force)
-            _emit({k: v for k, v in manifest.items() if k != "files"})
-            return 0
-        if args.action == "serve-config":
-            from pipelines.publishing.serving import serve_command
 
-            try:
-                from pipelines.training.configs import lora_rank
+def cmd_models_serve_config(args: argparse.Namespace) -> int:
+    from pipelines.publishing.serving import serve_command
+    from pipelines.training.configs import lora_rank
 
-                cmd = serve_command(
-                    settings, [args.domain] if args.domain else None, lora_rank(settings.train_profile)
-                )
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-            if args.json:
-                _emit({"env": {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}, "command": cmd})
-            else:
-                print("VLLM_ALLOW_RUNTIME_LORA_UPDATING=True " + " ".join(shlex.quote(c) for c in cmd))
-            return 0
-        if args.action == "handoff":
-            from pipelines.publishing.serving import hand_off
-            from pipelines.settings import DOMAINS
+    settings, _ = _model_store()
+    try:
+        domains = [args.domain] if args.domain else None
+        cmd = serve_command(settings, domains, lora_rank(settings.train_profile))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        _emit({"env": {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}, "command": cmd})
+    else:
+        print("VLLM_ALLOW_RUNTIME_LORA_UPDATING=True " + " ".join(shlex.quote(c) for c in cmd))
+    return 0
 
-            if not settings.system_a_url:
-                raise UsageError("models handoff needs CBNANO_SYSTEM_A_URL (System A's vLLM server)")
-            outcomes = [hand_off(settings, d) for d in ([args.domain] if args.domain else DOMAINS)]
-            _emit(outcomes)
-            return 1 if any(o["state"] == "failed" for o in outcomes) else 0
-        if args.action == "list":  # verifies every file's checksum and each domain's pointer and history
-            versions = [v.to_dict() for v in store.versions(args.domain, verify=True)]
-            problems = [
-                p for d in ([args.domain] if args.domain else store.domains()) for p in store.check(d)
-            ]
-            problems += [f"{v['domain']}/{v['version']}: {p}" for v in versions for p in v["problems"]]
-            for problem in problems:
-                print(f"cbnano: warning: {problem}", file=sys.stderr)
-            if args.json:
-                _emit(versions)
-            else:
-                for v in versions:
-                    mark = "*" if v["production"] else " "
-                    flag = f"  PROBLEMS: {len(v['problems'])}" if v["problems"] else ""
-                    print(
-                        f"{mark} {v['domain']:<10} {v['version']:<24} {v['published_at']}  {v['metrics']}{flag}"
-                    )
-                if not versions:
-                    print("no published models")
-            return 1 if problems else 0
-        if not args.domain:
-            raise UsageError(f"models {args.action} needs --domain")
-        if args.action == "promote":
+
+def cmd_models_handoff(args: argparse.Namespace) -> int:
+    from pipelines.publishing.serving import hand_off
+    from pipelines.settings import DOMAINS
+
+    settings, _ = _model_store()
+    if not settings.system_a_url:
+        raise UsageError("models handoff needs CBNANO_SYSTEM_A_URL (System A's vLLM server)")
+    outcomes = [hand_off(settings, d) for d in ([args.domain] if args.domain else DOMAINS)]
+    _emit(outcomes)
+    return 1 if any(o["state"] == "failed" for o in outcomes) else 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    """Every version with its checksums verified, and each domain's pointer and history checked."""
+    from pipelines.publishing.model_store import ModelStoreError
+
+    _, store = _model_store()
+    try:
+        versions = [v.to_dict() for v in store.versions(args.domain, verify=True)]
+        domains = [args.domain] if args.domain else store.domains()
+    except ModelStoreError as exc:
+        raise UsageError(str(exc)) from None
+    problems = [p for d in domains for p in store.check(d)]
+    problems += [f"{v['domain']}/{v['version']}: {p}" for v in versions for p in v["problems"]]
+    for problem in problems:
+        print(f"cbnano: warning: {problem}", file=sys.stderr)
+    if args.json:
+        _emit(versions)
+    else:
+        for v in versions:
+            mark = "*" if v["production"] else " "
+            flag = f"  PROBLEMS: {len(v['problems'])}" if v["problems"] else ""
+            print(f"{mark} {v['domain']:<10} {v['version']:<24} {v['published_at']}  {v['metrics']}{flag}")
+        if not versions:
+            print("no published models")
+    return 1 if problems else 0
+
+
+def cmd_models_move(args: argparse.Namespace) -> int:
+    """``promote`` and ``rollback``: move production, then tell System A (which never undoes the move)."""
+    from pipelines.publishing.model_store import ModelStoreError
+    from pipelines.publishing.serving import hand_off
+
+    settings, store = _model_store()
+    if not args.domain:
+        raise UsageError(f"models {args.models_command} needs --domain")
+    try:
+        if args.models_command == "promote":
             if not args.version:
                 raise UsageError("models promote needs --version")
             store.promote(
@@ -488,20 +515,22 @@ def cmd_models(args: argparse.Namespace) -> int:
             )
     except (ModelStoreError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
-    except RuntimeError as exc:  # the import subprocess failed
-        print(f"cbnano: error: {exc}", file=sys.stderr)
-        return 1
-    # production moved: tell System A (never undoes the move; a failure is recorded, alerted and retried by
-    # the serving_handoff DAG or `cbnano models handoff`)
-    from pipelines.publishing.serving import hand_off
-
+    # production moved: tell System A (a failure is recorded, alerted and retried by the serving_handoff DAG
+    # or `cbnano models handoff`)
     outcome = hand_off(settings, args.domain)
     if outcome["state"] == "failed":
         print(
             f"cbnano: warning: production moved, but System A did not take it: {outcome['error']}",
             file=sys.stderr,
         )
-    _emit({"domain": args.domain, "action": args.action, "production": version, "system_a": outcome["state"]})
+    _emit(
+        {
+            "domain": args.domain,
+            "action": args.models_command,
+            "production": version,
+            "system_a": outcome["state"],
+        }
+    )
     return 0
 
 
@@ -686,19 +715,32 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--base-model", help="base whose tokenizer counts tokens (default: CBNANO_BASE_MODEL)")
     ds.set_defaults(func=cmd_dataset_build)
 
-    md = sub.add_parser("models", help="published domain models: list, promote, roll back")
-    md.add_argument(
-        "action",
-        choices=["list", "promote", "rollback", "import-base", "serve-config", "handoff"],
-        help="serve-config: System A's vLLM command line; handoff: (re)load production adapters there",
-    )
-    md.add_argument("name", nargs="?", help="with import-base: smollm2")
-    md.add_argument("--force", action="store_true", help="with import-base: import again")
-    md.add_argument("--domain", help=", ".join(DOMAINS))
-    md.add_argument("--version", help="version to promote (or to roll back to; default: the previous one)")
-    md.add_argument("--reason", help="with promote/rollback: why (recorded in the history with who did it)")
-    md.add_argument("--json", action="store_true", help="list as JSON")
-    md.set_defaults(func=cmd_models)
+    md = sub.add_parser("models", help="published domain models: list, promote, roll back, serve")
+    msub = md.add_subparsers(dest="models_command", required=True)
+    ml = msub.add_parser("list", help="versions, checksums verified, pointers and histories checked")
+    ml.add_argument("--domain", help=", ".join(DOMAINS))
+    ml.add_argument("--json", action="store_true", help="list as JSON")
+    ml.set_defaults(func=cmd_models_list)
+    for action, text in (
+        ("promote", "point production at --version (checksums verified first)"),
+        ("rollback", "point production back at --version (default: the one before)"),
+    ):
+        mv = msub.add_parser(action, help=text)
+        mv.add_argument("--domain", help=", ".join(DOMAINS))
+        mv.add_argument("--version", help="the version to point production at")
+        mv.add_argument("--reason", help="why (recorded in the history with who did it)")
+        mv.set_defaults(func=cmd_models_move)
+    mi = msub.add_parser("import-base", help="import a packaged base model into the store")
+    mi.add_argument("name", help="smollm2")
+    mi.add_argument("--force", action="store_true", help="import again")
+    mi.set_defaults(func=cmd_models_import_base)
+    ms = msub.add_parser("serve-config", help="System A's vLLM command line with today's production adapters")
+    ms.add_argument("--domain", help=", ".join(DOMAINS))
+    ms.add_argument("--json", action="store_true")
+    ms.set_defaults(func=cmd_models_serve_config)
+    mh = msub.add_parser("handoff", help="(re)load the production adapters on System A")
+    mh.add_argument("--domain", help=", ".join(DOMAINS))
+    mh.set_defaults(func=cmd_models_handoff)
 
     ak = sub.add_parser("ask", help="answer a question from the corpus with a domain's model, citing sources")
     ak.add_argument("question")

@@ -34,6 +34,18 @@ TRAIN_PROFILES = ("tiny", "cpu_lora", "gpu_qlora")
 DOMAINS = ("chemistry", "materials", "thermal", "catalysis")
 TEST_PROFILES = ("tiny",)
 DEFAULT_TRAIN_PROFILE = "gpu_qlora"  # System B's recipe; what the monthly schedule runs
+# One home per default: the clients, the indexer and the store take theirs from here.
+ARXIV_DELAY_S = 3.0  # arXiv's terms: one request every 3 s
+HTTP_MAX_ATTEMPTS = 5
+HTTP_BACKOFF_S = 2.0  # first retry after 1-2 s, doubling
+HTTP_TIMEOUT_S = 60.0
+HTTP_MAX_BYTES = 64 * 1024 * 1024  # the largest answer read (an arXiv page of 2,000 entries is ~5 MB)
+MAX_ABSTRACT_CHARS = 20_000  # longer abstracts are cut (arXiv's own limit is 1,920 characters)
+MILVUS_LOCK_WAIT_S = 120.0  # how long to wait for another process's hold on a Milvus Lite file
+MAX_CHUNKS_PER_DOC = 64  # about 13,000 word pieces: far beyond an abstract or a compound record
+EMBEDDING_BATCH_SIZE = 64
+REPLAY_SHARE = 0.2  # earlier months' training rows mixed into a month's dataset, as a share of it
+STATSD_PORT = 8125
 
 
 class SettingsError(ValueError):
@@ -88,10 +100,10 @@ class Settings:
     base_model: str = ""  # the lab's base: a name under <model store>/base/, or a model folder
     train_profile: str = DEFAULT_TRAIN_PROFILE
     allow_test_models: bool = False
-    http_max_bytes: int = 64 * 1024 * 1024  # the largest answer read from arXiv or PubChem
-    max_abstract_chars: int = 20_000  # longer abstracts are cut (arXiv's own limit is 1,920 characters)
-    milvus_lock_wait_s: float = 120.0  # how long to wait for another process's hold on a Milvus Lite file
-    max_chunks_per_doc: int = 64  # chunks one document may take in the corpus (its beginning is kept)
+    http_max_bytes: int = HTTP_MAX_BYTES
+    max_abstract_chars: int = MAX_ABSTRACT_CHARS
+    milvus_lock_wait_s: float = MILVUS_LOCK_WAIT_S
+    max_chunks_per_doc: int = MAX_CHUNKS_PER_DOC  # chunks one document may take (its beginning is kept)
     search_token: str = field(
         default="", repr=False, metadata=_SECRET
     )  # bearer token of the search service (System C); empty: no auth
@@ -103,7 +115,7 @@ class Settings:
     )
     teacher_model: str = ""
     teacher_token: str = field(default="", repr=False, metadata=_SECRET)
-    replay_share: float = 0.2  # earlier months' training rows mixed into a month's dataset, as a share of it
+    replay_share: float = REPLAY_SHARE
     alert_webhook_url: str = field(default="", repr=False, metadata=_SECRET)  # carries its token in its path
     alert_email: str = ""
     smtp_host: str = ""
@@ -113,7 +125,7 @@ class Settings:
     feedback_rows: bool = False  # the gateway's positively rated +rag answers become rows of the next dataset
     statsd_on: bool = False
     statsd_host: str = "127.0.0.1"
-    statsd_port: int = 8125
+    statsd_port: int = STATSD_PORT
     statsd_prefix: str = "cbnano"
 
     @property
@@ -237,23 +249,23 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         milvus_collection=env.get("CBNANO_MILVUS_COLLECTION") or "cbnano_corpus",
         arxiv_api_url=_url(env, "CBNANO_ARXIV_API_URL", ARXIV_API_URL),
         arxiv_rss_url=_url(env, "CBNANO_ARXIV_RSS_URL", ARXIV_RSS_URL),
-        arxiv_delay_s=_float(env, "CBNANO_ARXIV_DELAY_S", 3.0),
-        http_max_attempts=_int(env, "CBNANO_HTTP_MAX_ATTEMPTS", 5),
-        http_backoff_s=_float(env, "CBNANO_HTTP_BACKOFF_S", 2.0),
-        http_timeout_s=_float(env, "CBNANO_HTTP_TIMEOUT_S", 60.0, above=True),
+        arxiv_delay_s=_float(env, "CBNANO_ARXIV_DELAY_S", ARXIV_DELAY_S),
+        http_max_attempts=_int(env, "CBNANO_HTTP_MAX_ATTEMPTS", HTTP_MAX_ATTEMPTS),
+        http_backoff_s=_float(env, "CBNANO_HTTP_BACKOFF_S", HTTP_BACKOFF_S),
+        http_timeout_s=_float(env, "CBNANO_HTTP_TIMEOUT_S", HTTP_TIMEOUT_S, above=True),
         pubchem_url=_url(env, "CBNANO_PUBCHEM_URL", PUBCHEM_URL),
         embedding_model=env.get("CBNANO_EMBEDDING_MODEL") or EMBEDDING_MODEL,
         embedding_device=env.get("CBNANO_EMBEDDING_DEVICE") or "cpu",
-        embedding_batch_size=_int(env, "CBNANO_EMBEDDING_BATCH_SIZE", 64),
+        embedding_batch_size=_int(env, "CBNANO_EMBEDDING_BATCH_SIZE", EMBEDDING_BATCH_SIZE),
         train_python=train_python,
         gpus=_int(env, "CBNANO_GPUS", 0, minimum=0),
         base_model=(env.get("CBNANO_BASE_MODEL") or "").strip(),
         train_profile=train_profile,
         allow_test_models=_flag(env, "CBNANO_ALLOW_TEST_MODELS"),
-        http_max_bytes=_int(env, "CBNANO_HTTP_MAX_BYTES", 64 * 1024 * 1024),
-        max_abstract_chars=_int(env, "CBNANO_MAX_ABSTRACT_CHARS", 20_000),
-        milvus_lock_wait_s=_float(env, "CBNANO_MILVUS_LOCK_WAIT_S", 120.0),
-        max_chunks_per_doc=_int(env, "CBNANO_MAX_CHUNKS_PER_DOC", 64),
+        http_max_bytes=_int(env, "CBNANO_HTTP_MAX_BYTES", HTTP_MAX_BYTES),
+        max_abstract_chars=_int(env, "CBNANO_MAX_ABSTRACT_CHARS", MAX_ABSTRACT_CHARS),
+        milvus_lock_wait_s=_float(env, "CBNANO_MILVUS_LOCK_WAIT_S", MILVUS_LOCK_WAIT_S),
+        max_chunks_per_doc=_int(env, "CBNANO_MAX_CHUNKS_PER_DOC", MAX_CHUNKS_PER_DOC),
         search_token=env.get("CBNANO_SEARCH_TOKEN", ""),
         system_a_url=_url(env, "CBNANO_SYSTEM_A_URL"),
         system_a_token=env.get("CBNANO_SYSTEM_A_TOKEN", ""),
@@ -261,7 +273,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         teacher_url=_url(env, "CBNANO_TEACHER_URL").rstrip("/"),
         teacher_model=(env.get("CBNANO_TEACHER_MODEL") or "").strip(),
         teacher_token=env.get("CBNANO_TEACHER_TOKEN", ""),
-        replay_share=_float(env, "CBNANO_REPLAY_SHARE", 0.2, below=1.0),
+        replay_share=_float(env, "CBNANO_REPLAY_SHARE", REPLAY_SHARE, below=1.0),
         alert_webhook_url=_url(env, "CBNANO_ALERT_WEBHOOK_URL", secret=True),
         alert_email=env.get("CBNANO_ALERT_EMAIL", ""),
         smtp_host=_host_port(env, "CBNANO_SMTP_HOST"),
@@ -271,7 +283,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         feedback_rows=_flag(env, "CBNANO_FEEDBACK_ROWS"),
         statsd_on=_flag(env, "CBNANO_STATSD_ON"),
         statsd_host=env.get("CBNANO_STATSD_HOST") or "127.0.0.1",
-        statsd_port=_int(env, "CBNANO_STATSD_PORT", 8125, maximum=65535),
+        statsd_port=_int(env, "CBNANO_STATSD_PORT", STATSD_PORT, maximum=65535),
         statsd_prefix=env.get("CBNANO_STATSD_PREFIX") or "cbnano",
     )
 

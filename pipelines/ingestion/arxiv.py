@@ -24,7 +24,7 @@ from pipelines.contracts import ArxivFetchManifest, IngestSummary, StageManifest
 from pipelines.documents import Document, normalize_text
 from pipelines.ingestion.indexing import Progress, index_staged, summarize
 from pipelines.lake import partition_dir, run_lock, write_atomic, write_json, write_jsonl
-from pipelines.settings import Settings
+from pipelines.settings import MAX_ABSTRACT_CHARS, Settings
 from pipelines.sources.arxiv import (
     DEFAULT_CATEGORIES,
     ArxivClient,
@@ -142,7 +142,6 @@ def fetch_announcements(
     return manifest
 
 
-MAX_ABSTRACT_CHARS = 20_000  # arXiv itself caps abstracts at 1,920 characters
 
 
 def paper_record(paper: Paper, max_abstract_chars: int = MAX_ABSTRACT_CHARS) -> dict[str, Any]:

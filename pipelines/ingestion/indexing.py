@@ -25,7 +25,7 @@ from typing import Any
 from pipelines.contracts import ChunkRow, IngestSummary, StageManifest
 from pipelines.documents import Chunk, Document, chunk_text, dedupe_documents, published_day
 from pipelines.lake import read_jsonl, write_json
-from pipelines.settings import Settings
+from pipelines.settings import MAX_CHUNKS_PER_DOC, Settings
 from pipelines.terms import keyword_text
 from pipelines.vectorstore.milvus import FIELD_LIMITS, MilvusStore, fit_id, row_problem
 
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int | None], None]
 EMBED_BATCH_CHUNKS = 256
-MAX_CHUNKS_PER_DOC = 64  # about 13,000 word pieces: far beyond an abstract or a compound record
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Any
 
 import requests
 
-from pipelines.settings import Settings
+from pipelines.settings import ARXIV_DELAY_S, HTTP_TIMEOUT_S, Settings
 from pipelines.sources.http import (
     MAX_RESPONSE_BYTES,
     MinIntervalLimiter,
@@ -354,10 +354,10 @@ class ArxivClient:
         api_url: str,
         rss_url: str,
         *,
-        delay_s: float = 3.0,
+        delay_s: float = ARXIV_DELAY_S,
         page_size: int = 200,
         retry: RetryPolicy | None = None,
-        timeout_s: float = 60.0,
+        timeout_s: float = HTTP_TIMEOUT_S,
         http: PoliteClient | None = None,
         max_bytes: int = MAX_RESPONSE_BYTES,
     ):

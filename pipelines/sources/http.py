@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 import requests
 
+from pipelines.settings import HTTP_BACKOFF_S, HTTP_MAX_ATTEMPTS, HTTP_MAX_BYTES, HTTP_TIMEOUT_S
+
 log = logging.getLogger(__name__)
 
 USER_AGENT = "cbnano-platform/0.1 (CB Nano R&D lab literature ingestion; python-requests)"
@@ -95,8 +97,8 @@ class RetryPolicy:
     honoured as given (capped at ``retry_after_cap_s``).
     """
 
-    max_attempts: int = 5
-    base_s: float = 2.0
+    max_attempts: int = HTTP_MAX_ATTEMPTS
+    base_s: float = HTTP_BACKOFF_S
     max_s: float = 60.0
     jitter: float = 0.5
     retry_after_cap_s: float = 300.0
@@ -132,7 +134,7 @@ def _short_reason(exc: Exception) -> str:
 Validator = Callable[[requests.Response], None]
 
 
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # an arXiv page of 2,000 entries is ~5 MB; PubChem batches far less
+MAX_RESPONSE_BYTES = HTTP_MAX_BYTES  # settings' one default, under the name the clients use
 
 
 class PoliteClient:
@@ -148,7 +150,7 @@ class PoliteClient:
         *,
         limiter: Limiter,
         retry: RetryPolicy | None = None,
-        timeout_s: float = 30.0,
+        timeout_s: float = HTTP_TIMEOUT_S,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,

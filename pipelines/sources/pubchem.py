@@ -33,7 +33,7 @@ from typing import Any
 
 import requests
 
-from pipelines.settings import Settings
+from pipelines.settings import HTTP_TIMEOUT_S, Settings
 from pipelines.sources.http import MAX_RESPONSE_BYTES, PoliteClient, RetryPolicy, SourceError
 
 log = logging.getLogger(__name__)
@@ -325,7 +325,7 @@ class PubChemClient:
         *,
         limiter: WindowLimiter | None = None,
         retry: RetryPolicy | None = None,
-        timeout_s: float = 30.0,
+        timeout_s: float = HTTP_TIMEOUT_S,
         batch_size: int = 100,
         max_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:

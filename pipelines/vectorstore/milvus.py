@@ -31,7 +31,7 @@ from typing import Any
 
 from pipelines.contracts import ChunkRow
 from pipelines.documents import published_day
-from pipelines.settings import Settings
+from pipelines.settings import MILVUS_LOCK_WAIT_S, Settings
 from pipelines.terms import keyword_text
 
 __all__ = ["ChunkRow", "MilvusStore", "published_day"]
@@ -133,7 +133,7 @@ class MilvusStore:
     """One collection of chunks in one Milvus (Lite file or server)."""
 
     def __init__(
-        self, uri: str, collection: str, token: str = "", timeout_s: float = 10.0, lock_wait_s: float = 120.0
+        self, uri: str, collection: str, token: str = "", timeout_s: float = 10.0, lock_wait_s: float = MILVUS_LOCK_WAIT_S
     ) -> None:
         self.uri = uri
         self.lock_wait_s = lock_wait_s

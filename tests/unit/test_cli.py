@@ -123,3 +123,15 @@ def test_a_broken_training_environment_is_one_line(cbnano_env, capsys, monkeypat
         err.startswith("cbnano: error: training-environment step build_base failed") and err.count("\n") == 1
     )
     assert "No module named axolotl" in err and "Traceback" not in err
+
+
+def test_a_value_error_from_deep_in_the_retrain_chain_is_a_failure_not_bad_input(
+    cbnano_env, monkeypatch, capsys
+):
+    def broken(*a, **k):
+        raise ValueError("a lake record without its title")
+
+    monkeypatch.setattr("pipelines.training.base_models.check_base", lambda *a, **k: None)
+    monkeypatch.setattr("pipelines.training.retrain.retrain", broken)
+    assert main(["retrain", "--domain", "catalysis"]) == 1
+    assert capsys.readouterr().err.strip() == "cbnano: error: a lake record without its title"
