@@ -43,6 +43,9 @@ class ImportBaseAnswer(TypedDict, total=False):
     files: dict[str, str]
 
 
+ValidateAnswer = list[str]  # ``validate_config``: one line per problem of the rendered axolotl configs
+
+
 class EvaluateAnswer(TypedDict, total=False):
     """``evaluate``: per role (``base``, ``production``, ``candidate``) its metrics and per-item scores."""
 
@@ -85,12 +88,13 @@ def train_env(train_python: str, gpu: int | None) -> dict[str, str]:
 
 def run_step(
     train_python: str, step: str, args: list[str], gpu: int | None = None, timeout_s: float = 3600
-) -> dict[str, Any]:
+) -> Any:
     """Run ``pipelines.training.steps.<step>`` with the training environment's interpreter on one GPU (or
     the CPU); returns the JSON its last stdout line holds. Keeps torch/transformers out of Airflow's processes.
 
     Raises FileNotFoundError when the environment is missing and :class:`StepError` (with the step's last
-    lines) when the step fails, times out or answers something that is not a JSON object.
+    lines) when the step fails, times out or prints no JSON. The answer's shape is the step's: see the types
+    above (``validate_config`` answers a list of problems).
     """
     import json as _json
 
@@ -126,6 +130,4 @@ def run_step(
         raise StepError(
             f"training-environment step {step} printed no result; stderr: {proc.stderr.strip()[-300:]}"
         ) from None
-    if not isinstance(answer, dict):
-        raise StepError(f"training-environment step {step} answered {str(answer)[:100]}, not a JSON object")
     return answer

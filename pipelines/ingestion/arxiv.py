@@ -142,8 +142,6 @@ def fetch_announcements(
     return manifest
 
 
-
-
 def paper_record(paper: Paper, max_abstract_chars: int = MAX_ABSTRACT_CHARS) -> dict[str, Any]:
     """The staged record of a paper: every raw field plus the normalised title and embedding text.
 

@@ -97,7 +97,7 @@ def ask(
         path = Path(tmp) / "messages.json"
         path.write_text(json.dumps(messages))
         try:
-            out: GenerateAnswer = run_step(  # type: ignore[assignment]
+            out: GenerateAnswer = run_step(
                 settings.train_python,
                 "generate",
                 ["--model", str(folder), "--messages", str(path), "--max-new-tokens", str(max_tokens)],

@@ -133,7 +133,12 @@ class MilvusStore:
     """One collection of chunks in one Milvus (Lite file or server)."""
 
     def __init__(
-        self, uri: str, collection: str, token: str = "", timeout_s: float = 10.0, lock_wait_s: float = MILVUS_LOCK_WAIT_S
+        self,
+        uri: str,
+        collection: str,
+        token: str = "",
+        timeout_s: float = 10.0,
+        lock_wait_s: float = MILVUS_LOCK_WAIT_S,
     ) -> None:
         self.uri = uri
         self.lock_wait_s = lock_wait_s
