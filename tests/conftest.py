@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from fixture_lake import stage_fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -71,6 +72,20 @@ def replay(monkeypatch, cbnano_env):
     yield start
     for srv in servers:
         srv.stop()
+
+
+@pytest.fixture
+def staged_lake(replay, monkeypatch, cbnano_env):
+    """The fixture papers and compounds staged in a fresh home (a PubChem replay beside arXiv's); returns the
+    Settings."""
+    from pipelines.settings import get_settings, reset_settings_cache
+
+    srv = replay(pubchem_dir=FIXTURES / "pubchem")
+    monkeypatch.setenv("CBNANO_PUBCHEM_URL", srv.pubchem_url)
+    reset_settings_cache()
+    settings = get_settings()
+    stage_fixtures(settings)
+    return settings
 
 
 @pytest.fixture(scope="session")

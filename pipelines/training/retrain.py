@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,10 +46,17 @@ from pipelines.training.base_models import BaseModel, locate_base, resolve_base
 from pipelines.training.configs import config_hash, render_config, validate_in_train_env, write_config
 from pipelines.training.dataset_step import build_in_child
 from pipelines.training.knowledge import probe_baselines
-from pipelines.training.runner import TrainResult, adapter_changed, check_merge, merge, run_dir_for, train
+from pipelines.training.runner import (
+    Log,
+    TrainResult,
+    adapter_changed,
+    check_merge,
+    merge,
+    run_dir_for,
+    train,
+)
 from pipelines.windows import last_complete_month
 
-Log = Callable[[str], None]
 KEEP_VERSIONS = 3
 
 

@@ -5,10 +5,10 @@ before anything is built."""
 import dataclasses
 import json
 import shutil
-from datetime import UTC, date, datetime
 
 import pytest
 import yaml
+from fixture_lake import stage_fixtures
 
 from pipelines.publishing.model_store import ModelStore
 from pipelines.settings import get_settings, reset_settings_cache
@@ -19,28 +19,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def lake(replay, fixtures_dir, monkeypatch):
     """Papers and compounds staged from the fixtures, plus a lab drop of catalyst test results."""
-    from pipelines.ingestion.arxiv import ingest_arxiv
-    from pipelines.ingestion.pubchem import ingest_pubchem
-
     srv = replay(pubchem_dir=fixtures_dir / "pubchem")
     monkeypatch.setenv("CBNANO_PUBCHEM_URL", srv.pubchem_url)
     monkeypatch.setenv("CBNANO_TRAIN_PYTHON", str(fixtures_dir.parents[1] / ".venv-train" / "bin" / "python"))
     reset_settings_cache()
     settings = get_settings()
-    ingest_arxiv(
-        settings,
-        datetime(2026, 11, 25, tzinfo=UTC),
-        datetime(2026, 11, 27, tzinfo=UTC),
-        ["cond-mat.mtrl-sci", "physics.chem-ph"],
-        dry_run=True,
-    )
-    ingest_pubchem(
-        settings,
-        names=["water", "TiO2", "cerium oxide", "ethylene carbonate"],
-        cids=[5564],
-        dry_run=True,
-        day=date(2026, 11, 26),
-    )
+    stage_fixtures(settings, cids=[5564])
     drop = settings.data_dir / "internal" / "catalysis"
     drop.mkdir(parents=True)
     shutil.copy(fixtures_dir / "internal" / "catalysis.jsonl", drop / "lab.jsonl")

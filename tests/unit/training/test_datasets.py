@@ -1,8 +1,9 @@
 import json
 from collections import Counter
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 import pytest
+from fixture_lake import stage_fixtures
 
 from pipelines.training.datasets import (
     KINDS,
@@ -30,36 +31,9 @@ def words(text):
 
 
 @pytest.fixture
-def lake(replay, fixtures_dir, monkeypatch, cbnano_env):
+def lake(staged_lake):
     """Papers and compounds staged from the fixtures (no embedding), as ingestion leaves them in the lake."""
-    from pipelines.settings import get_settings, reset_settings_cache
-
-    srv = replay(pubchem_dir=fixtures_dir / "pubchem")
-    monkeypatch.setenv("CBNANO_PUBCHEM_URL", srv.pubchem_url)
-    reset_settings_cache()
-    settings = get_settings()
-    return stage_fixtures(settings)
-
-
-def stage_fixtures(settings):
-    """Ingest (no embedding) the fixture window's papers and four compounds; returns the data dir."""
-    from pipelines.ingestion.arxiv import ingest_arxiv
-    from pipelines.ingestion.pubchem import ingest_pubchem
-
-    ingest_arxiv(
-        settings,
-        datetime(2026, 11, 25, tzinfo=UTC),
-        datetime(2026, 11, 27, tzinfo=UTC),
-        ["cond-mat.mtrl-sci", "physics.chem-ph"],
-        dry_run=True,
-    )
-    ingest_pubchem(
-        settings,
-        names=["water", "TiO2", "cerium oxide", "ethylene carbonate"],
-        dry_run=True,
-        day=date(2026, 11, 26),
-    )
-    return settings.data_dir
+    return staged_lake.data_dir
 
 
 GARNET = {
@@ -334,7 +308,7 @@ def test_the_same_lake_and_month_give_the_same_dataset_whatever_the_date(
         settings = get_settings()
         with monkeypatch.context() as m:
             pin_clock(m, datetime(*day, 9, 30, tzinfo=UTC))
-            stage_fixtures(settings)
+            stage_fixtures(settings)  # conftest's
             cards.append(build_catalysis(settings.data_dir, tmp_path / f"ds{i}", "materials"))
     assert cards[0]["built_at"] != cards[1]["built_at"]  # the clock really was pinned to two days
     assert cards[0]["sha256"] == cards[1]["sha256"] and cards[0]["by_source"]["pubchem"] > 0
