@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import requests
@@ -126,37 +126,21 @@ class Compound:
     synonyms: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict."""
-        return {
-            "cid": self.cid,
-            "title": self.title,
-            "formula": self.formula,
-            "weight": self.weight,
-            "iupac_name": self.iupac_name,
-            "smiles": self.smiles,
-            "connectivity_smiles": self.connectivity_smiles,
-            "inchikey": self.inchikey,
-            "xlogp": self.xlogp,
-            "descriptions": [list(d) for d in self.descriptions],
-            "synonyms": list(self.synonyms),
-        }
+        """A JSON-serialisable dict (the tuples as lists)."""
+        out = asdict(self)
+        out["descriptions"] = [list(d) for d in self.descriptions]
+        out["synonyms"] = list(self.synonyms)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Compound:
-        """The inverse of :meth:`to_dict`."""
-        return cls(
-            cid=int(d["cid"]),
-            title=d.get("title", ""),
-            formula=d.get("formula", ""),
-            weight=d.get("weight"),
-            iupac_name=d.get("iupac_name", ""),
-            smiles=d.get("smiles", ""),
-            connectivity_smiles=d.get("connectivity_smiles", ""),
-            inchikey=d.get("inchikey", ""),
-            xlogp=d.get("xlogp"),
-            descriptions=tuple(tuple(x) for x in d.get("descriptions", [])),
-            synonyms=tuple(d.get("synonyms", [])),
-        )
+        """The inverse of :meth:`to_dict` (fields it does not know are ignored; missing ones take defaults)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        values["cid"] = int(d["cid"])
+        values["descriptions"] = tuple(tuple(x) for x in d.get("descriptions", []))
+        values["synonyms"] = tuple(d.get("synonyms", []))
+        return cls(**values)
 
 
 def _float(value: Any) -> float | None:

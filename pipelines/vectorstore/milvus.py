@@ -55,6 +55,7 @@ FIELD_LIMITS = {
 # what every collection has had since the first release; newer fields are added by migration
 REQUIRED_FIELDS = {*FIELD_LIMITS, "version", "chunk_index", "chunk_count", "vector"} - {"keywords"}
 MIGRATED_FIELDS = ("keywords", "published_day")
+DENSE_INDEX = {"index_type": "IVF_FLAT", "metric_type": "COSINE", "params": {"nlist": 256}}
 QUERY_BATCH = 256  # doc ids per ``in [...]`` filter
 WRITE_BATCH = 1000
 MIGRATE_SUFFIX = "__migrating"
@@ -256,7 +257,7 @@ class MilvusStore:
         fields = self._fields(name)
         have = set(self.client.list_indexes(name))
         wanted: dict[str, dict[str, Any]] = {
-            "vector": {"index_type": "IVF_FLAT", "metric_type": "COSINE", "params": {"nlist": 256}},
+            "vector": DENSE_INDEX,
             "doc_id": {"index_type": self._scalar_index()},
         }
         if "sparse" in fields and self.server_version() >= (2, 5):
@@ -338,9 +339,7 @@ class MilvusStore:
             schema.add_field("published_day", DataType.INT64)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
             index = self.client.prepare_index_params()
-            index.add_index(
-                field_name="vector", index_type="IVF_FLAT", metric_type="COSINE", params={"nlist": 256}
-            )
+            index.add_index(field_name="vector", **DENSE_INDEX)
             index.add_index(field_name="doc_id", index_type=self._scalar_index())
             if full_text:
                 # the terms are made by pipelines.terms (the ingestion side); Milvus only splits them at spaces
