@@ -1,5 +1,6 @@
 import json
 import os
+import time
 
 import pytest
 
@@ -222,6 +223,8 @@ def test_stale_staging_is_cleaned_and_publish_completes_an_interrupted_promotion
     os.utime(stale, (0, 0))
     fresh = store.root / ".staging" / "catalysis-v0-running"
     fresh.mkdir()
+    now = time.time()
+    os.utime(fresh, (now, now))  # "now" as the process sees it (the same clock the store compares with)
     gate = {"publish": True, "reason": "published: held-out loss gain +0.03"}
     store.publish(
         "catalysis", "v1", content(tmp_path, "v1"), {"gate": gate}, promote=False
