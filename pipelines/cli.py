@@ -27,6 +27,7 @@ non-zero exit (2 for bad input, 1 for a failure), never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,28 @@ def _progress_reporter() -> Any:
     return progress
 
 
+@contextlib.contextmanager
+def _progress() -> Iterator[Any]:
+    """The progress reporter of one long command, closed (bars ended) however the command ends."""
+    progress = _progress_reporter()
+    try:
+        yield progress
+    finally:
+        progress.close()
+
+
+def _window(start: str, end: str) -> tuple[Any, Any]:
+    """``[start, end)`` from two ``YYYY-MM-DD`` arguments, checked; a bad one is a :class:`UsageError`."""
+    from pipelines.windows import check_window, parse_day
+
+    try:
+        window = (parse_day(start), parse_day(end))
+        check_window(*window)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return window
+
+
 def _emit(obj: Any) -> None:
     print(json.dumps(obj, sort_keys=False, default=str), flush=True)
 
@@ -92,7 +115,7 @@ def cmd_ingest_arxiv(args: argparse.Namespace) -> int:
     from pipelines.ingestion.arxiv import DEFAULT_CATEGORIES, ingest_arxiv
     from pipelines.settings import get_settings
     from pipelines.sources.arxiv import validate_categories
-    from pipelines.windows import check_window, parse_day, today_utc
+    from pipelines.windows import today_utc
 
     categories = args.category or list(DEFAULT_CATEGORIES)
     try:
@@ -103,15 +126,10 @@ def cmd_ingest_arxiv(args: argparse.Namespace) -> int:
     if not args.today:
         if not args.start or not args.end:
             raise UsageError("--start and --end are required (or use --today)")
-        try:
-            start, end = parse_day(args.start), parse_day(args.end)
-            check_window(start, end)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        start, end = _window(args.start, args.end)
     if args.max_results is not None and args.max_results <= 0:
         raise UsageError("--max-results must be a positive number")
-    progress = _progress_reporter()
-    try:
+    with _progress() as progress:
         summary = ingest_arxiv(
             get_settings(),
             start,
@@ -122,8 +140,6 @@ def cmd_ingest_arxiv(args: argparse.Namespace) -> int:
             announced_on=today_utc() if args.today else None,
             progress=progress,
         )
-    finally:
-        progress.close()
     _emit(summary)
     return 0
 
@@ -131,7 +147,7 @@ def cmd_ingest_arxiv(args: argparse.Namespace) -> int:
 def cmd_ingest_pubchem(args: argparse.Namespace) -> int:
     from pipelines.ingestion.pubchem import ingest_pubchem
     from pipelines.settings import get_settings
-    from pipelines.windows import check_window, parse_day, today_utc
+    from pipelines.windows import parse_day, today_utc
 
     if not (args.cid or args.name or args.watchlist or args.from_papers):
         raise UsageError("say which compounds: --cid, --name, --watchlist and/or --from-papers START END")
@@ -139,17 +155,12 @@ def cmd_ingest_pubchem(args: argparse.Namespace) -> int:
         raise UsageError("a CID is a positive whole number")
     window = None
     if args.from_papers:
-        try:
-            window = (parse_day(args.from_papers[0]), parse_day(args.from_papers[1]))
-            check_window(*window)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        window = _window(*args.from_papers)
     try:  # the lake day this run files under: --day, else the papers window's first day, else today
         day = parse_day(args.day).date() if args.day else (window[0].date() if window else today_utc())
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    progress = _progress_reporter()
-    try:
+    with _progress() as progress:
         summary = ingest_pubchem(
             get_settings(),
             cids=args.cid or [],
@@ -160,8 +171,6 @@ def cmd_ingest_pubchem(args: argparse.Namespace) -> int:
             progress=progress,
             day=day,
         )
-    finally:
-        progress.close()
     _emit(summary)
     return 0
 
