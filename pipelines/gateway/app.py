@@ -50,6 +50,7 @@ EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"
 MAX_EMBED_INPUTS = 256
 MAX_EMBED_CHARS = 20_000
 RAG_TOP_K = 5
+SERVED_TTL_S = 5.0  # how long the list of served models is reused
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -110,6 +111,8 @@ class Backends:
         self._searcher: Searcher | None = None
         self._embedder_factory = embedder or self._default_embedder
         self._embedder: Any = None
+        self._served: dict[str, str] | None = None
+        self._served_at = 0.0
         headers = {"Authorization": f"Bearer {settings.system_a_token}"} if settings.system_a_token else {}
         self.system_a = httpx.AsyncClient(
             base_url=settings.system_a_url.rstrip("/"), headers=headers, timeout=httpx.Timeout(300, connect=5)
@@ -146,7 +149,16 @@ class Backends:
 
     async def served(self) -> dict[str, str]:
         """Gateway model name → the model System A serves it as: the base and each domain served from its
-        production adapter's path."""
+        production adapter's path. Kept for ``SERVED_TTL_S``: a request does not pay for a model-list call to
+        System A and four adapter-config reads, and a hand-off shows within seconds."""
+        now = time.monotonic()
+        if self._served is not None and now - self._served_at < SERVED_TTL_S:
+            return self._served
+        self._served = await self._read_served()
+        self._served_at = now
+        return self._served
+
+    async def _read_served(self) -> dict[str, str]:
         from pipelines.publishing.serving import served_adapter
 
         listing = await self.system_a_json("GET", "/v1/models")
