@@ -77,10 +77,11 @@ def _load(
         if stream:
             with client.stream("POST", url, json=body, headers=headers) as resp:
                 resp.raise_for_status()
-                first = next(resp.iter_bytes())
+                body = resp.iter_bytes()
+                first = next(body)
                 ttfb = (time.perf_counter() - t0) * 1000
                 assert first
-                for _ in resp.iter_bytes():
+                for _ in body:  # read the stream to its end, as a client does
                     pass
             return ttfb
         resp = client.post(url, json=body, headers=headers)

@@ -240,6 +240,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await backends.close()
+        store.close()  # the queued traces are written before the process ends
 
     app = FastAPI(title="CB Nano gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -293,7 +294,7 @@ def create_app(
         if t.tokens_out:
             metrics.tokens.labels(t.model, "out").inc(t.tokens_out)
         try:
-            await run_in_threadpool(store.record, t)
+            store.record(t)  # queued: written by the store's background writer
         except (GatewayStoreError, Exception) as exc:  # noqa: BLE001 - a lost trace must not fail the answer
             log.error("trace %s not recorded: %s", t.id, exc)
 

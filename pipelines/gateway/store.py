@@ -16,8 +16,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import queue
 import secrets
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +31,10 @@ import sqlalchemy as sa
 from pipelines.settings import Settings
 
 KEY_PREFIX = "cbn_"
+LAST_USED_EVERY_S = 60.0  # how often a key's last_used_at is written (not on every request)
+TRACE_FLUSH_S = 0.5  # a queued trace is in the database within about this long
+TRACE_BATCH = 200
+log = logging.getLogger(__name__)
 META = sa.MetaData()
 KEYS = sa.Table(
     "gateway_keys",
@@ -117,6 +124,13 @@ class GatewayStore:
         self.engine = sa.create_engine(url, pool_pre_ping=True)
         self._ready = False
         self._lock = threading.Lock()
+        self._used: dict[str, float] = {}  # user -> when this process last wrote their last_used_at
+        # traces are written by one background thread in batches: a request never waits on a write lock
+        self._pending: queue.Queue[Trace | None] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._flushed = threading.Condition()
+        self._queued = 0
+        self._written = 0
 
     def __repr__(self) -> str:  # the URL may carry a password
         return f"GatewayStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -179,14 +193,60 @@ class GatewayStore:
             ).first()
             if row is None or not hmac.compare_digest(row.key_sha256, digest):
                 return None
-            conn.execute(KEYS.update().where(KEYS.c.user == row.user).values(last_used_at=_now()))
+            now = time.monotonic()
+            if now - self._used.get(row.user, -LAST_USED_EVERY_S) >= LAST_USED_EVERY_S:
+                self._used[row.user] = now  # at most one write per user a minute, not one per request
+                conn.execute(KEYS.update().where(KEYS.c.user == row.user).values(last_used_at=_now()))
             return str(row.user)
 
     # ---- traces and feedback --------------------------------------------------------------------------------
     def record(self, trace: Trace) -> None:
-        """Store one request's trace."""
-        with self._begin() as conn:
-            conn.execute(TRACES.insert().values(**trace.row()))
+        """Queue one request's trace for the background writer (it is in the database within
+        ``TRACE_FLUSH_S``; this process's own reads flush first)."""
+        with self._lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_loop, name="gateway-traces", daemon=True)
+                self._writer.start()
+            self._queued += 1
+        self._pending.put(trace)
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._pending.get()
+            batch = [first]
+            deadline = time.monotonic() + TRACE_FLUSH_S
+            while len(batch) < TRACE_BATCH and (left := deadline - time.monotonic()) > 0:
+                try:
+                    batch.append(self._pending.get(timeout=left))
+                except queue.Empty:
+                    break
+            traces = [t for t in batch if t is not None]
+            try:
+                if traces:
+                    with self._begin() as conn:
+                        conn.execute(TRACES.insert(), [t.row() for t in traces])
+            except Exception as exc:  # noqa: BLE001 - a lost batch is logged; the writer keeps going
+                log.error("gateway: %d trace(s) not recorded: %s", len(traces), exc)
+            with self._flushed:
+                self._written += len(traces)
+                self._flushed.notify_all()
+            if len(traces) < len(batch):  # None: close() asked the writer to stop
+                return
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every trace this process queued is written."""
+        with self._lock:
+            target = self._queued
+        with self._flushed:
+            self._flushed.wait_for(lambda: self._written >= target, timeout=timeout_s)
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer."""
+        if self._writer is not None and self._writer.is_alive():
+            self.flush()
+            self._pending.put(None)
+            self._writer.join(10)
+        self.engine.dispose()
 
     def traces(self, since: str = "", limit: int = 1000) -> list[dict[str, Any]]:
         """Traces at or after ``since`` (ISO date or time), oldest first, with their feedback if any."""
@@ -197,6 +257,7 @@ class GatewayStore:
             .order_by(TRACES.c.at, TRACES.c.id)
             .limit(limit)
         )
+        self.flush()
         with self._begin() as conn:
             out = []
             for r in conn.execute(query):
@@ -207,6 +268,7 @@ class GatewayStore:
 
     def feedback(self, trace_id: str, user: str, rating: int, comment: str = "") -> bool:
         """Rate a recorded answer (1 or -1; a second rating replaces the first); False for an unknown id."""
+        self.flush()
         with self._begin() as conn:
             if conn.execute(sa.select(TRACES.c.id).where(TRACES.c.id == trace_id)).first() is None:
                 return False

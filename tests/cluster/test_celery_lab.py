@@ -174,6 +174,7 @@ def test_the_gateways_key_and_trace_store_on_the_labs_postgres(lab):
     second.record(
         Trace(user="alice", endpoint="embeddings", model="all-MiniLM-L6-v2", status=200, latency_ms=3.0)
     )
+    first.flush()  # each store writes its traces from a background thread; another process sees them after it
     assert second.feedback(t.id, "alice", -1, "wrong support") and not second.feedback("cbn-none", "alice", 1)
     rows = {r["id"]: r for r in first.traces(since="2000-01-01")}
     assert rows[t.id]["sources"] == ["2611.08115", "2611.08102"] and rows[t.id]["rating"] == -1

@@ -38,6 +38,7 @@ def test_traces_print_and_filter_by_day(cbnano_env, capsys):
                        tokens_in=40, tokens_out=6, sources=["2611.08115"], at="2026-11-30T10:00:00+00:00"))  # fmt: skip
     store.record(Trace(user="bob", endpoint="embeddings", model="all-MiniLM-L6-v2", status=200, latency_ms=3.0,
                        at="2026-12-01T09:00:00+00:00"))  # fmt: skip
+    store.flush()  # written by the store's background writer; the CLI below is another reader
     assert main(["gateway", "traces", "--since", "2026-12-01", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["user"] for r in rows] == ["bob"]
