@@ -41,7 +41,8 @@ HTTP_BACKOFF_S = 2.0  # first retry after 1-2 s, doubling
 HTTP_TIMEOUT_S = 60.0
 HTTP_MAX_BYTES = 64 * 1024 * 1024  # the largest answer read (an arXiv page of 2,000 entries is ~5 MB)
 MAX_ABSTRACT_CHARS = 20_000  # longer abstracts are cut (arXiv's own limit is 1,920 characters)
-MILVUS_LOCK_WAIT_S = 120.0  # how long to wait for another process's hold on a Milvus Lite file
+MILVUS_LOCK_WAIT_S = 120.0  # how long to wait to reach (or start) a Milvus Lite file's shared server
+MILVUS_LITE_IDLE_S = 30.0  # a Milvus Lite file's shared server stops after this long without a client
 MAX_CHUNKS_PER_DOC = 64  # about 13,000 word pieces: far beyond an abstract or a compound record
 EMBEDDING_BATCH_SIZE = 64
 REPLAY_SHARE = 0.2  # earlier months' training rows mixed into a month's dataset, as a share of it
@@ -103,6 +104,7 @@ class Settings:
     http_max_bytes: int = HTTP_MAX_BYTES
     max_abstract_chars: int = MAX_ABSTRACT_CHARS
     milvus_lock_wait_s: float = MILVUS_LOCK_WAIT_S
+    milvus_lite_idle_s: float = MILVUS_LITE_IDLE_S
     max_chunks_per_doc: int = MAX_CHUNKS_PER_DOC  # chunks one document may take (its beginning is kept)
     search_token: str = field(
         default="", repr=False, metadata=_SECRET
@@ -265,6 +267,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         http_max_bytes=_int(env, "CBNANO_HTTP_MAX_BYTES", HTTP_MAX_BYTES),
         max_abstract_chars=_int(env, "CBNANO_MAX_ABSTRACT_CHARS", MAX_ABSTRACT_CHARS),
         milvus_lock_wait_s=_float(env, "CBNANO_MILVUS_LOCK_WAIT_S", MILVUS_LOCK_WAIT_S),
+        milvus_lite_idle_s=_float(env, "CBNANO_MILVUS_LITE_IDLE_S", MILVUS_LITE_IDLE_S, above=True),
         max_chunks_per_doc=_int(env, "CBNANO_MAX_CHUNKS_PER_DOC", MAX_CHUNKS_PER_DOC),
         search_token=env.get("CBNANO_SEARCH_TOKEN", ""),
         system_a_url=_url(env, "CBNANO_SYSTEM_A_URL"),

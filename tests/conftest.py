@@ -43,6 +43,7 @@ def cbnano_env(tmp_path, monkeypatch):
     monkeypatch.setenv("CBNANO_HTTP_MAX_ATTEMPTS", "3")
     monkeypatch.setenv("CBNANO_HTTP_BACKOFF_S", "0.01")
     monkeypatch.setenv("CBNANO_HTTP_TIMEOUT_S", "5")
+    monkeypatch.setenv("CBNANO_MILVUS_LITE_IDLE_S", "3")  # shared Lite servers do not outlive a test by long
     monkeypatch.setenv("CBNANO_ALLOW_TEST_MODELS", "1")  # tiny candidates may become production in tests
     reset_settings_cache()
     yield get_settings()

@@ -31,7 +31,7 @@ from typing import Any
 
 from pipelines.contracts import ChunkRow
 from pipelines.documents import published_day
-from pipelines.settings import MILVUS_LOCK_WAIT_S, Settings
+from pipelines.settings import MILVUS_LITE_IDLE_S, MILVUS_LOCK_WAIT_S, Settings
 from pipelines.terms import keyword_text
 
 __all__ = ["ChunkRow", "MilvusStore", "published_day"]
@@ -140,6 +140,7 @@ class MilvusStore:
         token: str = "",
         timeout_s: float = 10.0,
         lock_wait_s: float = MILVUS_LOCK_WAIT_S,
+        lite_idle_s: float = MILVUS_LITE_IDLE_S,
     ) -> None:
         self.uri = uri
         self.lock_wait_s = lock_wait_s
@@ -148,7 +149,8 @@ class MilvusStore:
         self.timeout_s = timeout_s
         self._client: Any = None
         self._loaded = False
-        self._lite_held = False
+        self._lite_attached = False
+        self.lite_idle_s = lite_idle_s
         self.full_text = False  # set by ensure_collection: the collection has the BM25 ``sparse`` field
 
     def __repr__(self) -> str:  # the token never shows (tracebacks, logs)
@@ -169,6 +171,7 @@ class MilvusStore:
             settings.milvus_collection,
             settings.milvus_token,
             lock_wait_s=settings.milvus_lock_wait_s,
+            lite_idle_s=settings.milvus_lite_idle_s,
         )
 
     @property
@@ -186,27 +189,28 @@ class MilvusStore:
             logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
             for name in ("faiss", "faiss.loader", "milvus_lite"):
                 logging.getLogger(name).setLevel(logging.WARNING)
-            if self.is_lite and not self._lite_held:
-                from pipelines.vectorstore.lite_lock import LiteBusy, hold_lite
+            uri = self.uri
+            if self.is_lite:
+                from pipelines.vectorstore.lite_server import LiteBusy, attach
 
                 try:
-                    hold_lite(self.uri, self.lock_wait_s)
+                    uri = attach(self.uri, self.lock_wait_s, self.lite_idle_s)
                 except LiteBusy as exc:
                     raise VectorStoreError(str(exc)) from None
-                self._lite_held = True
+                self._lite_attached = True
             try:
-                self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout_s)
+                self._client = MilvusClient(uri=uri, token=self.token, timeout=self.timeout_s)
             except Exception as exc:  # pymilvus raises several types for "not there"
-                self._release_lite()
+                self._detach_lite()
                 raise VectorStoreError(f"Milvus at {self.uri} does not answer: {exc}") from None
         return self._client
 
-    def _release_lite(self) -> None:
-        if self._lite_held:
-            from pipelines.vectorstore.lite_lock import release_lite
+    def _detach_lite(self) -> None:
+        if self._lite_attached:
+            from pipelines.vectorstore.lite_server import detach
 
-            self._lite_held = False
-            release_lite(self.uri)
+            self._lite_attached = False
+            detach(self.uri)
 
     def _ready(self) -> Any:
         """The client, with the collection loaded into memory (a reopened collection starts released)."""
@@ -216,13 +220,13 @@ class MilvusStore:
         return self.client
 
     def close(self) -> None:
-        """Close the connection; a Milvus Lite file is released for other processes once this process's last
-        store on it closes (see :mod:`pipelines.vectorstore.lite_lock`)."""
+        """Close the connection; for a Milvus Lite file, this process stops counting as a client of the file's
+        shared server (see :mod:`pipelines.vectorstore.lite_server`)."""
         if self._client is not None:
             self._client.close()
             self._client = None
             self._loaded = False
-        self._release_lite()
+        self._detach_lite()
 
     def __enter__(self) -> MilvusStore:
         return self

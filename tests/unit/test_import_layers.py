@@ -58,7 +58,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "pipelines.sources.pubchem",
         "pipelines.sources.mentions",
         "pipelines.embedding.minilm",
-        "pipelines.vectorstore.lite_lock",
+        "pipelines.vectorstore.lite_server",
         "pipelines.vectorstore.milvus",
         "pipelines.ops.alerts",
         "pipelines.ops.metrics",
