@@ -7,7 +7,7 @@ is, so it stays a plain dict at run time while mypy checks every producer and re
 """
 
 # no `from __future__ import annotations` here: TypedDict reads NotRequired from evaluated annotations
-from typing import Any, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 # ---- ingestion -----------------------------------------------------------------------------------------
 
@@ -63,6 +63,62 @@ class ChunkRow(TypedDict):
     chunk_count: int
     keywords: str  # the chunk's terms for BM25 (pipelines.terms), space-joined
     vector: list[float]
+
+
+class PaperFields(TypedDict):
+    """Every field of an arXiv paper as the API or RSS describes it (``sources.arxiv.Paper``)."""
+
+    arxiv_id: str
+    version: int
+    title: str
+    abstract: str
+    authors: list[str]
+    primary_category: str
+    categories: list[str]
+    published: str | None
+    updated: str | None
+    doi: str | None
+    journal_ref: str | None
+    comment: str | None
+    announce_type: str | None
+    url: str
+
+
+class PaperRecord(PaperFields):
+    """A staged arXiv record (a line of ``records.jsonl``): the raw fields plus the normalised text."""
+
+    source: Literal["arxiv"]
+    doc_id: str  # the versionless arXiv id
+    title_clean: str
+    text: str  # "<title>. <abstract>", what is embedded
+    abstract_truncated: NotRequired[int]  # the full length of an abstract that was cut
+
+
+class CompoundFields(TypedDict):
+    """What the platform keeps of one PubChem compound (``sources.pubchem.Compound``), as JSON."""
+
+    cid: int
+    title: str
+    formula: str
+    weight: float | None
+    iupac_name: str
+    smiles: str
+    connectivity_smiles: str
+    inchikey: str
+    xlogp: float | None
+    descriptions: list[list[str]]  # [text, source name, source URL]
+    synonyms: list[str]
+
+
+class CompoundRecord(CompoundFields):
+    """A staged PubChem record (a line of ``records.jsonl``)."""
+
+    source: Literal["pubchem"]
+    doc_id: str  # the CID as text
+    text: str  # what is embedded
+
+
+LakeRecord = PaperRecord | CompoundRecord
 
 
 class StageManifest(TypedDict):
@@ -168,6 +224,59 @@ class Evaluation(TypedDict):
     items: str | None  # the multiple-choice set
     heldout: str | None  # the held-out rows
     probe: NotRequired[int | None]  # knowledge-probe items scored
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------
+
+
+class ChoiceItem(TypedDict):
+    """A multiple-choice item (the forgetting guard's questions): ``answer`` indexes ``choices``."""
+
+    id: str
+    question: str
+    choices: list[str]
+    answer: int
+    domain: NotRequired[str]
+    source: NotRequired[str]
+
+
+class ProbeItem(ChoiceItem):
+    """A knowledge-probe item on one of the month's documents (``probe.jsonl``)."""
+
+    doc: str
+    kind: str  # "closed" (the question alone) or "open" (with the passages `cbnano ask` retrieves)
+    passages: list[str]
+    held_out: bool
+
+
+class ChatRow(TypedDict):
+    """A held-out chat row the evaluation scores: the NLL of its assistant turns, grouped by document."""
+
+    id: str
+    messages: list[dict[str, str]]
+    doc: NotRequired[str]
+
+
+class PassageRow(TypedDict):
+    """A general-text passage (``general_loss``): the NLL of its text after the first word."""
+
+    id: str
+    text: str
+
+
+class EvalGroup(TypedDict):
+    """One base model of an evaluation spec and the roles scored on it (role → adapter folder, or None for
+    the bare base)."""
+
+    base: str
+    roles: dict[str, str | None]
+
+
+class Scores(TypedDict):
+    """One model's scores: metric → mean, and metric → item id → score."""
+
+    metrics: dict[str, float]
+    per_item: dict[str, dict[str, float]]
 
 
 RETRAIN_RESULT_KEYS = ("domain", "version", "published", "reason", "metrics")

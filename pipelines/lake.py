@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -176,7 +176,7 @@ def write_json(path: Path, obj: Any) -> str:
     return write_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode())
 
 
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> tuple[int, str]:
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, object]]) -> tuple[int, str]:
     """Write one JSON object per line, atomically; returns (rows written, sha256)."""
     lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in rows]
     data = ("\n".join(lines) + "\n").encode() if lines else b""

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TypedDict
 
+from pipelines.contracts import Scores
 from pipelines.process_group import end_group, grouped
 
 
@@ -49,7 +50,7 @@ ValidateAnswer = list[str]  # ``validate_config``: one line per problem of the r
 class EvaluateAnswer(TypedDict, total=False):
     """``evaluate``: per role (``base``, ``production``, ``candidate``) its metrics and per-item scores."""
 
-    roles: dict[str, dict[str, Any]]
+    roles: dict[str, Scores]
     device: str
 
 

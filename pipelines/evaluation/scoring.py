@@ -41,13 +41,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipelines.contracts import ChatRow, ChoiceItem, PassageRow, ProbeItem, Scores
+
 Pair = tuple[list[int], list[int]]  # (prompt token ids, continuation token ids)
 Messages = Sequence[dict[str, str]]
 
 
-def load_items(path: Path) -> list[dict[str, Any]]:
+def load_items(path: Path) -> list[ChoiceItem]:
     """Eval items from a JSONL file; raises ValueError naming the line of a malformed or repeated item."""
-    items: list[dict[str, Any]] = []
+    items: list[ChoiceItem] = []
     seen: set[str] = set()
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -144,7 +146,7 @@ class Scorer:
             run(batch)
         return out
 
-    def heldout(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    def heldout(self, rows: Sequence[ChatRow]) -> dict[str, float]:
         """Held-out document → mean token NLL of the assistant's answers to its examples (``heldout_loss``).
 
         The item is the document, not the example: a paper's title, summary and finding examples share its
@@ -191,8 +193,8 @@ class Scorer:
 
     def multiple_choice(
         self,
-        items: Sequence[dict[str, Any]],
-        prompt_of: Callable[[dict[str, Any]], Messages] | None = None,
+        items: Sequence[ChoiceItem],
+        prompt_of: Callable[[Any], Messages] | None = None,
         share_prompt: bool = False,
     ) -> tuple[dict[str, float], dict[str, float]]:
         """(item id → 1.0/0.0 correct, item id → probability of the right choice) for ``items``, each asked as
@@ -224,7 +226,7 @@ class Scorer:
             prob[item["id"]] = weights[item["answer"]] / sum(weights)
         return correct, prob
 
-    def passages(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    def passages(self, rows: Sequence[PassageRow]) -> dict[str, float]:
         """Passage id → mean token NLL of its text after the first word (``general_loss``)."""
         pairs: list[Pair] = []
         for row in rows:
@@ -236,7 +238,7 @@ class Scorer:
             if n
         }
 
-    def knowledge(self, probe: Sequence[dict[str, Any]], domain: str | None) -> dict[str, dict[str, float]]:
+    def knowledge(self, probe: Sequence[ProbeItem], domain: str | None) -> dict[str, dict[str, float]]:
         """The knowledge probe's per-item scores (see the module docstring)."""
         from pipelines.retrieval.prompt import ask_messages
 
@@ -256,12 +258,12 @@ class Scorer:
 
     def score(
         self,
-        items: Sequence[dict[str, Any]],
-        heldout_rows: Sequence[dict[str, Any]],
-        probe: Sequence[dict[str, Any]] = (),
+        items: Sequence[ChoiceItem],
+        heldout_rows: Sequence[ChatRow],
+        probe: Sequence[ProbeItem] = (),
         domain: str | None = None,
-        general: Sequence[dict[str, Any]] = (),
-    ) -> dict[str, Any]:
+        general: Sequence[PassageRow] = (),
+    ) -> Scores:
         """``{"metrics": {metric: mean}, "per_item": {metric: {id: score}}}`` for this model."""
         per_item: dict[str, dict[str, float]] = {}
         if heldout_rows:

@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines.contracts import ArxivFetchManifest, IngestSummary, StageManifest
+from pipelines.contracts import ArxivFetchManifest, IngestSummary, PaperRecord, StageManifest
 from pipelines.documents import Document, normalize_text
 from pipelines.ingestion.indexing import Progress, index_staged, summarize
 from pipelines.lake import partition_dir, run_lock, write_atomic, write_json, write_jsonl
@@ -142,23 +142,30 @@ def fetch_announcements(
     return manifest
 
 
-def paper_record(paper: Paper, max_abstract_chars: int = MAX_ABSTRACT_CHARS) -> dict[str, Any]:
+def paper_record(paper: Paper, max_abstract_chars: int = MAX_ABSTRACT_CHARS) -> PaperRecord:
     """The staged record of a paper: every raw field plus the normalised title and embedding text.
 
     An abstract longer than ``max_abstract_chars`` is cut at a word there (``abstract_truncated`` holds its
     full length): a malformed multi-megabyte entry would otherwise become thousands of chunks.
     """
-    rec = paper.to_dict()
     title = normalize_text(paper.title)
     abstract = normalize_text(paper.abstract)
-    if len(abstract) > max_abstract_chars:
-        rec["abstract_truncated"] = len(abstract)
+    full = len(abstract)
+    if full > max_abstract_chars:
         abstract = abstract[:max_abstract_chars].rsplit(" ", 1)[0]
-    rec.update(source=SOURCE, doc_id=paper.arxiv_id, title_clean=title, text=f"{title}. {abstract}")
+    rec: PaperRecord = {
+        **paper.to_dict(),
+        "source": "arxiv",
+        "doc_id": paper.arxiv_id,
+        "title_clean": title,
+        "text": f"{title}. {abstract}",
+    }
+    if full > max_abstract_chars:
+        rec["abstract_truncated"] = full
     return rec
 
 
-def record_document(rec: dict[str, Any]) -> Document:
+def record_document(rec: PaperRecord) -> Document:
     """The vector-store document of a staged arXiv record."""
     return Document(
         source=SOURCE,

@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from pipelines.contracts import ChunkRow, IngestSummary, StageManifest
+from pipelines.contracts import ChunkRow, IngestSummary, LakeRecord, StageManifest
 from pipelines.documents import Chunk, Document, chunk_text, dedupe_documents, published_day
 from pipelines.lake import read_jsonl, write_json
 from pipelines.settings import MAX_CHUNKS_PER_DOC, Settings
@@ -30,6 +30,7 @@ from pipelines.terms import keyword_text
 from pipelines.vectorstore.milvus import FIELD_LIMITS, MilvusStore, fit_id, row_problem
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", bound=LakeRecord)  # a staged record of one source: what its document_of reads
 
 Progress = Callable[[str, int, int | None], None]
 EMBED_BATCH_CHUNKS = 256
@@ -195,7 +196,7 @@ def summarize(stage_manifest: StageManifest, result: IndexSummary | None) -> Ing
 def index_staged(
     settings: Settings,
     stage_manifest: StageManifest,
-    document_of: Callable[[dict[str, Any]], Document],
+    document_of: Callable[[R], Document],
     progress: Progress | None = None,
     embedder_factory: Callable[[], Any] | None = None,
 ) -> IngestSummary:
@@ -213,7 +214,7 @@ def index_staged(
     factory = embedder_factory or default_factory
     from pipelines.ops.metrics import emit_ingest
 
-    docs = [document_of(r) for r in read_jsonl(Path(stage_manifest["uri"]))]
+    docs = [document_of(cast(R, r)) for r in read_jsonl(Path(stage_manifest["uri"]))]
     source = stage_manifest.get("source") or (docs[0].source if docs else "unknown")
     t0 = time.perf_counter()
     with MilvusStore.from_settings(settings) as store:

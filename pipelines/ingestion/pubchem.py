@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.assets import watchlist_rows
-from pipelines.contracts import IngestSummary, PubChemFetchManifest, StageManifest
+from pipelines.contracts import CompoundRecord, IngestSummary, PubChemFetchManifest, StageManifest
 from pipelines.documents import Document
 from pipelines.ingestion.indexing import Progress, index_staged, summarize
 from pipelines.lake import partition_dir, read_jsonl, staged_records, write_json, write_jsonl
@@ -33,6 +33,7 @@ from pipelines.settings import Settings
 from pipelines.sources.mentions import find_mentions
 from pipelines.sources.pubchem import (
     Compound,
+    DescriptionEntry,
     PubChemClient,
     cid_of,
     compound_from,
@@ -168,7 +169,7 @@ def fetch_compounds(
         batch = wanted[i : i + client.batch_size]
         n = i // client.batch_size
         props = client.properties(batch)
-        descs = client.descriptions([r["CID"] for r in props if isinstance(r.get("CID"), int)])
+        descs = client.descriptions([c for r in props if isinstance(c := r.get("CID"), int)])
         write_json(raw / f"properties-{n:04d}.json", {"PropertyTable": {"Properties": props}})
         write_json(
             raw / f"descriptions-{n:04d}.json",
@@ -202,12 +203,12 @@ def fetch_compounds(
     return manifest
 
 
-def _information(cid: int, desc: dict[str, Any]) -> list[dict[str, Any]]:
+def _information(cid: int, desc: DescriptionEntry) -> list[dict[str, object]]:
     # Back to PubChem's own InformationList shape, so the lake keeps the answer's format.
-    out: list[dict[str, Any]] = [{"CID": cid, "Title": desc.get("title", "")}]
+    out: list[dict[str, object]] = [{"CID": cid, "Title": desc["title"]}]
     out += [
         {"CID": cid, "Description": t, "DescriptionSourceName": s, "DescriptionURL": u}
-        for t, s, u in desc.get("descriptions", [])
+        for t, s, u in desc["descriptions"]
     ]
     return out
 
@@ -245,8 +246,8 @@ def stage_compounds(fetch_manifest: PubChemFetchManifest) -> StageManifest:
                 comp = compound_from(row, descs.get(cid) if isinstance(cid, int) else None)
             except (KeyError, ValueError, TypeError) as exc:
                 quarantine.append({"reason": f"unreadable property row: {exc}", "raw": json.dumps(row)})
-                if type(row.get("CID")) is int:
-                    seen.add(row["CID"])  # quarantined under its own reason
+                if isinstance(cid, int) and not isinstance(cid, bool):
+                    seen.add(cid)  # quarantined under its own reason
                 continue
             if comp.cid not in requested:
                 quarantine.append(
@@ -260,8 +261,13 @@ def stage_compounds(fetch_manifest: PubChemFetchManifest) -> StageManifest:
                 continue
             seen.add(comp.cid)
             synonyms = sorted(n for n, cid in fetch_manifest["resolved"].items() if cid == comp.cid)
-            rec = {**comp.to_dict(), "synonyms": synonyms, "source": SOURCE, "doc_id": str(comp.cid)}
-            rec["text"] = compound_text(comp)
+            rec: CompoundRecord = {
+                **comp.to_dict(),
+                "synonyms": synonyms,
+                "source": "pubchem",
+                "doc_id": str(comp.cid),
+                "text": compound_text(comp),
+            }
             records.append(rec)
     # a CID asked for that came back with no usable row is quarantined by name, never lost in silence
     quarantine += [
@@ -286,7 +292,7 @@ def stage_compounds(fetch_manifest: PubChemFetchManifest) -> StageManifest:
     return manifest
 
 
-def record_document(rec: dict[str, Any]) -> Document:
+def record_document(rec: CompoundRecord) -> Document:
     """The vector-store document of a staged compound record."""
     title = rec.get("title") or rec.get("iupac_name") or f"CID {rec['cid']}"
     return Document(

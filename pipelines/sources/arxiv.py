@@ -23,10 +23,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import requests
 
+from pipelines.contracts import PaperFields
 from pipelines.settings import ARXIV_DELAY_S, HTTP_TIMEOUT_S, Settings
 from pipelines.sources.http import (
     MAX_RESPONSE_BYTES,
@@ -120,9 +121,9 @@ class Paper:
     announce_type: str | None = None  # RSS only: new, cross, replace, replace-cross
     url: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> PaperFields:
         """A JSON-serialisable dict of every field."""
-        return asdict(self)
+        return cast(PaperFields, asdict(self))
 
 
 @dataclass

@@ -28,11 +28,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypedDict, cast
 
 import requests
 
+from pipelines.contracts import CompoundFields
 from pipelines.settings import HTTP_TIMEOUT_S, Settings
 from pipelines.sources.http import MAX_RESPONSE_BYTES, PoliteClient, RetryPolicy, SourceError
 
@@ -109,6 +110,31 @@ def parse_throttling(header: str | None) -> dict[str, str]:
     return {k.lower(): v.lower() for k, v in _THROTTLE_RE.findall(header)}
 
 
+class PropertyRow(TypedDict, total=False):
+    """One entry of a ``PropertyTable`` after :func:`parse_properties`, in PubChem's key names. The values are
+    as PubChem sent them (:func:`compound_from` checks them) except the two numbers; an entry that is not an
+    object is ``{"_malformed": <its JSON>}`` (and ``_answer``: what the whole answer was instead)."""
+
+    CID: object
+    Title: object
+    MolecularFormula: object
+    MolecularWeight: float | None
+    IUPACName: object
+    SMILES: object
+    ConnectivitySMILES: object
+    InChIKey: object
+    XLogP: float | None
+    _malformed: str
+    _answer: str
+
+
+class DescriptionEntry(TypedDict):
+    """A compound's title and descriptions from ``/description`` (:func:`parse_descriptions`)."""
+
+    title: str
+    descriptions: list[tuple[str, str, str]]  # (text, source name, source URL)
+
+
 @dataclass(frozen=True)
 class Compound:
     """What the platform keeps of one PubChem compound."""
@@ -125,22 +151,12 @@ class Compound:
     descriptions: tuple[tuple[str, str, str], ...] = ()  # (text, source name, source URL)
     synonyms: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> CompoundFields:
         """A JSON-serialisable dict (the tuples as lists)."""
         out = asdict(self)
         out["descriptions"] = [list(d) for d in self.descriptions]
         out["synonyms"] = list(self.synonyms)
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Compound:
-        """The inverse of :meth:`to_dict` (fields it does not know are ignored; missing ones take defaults)."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in d.items() if k in known}
-        values["cid"] = int(d["cid"])
-        values["descriptions"] = tuple(tuple(x) for x in d.get("descriptions", []))
-        values["synonyms"] = tuple(d.get("synonyms", []))
-        return cls(**values)
+        return cast(CompoundFields, out)
 
 
 def _float(value: Any) -> float | None:
@@ -173,17 +189,18 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _dict(value: Any) -> dict[str, Any]:
+def _dict(value: object) -> dict[str, object]:
+    """``value`` if it is a JSON object, else {}."""
     return value if isinstance(value, dict) else {}
 
 
-def parse_properties(payload: Any) -> list[dict[str, Any]]:
+def parse_properties(payload: object) -> list[PropertyRow]:
     """Rows of a ``PropertyTable``, legacy SMILES keys renamed to the current ones, weight as a float.
 
     An entry that is not an object comes back as ``{"_malformed": <its text>}`` so that staging quarantines it
     instead of the whole answer failing.
     """
-    rows: list[dict[str, Any]] = []
+    rows: list[PropertyRow] = []
     table = _dict(payload).get("PropertyTable")
     if not isinstance(table, dict) or not isinstance(table.get("Properties"), list):
         fault = _dict(_dict(payload).get("Fault"))
@@ -193,7 +210,7 @@ def parse_properties(payload: Any) -> list[dict[str, Any]]:
         if not isinstance(raw, dict):
             rows.append({"_malformed": json.dumps(raw)[:500]})
             continue
-        row = dict(raw)
+        row: dict[str, object] = dict(raw)
         for old, new in LEGACY_SMILES.items():
             if old in row and new not in row:
                 row[new] = row.pop(old)
@@ -201,22 +218,22 @@ def parse_properties(payload: Any) -> list[dict[str, Any]]:
                 row.pop(old, None)
         row["MolecularWeight"] = _float(row.get("MolecularWeight"))
         row["XLogP"] = _float(row.get("XLogP"))
-        rows.append(row)
+        rows.append(cast(PropertyRow, row))  # PubChem's keys, the two numbers checked just above
     return rows
 
 
-def parse_descriptions(payload: Any) -> dict[int, dict[str, Any]]:
+def parse_descriptions(payload: object) -> dict[int, DescriptionEntry]:
     """``InformationList`` of /description as {cid: {"title": ..., "descriptions": [(text, source, url)]}}.
 
     PubChem sends one record with only the Title, then one record per description with its source. Records
     without a usable CID, and titles or descriptions that are not text, are left out (logged): a compound then
     lacks that description, it is not lost.
     """
-    out: dict[int, dict[str, Any]] = {}
+    out: dict[int, DescriptionEntry] = {}
     for info in _list(_dict(_dict(payload).get("InformationList")).get("Information")):
         try:
-            cid = int(_dict(info)["CID"])
-        except (KeyError, TypeError, ValueError):
+            cid = cid_of(_dict(info).get("CID"))
+        except ValueError:
             log.warning("PubChem description record without a usable CID skipped: %s", json.dumps(info)[:200])
             continue
         entry = out.setdefault(cid, {"title": "", "descriptions": []})
@@ -255,18 +272,19 @@ def _json(resp: requests.Response) -> Any:
         ) from None
 
 
-def fault_of(resp: requests.Response) -> dict[str, Any] | None:
+def fault_of(resp: requests.Response) -> dict[str, object] | None:
     """The ``Fault`` object of a PUG REST error answer, or None when the body is not one (e.g. HTML)."""
     try:
         body = resp.json()
     except (ValueError, RecursionError):
         return None
-    return body.get("Fault") if isinstance(body, dict) else None
+    fault = body.get("Fault") if isinstance(body, dict) else None
+    return fault if isinstance(fault, dict) else None
 
 
-def _text(row: dict[str, Any], key: str) -> str:
+def _text(row: PropertyRow, key: str) -> str:
     """A text property; raises ValueError when PubChem sent something else (a list, a number, an object)."""
-    value = row.get(key)
+    value = cast(dict[str, object], row).get(key)
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -274,29 +292,26 @@ def _text(row: dict[str, Any], key: str) -> str:
     return value
 
 
-def compound_from(row: dict[str, Any], desc: dict[str, Any] | None) -> Compound:
+def compound_from(row: PropertyRow, desc: DescriptionEntry | None) -> Compound:
     """A :class:`Compound` from a parsed property row and its description entry; raises KeyError, ValueError or
     TypeError for a row that is not a usable compound (staging quarantines it)."""
-    desc = desc or {}
     if "_malformed" in row:
         what = row.get("_answer") or "property entry is not an object"
         raise ValueError(f"{what}: {row['_malformed'][:200]}")
     if "CID" not in row:
         raise ValueError("property entry has no CID")
     cid = cid_of(row["CID"])
-    for key in ("Title", "MolecularFormula", "IUPACName", "SMILES", "ConnectivitySMILES", "InChIKey"):
-        _text(row, key)
     return Compound(
         cid=cid,
-        title=row.get("Title") or desc.get("title", ""),
-        formula=row.get("MolecularFormula", ""),
+        title=_text(row, "Title") or (desc["title"] if desc else ""),
+        formula=_text(row, "MolecularFormula"),
         weight=row.get("MolecularWeight"),
-        iupac_name=row.get("IUPACName", ""),
-        smiles=row.get("SMILES", ""),
-        connectivity_smiles=row.get("ConnectivitySMILES", ""),
-        inchikey=row.get("InChIKey", ""),
+        iupac_name=_text(row, "IUPACName"),
+        smiles=_text(row, "SMILES"),
+        connectivity_smiles=_text(row, "ConnectivitySMILES"),
+        inchikey=_text(row, "InChIKey"),
         xlogp=row.get("XLogP"),
-        descriptions=tuple(desc.get("descriptions", ())),
+        descriptions=tuple(desc["descriptions"]) if desc else (),
     )
 
 
@@ -364,7 +379,7 @@ class PubChemClient:
             self.throttle_events.append(worst)
             self.limiter.slowdown = new
 
-    def _post(self, path: str, data: dict[str, Any]) -> requests.Response:
+    def _post(self, path: str, data: dict[str, str]) -> requests.Response:
         resp = self.http.post(f"{self.base_url}{path}", data=data)
         if resp.status_code == 404:
             return resp
@@ -392,9 +407,9 @@ class PubChemClient:
                 log.warning("PubChem answered a CID that is not a number for %r: %r", name, c)
         return cids
 
-    def properties(self, cids: Iterable[int]) -> list[dict[str, Any]]:
+    def properties(self, cids: Iterable[int]) -> list[PropertyRow]:
         """Property rows for ``cids`` (batched POSTs); CIDs PubChem does not know are absent."""
-        rows: list[dict[str, Any]] = []
+        rows: list[PropertyRow] = []
         ids = list(dict.fromkeys(int(c) for c in cids))
         for i in range(0, len(ids), self.batch_size):
             batch = ids[i : i + self.batch_size]
@@ -405,9 +420,9 @@ class PubChemClient:
                 rows.extend(parse_properties(_json(resp)))
         return rows
 
-    def descriptions(self, cids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    def descriptions(self, cids: Iterable[int]) -> dict[int, DescriptionEntry]:
         """Titles and descriptions for ``cids`` (batched POSTs)."""
-        out: dict[int, dict[str, Any]] = {}
+        out: dict[int, DescriptionEntry] = {}
         ids = list(dict.fromkeys(int(c) for c in cids))
         for i in range(0, len(ids), self.batch_size):
             resp = self._post(
@@ -422,5 +437,5 @@ class PubChemClient:
         ids = list(dict.fromkeys(int(c) for c in cids))
         rows = self.properties(ids)
         rows = [r for r in rows if isinstance(r.get("CID"), int) and not isinstance(r.get("CID"), bool)]
-        descs = self.descriptions([int(r["CID"]) for r in rows])
-        return [compound_from(r, descs.get(int(r["CID"]))) for r in rows]
+        descs = self.descriptions([cid_of(r["CID"]) for r in rows])
+        return [compound_from(r, descs.get(cid_of(r["CID"]))) for r in rows]

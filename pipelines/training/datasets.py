@@ -40,10 +40,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pipelines.assets import asset
-from pipelines.contracts import DatasetCard
+from pipelines.contracts import CompoundRecord, DatasetCard, LakeRecord, PaperRecord, ProbeItem
 from pipelines.lake import read_jsonl, staged_records, write_json, write_jsonl
 from pipelines.training.knowledge import (
     QA,
@@ -133,8 +133,18 @@ def _has_keyword(text: str, keywords: Iterable[str]) -> bool:
     return any(re.search(r"(?<![\w-])" + re.escape(k.lower()) + r"(?![\w-])", low) for k in keywords)
 
 
-def latest_records(data_dir: Path, source: str, until: datetime | None = None) -> list[dict[str, Any]]:
-    """The newest staged record of each document of ``source`` (staged on or before ``until``)."""
+def latest_papers(data_dir: Path, until: datetime | None = None) -> list[PaperRecord]:
+    """The newest staged arXiv record of each paper (staged on or before ``until``)."""
+    return cast(list[PaperRecord], _latest_records(data_dir, "arxiv", until))
+
+
+def latest_compounds(data_dir: Path, until: datetime | None = None) -> list[CompoundRecord]:
+    """The newest staged PubChem record of each compound (staged on or before ``until``)."""
+    return cast(list[CompoundRecord], _latest_records(data_dir, "pubchem", until))
+
+
+def _latest_records(data_dir: Path, source: str, until: datetime | None) -> list[dict[str, Any]]:
+    # the lake's records.jsonl of a source hold what its stage step wrote: PaperRecord or CompoundRecord
     best: dict[str, tuple[str, dict[str, Any]]] = {}
     for f in staged_records(data_dir, [source], last_day=until.date() if until else None):
         for rec in f.records():
@@ -149,7 +159,7 @@ def _from_qa(rows: Iterable[QA], source: str) -> list[Example]:
     return [Example(q.question, "", q.answer, source, q.doc, q.kind) for q in rows]
 
 
-def paper_examples(rec: dict[str, Any], generator: FactQA | None = None) -> list[Example]:
+def paper_examples(rec: PaperRecord, generator: FactQA | None = None) -> list[Example]:
     """A staged arXiv record's text row, comprehension rows and fact QA rows (``generator``: the teacher,
     or by default the rule-based extractor)."""
     title, abstract = paper_abstract(rec)
@@ -162,7 +172,7 @@ def paper_examples(rec: dict[str, Any], generator: FactQA | None = None) -> list
     return out
 
 
-def compound_examples(rec: dict[str, Any]) -> list[Example]:
+def compound_examples(rec: CompoundRecord) -> list[Example]:
     """A staged PubChem record's facts in several phrasings (see :func:`knowledge.compound_facts`: an extended
     solid gets its empirical formula unit and no SMILES), its IUPAC name, SMILES (molecules only) and its
     first description."""
@@ -319,8 +329,8 @@ def _routed_records(
     until: datetime | None,
     watchlist_domains: dict[str, str],
     router: Router | None,
-) -> Iterator[dict[str, Any]]:
-    papers = latest_records(data_dir, "arxiv", until)
+) -> Iterator[LakeRecord]:
+    papers = latest_papers(data_dir, until)
     if router is not None:  # by meaning: categories plus similarity to each domain's description
         routes = router([(rec["text"], set(rec.get("categories", []))) for rec in papers])
         yield from (rec for rec, to in zip(papers, routes, strict=True) if domain in to)
@@ -330,11 +340,11 @@ def _routed_records(
                 rec["text"], cfg["keywords"]
             ):
                 yield rec
-    for rec in latest_records(data_dir, "pubchem", until):
-        names = [rec.get("title", "")] + list(rec.get("synonyms", []))
+    for comp in latest_compounds(data_dir, until):
+        names = [comp.get("title", "")] + list(comp.get("synonyms", []))
         in_watch = any(watchlist_domains.get(n.lower()) in cfg["watchlist_domains"] for n in names if n)
-        if in_watch or _has_keyword(rec.get("text", ""), cfg["keywords"]):
-            yield rec
+        if in_watch or _has_keyword(comp.get("text", ""), cfg["keywords"]):
+            yield comp
 
 
 def replay_examples(data_dir: Path, domain: str, month: str | None, n: int) -> list[Example]:
@@ -374,8 +384,8 @@ def _is_month(name: str) -> bool:
 
 def month_facts(data_dir: Path, until: datetime | None) -> list[Fact]:
     """The facts of every document staged by ``until``, whatever its domain: the probe's distractor pool."""
-    facts = [f for rec in latest_records(data_dir, "arxiv", until) for f in paper_facts(rec)]
-    return facts + [f for rec in latest_records(data_dir, "pubchem", until) for f in compound_facts(rec)]
+    facts = [f for rec in latest_papers(data_dir, until) for f in paper_facts(rec)]
+    return facts + [f for rec in latest_compounds(data_dir, until) for f in compound_facts(rec)]
 
 
 def probe_items(
@@ -385,14 +395,14 @@ def probe_items(
     held: set[str],
     train_texts: list[str],
     retrieve: Retrieve | None,
-) -> list[dict[str, Any]]:
+) -> list[ProbeItem]:
     """The knowledge probe, one multiple-choice item per line (``id``, ``doc``, ``kind``, ``question``,
     ``choices``, ``answer``, ``passages``): ``closed`` items on the facts of **trained** documents, in a
     phrasing no training row contains; ``open`` items (with ``retrieve``: the passages ``cbnano ask`` shows
     for the question) on trained and held-out documents. Distractors are the same kind of fact from the
     month's other documents (``pool``). A document's methods give one item (the first)."""
     lowered = [t.lower() for t in train_texts]
-    items: list[dict[str, Any]] = []
+    items: list[ProbeItem] = []
     asked: set[tuple[str, str]] = set()
     for fact in facts:
         if (fact.doc, fact.slot) in asked:
@@ -464,7 +474,7 @@ def build_dataset(
     raw: list[Example] = []
     facts: list[Fact] = []
     for rec in _routed_records(domain, domains[domain], data_dir, until, watchlist_domains or {}, router):
-        if rec.get("source") == "pubchem":
+        if rec["source"] == "pubchem":
             raw += compound_examples(rec)
             facts += compound_facts(rec)
         else:

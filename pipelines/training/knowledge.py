@@ -30,6 +30,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pipelines.contracts import ChoiceItem, CompoundRecord, PaperRecord
+
 # Unit tokens a quantity may carry, each optionally with an exponent ("m-1", "cm2"); longest first.
 _UNIT_BASES = (
     "mAh|mA|mW|MW|kW|W|kJ|J|kcal|kWh|eV|meV|mmol|mol|mg|kg|g|MPa|GPa|kPa|Pa|bar|ppm|mS|S|mV|V|"
@@ -202,7 +204,7 @@ def formulas_in(text: str) -> list[str]:
     return out
 
 
-def paper_abstract(rec: dict[str, Any]) -> tuple[str, str]:
+def paper_abstract(rec: PaperRecord) -> tuple[str, str]:
     """(title, abstract) of a staged arXiv record."""
     title = rec["title_clean"]
     text = rec["text"]
@@ -210,7 +212,7 @@ def paper_abstract(rec: dict[str, Any]) -> tuple[str, str]:
     return title, abstract.strip()
 
 
-def paper_facts(rec: dict[str, Any]) -> list[Fact]:
+def paper_facts(rec: PaperRecord) -> list[Fact]:
     """The quantities and methods of a staged arXiv record's abstract."""
     title, abstract = paper_abstract(rec)
     doc = f"arxiv:{rec['doc_id']}"
@@ -243,7 +245,7 @@ def conventional_formula(formula: str) -> str:
     return "".join(el + n for el, n in metals + rest)
 
 
-def compound_facts(rec: dict[str, Any]) -> list[Fact]:
+def compound_facts(rec: CompoundRecord) -> list[Fact]:
     """A staged PubChem record's formula (an extended solid's as its empirical formula unit) and weight."""
     name = rec.get("title") or rec.get("iupac_name")
     if not name:
@@ -471,7 +473,7 @@ def doc_of_item(item_id_: str) -> str:
     return item_id_.split("#", 1)[0]
 
 
-def probe_baselines(items: Sequence[dict[str, Any]]) -> dict[str, float]:
+def probe_baselines(items: Sequence[ChoiceItem]) -> dict[str, float]:
     """Accuracy of answering without a model: ``chance`` (1/len(choices)), ``longest_choice`` and
     ``shortest_choice``. Near chance means the answer's length gives nothing away."""
     if not items:

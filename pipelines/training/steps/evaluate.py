@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from pipelines.contracts import ChatRow, ChoiceItem, EvalGroup, PassageRow, ProbeItem, Scores
 from pipelines.training.steps._common import answer, pick_device
 
 
@@ -61,16 +62,16 @@ def load_base(path: str, device: str, load_in_4bit: bool) -> tuple[Any, Any, str
 
 
 def score_group(
-    group: dict[str, Any],
-    items: list[dict[str, Any]],
-    heldout: list[dict[str, Any]],
+    group: EvalGroup,
+    items: list[ChoiceItem],
+    heldout: list[ChatRow],
     device: str,
     load_in_4bit: bool,
     max_batch_tokens: int,
-    probe: list[dict[str, Any]] | None = None,
+    probe: list[ProbeItem] | None = None,
     domain: str | None = None,
-    general: list[dict[str, Any]] | None = None,
-) -> tuple[dict[str, Any], str]:
+    general: list[PassageRow] | None = None,
+) -> tuple[dict[str, Scores], str]:
     """Scores of every role of one base: ({role: {"metrics", "per_item"}}, dtype name)."""
     from peft import PeftModel
 
@@ -78,7 +79,7 @@ def score_group(
 
     model, tok, dtype = load_base(group["base"], device, load_in_4bit)
     roles: dict[str, str | None] = group["roles"]
-    out: dict[str, Any] = {}
+    out: dict[str, Scores] = {}
     for role in [r for r, a in roles.items() if not a]:  # the bare base first, before any adapter is attached
         out[role] = Scorer(model, tok, device, max_batch_tokens).score(
             items, heldout, probe or [], domain, general or []
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("heldout", "probe")
     )
     t0 = time.perf_counter()
-    roles: dict[str, Any] = {}
+    roles: dict[str, Scores] = {}
     dtype = ""
     for group in spec["groups"]:
         scored, dtype = score_group(
