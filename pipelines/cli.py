@@ -296,25 +296,29 @@ def cmd_search_service(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from pipelines.contracts import StoreStats
     from pipelines.settings import get_settings
     from pipelines.vectorstore.milvus import MilvusStore
 
     settings = get_settings()
     with MilvusStore.from_settings(settings) as store:
-        body = store.stats() if store.exists() else {"sources": {}, "embedding_models": []}
-    out = {
-        "collection": settings.milvus_collection,
-        "milvus_uri": settings.milvus_uri,
-        "embedding_model": settings.embedding_model,
-        **body,
-    }
+        body: StoreStats = store.stats() if store.exists() else {"sources": {}, "embedding_models": []}
     if args.json:
-        _emit(out)
+        _emit(
+            {
+                "collection": settings.milvus_collection,
+                "milvus_uri": settings.milvus_uri,
+                "embedding_model": settings.embedding_model,
+                **body,
+            }
+        )
         return 0
-    print(f"collection {out['collection']} at {out['milvus_uri']} (model {out['embedding_model']})")
-    for src, c in out["sources"].items():
+    print(
+        f"collection {settings.milvus_collection} at {settings.milvus_uri} (model {settings.embedding_model})"
+    )
+    for src, c in body["sources"].items():
         print(f"  {src:<8} {c['documents']:>8} documents {c['chunks']:>9} chunks")
-    if not out["sources"]:
+    if not body["sources"]:
         print("  empty")
     return 0
 

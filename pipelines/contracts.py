@@ -7,7 +7,7 @@ is, so it stays a plain dict at run time while mypy checks every producer and re
 """
 
 # no `from __future__ import annotations` here: TypedDict reads NotRequired from evaluated annotations
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 # ---- ingestion -----------------------------------------------------------------------------------------
 
@@ -121,6 +121,18 @@ class CompoundRecord(CompoundFields):
 LakeRecord = PaperRecord | CompoundRecord
 
 
+class SourceCounts(TypedDict):
+    documents: int
+    chunks: int
+
+
+class StoreStats(TypedDict):
+    """What ``cbnano stats`` prints: per source its documents and chunks, and the embedding models found."""
+
+    sources: dict[str, SourceCounts]
+    embedding_models: list[str]
+
+
 class StageManifest(TypedDict):
     """``stage.json``: the normalised ``records.jsonl`` a run produced and what it set aside."""
 
@@ -189,6 +201,20 @@ class DatasetFiles(TypedDict):
     probe: str  # the knowledge probe
 
 
+class TeacherCounts(TypedDict):
+    used: bool  # a teacher model wrote the fact QA (else the rule-based extractor)
+    kept: int  # its items that survived the checks against the source
+    dropped: int
+
+
+class ProbeCard(TypedDict):
+    items: int
+    closed: int
+    open: int
+    documents: int
+    baselines: dict[str, float]  # chance, longest_choice, shortest_choice
+
+
 class DatasetCard(TypedDict):
     """``dataset_card.json`` of one domain's monthly dataset."""
 
@@ -201,8 +227,8 @@ class DatasetCard(TypedDict):
     validation_documents: int
     by_source: dict[str, int]
     by_kind: dict[str, int]  # training rows by kind (datasets.KINDS); they add up to ``train``
-    teacher: dict[str, Any]  # used, kept, dropped
-    probe: dict[str, Any]  # items, closed, open, documents, baselines (chance, longest/shortest choice)
+    teacher: TeacherCounts
+    probe: ProbeCard
     dropped: dict[str, int]
     bad_internal_lines: list[str]
     tokens: dict[str, float]
@@ -279,6 +305,18 @@ class Scores(TypedDict):
     per_item: dict[str, dict[str, float]]
 
 
+class RatedAnswer(TypedDict):
+    """A rated ``+rag`` answer (the next month's feedback rows, the registry page's flagged answers)."""
+
+    id: str
+    model: str
+    question: str | None
+    answer: str | None
+    sources: list[str]
+    comment: str | None
+    at: str
+
+
 RETRAIN_RESULT_KEYS = ("domain", "version", "published", "reason", "metrics")
 
 
@@ -289,7 +327,7 @@ class RetrainResult(TypedDict):
     version: str | None  # None: the run stopped before a candidate was trained
     published: bool  # production moved to ``version``
     reason: str
-    metrics: dict[str, Any]  # role → metric → mean (a reused candidate: {"candidate": ...})
+    metrics: dict[str, dict[str, float]]  # role → metric → mean (a reused candidate: {"candidate": ...})
 
 
 class RetrainSummary(RetrainResult):
@@ -298,7 +336,7 @@ class RetrainSummary(RetrainResult):
     run_dir: NotRequired[str]
     timings: NotRequired[dict[str, float]]
     train_stats: NotRequired[dict[str, float]]
-    evaluation: NotRequired[dict[str, Any]]
+    evaluation: NotRequired[dict[str, object]]  # where and how it ran (Evaluation less the scores)
     system_a: NotRequired[str]  # the hand-off's state when production moved
 
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 SOURCES = ("arxiv", "pubchem")  # the sources whose runs the lake holds (lab drops live under internal/)
 
@@ -123,12 +123,21 @@ def lock_file(path: Path, wait_s: float, poll_s: float = 0.2) -> int | None:
     return fd
 
 
-def lock_holder(path: Path) -> dict[str, Any]:
+class LockHolder(TypedDict, total=False):
+    """What a :func:`lock_file` holder writes into the lock file."""
+
+    pid: int
+    command: str
+    since: str  # ISO time
+
+
+def lock_holder(path: Path) -> LockHolder:
     """What the current (or last) holder of a :func:`lock_file` lock wrote (empty if nothing readable)."""
     try:
-        return dict(json.loads(Path(path).read_text() or "{}"))
+        who = json.loads(Path(path).read_text() or "{}")
     except (OSError, ValueError):
         return {}
+    return cast(LockHolder, who) if isinstance(who, dict) else {}
 
 
 @contextmanager

@@ -14,11 +14,12 @@ import logging
 from collections import Counter
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
-from pipelines.contracts import INGEST_COUNTS
+from pipelines.contracts import INGEST_COUNTS, RatedAnswer
 from pipelines.lake import run_summaries
 from pipelines.publishing.model_store import ModelStore
+from pipelines.publishing.serving import HandOff
 from pipelines.settings import DOMAINS, Settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,60 @@ METRICS = (
 )
 
 
+class RegistryVersion(TypedDict):
+    """One published version on the registry page."""
+
+    version: str
+    production: bool
+    published_at: str
+    problems: list[str]  # what is wrong with its manifest or files
+    metrics: dict[str, dict[str, float]]  # role → metric → mean (eval.json; else the manifest's candidate's)
+    gate: str  # the gate's reason
+    comparisons: list[dict[str, object]]  # the gate's paired comparisons (evaluation.gate)
+    dataset_sha256: str
+    dataset_examples: dict[str, int | None]  # train, validation
+    dataset_tokens: float | None
+    base_model: str
+    profile: str
+    origin: dict[str, str]  # the Airflow run (dag_id, run_id) or command that made it
+    chart: str | None
+
+
+class RegistryEntry(TypedDict):
+    """One domain on the registry page."""
+
+    domain: str
+    production: str | None
+    versions: list[RegistryVersion]
+    system_a: NotRequired[HandOff]  # the last hand-off's record
+    flagged: NotRequired[list[RatedAnswer]]
+
+
+class Decision(TypedDict):
+    """One retraining run's gate decision."""
+
+    domain: str | None
+    version: str | None
+    publish: bool | None
+    reason: str | None
+    comparisons: list[dict[str, object]]
+    finished_at: str
+    origin: dict[str, str]
+    run_dir: str
+
+
+class IngestionRun(TypedDict):
+    """One ingestion run on the ingestion page."""
+
+    source: str
+    partition: str
+    run: str
+    finished_at: str
+    counts: dict[str, int]
+    quarantine_reasons: dict[str, int]
+    path: str
+
+
 def _json(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; {} when it is missing, unreadable or not an object."""
     try:
@@ -47,10 +102,10 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def model_registry(settings: Settings) -> list[dict[str, Any]]:
+def model_registry(settings: Settings) -> list[RegistryEntry]:
     """Per domain: its production version and every published version with metrics, dataset and origin."""
     store = ModelStore(settings.model_store)
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, RegistryEntry] = {}
     for info in store.versions():
         report = _json(info.path / "eval.json")
         card = _json(info.path / "dataset_card.json")
@@ -88,7 +143,7 @@ def model_registry(settings: Settings) -> list[dict[str, Any]]:
     return [out[d] for d in sorted(out)]
 
 
-def flagged_answers(settings: Settings, limit: int = 20) -> dict[str, list[dict[str, Any]]]:
+def flagged_answers(settings: Settings, limit: int = 20) -> dict[str, list[RatedAnswer]]:
     """Per domain, the newest ``+rag`` answers the lab rated -1 in the gateway (for people to look at); {}
     when the gateway has no database yet or it cannot be read."""
     if not settings.gateway_db and not (Path(settings.home) / "gateway.db").is_file():
@@ -103,7 +158,7 @@ def flagged_answers(settings: Settings, limit: int = 20) -> dict[str, list[dict[
         return {}
 
 
-def _system_a_line(state: dict[str, Any]) -> str:
+def _system_a_line(state: HandOff) -> str:
     """What System A serves for a domain, from the last hand-off's record."""
     if not state:
         return "<p class='muted'>System A: no hand-off recorded</p>"
@@ -124,12 +179,12 @@ def _system_a_line(state: dict[str, Any]) -> str:
     )
 
 
-def retrain_decisions(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
+def retrain_decisions(settings: Settings, limit: int = 20) -> list[Decision]:
     """The newest retraining runs' gate decisions (published or refused), newest first."""
     reports = sorted(
         Path(settings.runs_dir).glob("*/eval.json"), key=lambda p: p.stat().st_mtime, reverse=True
     )
-    out = []
+    out: list[Decision] = []
     for path in reports[:limit]:
         r = _json(path)
         out.append(
@@ -147,9 +202,9 @@ def retrain_decisions(settings: Settings, limit: int = 20) -> list[dict[str, Any
     return out
 
 
-def ingestion_runs(settings: Settings, limit: int = 30) -> list[dict[str, Any]]:
+def ingestion_runs(settings: Settings, limit: int = 30) -> list[IngestionRun]:
     """The newest ingestion runs' reports (``summary.json`` in the lake), with quarantine reasons counted."""
-    out = []
+    out: list[IngestionRun] = []
     for run in run_summaries(settings.data_dir, limit=limit):
         path = run.path
         s = _json(path)
@@ -208,7 +263,7 @@ def _run_link(origin: dict[str, str], airflow_base: str) -> str:
 
 
 def render_registry(
-    registry: list[dict[str, Any]], decisions: list[dict[str, Any]], base: str = "./", airflow_base: str = "/"
+    registry: list[RegistryEntry], decisions: list[Decision], base: str = "./", airflow_base: str = "/"
 ) -> str:
     """The registry page: per domain, versions with base/production/candidate metrics, charts, datasets."""
     parts = []
@@ -289,7 +344,7 @@ def render_registry(
     return _page("CB Nano model registry", "".join(parts), base)
 
 
-def render_ingestion(runs: list[dict[str, Any]], base: str = "./") -> str:
+def render_ingestion(runs: list[IngestionRun], base: str = "./") -> str:
     """The ingestion runs page: counts and quarantine reasons per run."""
     if not runs:
         return _page(

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 import numpy as np
@@ -39,7 +39,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipelines.gateway.store import GatewayStore, GatewayStoreError, Trace
 from pipelines.retrieval.prompt import ask_messages, source_block
-from pipelines.retrieval.search import Searcher, SearchError, parse_query
+from pipelines.retrieval.search import SearchBody, Searcher, SearchError, parse_query
 from pipelines.settings import DOMAINS, Settings
 from pipelines.vectorstore.milvus import VectorStoreError
 
@@ -187,6 +187,44 @@ class Backends:
             self._searcher.close()
 
 
+class SourceRef(TypedDict):
+    """A ``+rag`` answer's source: ``[n]`` in the answer cites it (the completion's ``sources``)."""
+
+    n: int
+    doc_id: str
+    title: str
+    url: str
+
+
+class Usage(TypedDict, total=False):
+    """OpenAI's ``usage`` of a completion, as System A reports it."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ModelList(TypedDict):
+    object: str  # "list"
+    data: list[dict[str, object]]  # {"id", "object": "model", "created", "owned_by"}
+
+
+class EmbeddingList(TypedDict):
+    object: str  # "list"
+    model: str
+    data: list[dict[str, object]]  # {"object": "embedding", "index", "embedding"}
+    usage: Usage
+
+
+class FeedbackAck(TypedDict):
+    id: str
+    rating: int
+    stored: bool
+
+
+Finish = Callable[[int, Usage | None, str | None, str | None], Awaitable[None]]
+
+
 def _last_user(messages: list[dict[str, Any]]) -> str:
     for m in reversed(messages):
         if m.get("role") == "user":
@@ -298,12 +336,12 @@ def create_app(
         except (GatewayStoreError, Exception) as exc:  # noqa: BLE001 - a lost trace must not fail the answer
             log.error("trace %s not recorded: %s", t.id, exc)
 
-    @app.get("/v1/models")
-    async def models(request: Request) -> dict[str, Any]:
+    @app.get("/v1/models", response_model=None)  # the handlers build OpenAI's shapes; no re-validation
+    async def models(request: Request) -> ModelList:
         await user_of(request)
         served = await backends.served()
         names = [n for n in [GENERAL, *DOMAINS] if n in served]
-        data = [
+        data: list[dict[str, object]] = [
             {"id": name + suffix, "object": "model", "created": 0, "owned_by": "cbnano"}
             for name in names
             for suffix in ("", RAG)
@@ -320,7 +358,7 @@ def create_app(
             raise GatewayError(404, f"The model `{model}` does not exist (served: {known})")
         return name, served[name], rag
 
-    def retrieve(question: str) -> tuple[list[str], list[dict[str, Any]]]:
+    def retrieve(question: str) -> tuple[list[str], list[SourceRef]]:
         if not question.strip():
             raise GatewayError(400, "a +rag model needs a question: the last user message is empty")
         try:
@@ -331,7 +369,7 @@ def create_app(
             raise GatewayError(503, f"search is unavailable: {exc}") from None
         blocks = [source_block(n, r.title, r.source, r.doc_id, r.text) for n, r in enumerate(results, 1)]
         sources = [
-            {"n": n, "doc_id": r.doc_id, "title": r.title, "url": r.url} for n, r in enumerate(results, 1)
+            SourceRef(n=n, doc_id=r.doc_id, title=r.title, url=r.url) for n, r in enumerate(results, 1)
         ]
         return blocks, sources
 
@@ -344,7 +382,7 @@ def create_app(
         body = _validate_chat(body, kind)
         name, target, rag = await resolve(body["model"])
         domain = name if name in DOMAINS else None
-        sources: list[dict[str, Any]] = []
+        sources: list[SourceRef] = []
         question = ""
         upstream = {k: v for k, v in body.items() if k not in ("model", "user")}
         upstream["model"] = target
@@ -362,9 +400,7 @@ def create_app(
         record = Trace(user=user, endpoint=endpoint, model=body["model"], status=200, latency_ms=0.0,
                        sources=[s["doc_id"] for s in sources], question=question[:4000] if rag else None)  # fmt: skip
 
-        async def finish(
-            status: int, usage: dict[str, Any] | None, answer: str | None, error: str | None
-        ) -> None:
+        async def finish(status: int, usage: Usage | None, answer: str | None, error: str | None) -> None:
             record.status, record.error = status, error
             record.latency_ms = round((time.perf_counter() - t0) * 1000, 2)
             record.tokens_in = (usage or {}).get("prompt_tokens")
@@ -418,8 +454,8 @@ def create_app(
     async def completions(request: Request) -> Response:
         return await complete(request, "text")
 
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request) -> dict[str, Any]:
+    @app.post("/v1/embeddings", response_model=None)
+    async def embeddings(request: Request) -> EmbeddingList:
         t0 = time.perf_counter()
         user = await user_of(request)
         body = await body_of(request)
@@ -454,8 +490,8 @@ def create_app(
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
-    @app.get("/v1/search")
-    async def search(request: Request) -> dict[str, Any]:
+    @app.get("/v1/search", response_model=None)
+    async def search(request: Request) -> SearchBody:
         t0 = time.perf_counter()
         user = await user_of(request)
         p = request.query_params
@@ -480,8 +516,8 @@ def create_app(
                     sources=[r["doc_id"] for r in results]))  # fmt: skip
         return {"results": results, "mode": answer.mode}
 
-    @app.post("/v1/feedback")
-    async def feedback(request: Request) -> dict[str, Any]:
+    @app.post("/v1/feedback", response_model=None)
+    async def feedback(request: Request) -> FeedbackAck:
         user = await user_of(request)
         body = await body_of(request)
         if not isinstance(body, dict) or not isinstance(body.get("id"), str):
@@ -494,13 +530,13 @@ def create_app(
             raise GatewayError(400, "'comment' must be text of at most 4000 characters")
         if not await run_in_threadpool(store.feedback, body["id"], user, int(rating), comment):
             raise GatewayError(404, f"no completion {body['id']!r}")
-        return {"id": body["id"], "rating": rating, "stored": True}
+        return {"id": body["id"], "rating": int(rating), "stored": True}
 
     @app.get("/health")
     async def health() -> JSONResponse:
         from pipelines.publishing.serving import served_adapter
 
-        checks: dict[str, Any] = {}
+        checks: dict[str, dict[str, object]] = {}
         try:
             await backends.system_a_json("GET", "/health")
             listing = await backends.system_a_json("GET", "/v1/models")
@@ -565,15 +601,15 @@ def _upstream_message(detail: str, status: int) -> str:
 async def _relay(
     resp: httpx.Response,
     completion_id: str,
-    sources: list[dict[str, Any]],
-    finish: Callable[[int, dict[str, Any] | None, str | None, str | None], Awaitable[None]],
+    sources: list[SourceRef],
+    finish: Finish,
     kind: str,
 ) -> AsyncIterator[bytes]:
     """System A's SSE events as they come, with the gateway's completion id, ``sources`` on the last chunk,
     and ``data: [DONE]`` at the end (added if System A's stream ends without it)."""
     held: dict[str, Any] | None = None
     answer: list[str] = []
-    usage: dict[str, Any] | None = None
+    usage: Usage | None = None
     status, error = 200, None
     try:
         async for line in resp.aiter_lines():

@@ -24,10 +24,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import sqlalchemy as sa
 
+from pipelines.contracts import RatedAnswer
 from pipelines.settings import Settings
 
 KEY_PREFIX = "cbn_"
@@ -85,6 +86,34 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+class KeyInfo(TypedDict):
+    """A user with a key, as ``gateway keys list`` shows it (never the key or its hash)."""
+
+    user: str
+    created_at: str
+    last_used_at: str | None
+
+
+class TraceRow(TypedDict):
+    """A recorded request with its feedback, as ``gateway traces`` prints it."""
+
+    id: str
+    at: str
+    user: str
+    endpoint: str
+    model: str
+    status: int
+    latency_ms: float
+    tokens_in: int | None
+    tokens_out: int | None
+    sources: list[str]  # doc ids
+    error: str | None
+    answer: str | None
+    question: str | None
+    rating: int | None
+    comment: str | None
+
+
 @dataclass
 class Trace:
     """One request as the gateway recorded it."""
@@ -103,7 +132,7 @@ class Trace:
     id: str = field(default_factory=lambda: f"cbn-{secrets.token_hex(12)}")
     at: str = field(default_factory=_now)
 
-    def row(self) -> dict[str, Any]:
+    def row(self) -> dict[str, object]:
         """The table row."""
         out = asdict(self)
         out["sources"] = json.dumps(self.sources)
@@ -171,13 +200,13 @@ class GatewayStore:
             if conn.execute(KEYS.delete().where(KEYS.c.user == user)).rowcount == 0:
                 raise GatewayStoreError(f"{user} has no key")
 
-    def keys(self) -> list[dict[str, Any]]:
+    def keys(self) -> list[KeyInfo]:
         """Users with a key: name, created, last used (never a key or a hash)."""
         with self._begin() as conn:
             rows = conn.execute(
                 sa.select(KEYS.c.user, KEYS.c.created_at, KEYS.c.last_used_at).order_by(KEYS.c.user)
             )
-            return [dict(r._mapping) for r in rows]
+            return [KeyInfo(user=r.user, created_at=r.created_at, last_used_at=r.last_used_at) for r in rows]
 
     def has_keys(self) -> bool:
         """True when at least one user has a key."""
@@ -248,7 +277,7 @@ class GatewayStore:
             self._writer.join(10)
         self.engine.dispose()
 
-    def traces(self, since: str = "", limit: int = 1000) -> list[dict[str, Any]]:
+    def traces(self, since: str = "", limit: int = 1000) -> list[TraceRow]:
         """Traces at or after ``since`` (ISO date or time), oldest first, with their feedback if any."""
         query = (
             sa.select(TRACES, FEEDBACK.c.rating, FEEDBACK.c.comment)
@@ -259,11 +288,11 @@ class GatewayStore:
         )
         self.flush()
         with self._begin() as conn:
-            out = []
+            out: list[TraceRow] = []
             for r in conn.execute(query):
                 row = dict(r._mapping)
                 row["sources"] = json.loads(row["sources"] or "[]")
-                out.append(row)
+                out.append(cast(TraceRow, row))  # the TRACES columns and the two of FEEDBACK
             return out
 
     def feedback(self, trace_id: str, user: str, rating: int, comment: str = "") -> bool:
@@ -280,7 +309,7 @@ class GatewayStore:
             )
         return True
 
-    def rated(self, model_prefix: str, rating: int) -> list[dict[str, Any]]:
+    def rated(self, model_prefix: str, rating: int) -> list[RatedAnswer]:
         """``+rag`` answers of a model rated ``rating`` (question, answer, sources, comment)."""
         query = (
             sa.select(TRACES.c.id, TRACES.c.model, TRACES.c.question, TRACES.c.answer, TRACES.c.sources,
@@ -291,5 +320,9 @@ class GatewayStore:
         )  # fmt: skip
         with self._begin() as conn:
             return [
-                dict(r._mapping) | {"sources": json.loads(r.sources or "[]")} for r in conn.execute(query)
-            ]
+                RatedAnswer(
+                    id=r.id, model=r.model, question=r.question, answer=r.answer,
+                    sources=json.loads(r.sources or "[]"), comment=r.comment, at=r.at,
+                )
+                for r in conn.execute(query)
+            ]  # fmt: skip

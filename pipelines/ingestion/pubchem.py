@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from pipelines.assets import watchlist_rows
 from pipelines.contracts import CompoundRecord, IngestSummary, PubChemFetchManifest, StageManifest
@@ -54,16 +54,21 @@ def load_watchlist(path: Path | None = None) -> list[str]:
     return [row["name"] for row in watchlist_rows(path)]
 
 
+class CachedName(TypedDict):
+    cids: list[int]  # [] = PubChem knows no compound by that name
+    at: str  # when PubChem answered (ISO time)
+
+
 class NameCache:
     """name (lower-case) → CIDs with the time of the answer, kept as JSON under ``CBNANO_HOME/pubchem``."""
 
     def __init__(self, path: Path, now: datetime | None = None) -> None:
         self.path = path
         self.now = now or datetime.now(UTC)
-        self.entries: dict[str, dict[str, Any]] = self._load(path)
+        self.entries: dict[str, CachedName] = self._load(path)
 
     @staticmethod
-    def _load(path: Path) -> dict[str, dict[str, Any]]:
+    def _load(path: Path) -> dict[str, CachedName]:
         """The cached answers; a cache that cannot be read is set aside (``.corrupt``) and started afresh, and
         an entry of the wrong shape is dropped: the names are only asked again."""
         if not path.is_file():
@@ -77,7 +82,7 @@ class NameCache:
             log.warning("PubChem name cache %s is unreadable (%s): set aside as %s", path, exc, aside.name)
             path.replace(aside)
             return {}
-        good = {}
+        good: dict[str, CachedName] = {}
         for name, entry in raw.items():
             try:
                 cids = [cid_of(c) for c in entry["cids"]]

@@ -47,7 +47,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from pipelines.lake import sha256_file, write_json
 
@@ -62,6 +62,28 @@ class ModelStoreError(RuntimeError):
     """A refused or failed store operation; the message says which domain/version and why."""
 
 
+class HistoryEntry(TypedDict):
+    """One line of ``<domain>/history.jsonl``."""
+
+    at: str
+    action: str  # publish, promote, rollback, delete
+    version: str
+    actor: str
+    reason: str
+
+
+class VersionDict(TypedDict):
+    """A version as ``cbnano models list --json`` prints it."""
+
+    domain: str
+    version: str
+    path: str
+    production: bool
+    published_at: str
+    metrics: dict[str, float]
+    problems: list[str]
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     """One published version as ``cbnano models list`` shows it."""
@@ -71,10 +93,10 @@ class VersionInfo:
     path: Path
     production: bool
     published_at: str
-    metrics: dict[str, Any]
+    metrics: dict[str, float]  # the candidate's, from the manifest
     problems: tuple[str, ...] = ()  # filled by ModelStore.versions(verify=True) and unreadable manifests
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> VersionDict:
         """JSON-friendly form."""
         return {
             "domain": self.domain,
@@ -299,7 +321,7 @@ class ModelStore:
             self._point(domain, version, "rollback", actor, reason, allow_test_models)
         return version
 
-    def history(self, domain: str) -> list[dict[str, Any]]:
+    def history(self, domain: str) -> list[HistoryEntry]:
         """Every readable recorded action of a domain, oldest first (unreadable lines, e.g. one torn by a
         crash mid-write, are skipped; :meth:`check` reports them)."""
         return self._read_history(domain)[0]
@@ -307,11 +329,12 @@ class ModelStore:
     def _history_problems(self, domain: str) -> list[str]:
         return self._read_history(domain)[1]
 
-    def _read_history(self, domain: str) -> tuple[list[dict[str, Any]], list[str]]:
+    def _read_history(self, domain: str) -> tuple[list[HistoryEntry], list[str]]:
         path = self._domain(domain) / "history.jsonl"
         if not path.is_file():
             return [], []
-        entries, problems = [], []
+        entries: list[HistoryEntry] = []
+        problems: list[str] = []
         for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").split("\n"), 1):
             if not line.strip():
                 continue
@@ -319,7 +342,7 @@ class ModelStore:
                 entry = json.loads(line)
                 if not isinstance(entry, dict) or "action" not in entry or "version" not in entry:
                     raise ValueError("not an action record")
-                entries.append(entry)
+                entries.append(cast(HistoryEntry, entry))  # what _log wrote (at, action, version, ...)
             except ValueError as exc:
                 problems.append(f"history.jsonl line {n} is unreadable ({exc}); skipped")
         return entries, problems
@@ -467,7 +490,7 @@ class ModelStore:
     def _log(self, domain: str, action: str, version: str, actor: str = "", reason: str = "") -> None:
         path = self._domain(domain) / "history.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        entry = {
+        entry: HistoryEntry = {
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "action": action,
             "version": version,

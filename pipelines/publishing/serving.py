@@ -34,7 +34,7 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from pipelines.lake import write_json
 from pipelines.publishing.model_store import ModelStore
@@ -211,13 +211,29 @@ def served_adapter(settings: Settings, domain: str, store: ModelStore | None = N
     )
 
 
-def serving_state(settings: Settings, domain: str) -> dict[str, Any]:
+class HandOff(TypedDict, total=False):
+    """A hand-off's outcome, kept as ``<domain>/serving.json`` (see :func:`hand_off`)."""
+
+    domain: str
+    state: str  # confirmed, failed, not_configured, no_production
+    version: str
+    path: str  # the adapter's path as System A sees it
+    system_a: str  # its URL
+    action: str  # already loaded, loaded, replaced, unloaded and loaded
+    confirmed_at: str
+    attempted_at: str
+    error: str
+    confirmed: HandOff  # a failed hand-off: the last confirmed one (empty if none)
+
+
+def serving_state(settings: Settings, domain: str) -> HandOff:
     """What ``serving.json`` says about the domain on System A (empty before the first hand-off)."""
     path = Path(settings.model_store) / domain / STATE_FILE
     try:
-        return dict(json.loads(path.read_text()))
+        state = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return cast(HandOff, state) if isinstance(state, dict) else {}
 
 
 def _now() -> str:
@@ -226,7 +242,7 @@ def _now() -> str:
 
 def hand_off(
     settings: Settings, domain: str, client: VLLMClient | None = None, alert: bool = True
-) -> dict[str, Any]:
+) -> HandOff:
     """Make System A serve ``domain``'s production adapter under the domain's name; returns the outcome.
 
     ``state`` is ``confirmed`` (System A lists the adapter from the production path), ``failed`` (with
@@ -249,7 +265,7 @@ def hand_off(
         return {"domain": domain, "state": "no_production"}
     client = client or client_for(settings)
     previous = serving_state(settings, domain)
-    outcome: dict[str, Any] = {
+    outcome: HandOff = {
         "domain": domain,
         "version": target.version,
         "path": target.path,
@@ -276,16 +292,19 @@ def hand_off(
                 raise SystemAError(
                     f"System A at {client.url} lists {domain} from {now!r} after loading {target.path}"
                 )
-        outcome.update(state="confirmed", action=action, confirmed_at=_now())
+        outcome.update({"state": "confirmed", "action": action, "confirmed_at": _now()})
         log.info("System A serves %s %s (%s)", domain, target.version, action)
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, production already moved: record and alert
         if not isinstance(exc, SystemAError):
             exc = SystemAError(f"{type(exc).__name__}: {exc}")
         outcome.update(
-            state="failed",
-            error=str(exc),
-            attempted_at=_now(),
-            confirmed=previous.get("confirmed") or (previous if previous.get("state") == "confirmed" else {}),
+            {
+                "state": "failed",
+                "error": str(exc),
+                "attempted_at": _now(),
+                "confirmed": previous.get("confirmed")
+                or (previous if previous.get("state") == "confirmed" else {}),
+            }
         )
         log.warning("hand-off of %s %s to System A failed: %s", domain, target.version, exc)
         if alert:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from pipelines.retrieval.prompt import ask_messages, source_block
 from pipelines.retrieval.search import Result, Searcher, parse_query
@@ -60,9 +60,29 @@ def _local_model(settings: Settings, domain: str | None) -> tuple[Path, str]:
     return Path(base.path), f"base {base.name}"
 
 
+class Source(TypedDict):
+    """A source an answer cites: ``[n]`` in the answer is the n-th of the list."""
+
+    doc_id: str
+    title: str
+    url: str
+
+
+class AskAnswer(TypedDict):
+    """What :func:`ask` returns (and ``cbnano ask --json`` prints)."""
+
+    answer: str
+    sources: list[Source]
+    model: str
+    answered_by: str  # "system_a" or "local"
+    new_tokens: NotRequired[int]  # local answers: what the training environment's generate step reports
+    prompt_tokens: NotRequired[int]
+    seconds: NotRequired[float]
+
+
 def ask(
     settings: Settings, question: str, domain: str | None = None, top_k: int = 5, max_tokens: int = 256
-) -> dict[str, Any]:
+) -> AskAnswer:
     """Retrieve, prompt, answer (System A, or locally without it); see the module docstring."""
     from pipelines.settings import DOMAINS
 
@@ -71,7 +91,7 @@ def ask(
     with Searcher.from_settings(settings) as searcher:
         results = searcher.search(parse_query(question, top_k=top_k)).results
     messages = build_messages(question, results, domain)
-    sources = [{"doc_id": r.doc_id, "title": r.title, "url": r.url} for r in results]
+    sources = [Source(doc_id=r.doc_id, title=r.title, url=r.url) for r in results]
     if settings.system_a_url:
         from pipelines.publishing.serving import SystemAError, client_for
 

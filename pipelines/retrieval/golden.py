@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pipelines.assets import asset
 from pipelines.documents import Document
@@ -97,11 +97,19 @@ def ndcg_at(ranked: Sequence[str], relevant: Sequence[str], k: int = 10) -> floa
     return dcg / ideal
 
 
+class GoldenReport(TypedDict):
+    """The golden-set evaluation: mode → query kind (and ``all``) → metric → value, and query id → mode → its
+    top ten document ids."""
+
+    metrics: dict[str, dict[str, dict[str, float]]]
+    rankings: dict[str, dict[str, list[str]]]
+
+
 def evaluate(
     rank: Callable[[str, str], list[str]], queries: Sequence[GoldenQuery], modes: Sequence[str]
-) -> dict[str, Any]:
+) -> GoldenReport:
     """Metrics per mode and kind (``all`` too), and each query's ranked ids: ``rank(query, mode)`` → ids."""
-    report: dict[str, Any] = {"metrics": {}, "rankings": {}}
+    report: GoldenReport = {"metrics": {}, "rankings": {}}
     for mode in modes:
         per_kind: dict[str, list[tuple[float, float, float]]] = {}
         for q in queries:
@@ -126,7 +134,7 @@ def evaluate(
     return report
 
 
-def hybrid_verdict(metrics: dict[str, Any]) -> list[str]:
+def hybrid_verdict(metrics: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     """What the platform asks of hybrid search against dense, as failures (empty: both hold): beat dense on
     identifier queries, and not lose to it on paraphrases (MRR@10 on the golden set)."""
     out = []
@@ -140,7 +148,7 @@ def hybrid_verdict(metrics: dict[str, Any]) -> list[str]:
 
 def evaluate_golden(
     settings: Settings, modes: Sequence[str] = ("dense", "keyword", "hybrid")
-) -> dict[str, Any]:
+) -> GoldenReport:
     """Index the golden corpus into the configured collection (the platform's own indexing path) and
     evaluate ``modes`` on the golden queries; returns :func:`evaluate`'s report."""
     from pipelines.embedding.minilm import DIMENSION, get_embedder

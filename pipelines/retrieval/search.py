@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pipelines.settings import Settings
 from pipelines.terms import keyword_terms
@@ -110,6 +110,27 @@ def parse_query(
     )
 
 
+class ResultDict(TypedDict):
+    """One result as ``cbnano search --json`` and the search service and gateway show it."""
+
+    doc_id: str
+    chunk_id: str
+    title: str
+    source: str
+    score: float
+    url: str
+    published: str
+    snippet: str
+    ranks: dict[str, int]  # ranker → the document's rank in it
+
+
+class SearchBody(TypedDict):
+    """The body of ``GET /search`` (search service) and ``GET /v1/search`` (gateway)."""
+
+    results: list[ResultDict]
+    mode: str
+
+
 @dataclass(frozen=True)
 class Result(Hit):
     """One document found: its best chunk, the score (see :class:`Answer`), a snippet of the chunk, and the
@@ -118,7 +139,7 @@ class Result(Hit):
     snippet: str = ""
     ranks: dict[str, int] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ResultDict:
         """The JSON shape of ``cbnano search --json`` and of the search service's results."""
         return {
             "doc_id": self.doc_id,

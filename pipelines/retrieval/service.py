@@ -34,7 +34,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from pipelines.retrieval.search import DEFAULT_MODE, Searcher, SearchError, parse_query
+from pipelines.retrieval.search import DEFAULT_MODE, SearchBody, Searcher, SearchError, parse_query
 from pipelines.settings import Settings
 from pipelines.vectorstore.milvus import VectorStoreError
 
@@ -155,7 +155,7 @@ def create_app(settings: Settings, open_searcher: Callable[[], Searcher] | None 
             return JSONResponse({"status": "unavailable", "detail": str(exc)[:300]}, status_code=503)
         return JSONResponse({"status": "ok", "corpus": True})
 
-    @app.get("/search", dependencies=[Depends(authorized)])
+    @app.get("/search", dependencies=[Depends(authorized)], response_model=None)  # a dict, not re-validated
     def search(
         q: str = Query(..., description="what to look for"),
         k: int = 5,
@@ -164,7 +164,7 @@ def create_app(settings: Settings, open_searcher: Callable[[], Searcher] | None 
         category: str | None = None,
         since: str | None = None,
         until: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> SearchBody:
         query = parse_query(q, top_k=k, mode=mode, source=source, category=category, since=since, until=until)
         answer = searcher().search(query)
         return {"results": [r.to_dict() for r in answer.results], "mode": answer.mode}

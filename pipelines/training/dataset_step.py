@@ -20,9 +20,9 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-from pipelines.contracts import DatasetCard
+from pipelines.contracts import DatasetCard, RatedAnswer
 from pipelines.lake import write_json
 from pipelines.settings import Settings
 from pipelines.training.datasets import DatasetTooSmall, Retrieve, build_dataset
@@ -81,7 +81,18 @@ def fact_generator(settings: Settings) -> FactQA | None:
     return Teacher(settings.teacher_url, settings.teacher_model, settings.teacher_token)
 
 
-def build_month(settings: Settings, spec: dict[str, Any]) -> DatasetCard:
+class DatasetSpec(TypedDict):
+    """What the child builds: one domain's month, tokenized with the base's tokenizer."""
+
+    domain: str
+    month: str
+    tokenizer: str  # the base's tokenizer.json
+    eval_texts: list[str]  # the evaluation items' text, kept out of the training rows
+    max_tokens: int
+    watchlist_domains: dict[str, str]  # compound name (lower-case) → its domain
+
+
+def build_month(settings: Settings, spec: DatasetSpec) -> DatasetCard:
     """Build the month's dataset the spec describes (see module docstring); returns the card."""
     domain, month = spec["domain"], spec["month"]
     router = paper_router(settings)
@@ -104,7 +115,7 @@ def build_month(settings: Settings, spec: dict[str, Any]) -> DatasetCard:
         )
 
 
-def rated_answers(settings: Settings, domain: str, month: str) -> list[dict[str, Any]]:
+def rated_answers(settings: Settings, domain: str, month: str) -> list[RatedAnswer]:
     """The domain's ``+rag`` answers rated +1 in the gateway during ``month`` (``CBNANO_FEEDBACK_ROWS=1``)."""
     from pipelines.gateway.store import GatewayStore
 
@@ -115,7 +126,7 @@ def rated_answers(settings: Settings, domain: str, month: str) -> list[dict[str,
     ]
 
 
-def build_in_child(settings: Settings, spec: dict[str, Any], timeout_s: float = 6 * 3600) -> DatasetCard:
+def build_in_child(settings: Settings, spec: DatasetSpec, timeout_s: float = 6 * 3600) -> DatasetCard:
     """Run :func:`build_month` in a child process (same interpreter, same environment); returns the card.
     Raises DatasetTooSmall with the child's reason, RuntimeError when the child fails."""
     path = settings.data_dir / "datasets" / spec["domain"] / f"{spec['month']}.spec.json"

@@ -40,10 +40,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 from pipelines.assets import asset
-from pipelines.contracts import CompoundRecord, DatasetCard, LakeRecord, PaperRecord, ProbeItem
+from pipelines.contracts import CompoundRecord, DatasetCard, LakeRecord, PaperRecord, ProbeItem, RatedAnswer
 from pipelines.lake import read_jsonl, staged_records, write_json, write_jsonl
 from pipelines.training.knowledge import (
     QA,
@@ -111,7 +111,16 @@ def domains_file() -> Path:
     return asset("include", "domains.yaml")
 
 
-def load_domains(path: Path | None = None) -> dict[str, dict[str, Any]]:
+class DomainRoute(TypedDict):
+    """What routes documents to a domain (``include/domains.yaml``)."""
+
+    description: str  # what the router compares papers with, by meaning
+    categories: set[str]  # arXiv categories
+    keywords: list[str]  # whole words, without an embedding model
+    watchlist_domains: set[str]  # the compound watchlist's domains that feed it
+
+
+def load_domains(path: Path | None = None) -> dict[str, DomainRoute]:
     """The routing config (default :func:`domains_file`): {domain: {description, categories, keywords,
     watchlist_domains}}."""
     import yaml
@@ -282,7 +291,7 @@ def internal_examples(folder: Path) -> tuple[list[Example], list[str]]:
 _CITATION = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
 
 
-def feedback_examples(rated: Iterable[dict[str, Any]]) -> list[Example]:
+def feedback_examples(rated: Iterable[RatedAnswer]) -> list[Example]:
     """Rows from the gateway's positively rated ``+rag`` answers (``question``, ``answer``, ``id``): the question
     and the answer without its ``[n]`` citations, which name sources the training row does not show."""
     out = []
@@ -324,7 +333,7 @@ Router = Callable[[list[tuple[str, set[str]]]], list[list[str]]]  # (text, categ
 
 def _routed_records(
     domain: str,
-    cfg: dict[str, Any],
+    cfg: DomainRoute,
     data_dir: Path,
     until: datetime | None,
     watchlist_domains: dict[str, str],
@@ -447,7 +456,7 @@ def build_dataset(
     min_validation_docs: int = 3,  # the gate decides on trained documents; held out: secondary figures
     ngram: int = 8,
     watchlist_domains: dict[str, str] | None = None,
-    domains: dict[str, dict[str, Any]] | None = None,
+    domains: dict[str, DomainRoute] | None = None,
     generator: FactQA | None = None,
     replay_share: float = 0.2,
     retrieve: Retrieve | None = None,
@@ -455,7 +464,7 @@ def build_dataset(
     min_probe_documents: int = 2,
     router: Router | None = None,
     embed: Callable[[list[str]], Any] | None = None,
-    feedback: Sequence[dict[str, Any]] = (),
+    feedback: Sequence[RatedAnswer] = (),
 ) -> DatasetCard:
     """Build and write one domain's dataset (see module docstring); returns the dataset card.
 

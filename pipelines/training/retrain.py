@@ -44,7 +44,7 @@ from pipelines.publishing.release import register_candidate
 from pipelines.settings import TEST_PROFILES, Settings
 from pipelines.training.base_models import BaseModel, locate_base, resolve_base
 from pipelines.training.configs import config_hash, render_config, validate_in_train_env, write_config
-from pipelines.training.dataset_step import build_in_child
+from pipelines.training.dataset_step import DatasetSpec, build_in_child
 from pipelines.training.knowledge import probe_baselines
 from pipelines.training.runner import (
     Log,
@@ -102,7 +102,7 @@ def prepare_dataset(
     items = load_items(eval_items_path(domain))
     eval_texts = [it["question"] + " " + " ".join(it["choices"]) for it in items]
     sequence_len = int(render_config(profile, domain, {"base_model": str(base.path)})["sequence_len"])
-    spec = {
+    spec: DatasetSpec = {
         "domain": domain,
         "month": month,
         "tokenizer": str(base.path / "tokenizer.json"),
@@ -323,7 +323,7 @@ def publish_candidate(
     evaluation, decision = verdict.evaluation, verdict.decision
     result = candidate.result
     # where and how the evaluation ran (device, dtype, seconds, peak memory, the item and held-out files)
-    ran: dict[str, Any] = {k: v for k, v in evaluation.items() if k not in ("metrics", "per_item")}
+    ran: dict[str, object] = {k: v for k, v in evaluation.items() if k not in ("metrics", "per_item")}
     report: dict[str, Any] = {
         "domain": plan.domain,
         "version": plan.version,

@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from pipelines.lake import lock_file, lock_holder, write_atomic
+from pipelines.lake import LockHolder, lock_file, lock_holder, write_atomic
 from pipelines.settings import MILVUS_LITE_IDLE_S
 
 POLL_S = 0.2
@@ -90,7 +90,7 @@ def state_path(path: str) -> Path:
     return _beside(str(Path(path).resolve()), "cbnano-server.json")
 
 
-def holder(path: str) -> dict[str, object]:
+def holder(path: str) -> LockHolder:
     """What the current (or last) owner of the file wrote into the lock file (empty if nothing readable)."""
     return lock_holder(lock_path(path))
 

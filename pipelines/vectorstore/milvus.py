@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.contracts import ChunkRow
+from pipelines.contracts import ChunkRow, StoreStats
 from pipelines.documents import published_day
 from pipelines.settings import MILVUS_LITE_IDLE_S, MILVUS_LOCK_WAIT_S, Settings
 from pipelines.terms import keyword_text
@@ -599,7 +599,7 @@ class MilvusStore:
         res = self._ready().query(self.collection, filter=flt, output_fields=["count(*)"])
         return int(res[0]["count(*)"])
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> StoreStats:
         """Documents and chunks per source, and the embedding models found in the collection."""
         per_source: dict[str, dict[str, Any]] = defaultdict(lambda: {"documents": set(), "chunks": 0})
         models: set[str] = set()
