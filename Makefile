@@ -10,26 +10,41 @@ TRAIN_STAMP := $(TRAIN_VENV)/.installed-stamp
 export CBNANO_HOME ?= $(CURDIR)/var
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup setup-train system-deps demo test test-unit test-dags test-integration test-milvus-server test-cluster test-browser lint format check bench airflow clean
+.PHONY: setup setup-train lock system-deps demo test test-unit test-dags test-integration test-milvus-server test-cluster test-browser lint format check bench airflow clean
 
-setup: $(STAMP) $(TRAIN_STAMP)  ## create .venv (Airflow + ingestion) and .venv-train (axolotl); idempotent
+setup: $(STAMP) $(TRAIN_STAMP)  ## create .venv (Airflow + ingestion) and .venv-train (axolotl) from the lock files; idempotent
 
-$(STAMP): pyproject.toml
+# Both environments are installed from lock files (requirements/*.lock: every package pinned, what the last
+# green run used) with uv, which installs them in a fraction of pip's time. uv does not read pip's
+# configuration, so scripts/uv_sources.py hands it the same indexes and wheel folders (the CPU torch wheel).
+UV_VERSION := 0.13.9
+UV := $(BIN)/uv
+UV_SOURCES = $(shell $(PY) scripts/uv_sources.py)
+
+$(UV):
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch pinned first: the CPU wheel on these machines; any other request pulls a multi-GB CUDA build
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[airflow,system-b,system-c,dev]'
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml requirements/main.lock | $(UV)
+	$(UV) pip install -q --python $(BIN)/python $(UV_SOURCES) -r requirements/main.lock
+	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $@
 
 setup-train: $(TRAIN_STAMP)  ## create .venv-train with axolotl 0.19.0 (its pins cannot share Airflow's env)
 
-$(TRAIN_STAMP): requirements-train.txt
+$(TRAIN_STAMP): requirements/train.lock | $(UV)
 	@test -x $(TRAIN_VENV)/bin/python || $(PY) -m venv $(TRAIN_VENV)
-	$(TRAIN_VENV)/bin/python -m pip install -q --upgrade pip
-	$(TRAIN_VENV)/bin/python -m pip install -q torch==2.13.0
-	$(TRAIN_VENV)/bin/python -m pip install -q -r requirements-train.txt
+	$(UV) pip install -q --python $(TRAIN_VENV)/bin/python $(UV_SOURCES) -r requirements/train.lock
 	@touch $@
+
+# Re-resolve both lock files from pyproject.toml and requirements-train.txt (newest allowed versions), then
+# `make setup` installs them; commit the lock files with the change that needed them once `make test` passes.
+lock: | $(UV)  ## re-resolve requirements/main.lock and requirements/train.lock
+	$(UV) pip compile -q pyproject.toml --extra airflow --extra system-b --extra system-c --extra dev \
+		--python-version 3.11 $(UV_SOURCES) --annotation-style line --custom-compile-command "make lock" \
+		-o requirements/main.lock
+	$(UV) pip compile -q requirements-train.txt --python-version 3.11 $(UV_SOURCES) --annotation-style line \
+		--custom-compile-command "make lock" -o requirements/train.lock
 
 system-deps:  ## Debian's postgresql, redis-server and chromium, which the cluster and browser tiers start
 	bash scripts/system_deps.sh

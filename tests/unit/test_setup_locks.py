@@ -1,0 +1,83 @@
+"""The lock files `make setup` installs agree with what the project asks for, and uv gets pip's sources."""
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from uv_sources import uv_options  # noqa: E402
+
+
+def pins(lock: Path) -> dict[str, Version]:
+    out = {}
+    for line in lock.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9._-]+)==([^\s;]+)", line)
+        assert m, f"{lock.name}: {line!r} is not an exact pin"
+        out[canonicalize_name(m[1])] = Version(m[2])
+    return out
+
+
+def requirements_of(lines: list[str]) -> list[Requirement]:
+    return [Requirement(x) for x in (ln.split("#", 1)[0].strip() for ln in lines) if x]
+
+
+def assert_locked(reqs: list[Requirement], locked: dict[str, Version], lock: str) -> None:
+    for req in reqs:
+        name = canonicalize_name(req.name)
+        assert name in locked, f"{req} is not in {lock}: run `make lock`"
+        assert req.specifier.contains(locked[name], prereleases=True), (
+            f"{lock} pins {name}=={locked[name]}, which {req} does not allow: run `make lock`"
+        )
+
+
+def test_the_main_lock_pins_every_requirement_of_pyproject_within_its_range():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = requirements_of(project["dependencies"])
+    for extra in ("airflow", "system-b", "system-c", "dev"):  # what `make setup` installs
+        reqs += requirements_of(project["optional-dependencies"][extra])
+    locked = pins(ROOT / "requirements" / "main.lock")
+    assert_locked(reqs, locked, "main.lock")
+    assert str(locked["torch"]) == "2.13.0+cpu"  # the CPU build: any other torch is a multi-GB CUDA one
+
+
+def test_the_training_lock_pins_every_requirement_of_requirements_train():
+    reqs = requirements_of((ROOT / "requirements-train.txt").read_text().splitlines())
+    locked = pins(ROOT / "requirements" / "train.lock")
+    assert_locked(reqs, locked, "train.lock")
+    assert str(locked["torch"]) == "2.13.0+cpu" and str(locked["axolotl"]) == "0.19.0"
+
+
+def test_a_requirement_outside_the_lock_or_its_range_is_caught():
+    locked = {"torch": Version("2.13.0+cpu")}
+    with pytest.raises(AssertionError, match="make lock"):
+        assert_locked([Requirement("torch==2.14.0")], locked, "x.lock")
+    with pytest.raises(AssertionError, match="not in x.lock"):
+        assert_locked([Requirement("numpy>=1")], locked, "x.lock")
+    assert_locked([Requirement("torch==2.13.0")], locked, "x.lock")  # a local build satisfies its version
+
+
+def test_uv_gets_the_sources_pip_is_configured_with():
+    config = {
+        "extra-index-url": "file:///opt/pypi/simple file:///opt/pypi-more/simple",
+        "find-links": "/opt/wheels",
+        "cert": "/etc/ssl/certs/ca-certificates.crt",  # not a source: left out
+    }
+    assert uv_options(config) == [
+        "--extra-index-url", "file:///opt/pypi/simple",
+        "--extra-index-url", "file:///opt/pypi-more/simple",
+        "--find-links", "/opt/wheels",
+        "--index-strategy", "unsafe-best-match",
+    ]  # fmt: skip
+    assert uv_options({}) == ["--index-strategy", "unsafe-best-match"]
