@@ -20,6 +20,26 @@ def train_python():
     return str(TRAIN_PYTHON)
 
 
+def test_multiprocess_in_the_training_environment_is_the_build_for_its_python(train_python):
+    """multiprocess ships one wheel per Python minor (py310, py311, ...), all installable everywhere. An installer
+    that took the py310 one on 3.11 broke every axolotl run at its first dataset save (``fork_exec() takes
+    exactly 23 arguments (21 given)`` when datasets spawns the resource tracker). Wheel tags alone cannot
+    tell: xformers' ``py39`` wheel is meant for every Python from 3.9 on."""
+    import subprocess
+
+    probe = (
+        "import sys; from importlib.metadata import distribution; "
+        "tags = [l.split()[-1] for l in distribution('multiprocess').read_text('WHEEL').splitlines() "
+        "if l.startswith('Tag:')]; "
+        "from multiprocess import resource_tracker; resource_tracker.ensure_running(); "
+        "print(f'py3{sys.version_info.minor}', *tags)"
+    )
+    out = subprocess.run([train_python, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    mine, *tags = out.stdout.split()
+    assert [t.split("-")[0] for t in tags] == [mine], f"multiprocess wheel {tags} on {mine}"
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from pipelines.training.tiny import build_tiny_llama, sample_corpus

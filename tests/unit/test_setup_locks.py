@@ -68,16 +68,39 @@ def test_a_requirement_outside_the_lock_or_its_range_is_caught():
     assert_locked([Requirement("torch==2.13.0")], locked, "x.lock")  # a local build satisfies its version
 
 
-def test_uv_gets_the_sources_pip_is_configured_with():
+def local_index(root: Path, files: list[str]) -> str:
+    """A simple index on disk laid out like this machine's: simple/<project>/index.html -> ../../files/<file>."""
+    (root / "files").mkdir(parents=True)
+    page = root / "simple" / "multiprocess" / "index.html"
+    page.parent.mkdir(parents=True)
+    for name in files:
+        (root / "files" / name).write_bytes(b"")
+    page.write_text("".join(f'<a href="../../files/{n}#sha256=00">{n}</a>' for n in files))
+    return (root / "simple").as_uri()
+
+
+def test_uv_gets_the_sources_pip_is_configured_with(tmp_path):
+    """Local indexes become find-links folders: uv pools those per version and picks the best wheel tag, as
+    pip does; as indexes, uv took multiprocess's py310 wheel from the first one and axolotl failed on 3.11."""
+    first = local_index(tmp_path / "pypi", ["multiprocess-0.70.19-py310-none-any.whl"])
+    second = local_index(tmp_path / "more", ["multiprocess-0.70.19-py311-none-any.whl"])
     config = {
-        "extra-index-url": "file:///opt/pypi/simple file:///opt/pypi-more/simple",
+        "extra-index-url": f"{first} {second} https://mirror.example/simple",
         "find-links": "/opt/wheels",
         "cert": "/etc/ssl/certs/ca-certificates.crt",  # not a source: left out
     }
     assert uv_options(config) == [
-        "--extra-index-url", "file:///opt/pypi/simple",
-        "--extra-index-url", "file:///opt/pypi-more/simple",
+        "--find-links", str((tmp_path / "pypi" / "files").resolve()),
+        "--find-links", str((tmp_path / "more" / "files").resolve()),
+        "--extra-index-url", "https://mirror.example/simple",
         "--find-links", "/opt/wheels",
         "--index-strategy", "unsafe-best-match",
     ]  # fmt: skip
+    assert uv_options({"index-url": first}) == [
+        "--find-links", str((tmp_path / "pypi" / "files").resolve()), "--no-index",
+        "--index-strategy", "unsafe-best-match",
+    ]  # fmt: skip
+    empty = tmp_path / "empty" / "simple"
+    empty.mkdir(parents=True)  # a local index with no pages stays an index (uv says what it finds there)
+    assert uv_options({"extra-index-url": empty.as_uri()})[:2] == ["--extra-index-url", empty.as_uri()]
     assert uv_options({}) == ["--index-strategy", "unsafe-best-match"]
