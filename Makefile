@@ -32,9 +32,10 @@ $(STAMP): pyproject.toml requirements/main.lock | $(UV)
 
 setup-train: $(TRAIN_STAMP)  ## create .venv-train with axolotl 0.19.0 (its pins cannot share Airflow's env)
 
-$(TRAIN_STAMP): requirements/train.lock | $(UV)
+$(TRAIN_STAMP): requirements/train.lock requirements/train-nodeps.txt | $(UV)
 	@test -x $(TRAIN_VENV)/bin/python || $(PY) -m venv $(TRAIN_VENV)
 	$(UV) pip install -q --python $(TRAIN_VENV)/bin/python $(UV_SOURCES) -r requirements/train.lock
+	$(UV) pip install -q --python $(TRAIN_VENV)/bin/python $(UV_SOURCES) --no-deps -r requirements/train-nodeps.txt
 	@touch $@
 
 # Re-resolve both lock files from pyproject.toml and requirements-train.txt (newest allowed versions), then

@@ -1,19 +1,24 @@
-"""Negative control: does the gate measure knowledge, or would a model that learnt only our format pass it?
+"""Controls: does the gate pass a model that learnt the month, and refuse one that learnt only our format or
+one that was damaged?
 
     make demo    # once: ingests the samples and imports SmolLM2 (var/models/base/smollm2)
     .venv/bin/python bench/knowledge_control.py [--domain catalysis] [--month 2026-11] [--seeds 1 2 3]
-                                                [--max-steps 8]
+                                                [--max-steps N] [--damage-lr 0.02] [--kinds real control damage]
 
-For each seed it trains two candidates on the CPU with SmolLM2-135M (profile ``cpu_lora``), from the same lake:
+For each seed it trains three candidates on the CPU with SmolLM2-135M (profile ``cpu_lora`` at its defaults
+unless ``--max-steps``), from the same lake:
 
 * **real**: the month's dataset as ``cbnano retrain`` builds it;
 * **control**: the same rows with every fact's value moved to another document (a derangement within each
   kind: conductivities among conductivities, formulas among formulas), so the control sees the same format,
-  questions, lengths and vocabulary, but the wrong value for every document.
+  questions, lengths and vocabulary, but the wrong value for every document;
+* **damage**: the real rows at a destructive learning rate (``--damage-lr``, 20x the profile's): it sees the
+  month's facts, so it may well gain on the probe, and the forgetting guards must refuse it.
 
 All candidates are evaluated in one real evaluation (the base scored once, each adapter on it) on the real probe
-(``probe.jsonl``: the true values) and each is judged by the real gate against the base. The gate must refuse the control in every seed. It prints one JSON line per
-candidate: seed, kind, the ``knowledge_closed`` gain with its 95% interval and n (documents), and the decision;
+(``probe.jsonl``: the true values) and each is judged by the real gate against the base. The gate must pass the real candidate and refuse both controls in
+every seed. It prints one JSON line per candidate: seed, kind, the primary gain with its 95% interval and n
+(documents), every guard's interval, which checks refused it, the decision and the training time;
 the figures go to ``docs/BENCHMARKS.md`` whatever they are. A temporary model store keeps the lab's untouched.
 """
 
@@ -27,7 +32,11 @@ import re
 import shutil
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -77,104 +86,170 @@ def control_rows(dataset: Path, out: Path, seed: int) -> dict[str, str]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--domain", default="catalysis")
-    ap.add_argument("--month", default="2026-11")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--max-steps", type=int, default=8)
-    args = ap.parse_args(argv)
-
-    from pipelines.evaluation.evaluate import evaluate_roles
-    from pipelines.evaluation.gate import DEFAULT_MIN_GAIN, decide
+@contextmanager
+def isolated_store() -> Iterator[tuple[Any, Path]]:
+    """(settings, temporary folder) with a temporary model store holding only the imported SmolLM2 base, so
+    the lab's store is untouched; raises SystemExit when `make demo` has not imported it yet."""
     from pipelines.settings import get_settings, reset_settings_cache
-    from pipelines.training.retrain import StepClock, plan_run, prepare_dataset, train_candidate
 
-    settings = get_settings()
-    base_dir = settings.model_store / "base" / "smollm2"
+    base_dir = get_settings().model_store / "base" / "smollm2"
     if not (base_dir / "config.json").is_file():
-        print("run `make demo` first: it imports SmolLM2 into the model store", file=sys.stderr)
-        return 1
+        raise SystemExit("run `make demo` first: it imports SmolLM2 into the model store")
     with tempfile.TemporaryDirectory(prefix="cbnano-control-") as tmp:
         store_dir = Path(tmp) / "models"
         (store_dir / "base").mkdir(parents=True)
         (store_dir / "base" / "smollm2").symlink_to(base_dir)
         os.environ.update(CBNANO_MODEL_STORE=str(store_dir), CBNANO_BASE_MODEL="smollm2")
         reset_settings_cache()
-        settings = get_settings()
+        yield get_settings(), Path(tmp)
+
+
+def control_card(card: dict[str, Any], tmp: Path, seed: int) -> dict[str, Any]:
+    """The format-only control's dataset card: the real card with the values moved (:func:`control_rows`)."""
+    dataset = Path(card["files"]["train"]).parent
+    return {
+        **card,
+        "files": control_rows(dataset, tmp / f"control-{seed}", seed),
+        "sha256": f"control{seed}-{card['sha256']}",
+    }
+
+
+def train_all(
+    settings: Any,
+    domain: str,
+    month: str,
+    base: Any,
+    runs: dict[str, tuple[dict[str, Any], dict[str, Any]]],
+    max_steps: int | None = None,
+) -> tuple[dict[str, Path], dict[str, dict[str, float]]]:
+    """Train each run (name → (dataset card, config overrides)) with the ``cpu_lora`` profile; returns
+    (name → adapter folder, name → step timings), printing one JSON line per run and progress to stderr."""
+    from pipelines.training.retrain import StepClock, plan_run, train_candidate
+    from pipelines.training.runner import progress_printer
+
+    adapters: dict[str, Path] = {}
+    timings: dict[str, dict[str, float]] = {}
+    for name, (card, overrides) in runs.items():
+        show = progress_printer(lambda line, n=name: print(f"  {n} {line}", file=sys.stderr, flush=True), 60)
+        clock = StepClock(show)
+        plan = plan_run(
+            settings,
+            domain=domain,
+            month=month,
+            profile="cpu_lora",
+            base=base,
+            card=card,  # type: ignore[arg-type]
+            max_steps=max_steps,
+            overrides=overrides,
+        )
+        candidate = train_candidate(settings, plan, gpu=None, clock=clock)
+        adapters[name] = candidate.result.adapter_dir
+        timings[name] = {**clock.timings, **candidate.result.stats}
+        print(json.dumps({"trained": name, "overrides": overrides, "timings": timings[name]}), flush=True)
+    return adapters, timings
+
+
+def judge_all(
+    settings: Any,
+    domain: str,
+    base: Any,
+    card: dict[str, Any],
+    adapters: dict[str, Path],
+    tmp: Path,
+    save: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate the base once and every adapter on it (the real probe and guards), and judge each with the real
+    gate against the base; returns one record per adapter (primary gain and interval, each guard, which
+    checks refused it, the decision)."""
+    from pipelines.evaluation.evaluate import evaluate_roles
+    from pipelines.evaluation.gate import DEFAULT_MIN_GAIN, decide
+
+    roles: dict[str, tuple[Path, Path | None]] = {"base": (base.path, None)}
+    roles.update({name: (base.path, path) for name, path in adapters.items()})
+    evaluation = evaluate_roles(
+        settings,
+        domain,
+        roles,
+        Path(card["files"]["validation"]),
+        False,
+        None,
+        tmp / "eval_spec.json",
+        probe=Path(card["files"]["probe"]),
+    )
+    if save is not None:  # every role's per-item scores: the gate can be re-applied to them (bench/regate.py)
+        save.write_text(json.dumps(evaluation["per_item"]))
+    out = []
+    for name in adapters:
+        per_item = {m: {"base": r["base"], "candidate": r[name]} for m, r in evaluation["per_item"].items()}
+        decision = decide(per_item, min_gain=DEFAULT_MIN_GAIN)
+        head = decision.comparisons[0]
+        refused_by = ([] if head.ci_low > DEFAULT_MIN_GAIN else [head.metric]) + [
+            p.split(" gain ")[0] for p in decision.regressions
+        ]
+        out.append(
+            {
+                "candidate": name,
+                "metric": head.metric,
+                "gain": head.gain,
+                "ci": [head.ci_low, head.ci_high],
+                "n": head.n,
+                "unit": head.unit,
+                "mde": head.mde,
+                "published": decision.publish,
+                "refused_by": refused_by,
+                "guards": {
+                    c.metric: {"gain": c.gain, "ci": [c.ci_low, c.ci_high], "n": c.n}
+                    for c in decision.comparisons[1:]
+                },
+                "reason": decision.reason,
+                "candidate_means": evaluation["metrics"][name],
+                "base_means": evaluation["metrics"]["base"],
+                "eval_seconds": evaluation.get("seconds"),
+            }
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--domain", default="catalysis")
+    ap.add_argument("--month", default="2026-11")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument(
+        "--max-steps", type=int, default=None, help="cap on steps (default: the profile's epochs)"
+    )
+    ap.add_argument("--damage-lr", type=float, default=0.02, help="learning rate of the damage control")
+    ap.add_argument("--kinds", nargs="+", default=["real", "control", "damage"])
+    ap.add_argument("--save-eval", type=Path, help="write every role's per-item scores here (JSON)")
+    args = ap.parse_args(argv)
+
+    from pipelines.training.retrain import prepare_dataset
+
+    t0 = time.perf_counter()
+    with isolated_store() as (settings, tmp):
         base, card = prepare_dataset(settings, args.domain, "cpu_lora", args.month)
-        dataset = Path(card["files"]["train"]).parent
         print(
             json.dumps({"bench": "knowledge_control", "dataset": card["by_kind"], "probe": card["probe"]}),
             flush=True,
         )
-        adapters: dict[str, Path] = {}
-        timings: dict[str, dict[str, float]] = {}
-        plans = {}
+        runs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         for seed in args.seeds:
-            control_card = {
-                **card,
-                "files": control_rows(dataset, Path(tmp) / f"control-{seed}", seed),
-                "sha256": f"control{seed}-{card['sha256']}",
+            made = {
+                "real": (card, {"seed": seed}),
+                "control": (control_card(dict(card), tmp, seed), {"seed": seed}),
+                "damage": (card, {"seed": seed, "learning_rate": args.damage_lr}),
             }
-            for kind, c in (("real", card), ("control", control_card)):
-                clock = StepClock(lambda line: None)
-                plan = plan_run(
-                    settings,
-                    domain=args.domain,
-                    month=args.month,
-                    profile="cpu_lora",
-                    base=base,
-                    card=c,  # type: ignore[arg-type]
-                    max_steps=args.max_steps,
-                    overrides={"seed": seed},
-                )
-                candidate = train_candidate(settings, plan, gpu=None, clock=clock)
-                adapters[f"{kind}-{seed}"] = candidate.result.adapter_dir
-                timings[f"{kind}-{seed}"] = clock.timings
-                plans[f"{kind}-{seed}"] = plan
-                print(json.dumps({"trained": f"{kind}-{seed}", "timings": clock.timings}), flush=True)
-        # one evaluation: the base once, then every adapter on it, on the real probe and guards
-        roles: dict[str, tuple[Path, Path | None]] = {"base": (base.path, None)}
-        roles.update({name: (base.path, path) for name, path in adapters.items()})
-        evaluation = evaluate_roles(
-            settings,
-            args.domain,
-            roles,
-            Path(card["files"]["validation"]),
-            False,
-            None,
-            Path(tmp) / "eval_spec.json",
-            probe=Path(card["files"]["probe"]),
-        )
-        for name in adapters:
-            per_item = {
-                m: {"base": r["base"], "candidate": r[name]} for m, r in evaluation["per_item"].items()
-            }
-            decision = decide(per_item, min_gain=DEFAULT_MIN_GAIN)
-            head = decision.comparisons[0]
-            kind, seed = name.split("-")
-            print(
-                json.dumps(
-                    {
-                        "bench": "knowledge_control",
-                        "seed": int(seed),
-                        "candidate": kind,
-                        "metric": head.metric,
-                        "gain": head.gain,
-                        "ci": [head.ci_low, head.ci_high],
-                        "n": head.n,
-                        "unit": head.unit,
-                        "mde": head.mde,
-                        "published": decision.publish,
-                        "reason": decision.reason,
-                        "candidate_means": evaluation["metrics"][name],
-                        "base_means": evaluation["metrics"]["base"],
-                        "timings": timings[name],
-                    }
-                ),
-                flush=True,
+            runs.update({f"{kind}-{seed}": made[kind] for kind in args.kinds})
+        adapters, timings = train_all(settings, args.domain, args.month, base, runs, args.max_steps)
+        for record in judge_all(settings, args.domain, base, dict(card), adapters, tmp, args.save_eval):
+            kind, seed = record["candidate"].split("-")
+            record.update(
+                bench="knowledge_control", kind=kind, seed=int(seed), timings=timings[record["candidate"]]
             )
+            print(json.dumps(record), flush=True)
+    print(
+        json.dumps({"bench": "knowledge_control", "wall_s": round(time.perf_counter() - t0, 1)}), flush=True
+    )
     return 0
 
 

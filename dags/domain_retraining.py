@@ -6,8 +6,9 @@ thermal, catalysis), build the month's chat dataset from the ingested papers and
 base model (`CBNANO_BASE_MODEL`) with axolotl (`CBNANO_TRAIN_PROFILE`, default `gpu_qlora`: QLoRA on System B's
 GPUs), merge, check the merge, evaluate base vs current production vs candidate per item on the leased GPU, and
 register the candidate as a model-store version. Production moves only when the gate's 95% interval of the
-closed-book knowledge gain (the probe's questions on the month's trained documents, paired per document) clears
-the minimum gain, answering with retrieved sources is non-inferior and the forgetting guard holds. A domain
+closed-book knowledge gain (the probability the model gives the right value among the probe's choices, on the
+month's trained documents, paired per document) clears the minimum gain, answering with retrieved sources is
+non-inferior and the forgetting guards (general-text loss, multiple-choice p(correct)) hold. A domain
 with too little data is listed by `report` as "not trained", and the run fails.
 
 `plan` fails the run at once, before any dataset is built, when there is no usable base model. One mapped task
@@ -63,8 +64,8 @@ from cbnano_common import (
         "min_gain": Param(
             MIN_GAIN,
             type="number",
-            description="Closed-book knowledge gain on the trained documents (accuracy points) the 95% "
-            "interval's lower bound must exceed.",
+            description="Closed-book knowledge gain on the trained documents (p(correct) of the right "
+            "value among the choices) the 95% interval's lower bound must exceed.",
         ),
         "month": Param(
             None,

@@ -330,6 +330,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from pipelines.training.datasets import DatasetTooSmall
     from pipelines.training.gpus import gpu_lease
     from pipelines.training.retrain import retrain
+    from pipelines.training.runner import condensed
     from pipelines.windows import month_end
 
     if args.domain not in DOMAINS:
@@ -364,7 +365,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                 max_steps=args.max_steps,
                 base_model=args.base_model,
                 gpu=gpu,
-                log=lambda line: print(line, file=sys.stderr, flush=True),
+                # progress, not axolotl's every line (those are in the run folder's train.log)
+                log=condensed(lambda line: print(line, file=sys.stderr, flush=True)),
             )
     except DatasetTooSmall as exc:  # not a gate decision: nothing was trained
         print(f"cbnano: not trained: {exc}", file=sys.stderr)
@@ -707,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_MIN_GAIN,
         help="the 95%% interval's lower bound of the closed-book knowledge gain on the trained documents "
-        f"must exceed this (accuracy points; default {DEFAULT_MIN_GAIN})",
+        f"must exceed this (p(correct) of the right value; default {DEFAULT_MIN_GAIN})",
     )
     rt.add_argument("--max-steps", type=int, help="cap the training steps")
     rt.add_argument(

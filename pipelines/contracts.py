@@ -220,6 +220,8 @@ class DatasetCard(TypedDict):
 
     domain: str
     month: str | None
+    months: list[str]  # the months whose staged documents it holds (thin months carried forward)
+    carried_from: str | None  # the last month built before it; its documents come back only as replay
     format: str
     examples: int
     train: int

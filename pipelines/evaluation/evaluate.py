@@ -56,6 +56,7 @@ def evaluate_roles(
     Roles sharing a base are scored in one model load. Raises ValueError when the roles were not scored on
     identical items (which the gate needs).
     """
+    from pipelines.settings import DOMAINS
     from pipelines.trainenv import run_step
 
     groups: dict[str, dict[str, str | None]] = {}
@@ -63,7 +64,9 @@ def evaluate_roles(
         groups.setdefault(str(base), {})[role] = str(adapter) if adapter else None
     spec = {
         "groups": [{"base": b, "roles": r} for b, r in groups.items()],
-        "items": str(eval_items_path(domain)),
+        # the forgetting guard's multiple-choice items: every domain's (160), the domain's own first; 40 items
+        # gave mc p(correct) an interval of +-0.08, wider than any margin a useful guard can have
+        "items": [str(eval_items_path(d)) for d in (domain, *(x for x in DOMAINS if x != domain))],
         "heldout": str(heldout),
         "probe": str(probe) if probe else None,
         "general": general_passages(),

@@ -8,7 +8,8 @@ can compare models item by item (``pipelines.evaluation.gate``):
 * **heldout_loss** — for each held-out document (the training split never saw it): mean negative
   log-likelihood per token of the assistant's answers to the document's examples, end-of-turn token
   included, after the chat-formatted user turn. Lower is better.
-* **mc_accuracy** — for each multiple-choice item of ``include/eval/<domain>.jsonl``: 1 if the right choice
+* **mc_accuracy** — for each multiple-choice item of ``include/eval/*.jsonl`` (every domain's, the forgetting
+  guard): 1 if the right choice
   has the highest mean log-probability per token as the assistant's answer to the question, else 0. Mean per
   token, not the sum, so long choices are not penalised for their length.
 * **mc_prob** — the same item's probability of the right choice, the choices' mean per-token log-probabilities
@@ -25,6 +26,10 @@ can compare models item by item (``pipelines.evaluation.gate``):
   probabilities of the right choice are ``knowledge_closed_p`` / ``knowledge_open_p``, and
   ``knowledge_choice_only`` scores the closed items' choices with an empty question: near chance unless the
   choices alone give the answer away (or a model learnt to prefer values it saw, whatever the question).
+* **knowledge_closed_cal** — the gate's primary: the closed item's probability of the right choice when each
+  choice is scored by what the question adds to it (its mean log-probability after the question less that
+  after an empty question, then a softmax). A model that learnt which values occur in the month, but not
+  which document states which, gains nothing here; one that learnt the facts does (issue 23's control).
 
 Eval items: ``{"id", "question", "choices": [>= 2 strings], "answer": index}``. Held-out rows:
 ``{"id", "doc", "messages": [{"role": "user", ...}, {"role": "assistant", ...}]}`` (``val.jsonl``).
@@ -77,6 +82,20 @@ def load_items(path: Path) -> list[ChoiceItem]:
 def user_message(text: str) -> list[dict[str, str]]:
     """A one-turn conversation asking ``text``."""
     return [{"role": "user", "content": text}]
+
+
+def judge(
+    items: Sequence[ChoiceItem], means: Sequence[Sequence[float]]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(item id → 1.0/0.0 the right choice scores highest, item id → its probability: the scores normalised
+    with a softmax) from each item's choice scores."""
+    correct, prob = {}, {}
+    for item, scores in zip(items, means, strict=True):
+        top = max(scores)
+        weights = [math.exp(m - top) for m in scores]
+        correct[item["id"]] = float(max(range(len(scores)), key=scores.__getitem__) == item["answer"])
+        prob[item["id"]] = weights[item["answer"]] / sum(weights)
+    return correct, prob
 
 
 class Scorer:
@@ -200,6 +219,16 @@ class Scorer:
         """(item id → 1.0/0.0 correct, item id → probability of the right choice) for ``items``, each asked as
         ``prompt_of(item)`` (default: its question alone). ``share_prompt`` scores each item's choices on one
         cached run of its prompt (:meth:`shared_prompt_logprobs`), for long prompts."""
+        return judge(items, self.choice_means(items, prompt_of, share_prompt))
+
+    def choice_means(
+        self,
+        items: Sequence[ChoiceItem],
+        prompt_of: Callable[[Any], Messages] | None = None,
+        share_prompt: bool = False,
+    ) -> list[list[float]]:
+        """Per item, each choice's mean token log-probability as the answer to ``prompt_of(item)`` (see
+        :meth:`multiple_choice`)."""
         pairs: list[Pair] = []
         for item in items:
             messages = prompt_of(item) if prompt_of else user_message(item["question"])
@@ -217,14 +246,7 @@ class Scorer:
             scores = iter(scored)
         else:
             scores = iter(self.continuation_logprobs(pairs))
-        correct, prob = {}, {}
-        for item in items:
-            means = [total / max(n, 1) for total, n in (next(scores) for _ in item["choices"])]
-            top = max(means)
-            weights = [math.exp(m - top) for m in means]
-            correct[item["id"]] = float(max(range(len(means)), key=means.__getitem__) == item["answer"])
-            prob[item["id"]] = weights[item["answer"]] / sum(weights)
-        return correct, prob
+        return [[total / max(n, 1) for total, n in (next(scores) for _ in item["choices"])] for item in items]
 
     def passages(self, rows: Sequence[PassageRow]) -> dict[str, float]:
         """Passage id → mean token NLL of its text after the first word (``general_loss``)."""
@@ -245,9 +267,17 @@ class Scorer:
         out: dict[str, dict[str, float]] = {}
         closed = [it for it in probe if it["kind"] == "closed"]
         opened = [it for it in probe if it["kind"] == "open"]
-        if closed:
-            out["knowledge_closed"], out["knowledge_closed_p"] = self.multiple_choice(closed)
-            out["knowledge_choice_only"], _ = self.multiple_choice(closed, lambda it: user_message(""))
+        if closed:  # every set on one cached prompt run per item (same numbers, a quarter of the prompt work)
+            asked = self.choice_means(closed, share_prompt=True)
+            alone = self.choice_means(closed, lambda it: user_message(""), share_prompt=True)
+            out["knowledge_closed"], out["knowledge_closed_p"] = judge(closed, asked)
+            out["knowledge_choice_only"], _ = judge(closed, alone)
+            # what the question adds: each choice's score given the question less its score given none, so a
+            # value the model merely saw in training (whatever the document) gains nothing
+            lifted = [
+                [q - e for q, e in zip(qs, es, strict=True)] for qs, es in zip(asked, alone, strict=True)
+            ]
+            _, out["knowledge_closed_cal"] = judge(closed, lifted)
         if opened:
             out["knowledge_open"], out["knowledge_open_p"] = self.multiple_choice(
                 opened,
@@ -269,8 +299,10 @@ class Scorer:
         if heldout_rows:
             per_item["heldout_loss"] = self.heldout(heldout_rows)
         if items:
-            per_item["mc_accuracy"], per_item["mc_prob"] = self.multiple_choice(items)
-            per_item["mc_choice_only"], _ = self.multiple_choice(items, lambda it: user_message(""))
+            per_item["mc_accuracy"], per_item["mc_prob"] = self.multiple_choice(items, share_prompt=True)
+            per_item["mc_choice_only"], _ = self.multiple_choice(
+                items, lambda it: user_message(""), share_prompt=True
+            )
         if general:
             per_item["general_loss"] = self.passages(general)
         if probe:

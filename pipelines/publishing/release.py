@@ -122,7 +122,8 @@ def model_card(
 
 
 def chart(path: Path, metrics: dict[str, dict[str, float]], losses: list[float]) -> None:
-    """``eval.png``: closed-book knowledge and multiple-choice accuracy per model, and the training loss."""
+    """``eval.png``: closed-book knowledge (the gate's calibrated p(correct)) and multiple-choice accuracy per
+    model, and the training loss."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,7 +132,7 @@ def chart(path: Path, metrics: dict[str, dict[str, float]], losses: list[float])
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     names = [n for n in ("base", "production", "candidate") if n in metrics]
     colors = {"base": "#999", "production": "#4a7", "candidate": "#37c"}
-    for ax, metric in zip(axes[:2], ("knowledge_closed", "mc_accuracy"), strict=True):
+    for ax, metric in zip(axes[:2], ("knowledge_closed_cal", "mc_accuracy"), strict=True):
         ax.bar(names, [metrics[n].get(metric, float("nan")) for n in names], color=[colors[n] for n in names])
         ax.set_title(LABELS.get(metric, metric))
     axes[0].set_ylim(0, 1)

@@ -3,8 +3,12 @@
 ``build_dataset`` gathers, for one domain and month, per document routed to the domain
 (:mod:`pipelines.training.knowledge` holds the extractor and the phrasings):
 
-* **text** rows: the paper itself (title and abstract) as a completion target, ``{"text": ...}`` in
-  ``train_text.jsonl`` (axolotl's ``completion`` type, beside the chat rows);
+* **text** rows: the paper's abstract as the assistant's answer to a question naming it by title, twice (the
+  second time with its sentences in another order, so the facts are seen in two contexts);
+* **statement** rows: each quantity fact restated in several sentences (:data:`knowledge.STATEMENTS`), also
+  as the assistant's turns. Facts are learnt from many restatements seen several times (issue 23), and rows in
+  the chat format System A serves leave the base's raw-text modelling alone (raw completion rows raised the
+  general-text loss by 1.4 nats/token); ``train_text.jsonl`` keeps only replayed raw text of older months;
 * **comprehension** rows mined from the text: what the paper is about (asked by its title only), and each
   sentence continued from its first half;
 * **fact_qa** rows, closed-book: each fact (a quantity with its unit, a method) in several question and answer
@@ -38,7 +42,7 @@ import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
@@ -60,6 +64,10 @@ from pipelines.training.knowledge import (
     paper_facts,
     probe_baselines,
     probe_question,
+    quantities_in,
+    reordered,
+    statement_rows,
+    states,
 )
 from pipelines.windows import month_end, parse_month
 
@@ -72,13 +80,15 @@ class DatasetTooSmall(Exception):
 
 
 MEANING_OVERLAP = 0.9  # cosine (MiniLM) at which a training example says what an evaluation item says
-KINDS = ("text", "comprehension", "fact_qa", "compound", "replay", "internal", "feedback")
+KINDS = ("text", "statement", "comprehension", "fact_qa", "compound", "replay", "internal", "feedback")
+TEXT_KINDS = ("text", "statement")  # completion rows (``{"text"}``); the rest are chat rows
 
 
 @dataclass(frozen=True)
 class Example:
     """One training example and where it came from: a chat turn (``instruction`` [+ ``input``] → ``output``)
-    or, for ``kind == "text"``, a document's text as a completion target (``output``)."""
+    or, for a kind in :data:`TEXT_KINDS` (a document's text, a fact's restatement), a completion target
+    (``output``)."""
 
     instruction: str
     input: str
@@ -86,6 +96,9 @@ class Example:
     source: str  # "pubchem", "arxiv", "internal" or "replay"
     ref: str  # the document it came from (arxiv:ID, pubchem:CID, a lab-drop reference, replay:MONTH)
     kind: str = "internal"  # one of KINDS
+    # a lab drop's held-out check of this row's fact: (question in a phrasing no row uses, right value, choices
+    # the lab wrote or empty); never part of the row itself
+    probe: tuple[str, str, tuple[str, ...]] | None = None
 
     def key(self) -> str:
         """Content hash: identical examples share it; the split is decided by it."""
@@ -102,8 +115,10 @@ class Example:
         return [{"role": "user", "content": user}, {"role": "assistant", "content": self.output}]
 
     def row(self) -> dict[str, Any]:
-        """The training row: ``{"text"}`` for a text example, else ``{"messages"}``."""
-        return {"text": self.output} if self.kind == "text" else {"messages": self.messages()}
+        """The training row: ``{"text"}`` for a text example without an instruction (replayed raw text), else
+        ``{"messages"}``."""
+        raw = self.kind in TEXT_KINDS and not self.instruction
+        return {"text": self.output} if raw else {"messages": self.messages()}
 
 
 def domains_file() -> Path:
@@ -142,20 +157,26 @@ def _has_keyword(text: str, keywords: Iterable[str]) -> bool:
     return any(re.search(r"(?<![\w-])" + re.escape(k.lower()) + r"(?![\w-])", low) for k in keywords)
 
 
-def latest_papers(data_dir: Path, until: datetime | None = None) -> list[PaperRecord]:
-    """The newest staged arXiv record of each paper (staged on or before ``until``)."""
-    return cast(list[PaperRecord], _latest_records(data_dir, "arxiv", until))
+def latest_papers(
+    data_dir: Path, until: datetime | None = None, since: date | None = None
+) -> list[PaperRecord]:
+    """The newest staged arXiv record of each paper (staged from ``since`` to ``until``, both optional)."""
+    return cast(list[PaperRecord], _latest_records(data_dir, "arxiv", until, since))
 
 
-def latest_compounds(data_dir: Path, until: datetime | None = None) -> list[CompoundRecord]:
-    """The newest staged PubChem record of each compound (staged on or before ``until``)."""
-    return cast(list[CompoundRecord], _latest_records(data_dir, "pubchem", until))
+def latest_compounds(
+    data_dir: Path, until: datetime | None = None, since: date | None = None
+) -> list[CompoundRecord]:
+    """The newest staged PubChem record of each compound (staged from ``since`` to ``until``)."""
+    return cast(list[CompoundRecord], _latest_records(data_dir, "pubchem", until, since))
 
 
-def _latest_records(data_dir: Path, source: str, until: datetime | None) -> list[dict[str, Any]]:
+def _latest_records(
+    data_dir: Path, source: str, until: datetime | None, since: date | None = None
+) -> list[dict[str, Any]]:
     # the lake's records.jsonl of a source hold what its stage step wrote: PaperRecord or CompoundRecord
     best: dict[str, tuple[str, dict[str, Any]]] = {}
-    for f in staged_records(data_dir, [source], last_day=until.date() if until else None):
+    for f in staged_records(data_dir, [source], first_day=since, last_day=until.date() if until else None):
         for rec in f.records():
             key = (f.day, str(rec.get("version", 0)).zfill(4))
             stamp = "|".join(key)
@@ -175,9 +196,19 @@ def paper_examples(rec: PaperRecord, generator: FactQA | None = None) -> list[Ex
     if len(abstract.split()) < 5:
         return []
     ref = f"arxiv:{rec['doc_id']}"
-    out = [Example("", "", f"{title}\n\n{abstract}", "arxiv", ref, "text")]
+    facts = paper_facts(rec)
+    # the text and the statements as the assistant's turns, in the chat format System A serves: trained as raw
+    # completions (issue 23's first recipe) they raised the general-text loss by 1.4 nats/token
+    out = [Example(f'Tell me about the paper "{title}".', "", abstract, "arxiv", ref, "text")]
+    second = reordered(abstract)
+    if second:  # the same facts in another order: a second context to learn them from
+        out.append(Example(f'What does the work "{title}" report?', "", second, "arxiv", ref, "text"))
+    out += [
+        Example(f'State a result of "{title}".', "", line, "arxiv", ref, "statement")
+        for line in statement_rows(facts)
+    ]
     out += _from_qa(comprehension_rows(ref, title, abstract), "arxiv")
-    out += _from_qa((generator or RuleBasedQA()).qa(ref, title, abstract, paper_facts(rec)), "arxiv")
+    out += _from_qa((generator or RuleBasedQA()).qa(ref, title, abstract, facts), "arxiv")
     return out
 
 
@@ -275,17 +306,85 @@ def internal_examples(folder: Path) -> tuple[list[Example], list[str]]:
                 continue
             doc = obj.get("doc")
             ref = f"internal:{domain_of(folder)}:{doc}" if isinstance(doc, str) and doc.strip() else where
+            probe, why = _drop_probe(obj)
+            if why:
+                problems.append(f"{where}: {why}; trained, not probed")
             examples.append(
                 Example(
                     obj["instruction"].strip(),
                     obj.get("input", "").strip(),
                     obj["output"].strip(),
                     "internal",
-                    ref,
+                    ref.replace("#", "_"),  # '#' separates a probe item's document from the rest of its id
                     "internal",
+                    probe,
                 )
             )
     return examples, problems
+
+
+def _drop_probe(obj: dict[str, Any]) -> tuple[tuple[str, str, tuple[str, ...]] | None, str]:
+    """A lab-drop line's probe (``probe``: the fact asked in a phrasing of the lab's that no row uses;
+    ``answer``: the right value, by default the one quantity with a unit in ``output``; optional ``choices``:
+    the lab's own distractors with the answer among them) and the reason it cannot be used ("" when fine)."""
+    question = obj.get("probe")
+    if question is None:
+        return None, ""
+    if not isinstance(question, str) or not question.strip():
+        return None, "'probe' must be a non-empty string"
+    output = obj["output"]
+    answer = obj.get("answer")
+    if answer is None:
+        found = quantities_in(output)
+        if len(found) != 1:
+            return None, f"'probe' needs an 'answer': the output has {len(found)} quantities with a unit"
+        answer = found[0][0]
+    if not isinstance(answer, str) or not states(output, answer):
+        return None, "the probe's 'answer' must be a string the output states"
+    choices = obj.get("choices") or []
+    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+        return None, "'choices' must be a list of strings"
+    if choices and (answer not in choices or len(set(choices)) != len(choices) or len(choices) < 2):
+        return None, "'choices' must hold the answer once among at least two different values"
+    return (question.strip(), answer, tuple(choices)), ""
+
+
+def internal_probe_items(
+    examples: Iterable[Example], pool: list[Fact], trained: set[str], train_texts: list[str]
+) -> list[ProbeItem]:
+    """Closed-book probe items from the lab's drops (see :func:`_drop_probe`) on trained rows: the lab's
+    question, its choices or the answer among distractors of its unit (:func:`knowledge.choices_for`), so
+    internal knowledge is measured like the papers'. A question a training row contains is left out."""
+    lowered = [t.lower() for t in train_texts]
+    items: list[ProbeItem] = []
+    for e in examples:
+        if e.probe is None or e.ref not in trained:
+            continue
+        question, value, own = e.probe
+        if any(question.lower() in t for t in lowered):
+            continue
+        unit = [u for v, u in quantities_in(value) if v == value]
+        fact = Fact(e.ref, e.instruction, "answer", value, unit[0] if unit else "internal", "internal")
+        if own:
+            picked: tuple[list[str], int] | None = (list(own), own.index(value))
+        else:
+            picked = choices_for(fact, pool)
+        if picked is None:
+            continue
+        choices, answer = picked
+        items.append(
+            {
+                "id": item_id(fact, "closed"),
+                "doc": e.ref,
+                "kind": "closed",
+                "question": question,
+                "choices": choices,
+                "answer": answer,
+                "passages": [],
+                "held_out": False,
+            }
+        )
+    return items
 
 
 _CITATION = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
@@ -331,6 +430,23 @@ def held_out_documents(refs: Iterable[str], val_percent: int, min_docs: int) -> 
 Router = Callable[[list[tuple[str, set[str]]]], list[list[str]]]  # (text, categories) -> domains, best first
 
 
+def carried_since(data_dir: Path, domain: str, month: str | None) -> tuple[date | None, str | None]:
+    """(first day of the documents the month's dataset takes, the last month built before it): the day after
+    the last earlier month of ``domain`` whose dataset was built (it has a ``dataset_card.json``), so the
+    documents of a month too thin to train (none written) are carried forward until enough have gathered;
+    earlier documents come back only as replay. (None, None) without a month or an earlier built month."""
+    if not month:
+        return None, None
+    root = data_dir / "datasets" / domain
+    found = root.iterdir() if root.is_dir() else iter(())
+    built = sorted(
+        d.name for d in found if _is_month(d.name) and d.name < month and (d / "dataset_card.json").is_file()
+    )
+    if not built:
+        return None, None
+    return (month_end(built[-1]) + timedelta(days=1)).date(), built[-1]
+
+
 def _routed_records(
     domain: str,
     cfg: DomainRoute,
@@ -338,8 +454,9 @@ def _routed_records(
     until: datetime | None,
     watchlist_domains: dict[str, str],
     router: Router | None,
+    since: date | None = None,
 ) -> Iterator[LakeRecord]:
-    papers = latest_papers(data_dir, until)
+    papers = latest_papers(data_dir, until, since)
     if router is not None:  # by meaning: categories plus similarity to each domain's description
         routes = router([(rec["text"], set(rec.get("categories", []))) for rec in papers])
         yield from (rec for rec, to in zip(papers, routes, strict=True) if domain in to)
@@ -349,7 +466,7 @@ def _routed_records(
                 rec["text"], cfg["keywords"]
             ):
                 yield rec
-    for comp in latest_compounds(data_dir, until):
+    for comp in latest_compounds(data_dir, until, since):
         names = [comp.get("title", "")] + list(comp.get("synonyms", []))
         in_watch = any(watchlist_domains.get(n.lower()) in cfg["watchlist_domains"] for n in names if n)
         if in_watch or _has_keyword(comp.get("text", ""), cfg["keywords"]):
@@ -421,16 +538,18 @@ def probe_items(
             continue
         asked.add((fact.doc, fact.slot))
         choices, answer = picked
-        kinds = (["closed"] if fact.doc in trained else []) + (
-            ["open"] if retrieve and fact.source == "arxiv" and fact.doc in trained | held else []
+        asks = ([("closed", 0), ("closed", 1)] if fact.doc in trained else []) + (
+            [("open", 0)] if retrieve and fact.source == "arxiv" and fact.doc in trained | held else []
         )
-        for kind in kinds:
-            question = probe_question(fact, kind)
+        for kind, variant in asks:
+            question = probe_question(fact, kind, variant)
+            if question is None:
+                continue
             if any(question.lower() in t for t in lowered):
                 continue  # a training row asks it this way: it would test the format, not the knowledge
             items.append(
                 {
-                    "id": item_id(fact, kind),
+                    "id": item_id(fact, kind, variant),
                     "doc": fact.doc,
                     "kind": kind,
                     "question": question,
@@ -478,11 +597,13 @@ def build_dataset(
     if domain not in domains:
         raise ValueError(f"unknown domain {domain!r}; known: {', '.join(sorted(domains))}")
     until = month_end(month) if month else None
+    since, built_before = carried_since(data_dir, domain, month)
     generator = generator or RuleBasedQA()
     internal, problems = internal_examples(data_dir / "internal" / domain)
     raw: list[Example] = []
     facts: list[Fact] = []
-    for rec in _routed_records(domain, domains[domain], data_dir, until, watchlist_domains or {}, router):
+    routed = _routed_records(domain, domains[domain], data_dir, until, watchlist_domains or {}, router, since)
+    for rec in routed:
         if rec["source"] == "pubchem":
             raw += compound_examples(rec)
             facts += compound_facts(rec)
@@ -525,23 +646,31 @@ def build_dataset(
         )
     held = held_out_documents(docs, val_percent, min_validation_docs)
     train = [e for e in clean if e.ref not in held]
-    val = [e for e in clean if e.ref in held and e.kind != "text"]
+    val = [e for e in clean if e.ref in held and e.kind not in TEXT_KINDS]
     replay = [
         e
         for e in replay_examples(data_dir, domain, month, round(replay_share * len(train)))
         if e.key() not in by_key and not (shingles(e.text(), ngram) & banned)
     ]
     train += replay
-    chat = [e.row() for e in train if e.kind != "text"]
-    text = [e.row() for e in train if e.kind == "text"]
+    rows = [e.row() for e in train]
+    chat = [r for r in rows if "messages" in r]
+    text = [r for r in rows if "text" in r]
     trained_docs = {e.ref for e in train if e.source != "replay"}
+    pool = month_facts(data_dir, until)
     probe = probe_items(
         [f for f in facts if f.doc in docs],
-        month_facts(data_dir, until),
+        pool,
         trained_docs,
         held,
         [json.dumps(r, ensure_ascii=False) for r in chat + text],
         retrieve,
+    )
+    probe += internal_probe_items(
+        (e for e in train if e.source == "internal"),
+        pool,
+        trained_docs,
+        [json.dumps(r, ensure_ascii=False) for r in chat + text],
     )
     probed = {it["doc"] for it in probe if it["kind"] == "closed"}
     if len(probed) < min_probe_documents:
@@ -561,6 +690,16 @@ def build_dataset(
     card: DatasetCard = {
         "domain": domain,
         "month": month,
+        # the months whose staged documents it holds: more than one when thinner months were carried forward
+        "months": sorted(
+            {
+                f.day[:7]
+                for f in staged_records(
+                    data_dir, ["arxiv", "pubchem"], since, until.date() if until else None
+                )
+            }
+        ),
+        "carried_from": built_before,  # the last month built before (its documents are replayed, not retaken)
         "format": "chat+text",
         "examples": len(clean),
         "train": len(train),

@@ -34,8 +34,8 @@ from pipelines.contracts import ChoiceItem, CompoundRecord, PaperRecord
 
 # Unit tokens a quantity may carry, each optionally with an exponent ("m-1", "cm2"); longest first.
 _UNIT_BASES = (
-    "mAh|mA|mW|MW|kW|W|kJ|J|kcal|kWh|eV|meV|mmol|mol|mg|kg|g|MPa|GPa|kPa|Pa|bar|ppm|mS|S|mV|V|"
-    "°C|K|h|min|ms|s|nm|µm|mm|cm|km|m|Omega|wt%|vol%|%|C"
+    "mAh|mA|µA|mW|MW|kW|W|kJ|J|kcal|kWh|eV|meV|mmol|mol|mg|kg|g|MPa|GPa|kPa|Pa|bar|ppm|mS|S|mV|µV|V|"
+    "°C|K|h|min|ms|s|nm|µm|mm|cm|km|m|Omega|wt%|vol%|%|C|dec|cycles"
 )
 _UNIT_TOKEN = rf"(?:{_UNIT_BASES})(?:-?\d)?"
 _QUANTITY = re.compile(
@@ -51,6 +51,7 @@ _UNIT_NAMES = {
     "GPa": "pressure",
     "bar": "pressure",
     "h": "duration",
+    "cycles": "cycle life",
     "nm": "size",
     "mA cm-2": "current density",
     "W cm-2": "power density",
@@ -67,8 +68,17 @@ _STOP = {
     "by", "for", "in", "on", "from", "as", "its", "their", "deliver", "delivers", "raise", "raises", "lower",
     "lowers", "produce", "produces", "yields", "yield", "than", "up", "above", "below", "over", "under", "we",
     "find", "report", "it", "this", "these", "drive", "drives", "runs", "run", "between", "within", "about",
+    "rises", "rise", "falls", "fall", "drops", "drop", "increases", "increase", "decreases", "decrease", "lifts",
+    "lift", "shifts", "shift", "climbs", "climb", "grows", "grow", "improves", "improve", "boosts", "boost",
+    "cuts", "cut", "reduces", "reduce", "stays", "stay", "remains", "remain", "goes",
 }  # fmt: skip
-_BEFORE_OF = re.compile(r"((?:[A-Za-z][\w-]*\s){1,5})(?:of|reaches|reach|near|around|is)\s*$")
+# the property named before a number: "... a conductivity of 12 W", "... raises the selectivity to 57%",
+# "... the yield reaches 63%", "... the onset potential shifts to 0.28 V"
+_BEFORE_OF = re.compile(
+    r"((?:[A-Za-z][\w-]*\s){1,5})(?:of|reaches|reach|near|around|is|to|was|were|(?:stays|remains|stay|remain)\s+at)"
+    r"\s*$"
+)
+_CONDITION = re.compile(r"\b(?:at|after|over|up to)\s*$")
 _METHODS = (
     "X-ray diffraction", "X-ray absorption", "X-ray reflectivity", "density functional theory", "DFT",
     "molecular dynamics", "Raman spectroscopy", "infrared spectroscopy", "NMR", "electron microscopy",
@@ -115,11 +125,21 @@ COMPOUND_QUESTIONS = {
     ),
 }
 # Probe phrasings: used by no training row (checked when the probe is written).
+# Statements of a fact (plain text rows): a fact is learnt from many restatements, not from one QA pattern
+STATEMENTS = (
+    'In "{title}", the {slot} is {value}.',
+    'A {slot} of {value} is reported in the work "{title}".',
+    "{title}. Key result: {slot} {value}.",
+    'The authors of "{title}" measured a {slot} of {value}.',
+)
 PROBE_CLOSED = 'Without looking it up: the {slot} given in the work titled "{title}" is which of these?'
+# a second held-out phrasing of each closed item: two items per fact halve the probe's phrasing noise
+PROBE_CLOSED_2 = 'From memory, pick the {slot} that the study "{title}" arrived at.'
 PROBE_OPEN = 'Using the sources, which {slot} does the work titled "{title}" report?'
 PROBE_METHOD = 'Without looking it up: which technique did the work titled "{title}" use?'
 PROBE_METHOD_OPEN = 'Using the sources, which technique does the work titled "{title}" use?'
 PROBE_COMPOUND = "Without looking it up: the {label} of {name} is which of these?"
+PROBE_COMPOUND_2 = "From memory, pick the {label} of {name}."
 
 
 @dataclass(frozen=True)
@@ -144,9 +164,12 @@ def _slot_before(prefix: str) -> str | None:
     words = m.group(1).split()
     while words and words[0].lower() in _STOP:
         words = words[1:]
-    # stop at the last stop word inside the phrase: "cells deliver a capacity" -> "capacity"
+    while words and words[-1].lower() in _STOP:  # "the onset potential shifts (to)": the verb is no name
+        words = words[:-1]
+    # stop at the last stop word inside the phrase: "cells deliver a capacity" -> "capacity"; "of" joins a
+    # property to what it is of ("conversion of propane", "Faradaic efficiency of ammonia") and stays
     for i in range(len(words) - 1, -1, -1):
-        if words[i].lower() in _STOP:
+        if words[i].lower() in _STOP and words[i].lower() != "of":
             words = words[i + 1 :]
             break
     slot = " ".join(words).strip(" ,;:")
@@ -175,7 +198,8 @@ def quantity_facts(doc: str, title: str, text: str, source: str = "arxiv") -> li
         # "97% relative density": a percentage names its property after it, more often than before it
         slot = _slot_after(text[m.end() :]) if unit.endswith("%") else None
         slot = slot or _slot_before(prefix)
-        if slot is None and re.search(r"\bat\s*$", prefix) is None:
+        # a bare number after "at", "after", "over", "up to" is a condition ("after 1000 cycles"), not a finding
+        if slot is None and _CONDITION.search(prefix) is None:
             slot = _UNIT_NAMES.get(unit)
         if not slot or len(slot) < 3:
             continue
@@ -299,6 +323,25 @@ def fact_rows(facts: Iterable[Fact]) -> list[QA]:
     return out
 
 
+def statement_rows(facts: Iterable[Fact]) -> list[str]:
+    """Each quantity fact of a paper restated as plain sentences (:data:`STATEMENTS`), for text rows."""
+    return [
+        t.format(slot=f.slot, title=f.title, value=f.value)
+        for f in facts
+        if f.source == "arxiv" and f.kind != "method"
+        for t in STATEMENTS
+    ]
+
+
+def reordered(abstract: str) -> str | None:
+    """The abstract with its sentences in another order (the first moved to the end), or None for one
+    sentence: the same facts in a second context, so they are not learnt as one fixed token sequence."""
+    sentences = [s.strip() for s in _SENT.split(abstract) if s.strip()]
+    if len(sentences) < 2:
+        return None
+    return " ".join(sentences[1:] + sentences[:1])
+
+
 def comprehension_rows(doc: str, title: str, abstract: str) -> list[QA]:
     """Tasks mined from a paper's own text: what it is about (its first sentence, asked by title only), and
     each sentence continued from its first half."""
@@ -343,6 +386,19 @@ def _norm(text: str) -> str:
     return " ".join(text.replace("−", "-").replace("–", "-").split()).lower()
 
 
+def states(text: str, value: str) -> bool:
+    """True when ``text`` states ``value`` (case, dashes and spacing aside)."""
+    return _norm(value) in _norm(text)
+
+
+def quantities_in(text: str) -> list[tuple[str, str]]:
+    """(value as a fact writes it, unit) for each number with a unit in ``text``: ``("87 mV", "mV")``."""
+    return [
+        (f"{m.group(1)} {m.group(2).strip()}".replace(" %", "%"), m.group(2).strip())
+        for m in _QUANTITY.finditer(text)
+    ]
+
+
 def unsupported(answer: str, source: str) -> list[str]:
     """The numbers, units with numbers, and formulas of ``answer`` that do not occur in ``source`` (empty:
     faithful). A teacher's item is kept only when this is empty."""
@@ -363,7 +419,9 @@ TEACHER_PROMPT = (
     'objects {{"question": ..., "answer": ...}}, {n} of them. Each question asks for one fact of the document '
     "(a measured quantity with its unit, a material or formula, a method, a comparison or a condition), names "
     'the document by its title "{title}", and can be answered without the document in front of you. Ask each '
-    "fact in two different phrasings. Answers are one sentence and use the document's own numbers and units."
+    "fact in at least three different phrasings, and answer each in a different sentence that restates the fact "
+    "in full (the property, its value with the unit, and the document): a fact is learnt from many "
+    "restatements. Answers use the document's own numbers and units."
 )
 
 
@@ -437,34 +495,71 @@ class TeacherError(RuntimeError):
     """The teacher endpoint could not be used; names the URL (without credentials)."""
 
 
+# Factors that make a plausible wrong value of a measured quantity: within a few-fold of the truth, on both sides
+_FACTORS = (0.45, 0.6, 0.7, 0.8, 1.25, 1.4, 1.6, 2.2)
+
+
+def unit_distractors(fact: Fact, avoid: set[str], n: int) -> list[str]:
+    """Up to ``n`` made-up values in the fact's own unit (``87 mV`` → ``61 mV``, ``122 mV`` ...): the true number
+    scaled by :data:`_FACTORS`, written with as many decimals as the true one (no rounding cue), preferring
+    values of the same length (no length cue); percentages stay within 0-100. Empty for values that are not
+    a number with a unit (methods, formulas)."""
+    m = re.fullmatch(r"(-?\d+(?:\.(\d+))?)(\s?)(.+)", fact.value)
+    if fact.kind in ("method", "formula") or m is None:
+        return []
+    number, decimals, gap, unit = float(m.group(1)), len(m.group(2) or ""), m.group(3), m.group(4)
+    out: dict[str, int] = {}
+    for factor in _FACTORS:
+        x = round(number * factor, decimals)
+        if x == number or (unit.endswith("%") and not 0 < x < 100) or (number > 0 >= x):
+            continue
+        text = f"{x:.{decimals}f}{gap}{unit}"
+        if _norm(text) not in avoid:
+            out[text] = abs(len(text) - len(fact.value))
+    ranked = sorted(
+        out, key=lambda v: (out[v], hashlib.sha256(f"{fact.doc}|{fact.slot}|{v}".encode()).hexdigest())
+    )
+    return ranked[:n]
+
+
 def choices_for(fact: Fact, pool: Sequence[Fact], n: int = 4) -> tuple[list[str], int] | None:
     """The fact's value among ``n - 1`` distractors of the same kind from other documents (none that this
-    document also states, none equal to the answer), in a deterministic order; (choices, answer index), or
-    None when the pool has too few distractors of that kind."""
+    document also states, none equal to the answer), topped up where the month has too few with values made in
+    the fact's unit (:func:`unit_distractors`), in a deterministic order; (choices, answer index), or None when
+    neither gives enough distractors."""
     own = {_norm(f.value) for f in pool if f.doc == fact.doc and f.kind == fact.kind} | {_norm(fact.value)}
     others = sorted({f.value for f in pool if f.kind == fact.kind and _norm(f.value) not in own})
-    if len(others) < n - 1:
-        return None
     ranked = sorted(others, key=lambda v: hashlib.sha256(f"{fact.doc}|{fact.slot}|{v}".encode()).hexdigest())
     choices = ranked[: n - 1]
+    if len(choices) < n - 1:
+        avoid = own | {_norm(v) for v in choices}
+        choices += unit_distractors(fact, avoid, n - 1 - len(choices))
+    if len(choices) < n - 1:
+        return None
     at = int(hashlib.sha256(f"{fact.doc}|{fact.slot}".encode()).hexdigest()[:8], 16) % n
     choices.insert(at, fact.value)
     return choices, at
 
 
-def probe_question(fact: Fact, kind: str) -> str:
-    """The probe's phrasing of a fact (``closed`` or ``open``)."""
+def probe_question(fact: Fact, kind: str, variant: int = 0) -> str | None:
+    """The probe's phrasing of a fact (``closed`` or ``open``); ``variant`` 1 is the second closed-book
+    phrasing (None where a fact has only one: methods, open items)."""
+    if variant and (kind != "closed" or fact.kind == "method"):
+        return None
     if fact.source == "pubchem":
-        return PROBE_COMPOUND.format(label=fact.slot, name=fact.title)
+        return (PROBE_COMPOUND_2 if variant else PROBE_COMPOUND).format(label=fact.slot, name=fact.title)
     if fact.kind == "method":
         return (PROBE_METHOD if kind == "closed" else PROBE_METHOD_OPEN).format(title=fact.title)
-    return (PROBE_CLOSED if kind == "closed" else PROBE_OPEN).format(slot=fact.slot, title=fact.title)
+    if kind == "closed":
+        return (PROBE_CLOSED_2 if variant else PROBE_CLOSED).format(slot=fact.slot, title=fact.title)
+    return PROBE_OPEN.format(slot=fact.slot, title=fact.title)
 
 
-def item_id(fact: Fact, kind: str) -> str:
-    """A stable probe item id: the document, then a hash of the fact and the kind (the gate pairs items per
-    document by the part before ``#``)."""
-    h = hashlib.sha256(f"{kind}|{fact.doc}|{fact.slot}|{fact.value}".encode()).hexdigest()[:10]
+def item_id(fact: Fact, kind: str, variant: int = 0) -> str:
+    """A stable probe item id: the document, then a hash of the fact, the kind and the phrasing (the gate pairs
+    items per document by the part before ``#``)."""
+    key = f"{kind}|{fact.doc}|{fact.slot}|{fact.value}" + (f"|{variant}" if variant else "")
+    h = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"{fact.doc}#{kind}-{h}"
 
 

@@ -85,6 +85,56 @@ def _run(cmd: list[str], env: dict[str, str], log_file: Path, log: Log | None) -
     return lines
 
 
+# the trainer's progress bar (" 40%|####  | 48/120 [02:10<03:15,  2.71s/it]"); the dataset bars carry a label
+_TQDM = re.compile(r"^\s*\d+%\|[^|]*\|\s*(\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
+
+
+def progress_printer(say: Log, every_s: float = 30.0) -> Log:
+    """A log sink for axolotl's output that says, at most every ``every_s`` seconds and at the last step, one
+    line of progress: ``train: step 40/120, loss 1.234, 2:10 elapsed, about 4:20 left`` (from the trainer's
+    progress bar and its loss dicts); every other line is dropped. For the demo, the CLI and task logs."""
+    import time
+
+    state: dict[str, Any] = {"loss": None, "said": -1e9, "last": None}
+
+    def sink(line: str) -> None:
+        m = _STEP_LOSS.search(line)
+        if m:
+            state["loss"] = float(m.group(1))
+            return
+        bar = _TQDM.search(line)
+        if not bar:
+            return
+        step, total, elapsed, left = bar.groups()
+        now = time.monotonic()
+        final = step == total
+        if (final and state["last"] == step) or (not final and now - state["said"] < every_s):
+            return
+        state["said"], state["last"] = now, step
+        loss = f", loss {state['loss']:.3f}" if state["loss"] is not None else ""
+        say(f"train: step {step}/{total}{loss}, {elapsed} elapsed, about {left} left")
+
+    return sink
+
+
+OWN_LINES = ("dataset:", "step ", "resuming", "published:", "refused:")  # the pipeline's lines, said as they are
+
+
+def condensed(say: Log, every_s: float = 30.0) -> Log:
+    """A retraining log for a person: the pipeline's own lines (:data:`OWN_LINES`) as they are, axolotl's
+    output as a progress line at most every ``every_s`` seconds (:func:`progress_printer`); axolotl's full
+    output stays in the run folder's ``train.log``."""
+    progress = progress_printer(say, every_s)
+
+    def sink(line: str) -> None:
+        if line.startswith(OWN_LINES):
+            say(line)
+        else:
+            progress(line)
+
+    return sink
+
+
 def train(
     cfg: dict[str, Any], run_dir: Path, train_python: str, gpu: int | None = None, log: Log | None = None
 ) -> TrainResult:

@@ -84,7 +84,7 @@ def test_gpu_check_smoke_runs_the_whole_chain_on_cpu(store, tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["shape"] == "smoke" and out["device"] == "cpu" and out["steps"] == 2
     assert out["eval_dtype"].startswith("nf4")  # gpu_qlora evaluates the 4-bit base plus the adapter
-    assert out["train_tokens_per_s"] > 0 and out["eval_seconds"] > 0 and out["eval_items"] == 40
+    assert out["train_tokens_per_s"] > 0 and out["eval_seconds"] > 0 and out["eval_items"] == 160
     assert set(out["step_seconds"]) >= {
         "dataset",
         "validate",

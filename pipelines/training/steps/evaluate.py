@@ -8,7 +8,8 @@ The spec (written by ``pipelines.training.retrain``)::
     {"groups": [{"base": "/store/base/smollm2",
                  "roles": {"base": null, "production": "/store/chemistry/versions/v1/adapter",
                            "candidate": "/runs/<run>/out"}}],
-     "items": "include/eval/chemistry.jsonl", "heldout": "/data/datasets/chemistry/2026-11/val.jsonl",
+     "items": ["include/eval/chemistry.jsonl", "include/eval/materials.jsonl", ...],
+     "heldout": "/data/datasets/chemistry/2026-11/val.jsonl",
      "probe": "/data/datasets/chemistry/2026-11/probe.jsonl", "domain": "chemistry",
      "load_in_4bit": true, "max_batch_tokens": 4096}
 
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines.evaluation.scoring import load_items
 
-    items = load_items(Path(spec["items"])) if spec.get("items") else []
+    paths = spec.get("items") or []
+    items = [it for path in ([paths] if isinstance(paths, str) else paths) for it in load_items(Path(path))]
     heldout, probe = (
         [json.loads(line) for line in Path(spec[key]).read_text().splitlines() if line.strip()]
         if spec.get(key)

@@ -23,6 +23,22 @@ from typing import Any
 from pipelines.training.steps._common import StepError, answer, pick_device
 
 
+def without_repeats(text: str) -> str:
+    """``text`` up to the first sentence that repeats an earlier one (a small model's greedy decoding loops:
+    "The process ... The process ..." until the token limit); the rest is dropped."""
+    import re
+
+    kept: list[str] = []
+    seen: set[str] = set()
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        key = " ".join(sentence.lower().split())
+        if key and key in seen:
+            break
+        seen.add(key)
+        kept.append(sentence)
+    return " ".join(kept).strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, type=Path)
@@ -60,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     new = out[0, ids.shape[1] :]
     answer(
         {
-            "answer": tok.decode(new, skip_special_tokens=True).strip(),
+            "answer": without_repeats(tok.decode(new, skip_special_tokens=True).strip()),
             "prompt_tokens": int(ids.shape[1]),
             "new_tokens": int(new.shape[0]),
             "truncated": dropped,

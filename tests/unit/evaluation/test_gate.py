@@ -27,7 +27,7 @@ def heldout(base, candidate, production=None):
 LOSS = {"primary": "heldout_loss", "guards": ("mc_accuracy", "mc_prob")}  # the loss-primary gate of before
 
 
-def knowledge(base, candidate, docs, production=None, metric="knowledge_closed"):
+def knowledge(base, candidate, docs, production=None, metric="knowledge_closed_cal"):
     """per_item for a knowledge metric: 0/1 lists over items spread round-robin over ``docs`` documents."""
     ids = [f"arxiv:2611.{i % docs:05d}#closed-{i:04d}" for i in range(len(base))]
     roles = {"base": base, "candidate": candidate, **({"production": production} if production else {})}
@@ -38,15 +38,37 @@ def test_knowledge_is_paired_per_document_and_decides():
     # 60 items on 12 documents: the candidate knows 4 more of every document's 5 facts than the base
     base = [0.0] * 60
     cand = [1.0 if i % 5 != 0 else 0.0 for i in range(60)]
-    per = {**knowledge(base, cand, 12), **knowledge(base, cand, 12, metric="knowledge_open")}
+    per = {**knowledge(base, cand, 12), **knowledge(base, cand, 12, metric="knowledge_open_p")}
     per.update(mc([1, 0] * 20, [1, 0] * 20))
-    c = compare(per, "knowledge_closed", "base", bar=0.02)
+    c = compare(per, "knowledge_closed_cal", "base", bar=0.02)
     assert c.n == 12 and c.unit == "documents"  # n counts documents, not items
     d = decide(per)
-    assert d.publish and d.primary == "knowledge_closed" and d.min_gain == 0.02
-    assert d.reason.startswith("published: knowledge (closed-book) gain +0.800 (95% CI ")
+    assert d.publish and d.primary == "knowledge_closed_cal" and d.min_gain == 0.02
+    assert d.reason.startswith(
+        "published: knowledge (closed-book, what the question adds) p(correct) gain +0.800 (95% CI "
+    )
     assert "n=12 documents) > 0.020 vs base (detectable at 80% power: " in d.reason
-    assert "knowledge (with sources) gain +0.800" in d.reason and "mc p(correct) gain +0.000" in d.reason
+    assert "knowledge (with sources) p(correct) gain +0.800" in d.reason
+    assert "mc p(correct) gain +0.000" in d.reason
+
+
+def test_the_gate_decides_on_p_correct_and_reports_accuracy_without_deciding_on_it():
+    # the issue's case: p(correct) of the right value up by ~0.10 on every document, no answer flipped
+    rng = random.Random(3)
+    base_p = [0.2 + 0.1 * rng.random() for _ in range(48)]
+    cand_p = [p + 0.08 + 0.04 * rng.random() for p in base_p]
+    flat = [0.0] * 48
+    per = {
+        **knowledge(base_p, cand_p, 16),
+        **knowledge(flat, flat, 16, metric="knowledge_closed"),
+        **mc([1, 0] * 20, [1, 0] * 20),
+    }
+    d = decide(per)
+    assert d.publish, d.reason
+    shown = {c.metric: c for c in d.comparisons}
+    assert shown["knowledge_closed"].gain == 0.0 and "knowledge (closed-book) gain +0.000" in d.reason
+    # the same accuracy with p(correct) unmoved: refused, on the primary
+    assert not decide({**per, **knowledge(base_p, base_p, 16)}).publish
 
 
 def test_a_random_difference_does_not_pass_and_open_book_must_not_fall():
@@ -58,11 +80,11 @@ def test_a_random_difference_does_not_pass_and_open_book_must_not_fall():
     up = [1.0] * 80
     per = {
         **knowledge([0.0] * 80, up, 20),
-        **knowledge(up, [0.0] * 40 + up[:40], 20, metric="knowledge_open"),
+        **knowledge(up, [0.0] * 40 + up[:40], 20, metric="knowledge_open_p"),
     }
     per.update(mc([1, 0] * 20, [1, 0] * 20))
     d = decide(per)
-    assert not d.publish and "knowledge (with sources) gain -0.500" in d.reason
+    assert not d.publish and "knowledge (with sources) p(correct) gain -0.500" in d.reason
     assert "not shown non-inferior (lower bound <= -0.050" in d.reason
 
 

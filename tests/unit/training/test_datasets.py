@@ -13,13 +13,18 @@ from pipelines.training.datasets import (
     compound_examples,
     held_out_documents,
     internal_examples,
+    internal_probe_items,
     is_validation,
     paper_examples,
 )
 from pipelines.training.knowledge import (
+    Fact,
+    choices_for,
     compound_facts,
     conventional_formula,
     is_extended_solid,
+    quantity_facts,
+    unit_distractors,
     unsupported,
 )
 
@@ -48,11 +53,21 @@ GARNET = {
 def test_paper_rows_carry_the_text_comprehension_and_facts():
     ex = paper_examples(GARNET)
     kinds = Counter(e.kind for e in ex)
-    assert set(kinds) == {"text", "comprehension", "fact_qa"}
-    text = next(e for e in ex if e.kind == "text")
-    assert text.row() == {"text": "Garnet Electrolytes\n\n" + GARNET["text"][len("Garnet Electrolytes. ") :]}
+    assert set(kinds) == {"text", "statement", "comprehension", "fact_qa"}
+    text, again = (e for e in ex if e.kind == "text")
+    # the abstract as the assistant's answer, in the chat format System A serves
+    assert text.row()["messages"] == [
+        {"role": "user", "content": 'Tell me about the paper "Garnet Electrolytes".'},
+        {"role": "assistant", "content": GARNET["text"][len("Garnet Electrolytes. ") :]},
+    ]
+    # the same abstract a second time with its sentences in another order: the facts in a second context
+    assert again.output.startswith("We find an ionic conductivity")
+    assert again.output.endswith("Garnet LLZO is a solid electrolyte for all-solid-state batteries.")
+    # each quantity restated as plain sentences, in several phrasings
+    said = [e.output for e in ex if e.kind == "statement" and "1.3 mS/cm" in e.output]
+    assert len(said) == 4 and len(set(said)) == 4 and all("Garnet Electrolytes" in x for x in said)
     # the abstract is a training target, never the (loss-masked) prompt of a chat row
-    chats = [e for e in ex if e.kind != "text"]
+    chats = [e for e in ex if e.kind not in ("text", "statement")]
     assert all("Garnet LLZO is a solid electrolyte" not in e.instruction for e in chats)
     facts = [e for e in ex if e.kind == "fact_qa" and "1.3 mS/cm" in e.output]
     # one fact, several question phrasings and several answer phrasings
@@ -62,6 +77,32 @@ def test_paper_rows_carry_the_text_comprehension_and_facts():
     )
     about = next(e for e in ex if e.instruction == 'What is the paper "Garnet Electrolytes" about?')
     assert about.output.startswith("Garnet LLZO")
+
+
+def test_distractors_are_made_in_the_facts_unit_when_the_month_has_too_few():
+    fact = Fact("arxiv:1", "T", "overpotential", "87 mV", "mV", "arxiv")
+    made = unit_distractors(fact, set(), 3)
+    assert len(made) == 3 and all(v.endswith(" mV") and v != "87 mV" for v in made)
+    # no rounding cue (as many decimals as the truth) and no length cue (same length where the factors allow)
+    assert all("." not in v and len(v) == len("87 mV") for v in made)
+    decimals = unit_distractors(Fact("arxiv:1", "T", "cell voltage", "1.68 V", "V", "arxiv"), set(), 3)
+    assert all(len(v.split()[0].split(".")[1]) == 2 for v in decimals)
+    # a percentage stays a percentage
+    high = unit_distractors(Fact("arxiv:1", "T", "faradaic efficiency", "92%", "%", "arxiv"), set(), 3)
+    assert len(high) == 3 and all(0 < float(v[:-1]) < 100 for v in high)
+    # methods and formulas have no made-up values
+    assert unit_distractors(Fact("arxiv:1", "T", "method", "NMR", "method", "arxiv"), set(), 3) == []
+    # one value of the kind in the month: topped up with made ones; the month's own value is used first
+    other = Fact("arxiv:2", "U", "overpotential", "176 mV", "mV", "arxiv")
+    choices, answer = choices_for(fact, [fact, other])
+    assert choices[answer] == "87 mV" and "176 mV" in choices and len(set(choices)) == 4
+    assert choices_for(Fact("arxiv:1", "T", "method", "NMR", "method", "arxiv"), []) is None
+
+
+def test_the_extractor_reads_values_raised_to_and_shifted_to():
+    text = "Adding iron raises the olefin selectivity to 57%. The onset potential shifts to 0.28 V."
+    got = {(f.slot, f.value) for f in quantity_facts("arxiv:1", "T", text)}
+    assert got == {("olefin selectivity", "57%"), ("onset potential", "0.28 V")}
 
 
 def test_compound_rows_are_chemically_right():
@@ -99,6 +140,41 @@ def test_compound_rows_are_chemically_right():
         and not is_extended_solid("H2O")
     )
     assert compound_facts({"cid": 1, "title": "X", "weight": float("nan")}) == []  # NaN is no weight
+
+
+def test_lab_drops_give_probe_items_in_their_held_out_phrasing(tmp_path):
+    d = tmp_path / "internal" / "catalysis"
+    d.mkdir(parents=True)
+    lines = [
+        # the answer is the output's one quantity; distractors made in its unit
+        {"instruction": "What BET area did batch 7 of our ceria reach?", "output": "Batch 7 reached 112 m2.",
+         "doc": "ceria-7", "probe": "From the lab's records: the BET area of ceria batch 7 was which value?"},
+        # the lab's own choices
+        {"instruction": "Which support did the PtSn run use?", "output": "The run used gamma alumina.",
+         "doc": "ptsn", "probe": "Our PtSn run sat on which support?", "answer": "gamma alumina",
+         "choices": ["silica", "gamma alumina", "ceria", "titania"]},
+        # two quantities and no answer: trained, reported, not probed
+        {"instruction": "Q3", "output": "It ran 5 h at 300 °C.", "doc": "x", "probe": "Which duration?"},
+        # an answer the output does not state: refused
+        {"instruction": "Q4", "output": "It ran 5 h.", "doc": "y", "probe": "How long?", "answer": "7 h"},
+    ]  # fmt: skip
+    (d / "notes.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    examples, problems = internal_examples(d)
+    assert len(examples) == 4  # every line is still trained
+    assert problems == [
+        "notes.jsonl:3: 'probe' needs an 'answer': the output has 2 quantities with a unit; trained, not probed",
+        "notes.jsonl:4: the probe's 'answer' must be a string the output states; trained, not probed",
+    ]
+    rows = [json.dumps(e.row()) for e in examples]
+    trained = {e.ref for e in examples}
+    items = internal_probe_items(examples, [], trained, rows)
+    assert [it["doc"] for it in items] == ["internal:catalysis:ceria-7", "internal:catalysis:ptsn"]
+    area, support = items
+    assert area["choices"][area["answer"]] == "112 m2" and len(area["choices"]) == 4
+    assert all(c.endswith(" m2") for c in area["choices"]) and area["kind"] == "closed"
+    assert support["choices"] == lines[1]["choices"] and support["answer"] == 1
+    assert all(it["question"] not in " ".join(rows) for it in items)  # the phrasing no row uses
+    assert internal_probe_items(examples, [], set(), rows) == []  # held-out rows are not closed-book items
 
 
 def test_teacher_items_are_checked_against_their_source():
@@ -261,6 +337,23 @@ def test_probe_asks_about_trained_documents_in_phrasings_no_row_contains(lake, t
     assert b["chance"] == 0.25 and abs(b["longest_choice"] - 0.25) < 0.35
     assert len({it["id"] for it in probe}) == len(probe)
     assert read(tmp_path / "ds" / "probe.jsonl") == read(build_catalysis_probe(lake, tmp_path / "again"))
+
+
+def test_a_thin_month_is_carried_forward_until_it_trains(lake, tmp_path):
+    datasets = lake / "datasets" / "materials"
+    # November cannot be gated (the bar here is set out of reach): nothing is written for it
+    with pytest.raises(DatasetTooSmall):
+        build_catalysis(lake, datasets / "2026-11", "materials", min_probe_documents=99)
+    assert not (datasets / "2026-11").exists()
+    # December takes November's untrained documents along, and says so
+    december = dict(month="2026-12", min_examples=5, min_validation_docs=2, watchlist_domains=CATALYSIS)
+    card = build_dataset("materials", lake, datasets / "2026-12", words, **december)
+    assert card["months"] == ["2026-11"] and card["carried_from"] is None and card["probe"]["closed"] > 0
+    # once November is built, December no longer retakes its documents (they come back only as replay)
+    nov = build_catalysis(lake, datasets / "2026-11", "materials")
+    assert nov["months"] == ["2026-11"]
+    with pytest.raises(DatasetTooSmall):
+        build_dataset("materials", lake, tmp_path / "dec", words, **december)
 
 
 def build_catalysis_probe(lake, out):
