@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
                     + [p.split(" gain ")[0] for p in d.regressions],
                     "margins": NONINFERIOR,
                     "comparisons": {
-                        c.metric: {"gain": c.gain, "ci": [c.ci_low, c.ci_high], "n": c.n} for c in d.comparisons
+                        c.metric: {"gain": c.gain, "ci": [c.ci_low, c.ci_high], "n": c.n}
+                        for c in d.comparisons
                     },
                 }
             )

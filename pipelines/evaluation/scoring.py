@@ -28,8 +28,10 @@ can compare models item by item (``pipelines.evaluation.gate``):
   choices alone give the answer away (or a model learnt to prefer values it saw, whatever the question).
 * **knowledge_closed_cal** — the gate's primary: the closed item's probability of the right choice when each
   choice is scored by what the question adds to it (its mean log-probability after the question less that
-  after an empty question, then a softmax). A model that learnt which values occur in the month, but not
-  which document states which, gains nothing here; one that learnt the facts does (issue 23's control).
+  after an empty question, then a softmax). It removes a value's own pull (a value seen in training against
+  a distractor made in its unit), not the pull a value has given the property asked about: on seed 1 the
+  format-only control still gained +0.091 here against the real candidate's +0.117 (docs/BENCHMARKS.md), so a
+  baseline with another document's title in the question is the next step.
 
 Eval items: ``{"id", "question", "choices": [>= 2 strings], "answer": index}``. Held-out rows:
 ``{"id", "doc", "messages": [{"role": "user", ...}, {"role": "assistant", ...}]}`` (``val.jsonl``).

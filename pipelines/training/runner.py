@@ -117,7 +117,13 @@ def progress_printer(say: Log, every_s: float = 30.0) -> Log:
     return sink
 
 
-OWN_LINES = ("dataset:", "step ", "resuming", "published:", "refused:")  # the pipeline's lines, said as they are
+OWN_LINES = (
+    "dataset:",
+    "step ",
+    "resuming",
+    "published:",
+    "refused:",
+)  # the pipeline's lines, said as they are
 
 
 def condensed(say: Log, every_s: float = 30.0) -> Log:
