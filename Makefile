@@ -58,7 +58,7 @@ demo: setup  ## ingest the samples through the DAGs, search, retrain one domain 
 ALL_TIERS := unit or dags or integration or milvus_server or cluster or browser
 
 test: setup system-deps  ## every tier: unit, dags, integration (real axolotl), milvus_server, cluster (Celery lab), browser
-	$(BIN)/python -m pytest -m "$(ALL_TIERS)" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "$(ALL_TIERS)" --durations=40 $(PYTEST_ARGS)
 
 test-unit: setup
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)

@@ -101,8 +101,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from pipelines.embedding.minilm import MINILM, get_embedder
-    from pipelines.gateway.store import GatewayStore
     from pipelines.ingestion.indexing import index_documents
+    from pipelines.ops.traces import GatewayStore
     from pipelines.publishing.model_store import ModelStore
     from pipelines.publishing.serving import hand_off
     from pipelines.retrieval.golden import golden_path, load_corpus

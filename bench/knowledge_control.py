@@ -183,9 +183,6 @@ def judge_all(
         per_item = {m: {"base": r["base"], "candidate": r[name]} for m, r in evaluation["per_item"].items()}
         decision = decide(per_item, min_gain=DEFAULT_MIN_GAIN)
         head = decision.comparisons[0]
-        refused_by = ([] if head.ci_low > DEFAULT_MIN_GAIN else [head.metric]) + [
-            p.split(" gain ")[0] for p in decision.regressions
-        ]
         out.append(
             {
                 "candidate": name,
@@ -196,7 +193,7 @@ def judge_all(
                 "unit": head.unit,
                 "mde": head.mde,
                 "published": decision.publish,
-                "refused_by": refused_by,
+                "refused_by": decision.refused_by,
                 "guards": {
                     c.metric: {"gain": c.gain, "ci": [c.ci_low, c.ci_high], "n": c.n}
                     for c in decision.comparisons[1:]
@@ -219,9 +216,19 @@ def main(argv: list[str] | None = None) -> int:
         "--max-steps", type=int, default=None, help="cap on steps (default: the profile's epochs)"
     )
     ap.add_argument("--damage-lr", type=float, default=0.02, help="learning rate of the damage control")
+    ap.add_argument("--epochs", type=float, help="num_epochs for every candidate (default: the profile's)")
     ap.add_argument("--kinds", nargs="+", default=["real", "control", "damage"])
     ap.add_argument("--save-eval", type=Path, help="write every role's per-item scores here (JSON)")
+    ap.add_argument(
+        "--judge",
+        nargs="+",
+        metavar="KIND-SEED=ADAPTER",
+        help="judge adapters trained before (e.g. real-1=var/runs/<run>/out) instead of training",
+    )
     args = ap.parse_args(argv)
+    judged = dict(j.split("=", 1) for j in args.judge or [])
+    if any(len(name.split("-")) != 2 for name in judged):
+        ap.error("--judge takes KIND-SEED=ADAPTER, e.g. real-1=var/runs/<run>/out")
 
     from pipelines.training.retrain import prepare_dataset
 
@@ -233,14 +240,17 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         runs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        for seed in args.seeds:
+        for seed in [] if judged else args.seeds:
+            keys: dict[str, Any] = {"seed": seed, **({"num_epochs": args.epochs} if args.epochs else {})}
             made = {
-                "real": (card, {"seed": seed}),
-                "control": (control_card(dict(card), tmp, seed), {"seed": seed}),
-                "damage": (card, {"seed": seed, "learning_rate": args.damage_lr}),
+                "real": (card, keys),
+                "control": (control_card(dict(card), tmp, seed), keys),
+                "damage": (card, {**keys, "learning_rate": args.damage_lr}),
             }
             runs.update({f"{kind}-{seed}": made[kind] for kind in args.kinds})
         adapters, timings = train_all(settings, args.domain, args.month, base, runs, args.max_steps)
+        adapters.update({name: Path(path) for name, path in judged.items()})
+        timings.update({name: {} for name in judged})
         for record in judge_all(settings, args.domain, base, dict(card), adapters, tmp, args.save_eval):
             kind, seed = record["candidate"].split("-")
             record.update(

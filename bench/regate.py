@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("scores", type=Path)
     ap.add_argument("--min-gain", type=float, default=None)
     args = ap.parse_args(argv)
-    from pipelines.evaluation.gate import DEFAULT_MIN_GAIN, NONINFERIOR, decide
+    from pipelines.evaluation.gate import DEFAULT_MIN_GAIN, decide
 
     per_item = json.loads(args.scores.read_text())
     roles = sorted({r for by_role in per_item.values() for r in by_role} - {"base"})
@@ -33,15 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     for role in roles:
         pair = {m: {"base": r["base"], "candidate": r[role]} for m, r in per_item.items() if role in r}
         d = decide(pair, min_gain=min_gain)
-        head = d.comparisons[0]
         print(
             json.dumps(
                 {
                     "candidate": role,
                     "published": d.publish,
-                    "refused_by": ([] if head.ci_low > min_gain else [head.metric])
-                    + [p.split(" gain ")[0] for p in d.regressions],
-                    "margins": NONINFERIOR,
+                    "refused_by": d.refused_by,
+                    "margins": d.margins,
                     "comparisons": {
                         c.metric: {"gain": c.gain, "ci": [c.ci_low, c.ci_high], "n": c.n}
                         for c in d.comparisons

@@ -82,7 +82,8 @@ def domain_retraining():
     def plan() -> list[str]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipelines.training.base_models import BaseModelMissing, check_base
+        from pipelines.publishing.bases import BaseModelMissing
+        from pipelines.training.base_models import check_base
 
         p = get_current_context()["params"]
         settings = dag_settings()

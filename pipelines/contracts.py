@@ -42,6 +42,8 @@ class PubChemFetchManifest(TypedDict):
     requests: int
     throttle_events: list[str]  # what PubChem said each time it throttled us
     fetched_at: str
+    # name → (reason, raw answer) where PubChem's answer had another shape: quarantined, never cached
+    unreadable_names: NotRequired[dict[str, list[str]]]
 
 
 class ChunkRow(TypedDict):
@@ -275,6 +277,9 @@ class ProbeItem(ChoiceItem):
     kind: str  # "closed" (the question alone) or "open" (with the passages `cbnano ask` retrieves)
     passages: list[str]
     held_out: bool
+    # closed items: the same question about another trained document (the primary's baseline, see
+    # pipelines.evaluation.scoring); absent where the month trained no other document of the source
+    contrast: NotRequired[str]
 
 
 class ChatRow(TypedDict):

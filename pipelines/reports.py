@@ -150,7 +150,7 @@ def flagged_answers(settings: Settings, limit: int = 20) -> dict[str, list[Rated
     if not settings.gateway_db and not (Path(settings.home) / "gateway.db").is_file():
         return {}
     try:
-        from pipelines.gateway.store import GatewayStore
+        from pipelines.ops.traces import GatewayStore
 
         store = GatewayStore.from_settings(settings)
         return {d: store.rated(d, -1)[-limit:][::-1] for d in DOMAINS}

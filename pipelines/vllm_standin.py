@@ -234,3 +234,27 @@ class VLLMStandIn:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.vllm_standin [--port 8000] [--base smollm2]``: a stand-in System A to try the
+    gateway or ``cbnano ask`` against, until interrupted. Prints its URL on the first line."""
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(prog="python -m pipelines.vllm_standin", description=main.__doc__)
+    ap.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0: any free one)")
+    ap.add_argument("--base", default="smollm2", help="the base model's name, as vLLM would serve it")
+    ap.add_argument("--token", default="", help="want this bearer token on every route but /health")
+    args = ap.parse_args(argv)
+    with VLLMStandIn(base=args.base, port=args.port, token=args.token) as srv:
+        print(srv.url, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

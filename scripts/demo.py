@@ -55,6 +55,7 @@ def main() -> int:
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         }
     )
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # no C-core GOAWAY lines in the demo (cli.quiet_grpc)
     AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
@@ -154,21 +155,12 @@ def main() -> int:
         for name, m in out["metrics"].items():
             print(
                 f"   {name:<10} closed-book p(right value) {m.get('knowledge_closed_p', nan):.3f} "
-                f"(what the question adds: {m.get('knowledge_closed_cal', nan):.3f}), accuracy "
+                f"(what the paper adds: {m.get('knowledge_closed_doc', nan):.3f}), accuracy "
                 f"{m.get('knowledge_closed', nan):.3f}; with sources {m.get('knowledge_open_p', nan):.3f}; "
                 f"general-text loss {m.get('general_loss', nan):.3f}; mc p(correct) {m.get('mc_prob', nan):.3f}"
             )
-        from pipelines.evaluation.gate import LABELS
-
-        print(
-            f"   gate ({'PASSED' if out['published'] else 'REFUSED'}), candidate against {report['gate']['baseline']}:"
-        )
-        for c in report["gate"]["comparisons"]:
-            print(
-                f"     {LABELS.get(c['metric'], c['metric']):<40} {c['gain']:+.3f}  "
-                f"(95% CI {c['ci_low']:+.3f}..{c['ci_high']:+.3f}, n={c['n']} {c.get('unit', 'items')})"
-            )
-        print(f"   gate: {out['reason']}")
+        for line in report["gate"]["lines"]:  # the verdict, then one line per figure
+            print(f"   gate {line.strip()}" if not line.startswith(" ") else f"     {line.strip()}")
         vdir = settings.model_store / "catalysis" / "versions" / str(out["version"])
         if out["reason"].startswith("unchanged"):
             print(f"   already in the model store: {vdir}")
@@ -187,6 +179,10 @@ def main() -> int:
             print(f"   > {line}")
         for n, src in enumerate(answer["sources"], 1):
             print(f"   [{n}] {src['title']}  {src['url']}")
+        if answer["sources"] and not answer["cited"]:  # a 135M model seldom cites: show what the sources say
+            print("   the answer cites none of the sources; what they say:")
+            for n, src in enumerate(answer["sources"], 1):
+                print(f"   [{n}] {src['snippet']}")
     print(f"""
 Where to look:
   data lake (raw answers, records.jsonl, quarantine, summary.json): {settings.data_dir}/{{arxiv,pubchem}}

@@ -107,3 +107,29 @@ def pytest_collection_modifyitems(config, items):
     ]
     if wrong:
         raise pytest.UsageError(f"tests without exactly one tier marker ({', '.join(TIERS)}): {wrong[:5]}")
+
+
+_TIER_SECONDS: dict[str, float] = {}
+_TIER_TESTS: dict[str, int] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Sum each tier's time (setup, call and teardown of its tests) for the closing summary."""
+    tier = next((t for t in TIERS if t in report.keywords), None)
+    if tier is None:
+        return
+    _TIER_SECONDS[tier] = _TIER_SECONDS.get(tier, 0.0) + report.duration
+    if report.when == "call":
+        _TIER_TESTS[tier] = _TIER_TESTS.get(tier, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Where the suite's time went, per tier (session fixtures count in the first test that needs them)."""
+    if not _TIER_SECONDS:
+        return
+    terminalreporter.section("time per tier")
+    for tier in TIERS:
+        if tier in _TIER_SECONDS:
+            terminalreporter.write_line(
+                f"{tier:<14} {_TIER_TESTS.get(tier, 0):>4} tests {_TIER_SECONDS[tier]:>8.1f} s"
+            )

@@ -56,6 +56,7 @@ HIGHER_IS_BETTER = {
     "knowledge_closed": True,
     "knowledge_closed_p": True,
     "knowledge_closed_cal": True,
+    "knowledge_closed_doc": True,
     "knowledge_open": True,
     "knowledge_open_p": True,
     "knowledge_choice_only": True,
@@ -69,16 +70,22 @@ LABELS = {
     "knowledge_closed": "knowledge (closed-book)",
     "knowledge_closed_p": "knowledge (closed-book) p(correct)",
     "knowledge_closed_cal": "knowledge (closed-book, what the question adds) p(correct)",
+    "knowledge_closed_doc": "knowledge (closed-book, what the document adds) p(correct)",
     "knowledge_open": "knowledge (with sources)",
     "knowledge_open_p": "knowledge (with sources) p(correct)",
     "knowledge_choice_only": "choices without the question",
 }
-PRIMARY = "knowledge_closed_cal"
+PRIMARY = "knowledge_closed_doc"
 # metric -> margin its lower bound must stay above: answering with sources (p(correct)), the forgetting guards
 # (general-text loss in nats/token, mc p(correct))
 NONINFERIOR = {"knowledge_open_p": 0.05, "general_loss": 0.05, "mc_prob": 0.03}
 GUARDS = ("mc_accuracy",)
-REPORTED = ("knowledge_closed_p", "knowledge_closed", "knowledge_open")  # compared and shown, never deciding
+REPORTED = (
+    "knowledge_closed_cal",
+    "knowledge_closed_p",
+    "knowledge_closed",
+    "knowledge_open",
+)  # compared and shown, never deciding
 BY_DOCUMENT = ("knowledge_",)  # metrics whose items are paired per document (ids "<doc>#...")
 DEFAULT_MIN_GAIN = 0.02  # probability of the right value, closed-book, on the trained documents
 # A guard regression counts when we are 95% sure it is worse by more than this: statistically certain but
@@ -125,6 +132,8 @@ class GateDecision:
     min_gain: float
     comparisons: list[Comparison] = field(default_factory=list)
     regressions: list[str] = field(default_factory=list)
+    refused_by: list[str] = field(default_factory=list)  # the metrics whose check failed, primary first
+    margins: dict[str, float] = field(default_factory=dict)  # non-inferiority guard -> its margin
 
     @property
     def gain(self) -> float:
@@ -132,8 +141,43 @@ class GateDecision:
         return next(c.gain for c in self.comparisons if c.metric == self.primary)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return asdict(self)
+        """JSON-friendly form, with :meth:`lines`."""
+        return {**asdict(self), "lines": self.lines()}
+
+    def lines(self) -> list[str]:
+        """The decision in short lines a scientist reads: the verdict, then one line per figure (better or
+        worse in the metric's own terms, the interval, what it had to clear, and whether it did)."""
+        out = [("published" if self.publish else "refused") + f" (compared with {self.baseline})"]
+        for c in self.comparisons:
+            if c.metric == self.primary:
+                rule, held = f"must clear +{self.min_gain:.3f}", c.ci_low > self.min_gain
+            elif c.metric in self.margins:
+                rule, held = (
+                    f"may be at most {self.margins[c.metric]:.3f} worse",
+                    c.metric not in self.refused_by,
+                )
+            elif c.metric in GUARDS:
+                rule, held = "must not be clearly worse", c.metric not in self.refused_by
+            else:
+                rule, held = "reported", None
+            mark = "" if held is None else (" ok" if held else " FAILED")
+            out.append(f"  {figure(c)}; {rule}{mark}")
+        return out
+
+
+UNITS = {"general_loss": "nats/token", "heldout_loss": "nats/token"}
+
+
+def figure(c: Comparison) -> str:
+    """``knowledge (...) p(correct): 0.312 -> 0.401, +0.089 better (95% CI +0.041..+0.137, 19 documents)``;
+    a loss reads as better or worse, never as a "gain"."""
+    unit = UNITS.get(c.metric, "")
+    way = "better" if c.gain >= 0 else "worse"
+    return (
+        f"{LABELS.get(c.metric, c.metric)}: {c.baseline_mean:.3f} -> {c.candidate_mean:.3f}"
+        f"{' ' + unit if unit else ''}, {abs(c.gain):.3f} {way} "
+        f"(95% CI {c.ci_low:+.3f}..{c.ci_high:+.3f}, {c.n} {c.unit})"
+    )
 
 
 def improvement(metric: str, candidate: float, baseline: float) -> float:
@@ -327,17 +371,21 @@ def decide(
     comparisons = [head, *ni, *others]
     shown = [compare(per_item, m, baseline) for m in REPORTED if m in per_item and m != primary]
     comparisons += shown
+    failed_ni = [c for c in ni if c.ci_low <= -noninferior[c.metric]]
     problems = [
         f"{c.line()} not shown non-inferior (lower bound <= -{noninferior[c.metric]:.3f}; passing at 80% "
         f"power needs a true gain of {c.mde:+.3f})"
-        for c in ni
-        if c.ci_low <= -noninferior[c.metric]
+        for c in failed_ni
     ]
+    refused_by = [c.metric for c in failed_ni]
     for c in others:
         tol = tolerance.get(c.metric, 0.0) if isinstance(tolerance, Mapping) else tolerance
         if c.ci_high < -tol:
             problems.append(f"significantly worse: {c.line()}")
+            refused_by.append(c.metric)
     passed = head.ci_low > min_gain
+    refused_by = ([] if passed else [primary]) + refused_by
+    margins = {c.metric: noninferior[c.metric] for c in ni}
     line = (
         f"{head.line()} {'>' if passed else '<='} {min_gain:.3f} vs {baseline} "
         f"(detectable at 80% power: {head.mde:.3f})"
@@ -347,7 +395,9 @@ def decide(
         body = f"{line}; guards: {rest}"
         if problems:
             body += f"; and {'; '.join(problems)}"
-        return GateDecision(False, f"refused: {body}", primary, baseline, min_gain, comparisons, problems)
+        return GateDecision(
+            False, f"refused: {body}", primary, baseline, min_gain, comparisons, problems, refused_by, margins
+        )
     if problems:
         return GateDecision(
             False,
@@ -357,6 +407,8 @@ def decide(
             min_gain,
             comparisons,
             problems,
+            refused_by,
+            margins,
         )
     return GateDecision(
         True,
@@ -366,6 +418,8 @@ def decide(
         min_gain,
         comparisons,
         problems,
+        refused_by,
+        margins,
     )
 
 
@@ -380,4 +434,6 @@ def overrule(decision: GateDecision, why: str) -> GateDecision:
         decision.min_gain,
         decision.comparisons,
         decision.regressions,
+        [*decision.refused_by, why],
+        decision.margins,
     )

@@ -26,12 +26,17 @@ can compare models item by item (``pipelines.evaluation.gate``):
   probabilities of the right choice are ``knowledge_closed_p`` / ``knowledge_open_p``, and
   ``knowledge_choice_only`` scores the closed items' choices with an empty question: near chance unless the
   choices alone give the answer away (or a model learnt to prefer values it saw, whatever the question).
-* **knowledge_closed_cal** — the gate's primary: the closed item's probability of the right choice when each
-  choice is scored by what the question adds to it (its mean log-probability after the question less that
-  after an empty question, then a softmax). It removes a value's own pull (a value seen in training against
-  a distractor made in its unit), not the pull a value has given the property asked about: on seed 1 the
-  format-only control still gained +0.091 here against the real candidate's +0.117 (docs/BENCHMARKS.md), so a
-  baseline with another document's title in the question is the next step.
+* **knowledge_closed_cal** — the closed item's probability of the right choice when each choice is scored by
+  what the question adds to it (its mean log-probability after the question less that after an empty
+  question, then a softmax). It removes a value's own pull (a value seen in training against a distractor made
+  in its unit), not the pull a value has given the property asked about: on seed 1 the format-only control
+  still gained +0.091 here against the real candidate's +0.117 (docs/BENCHMARKS.md). Reported.
+* **knowledge_closed_doc** — the gate's primary: the same, with each choice scored by what **the document**
+  adds to it: its mean log-probability after the question less that after the item's ``contrast`` question
+  (the same question about another document the candidate was trained on). A model that learnt which values
+  go with which property, but not with which paper, gains nothing here; one that learnt the paper's values
+  does. Items without a contrast (a month with one trained document of the source, the lab's own drops) fall
+  back to the empty question.
 
 Eval items: ``{"id", "question", "choices": [>= 2 strings], "answer": index}``. Held-out rows:
 ``{"id", "doc", "messages": [{"role": "user", ...}, {"role": "assistant", ...}]}`` (``val.jsonl``).
@@ -264,7 +269,7 @@ class Scorer:
 
     def knowledge(self, probe: Sequence[ProbeItem], domain: str | None) -> dict[str, dict[str, float]]:
         """The knowledge probe's per-item scores (see the module docstring)."""
-        from pipelines.retrieval.prompt import ask_messages
+        from pipelines.prompt import ask_messages
 
         out: dict[str, dict[str, float]] = {}
         closed = [it for it in probe if it["kind"] == "closed"]
@@ -280,6 +285,15 @@ class Scorer:
                 [q - e for q, e in zip(qs, es, strict=True)] for qs, es in zip(asked, alone, strict=True)
             ]
             _, out["knowledge_closed_cal"] = judge(closed, lifted)
+            # what the document adds: each choice's score given the question less given the same question
+            # about another trained document, so values learnt for the property, whatever the paper, cancel
+            versus = self.choice_means(
+                closed, lambda it: user_message(it.get("contrast") or ""), share_prompt=True
+            )
+            bound = [
+                [q - c for q, c in zip(qs, cs, strict=True)] for qs, cs in zip(asked, versus, strict=True)
+            ]
+            _, out["knowledge_closed_doc"] = judge(closed, bound)
         if opened:
             out["knowledge_open"], out["knowledge_open_p"] = self.multiple_choice(
                 opened,

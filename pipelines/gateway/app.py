@@ -1,7 +1,7 @@
 """The lab's front door (System A's inference gateway): one OpenAI-compatible API in front of every model.
 
 A thin FastAPI service over what the platform already has: System A's vLLM (:class:`VLLMClient`'s URL and
-token), the hybrid :class:`Searcher`, the ``ask`` prompt (:mod:`pipelines.retrieval.prompt`) and the MiniLM
+token), the hybrid :class:`Searcher`, the ``ask`` prompt (:mod:`pipelines.prompt`) and the MiniLM
 embedder. Routes:
 
 * ``GET /v1/models``: ``general`` (the served base) and each domain whose production adapter System A serves
@@ -17,7 +17,7 @@ embedder. Routes:
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "code"}}``: 400 bad request, 401 no or wrong key,
 404 unknown model or id, 503 System A, Milvus or the database down. Every request is traced (see
-:mod:`pipelines.gateway.store`); keys are never logged.
+:mod:`pipelines.ops.traces`); keys are never logged.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from pipelines.gateway.store import GatewayStore, GatewayStoreError, Trace
-from pipelines.retrieval.prompt import ask_messages, source_block
+from pipelines.ops.traces import GatewayStore, GatewayStoreError, Trace
+from pipelines.prompt import ask_messages, source_block
 from pipelines.retrieval.search import SearchBody, Searcher, SearchError, parse_query
 from pipelines.settings import DOMAINS, Settings
 from pipelines.vectorstore.milvus import VectorStoreError

@@ -32,6 +32,7 @@ from pipelines.lake import partition_dir, read_jsonl, staged_records, write_json
 from pipelines.settings import Settings
 from pipelines.sources.mentions import find_mentions
 from pipelines.sources.pubchem import (
+    AnswerShapeError,
     Compound,
     DescriptionEntry,
     PubChemClient,
@@ -152,10 +153,17 @@ def fetch_compounds(
     names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
     not_found: list[str] = []
     resolved: dict[str, int] = {}
+    unreadable: dict[str, list[str]] = {}
     for i, name in enumerate(names, 1):
         hit = cache.get(name)
         if hit is None:
-            hit = client.cids_for_name(name)
+            try:
+                hit = client.cids_for_name(name)
+            except AnswerShapeError as exc:  # quarantined at staging; asked again next run
+                unreadable[name] = [str(exc), exc.raw]
+                if progress:
+                    progress("resolve", i, len(names))
+                continue
             cache.put(name, hit)
         if hit:
             resolved[name] = hit[0]  # PubChem lists the best match first
@@ -166,7 +174,9 @@ def fetch_compounds(
             progress("resolve", i, len(names))
     cache.save()
     wanted = list(dict.fromkeys(wanted))
-    key = hashlib.sha256(json.dumps([sorted(wanted), sorted(not_found)]).encode()).hexdigest()[:10]
+    key = hashlib.sha256(
+        json.dumps([sorted(wanted), sorted(not_found), sorted(unreadable)]).encode()
+    ).hexdigest()[:10]
     run_dir = partition_dir(settings.data_dir, SOURCE, day.isoformat(), f"run-{key}")
     raw = run_dir / "raw"
     pages: list[str] = []
@@ -194,6 +204,7 @@ def fetch_compounds(
         "requested": wanted,
         "resolved": resolved,
         "not_found": not_found,
+        "unreadable_names": unreadable,
         "requests": client.http.requests_sent,
         "throttle_events": client.throttle_events,
         "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -274,6 +285,10 @@ def stage_compounds(fetch_manifest: PubChemFetchManifest) -> StageManifest:
                 "text": compound_text(comp),
             }
             records.append(rec)
+    quarantine += [  # a name whose answer had another shape: neither found nor "not found"
+        {"reason": reason, "raw": raw, "name": name}
+        for name, (reason, raw) in fetch_manifest.get("unreadable_names", {}).items()
+    ]
     # a CID asked for that came back with no usable row is quarantined by name, never lost in silence
     quarantine += [
         {"reason": f"PubChem answered no usable property row for CID {cid}", "raw": json.dumps({"CID": cid})}

@@ -82,6 +82,7 @@ class VersionDict(TypedDict):
     published_at: str
     metrics: dict[str, float]
     problems: list[str]
+    decision: str  # "passed" or "refused" by the gate; "" where the manifest does not say
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class VersionInfo:
     published_at: str
     metrics: dict[str, float]  # the candidate's, from the manifest
     problems: tuple[str, ...] = ()  # filled by ModelStore.versions(verify=True) and unreadable manifests
+    decision: str = ""  # the gate's: "passed", "refused", or "" where the manifest has no gate record
 
     def to_dict(self) -> VersionDict:
         """JSON-friendly form."""
@@ -106,7 +108,14 @@ class VersionInfo:
             "published_at": self.published_at,
             "metrics": self.metrics,
             "problems": list(self.problems),
+            "decision": self.decision,
         }
+
+
+def _decision(gate: object) -> str:
+    """ "passed" / "refused" from a manifest's gate record, "" when there is none or it does not say."""
+    publish = gate.get("publish") if isinstance(gate, dict) else None
+    return {True: "passed", False: "refused"}.get(publish, "") if isinstance(publish, bool) else ""
 
 
 def default_actor() -> str:
@@ -332,7 +341,7 @@ class ModelStore:
     def _read_history(self, domain: str) -> tuple[list[HistoryEntry], list[str]]:
         path = self._domain(domain) / "history.jsonl"
         if not path.is_file():
-            return [], []
+            return [], ([] if not path.exists() else ["history.jsonl is not a readable file"])
         entries: list[HistoryEntry] = []
         problems: list[str] = []
         for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").split("\n"), 1):
@@ -379,6 +388,7 @@ class ModelStore:
                         str(man.get("published_at", "")),
                         dict(metrics),
                         tuple(problems),
+                        _decision(man.get("gate")),
                     )
                 )
         return sorted(out, key=lambda v: (v.domain, v.published_at, v.version))
@@ -437,6 +447,11 @@ class ModelStore:
             bases[name] = str(path)
             write_json(self.root / "base" / "bases.json", bases)
 
+    def imported_bases(self) -> list[str]:
+        """Names of the bases imported into ``base/`` (folders holding a ``config.json``), sorted."""
+        found = (self.root / "base").glob("*/config.json")
+        return sorted(p.parent.name for p in found if _NAME.match(p.parent.name))
+
     def _bases(self) -> dict[str, str]:
         path = self.root / "base" / "bases.json"
         try:
@@ -461,12 +476,34 @@ class ModelStore:
         ddir = self._domain(domain)
         # the pointer and history's last move agree even when two promotes race: both happen under the lock
         with self._locked(domain):
-            tmp = ddir / f".production-{os.getpid()}"
-            if tmp.is_symlink() or tmp.exists():
-                tmp.unlink()
-            os.symlink(Path("versions") / version, tmp)
-            os.replace(tmp, ddir / "production")  # atomic pointer move
-            self._log(domain, action, version, actor, reason)
+            history = ddir / "history.jsonl"
+            try:  # a move that cannot be recorded is not made
+                with open(history, "ab"):
+                    pass
+            except OSError as exc:
+                raise ModelStoreError(
+                    f"{domain}: cannot record the {action} in {history} ({exc.strerror or exc}); "
+                    "production was not moved"
+                ) from None
+            link = ddir / "production"
+            before = os.readlink(link) if link.is_symlink() else None
+            self._move_pointer(ddir, Path("versions") / version)
+            try:
+                self._log(domain, action, version, actor, reason)
+            except BaseException:  # the record failed after the move: put the pointer back
+                if before is None:
+                    link.unlink(missing_ok=True)
+                else:
+                    self._move_pointer(ddir, Path(before))
+                raise
+
+    @staticmethod
+    def _move_pointer(ddir: Path, target: Path) -> None:
+        tmp = ddir / f".production-{os.getpid()}"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(target, tmp)
+        os.replace(tmp, ddir / "production")  # atomic pointer move
 
     @contextlib.contextmanager
     def _locked(self, domain: str) -> Iterator[None]:

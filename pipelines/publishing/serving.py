@@ -338,9 +338,14 @@ def serve_command(settings: Settings, domains: list[str] | None = None, min_rank
             f"production adapters are trained on different bases ({detail}); one vLLM server "
             "serves one base: promote versions of one base"
         )
-    base = next(iter(bases)) if bases else settings.base_model
+    imported = store.imported_bases()
+    only = imported[0] if len(imported) == 1 else ""  # after `make demo`: the one base there is
+    base = next(iter(bases)) if bases else settings.base_model or only
     if not base:
-        raise ValueError("no production adapter and no CBNANO_BASE_MODEL: nothing tells which base to serve")
+        raise ValueError(
+            "no production adapter and no CBNANO_BASE_MODEL: nothing tells which base to serve"
+            + (f" (imported: {', '.join(imported)})" if imported else "")
+        )
     base_path = base if "/" in base else system_a_path(settings, store.base_dir(base))
     # ``min_rank``: what the next month's adapters will need (the caller reads it from the training profile)
     rank = max([a.rank for a in adapters] + [min_rank])

@@ -14,11 +14,12 @@ Returns ``{"answer", "sources": [{"doc_id", "title", "url"}], "model", "answered
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import NotRequired, TypedDict
 
-from pipelines.retrieval.prompt import ask_messages, source_block
+from pipelines.prompt import ask_messages, source_block
 from pipelines.retrieval.search import Result, Searcher, parse_query
 from pipelines.settings import Settings
 
@@ -28,7 +29,7 @@ class AskError(RuntimeError):
 
 
 def source_blocks(results: list[Result]) -> list[str]:
-    """The numbered source blocks of the prompt for ``results`` (see :mod:`pipelines.retrieval.prompt`)."""
+    """The numbered source blocks of the prompt for ``results`` (see :mod:`pipelines.prompt`)."""
     return [source_block(n, r.title, r.source, r.doc_id, r.text) for n, r in enumerate(results, 1)]
 
 
@@ -37,27 +38,38 @@ def build_messages(question: str, results: list[Result], domain: str | None) -> 
     return ask_messages(question, source_blocks(results), domain)
 
 
+def cited(answer: str, n_sources: int) -> list[int]:
+    """The source numbers ``answer`` cites as ``[n]`` (``[1, 3]`` and ``[1][3]`` alike), of ``n_sources``."""
+    found = {int(n) for group in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", answer) for n in group.split(",")}
+    return sorted(n for n in found if 1 <= n <= n_sources)
+
+
 def _local_model(settings: Settings, domain: str | None) -> tuple[Path, str]:
     """The folder to answer with offline: the domain's production merged model, else the base."""
+    from pipelines.publishing.bases import BaseModelMissing, locate_base
     from pipelines.publishing.model_store import ModelStore
-    from pipelines.training.base_models import BaseModelMissing, locate_base
 
     store = ModelStore(settings.model_store)
     if domain and (version := store.production(domain)):
         merged = store.version_dir(domain, version) / "merged"
         if (merged / "config.json").is_file():
             return merged, f"{domain} {version}"
-    if not settings.base_model:
-        where = f"{domain} has no production model and " if domain else ""
-        raise AskError(
-            f"{where}CBNANO_BASE_MODEL is not set: no model to answer with (set CBNANO_SYSTEM_A_URL "
-            "to ask System A)"
-        )
+    name, why = settings.base_model, ""
+    if not name:  # after `make demo` the one imported base is the obvious choice: take it, and say so
+        imported = store.imported_bases()
+        if len(imported) != 1:
+            where = f"{domain} has no production model and " if domain else ""
+            choice = f" (imported: {', '.join(imported)})" if imported else ""
+            raise AskError(
+                f"{where}CBNANO_BASE_MODEL is not set: no model to answer with{choice} (set "
+                "CBNANO_BASE_MODEL, or CBNANO_SYSTEM_A_URL to ask System A)"
+            )
+        name, why = imported[0], " (CBNANO_BASE_MODEL unset: the only imported base)"
     try:
-        base = locate_base(settings, settings.base_model, "CBNANO_BASE_MODEL")
+        base = locate_base(settings, name, "CBNANO_BASE_MODEL")
     except BaseModelMissing as exc:
         raise AskError(str(exc)) from None
-    return Path(base.path), f"base {base.name}"
+    return Path(base.path), f"base {base.name}{why}"
 
 
 class Source(TypedDict):
@@ -66,6 +78,7 @@ class Source(TypedDict):
     doc_id: str
     title: str
     url: str
+    snippet: str  # what the passage says about the question (shown when the answer cites no source)
 
 
 class AskAnswer(TypedDict):
@@ -75,6 +88,7 @@ class AskAnswer(TypedDict):
     sources: list[Source]
     model: str
     answered_by: str  # "system_a" or "local"
+    cited: list[int]  # the sources the answer cites as [n]; [] when it uses none of them
     new_tokens: NotRequired[int]  # local answers: what the training environment's generate step reports
     prompt_tokens: NotRequired[int]
     seconds: NotRequired[float]
@@ -91,7 +105,7 @@ def ask(
     with Searcher.from_settings(settings) as searcher:
         results = searcher.search(parse_query(question, top_k=top_k)).results
     messages = build_messages(question, results, domain)
-    sources = [Source(doc_id=r.doc_id, title=r.title, url=r.url) for r in results]
+    sources = [Source(doc_id=r.doc_id, title=r.title, url=r.url, snippet=r.snippet) for r in results]
     if settings.system_a_url:
         from pipelines.publishing.serving import SystemAError, client_for
 
@@ -109,7 +123,13 @@ def ask(
                     f"({exc})"
                 ) from None
             raise AskError(str(exc)) from None
-        return {"answer": text, "sources": sources, "model": model, "answered_by": "system_a"}
+        return {
+            "answer": text,
+            "sources": sources,
+            "model": model,
+            "answered_by": "system_a",
+            "cited": cited(text, len(sources)),
+        }
     from pipelines.trainenv import GenerateAnswer, StepError, run_step
 
     folder, label = _local_model(settings, domain)
@@ -130,6 +150,7 @@ def ask(
         "sources": sources,
         "model": label,
         "answered_by": "local",
+        "cited": cited(out["answer"], len(sources)),
         "new_tokens": out["new_tokens"],
         "prompt_tokens": out["prompt_tokens"],
         "seconds": out["seconds"],

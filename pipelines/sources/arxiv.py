@@ -233,6 +233,24 @@ def _parse_entry(entry: ET.Element) -> Paper:
     )
 
 
+FORBIDDEN_MARK = "\ufffd\u2063forbidden\u2063\ufffd"  # stands for a forbidden character in a marked page
+# XML 1.0 allows tab, newline and carriage return below 0x20; a reference to any other control character
+# (decimal or hex), and the raw byte itself, make a page unreadable
+_FORBIDDEN_REF = re.compile(
+    rb"&#(?:[xX]0*(?:[0-8bBcCe-fE-F]|1[0-9a-fA-F])|0*(?:[0-8]|1[124-9]|2[0-9]|3[01]));"
+)
+_FORBIDDEN_RAW = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def _mark_forbidden_chars(body: bytes) -> tuple[bytes, int]:
+    """``body`` with each forbidden character (raw or referenced) replaced by :data:`FORBIDDEN_MARK`, and
+    how many there were."""
+    mark = FORBIDDEN_MARK.encode()
+    body, refs = _FORBIDDEN_REF.subn(mark, body)
+    body, raw = _FORBIDDEN_RAW.subn(mark, body)
+    return body, refs + raw
+
+
 def parse_api_feed(body: bytes, query: str = "") -> ParsedFeed:
     """Parse an export-API Atom page (2026 or legacy layout).
 
@@ -245,7 +263,15 @@ def parse_api_feed(body: bytes, query: str = "") -> ParsedFeed:
     try:
         root = ET.fromstring(body)
     except ET.ParseError as exc:
-        raise FeedFormatError(f"not XML: {exc}") from None
+        # one character XML forbids (a control character, raw or as a reference like &#x1;) makes the whole
+        # page unreadable; mark it and read the page again, so only the entries holding it are rejected
+        marked, n = _mark_forbidden_chars(body)
+        if not n:
+            raise FeedFormatError(f"not XML: {exc}") from None
+        try:
+            root = ET.fromstring(marked)
+        except ET.ParseError:
+            raise FeedFormatError(f"not XML: {exc}") from None
     if root.tag != f"{{{NS['atom']}}}feed":
         raise FeedFormatError(f"not an Atom feed (root element {root.tag!r})")
     entries = root.findall("atom:entry", NS)
@@ -262,6 +288,8 @@ def parse_api_feed(body: bytes, query: str = "") -> ParsedFeed:
     )
     for entry in entries:
         try:
+            if FORBIDDEN_MARK in ET.tostring(entry, encoding="unicode"):
+                raise ValueError("the entry holds a character XML forbids (a control character)")
             feed.papers.append(_parse_entry(entry))
         except ValueError as exc:
             feed.rejects.append(

@@ -253,6 +253,14 @@ def parse_descriptions(payload: object) -> dict[int, DescriptionEntry]:
     return out
 
 
+class AnswerShapeError(ValueError):
+    """PubChem answered JSON, but not in the shape the request promises; ``raw`` holds (the start of) it."""
+
+    def __init__(self, message: str, raw: str) -> None:
+        super().__init__(message)
+        self.raw = raw
+
+
 def _json(resp: requests.Response) -> Any:
     """The JSON body of a PubChem answer; raises :class:`SourceError` naming the URL when it is not JSON (an
     HTML error page from a proxy, a truncated body)."""
@@ -395,12 +403,21 @@ class PubChemClient:
         return resp
 
     def cids_for_name(self, name: str) -> list[int]:
-        """CIDs whose name or synonym is ``name`` (best match first); [] when PubChem has none."""
+        """CIDs whose name or synonym is ``name`` (best match first); [] when PubChem has none (a 404).
+        Raises :class:`AnswerShapeError` when the answer is JSON of another shape: that is not "no such
+        name", and must not be remembered as one."""
         resp = self._post("/compound/name/cids/JSON", {"name": name})
         if resp.status_code == 404:
             return []
+        body = _json(resp)
+        listed = _dict(_dict(body).get("IdentifierList")).get("CID")
+        if not isinstance(listed, list):
+            raise AnswerShapeError(
+                f"PubChem's answer for the name {name!r} has no IdentifierList.CID list",
+                raw=json.dumps(body)[:2000],
+            )
         cids = []
-        for c in _list(_dict(_dict(_json(resp)).get("IdentifierList")).get("CID")):
+        for c in listed:
             try:
                 cids.append(cid_of(c))
             except ValueError:

@@ -117,7 +117,7 @@ def build_month(settings: Settings, spec: DatasetSpec) -> DatasetCard:
 
 def rated_answers(settings: Settings, domain: str, month: str) -> list[RatedAnswer]:
     """The domain's ``+rag`` answers rated +1 in the gateway during ``month`` (``CBNANO_FEEDBACK_ROWS=1``)."""
-    from pipelines.gateway.store import GatewayStore
+    from pipelines.ops.traces import GatewayStore
 
     return [
         r

@@ -41,7 +41,7 @@ import re
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -530,6 +530,12 @@ def probe_items(
     lowered = [t.lower() for t in train_texts]
     items: list[ProbeItem] = []
     asked: set[tuple[str, str]] = set()
+    # each closed item is also asked about another trained document of its source (``contrast``): what the
+    # document's name adds to a value is the knowledge; what the property asked adds is format
+    titles: dict[str, list[str]] = {}
+    for f in facts:
+        if f.doc in trained and f.title and f.title not in titles.setdefault(f.source, []):
+            titles[f.source].append(f.title)
     for fact in facts:
         if (fact.doc, fact.slot) in asked:
             continue
@@ -547,19 +553,31 @@ def probe_items(
                 continue
             if any(question.lower() in t for t in lowered):
                 continue  # a training row asks it this way: it would test the format, not the knowledge
-            items.append(
-                {
-                    "id": item_id(fact, kind, variant),
-                    "doc": fact.doc,
-                    "kind": kind,
-                    "question": question,
-                    "choices": choices,
-                    "answer": answer,
-                    "passages": retrieve(question) if kind == "open" and retrieve else [],
-                    "held_out": fact.doc in held,
-                }
-            )
+            item: ProbeItem = {
+                "id": item_id(fact, kind, variant),
+                "doc": fact.doc,
+                "kind": kind,
+                "question": question,
+                "choices": choices,
+                "answer": answer,
+                "passages": retrieve(question) if kind == "open" and retrieve else [],
+                "held_out": fact.doc in held,
+            }
+            other = contrast_title(fact, titles.get(fact.source, []), variant)
+            if kind == "closed" and other is not None:
+                item["contrast"] = probe_question(replace(fact, title=other), kind, variant) or ""
+            items.append(item)
     return items
+
+
+def contrast_title(fact: Fact, titles: Sequence[str], variant: int = 0) -> str | None:
+    """Another trained document's title for ``fact``'s contrast question (a fixed pick per fact and phrasing,
+    so a rebuilt probe is identical), or None when the month trained no other document of its source."""
+    others = sorted(t for t in titles if t != fact.title)
+    if not others:
+        return None
+    h = int(hashlib.sha256(f"{fact.doc}|{fact.slot}|{variant}".encode()).hexdigest()[:8], 16)
+    return others[h % len(others)]
 
 
 def build_dataset(

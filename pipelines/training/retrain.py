@@ -39,10 +39,11 @@ from pipelines.evaluation.gate import DEFAULT_MIN_GAIN, GateDecision, decide, ov
 from pipelines.evaluation.scoring import load_items
 from pipelines.lake import write_json
 from pipelines.ops.metrics import emit_retrain
+from pipelines.publishing.bases import BaseModel, locate_base
 from pipelines.publishing.model_store import ModelStore, default_actor
 from pipelines.publishing.release import register_candidate
 from pipelines.settings import TEST_PROFILES, Settings
-from pipelines.training.base_models import BaseModel, locate_base, resolve_base
+from pipelines.training.base_models import resolve_base
 from pipelines.training.configs import config_hash, render_config, validate_in_train_env, write_config
 from pipelines.training.dataset_step import DatasetSpec, build_in_child
 from pipelines.training.knowledge import probe_baselines
@@ -304,7 +305,8 @@ def judge_candidate(
         decision = overrule(
             decision, f"test model ({what}) never becomes production without CBNANO_ALLOW_TEST_MODELS=1"
         )
-    clock.say(decision.reason)
+    for line in decision.lines():
+        clock.say(line)
     return Verdict(evaluation, decision, test_model)
 
 

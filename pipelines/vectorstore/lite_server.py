@@ -52,6 +52,7 @@ from pipelines.settings import MILVUS_LITE_IDLE_S
 POLL_S = 0.2
 SERVER_POLL_S = 0.25
 LOG_MAX_BYTES = 1 << 20  # the server's log starts afresh past this
+REPUBLISH_WAIT_S = 5.0  # how long a client waits for a live server to rewrite its lost state file
 
 
 class LiteBusy(RuntimeError):
@@ -127,10 +128,25 @@ def _owner_alive(key: str) -> bool:
 
 
 def _running_uri(key: str) -> str | None:
+    """The socket URI of the file's live server, or None when none runs. A live platform server whose state
+    file was lost (deleted by hand, a full disk) is asked to write it again (SIGUSR1) rather than taken for a
+    foreign holder."""
     state = server_state(key)
     uri, pid = state.get("uri"), state.get("pid")
     if isinstance(uri, str) and pid == holder(key).get("pid") and _owner_alive(key):
         return uri
+    who = holder(key)
+    if isinstance(who.get("pid"), int) and "lite_server" in str(who.get("command", "")) and _owner_alive(key):
+        try:
+            os.kill(int(who["pid"]), signal.SIGUSR1)
+        except (ProcessLookupError, PermissionError):
+            return None
+        deadline = time.monotonic() + REPUBLISH_WAIT_S
+        while time.monotonic() < deadline:
+            state = server_state(key)
+            if state.get("pid") == who["pid"] and isinstance(state.get("uri"), str):
+                return str(state["uri"])
+            time.sleep(POLL_S)
     return None
 
 
@@ -165,6 +181,11 @@ def _start_server(key: str, wait_s: float, idle_s: float, deadline: float) -> st
         time.sleep(POLL_S)
 
 
+def serving(path: str, uri: str) -> bool:
+    """True while the file's live server is the one at ``uri``."""
+    return _running_uri(str(Path(path).resolve())) == uri
+
+
 def attach(path: str, wait_s: float, idle_s: float = MILVUS_LITE_IDLE_S) -> str:
     """The socket URI of the file's server, started if none runs; counted per process (see :func:`detach`).
 
@@ -173,9 +194,12 @@ def attach(path: str, wait_s: float, idle_s: float = MILVUS_LITE_IDLE_S) -> str:
     key = str(Path(path).resolve())
     with _GUARD:
         held = _ATTACHED.get(key)
-        if held is not None:
+        if held is not None and _running_uri(key) == held.uri:
             held.count += 1
             return held.uri
+        if held is not None:  # the server this process attached to is gone (killed): attach afresh
+            del _ATTACHED[key]
+            os.close(held.fd)
         deadline = time.monotonic() + wait_s
         fd = os.open(_beside(key, "cbnano-clients"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -216,6 +240,49 @@ def detach(path: str) -> None:
 # --- the server process ---------------------------------------------------------------------------------
 
 
+def lite_lock_path(key: str) -> Path:
+    """milvus_lite's own lock file of a database file (``.<name>.lock`` beside it, a POSIX ``lockf`` lock)."""
+    return Path(key).with_name(f".{Path(key).name}.lock")
+
+
+def _lite_lock_holder(key: str, deadline: float) -> tuple[int | str, str] | None:
+    """(pid, command) of a process holding milvus_lite's own lock on ``key`` past ``deadline``, else None
+    (the lock is free). Probing takes the lock and gives it straight back; it never removes the file."""
+    path = lite_lock_path(key)
+    while path.exists():
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+            return None
+        except OSError:  # held by another process
+            inode = os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+        if time.monotonic() >= deadline:
+            return _posix_lock_owner(inode)
+        time.sleep(POLL_S)
+    return None
+
+
+def _posix_lock_owner(inode: int) -> tuple[int | str, str]:
+    """The pid and command line of the process holding a POSIX lock on the file with ``inode`` (from
+    ``/proc/locks``); ("?", "unknown") where the kernel does not say."""
+    try:
+        for line in Path("/proc/locks").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 5 and parts[1] == "POSIX" and parts[5].rsplit(":", 1)[-1] == str(inode):
+                pid = int(parts[4])
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+                return pid, raw.replace(b"\0", b" ").decode(errors="replace").strip()[:120]
+    except (OSError, ValueError):
+        pass
+    return "?", "unknown"
+
+
 def serve(key: str, idle_s: float, wait_s: float) -> int:
     """Own ``key`` until no client has been attached for ``idle_s``; returns the exit status."""
     with warnings.catch_warnings():  # milvus_lite imports the deprecated pkg_resources
@@ -232,8 +299,23 @@ def serve(key: str, idle_s: float, wait_s: float) -> int:
             flush=True,
         )
         return 3
+    # a program that opened the file with milvus_lite itself (a notebook's MilvusClient("milvus.db")) holds
+    # Lite's own lock: wait for it as for a foreign holder of ours, and never touch that lock file
+    foreign = _lite_lock_holder(key, time.monotonic() + wait_s)
+    if foreign is not None:
+        print(
+            f"Milvus Lite file {key} is open in pid {foreign[0]} ({foreign[1]}), outside the platform; waited "
+            f"{wait_s:.0f}s. Close it there (MilvusClient.close()), or point CBNANO_MILVUS_URI at a Milvus "
+            "server",
+            flush=True,
+        )
+        os.close(lock_fd)
+        return 3
     server = Server(key)
     if not server.init() or not server.start():
+        # the failed server object would delete Lite's lock file on its way out (milvus_lite's stop() and
+        # __del__ unlink it), taking the lock from whoever opened the file in the meantime: point it elsewhere
+        server._lock_path = str(Path(key).with_name(f".{Path(key).name}.cbnano-not-ours"))  # noqa: SLF001
         print(
             f"Milvus Lite could not open {key} (another program has it open, or the file is damaged)",
             flush=True,
@@ -245,18 +327,22 @@ def serve(key: str, idle_s: float, wait_s: float) -> int:
     def _stop(signum: int, frame: FrameType | None) -> None:
         stopping.set()
 
+    republish = threading.Event()
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: republish.set())  # a client lost the state file
     clients = os.open(_beside(key, "cbnano-clients"), os.O_RDWR | os.O_CREAT, 0o644)
     since = datetime.now(UTC).isoformat(timespec="seconds")
-    write_atomic(
-        state_path(key), json.dumps({"pid": os.getpid(), "uri": server.uds_path, "since": since}).encode()
-    )
+    state = json.dumps({"pid": os.getpid(), "uri": server.uds_path, "since": since}).encode()
+    write_atomic(state_path(key), state)
     print(f"{since} serving {key} on {server.uds_path}", flush=True)
     status = 0
     idle_since: float | None = None
     try:
         while not stopping.is_set():
+            if republish.is_set():
+                republish.clear()
+                write_atomic(state_path(key), state)
             proc = server._p  # noqa: SLF001 - milvus_lite exposes no other way to see its binary exit
             if proc is not None and proc.poll() is not None:
                 print(f"the Milvus Lite binary exited with status {proc.returncode}", flush=True)

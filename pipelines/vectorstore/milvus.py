@@ -22,8 +22,10 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -62,6 +64,7 @@ MIGRATE_SUFFIX = "__migrating"
 # chunks fetched per wanted document when grouping client-side: for BM25 always (Milvus Lite's grouped BM25
 # search costs 14 ms at 100k chunks, the plain one 3-6 ms), for dense only where grouping is refused (< 2.4)
 OVERSAMPLE = 4
+LITE_CHECK_S = 1.0  # a long-lived store checks this often that its shared Lite server still runs
 
 
 class VectorStoreError(RuntimeError):
@@ -150,6 +153,8 @@ class MilvusStore:
         self._client: Any = None
         self._loaded = False
         self._lite_attached = False
+        self._lite_uri = ""  # the socket of the shared Lite server this store talks to
+        self._lite_checked = 0.0  # monotonic time of the last check that it still runs
         self.lite_idle_s = lite_idle_s
         self.full_text = False  # set by ensure_collection: the collection has the BM25 ``sparse`` field
 
@@ -198,6 +203,7 @@ class MilvusStore:
                 except LiteBusy as exc:
                     raise VectorStoreError(str(exc)) from None
                 self._lite_attached = True
+                self._lite_uri = uri
             try:
                 self._client = MilvusClient(uri=uri, token=self.token, timeout=self.timeout_s)
             except Exception as exc:  # pymilvus raises several types for "not there"
@@ -213,7 +219,24 @@ class MilvusStore:
             detach(self.uri)
 
     def _ready(self) -> Any:
-        """The client, with the collection loaded into memory (a reopened collection starts released)."""
+        """The client, with the collection loaded into memory (a reopened collection starts released).
+
+        A long-lived store (the search service, the gateway) on a Milvus Lite file checks, at most once a
+        second, that the shared server it talks to still runs; one killed is replaced by the next call here
+        instead of every search failing until a restart."""
+        if self._lite_attached and self._client is not None:
+            now = time.monotonic()
+            if now - self._lite_checked >= LITE_CHECK_S:
+                from pipelines.vectorstore.lite_server import serving
+
+                self._lite_checked = now
+                if not serving(self.uri, self._lite_uri):
+                    log.warning("the Milvus Lite server for %s is gone; attaching to a fresh one", self.uri)
+                    with contextlib.suppress(Exception):
+                        self._client.close()
+                    self._client = None
+                    self._loaded = False
+                    self._detach_lite()
         if not self._loaded:
             self.client.load_collection(self.collection)
             self._loaded = True
@@ -540,14 +563,23 @@ class MilvusStore:
             )
         if not terms.strip():
             return []
-        return self._search(
-            data=[terms],
-            anns_field="sparse",
-            limit=limit,
-            filter=filter,
-            search_params={"metric_type": "BM25"},
-            group=False,
-        )
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return self._search(
+                data=[terms],
+                anns_field="sparse",
+                limit=limit,
+                filter=filter,
+                search_params={"metric_type": "BM25"},
+                group=False,
+            )
+        except MilvusException as exc:
+            # BM25 over an empty collection divides by its mean document length, 0: Milvus rejects the
+            # query as "NaN or Inf". An empty collection has no results, as dense search says
+            if "NaN or Inf" in str(exc) and self.count() == 0:
+                return []
+            raise
 
     def _search(
         self,

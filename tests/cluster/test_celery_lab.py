@@ -161,7 +161,7 @@ def test_the_gateways_key_and_trace_store_on_the_labs_postgres(lab):
     """The gateway's database as the compose file configures it: tables beside Airflow's in the coordinator's
     Postgres (CBNANO_GATEWAY_DB). Keys, traces, feedback and the +rag rating query, from two store objects
     (two gateway processes) at once."""
-    from pipelines.gateway.store import GatewayStore, Trace
+    from pipelines.ops.traces import GatewayStore, Trace
 
     url = f"postgresql+psycopg2://airflow:airflow@127.0.0.1:{lab.pg_port}/airflow"
     first, second = GatewayStore(url), GatewayStore(url)

@@ -85,18 +85,25 @@ def test_ask_locally_without_system_a_on_the_tiny_base(corpus, monkeypatch, caps
     assert main(["ask", QUESTION, "--domain", "catalysis"]) == 1  # no production, no base: says so
     assert "catalysis has no production model and CBNANO_BASE_MODEL is not set" in capsys.readouterr().err
     base = resolve_base(corpus, "tiny")  # the random tiny Llama: a real model, nonsense answers
+    from pipelines.retrieval.ask import ask
+
+    # CBNANO_BASE_MODEL unset (a newcomer after `make demo`): the one imported base answers, and says so
+    fallback = ask(get_settings(), QUESTION, max_tokens=4)
+    assert fallback["model"] == f"base {base.name} (CBNANO_BASE_MODEL unset: the only imported base)"
     monkeypatch.setenv("CBNANO_BASE_MODEL", base.name)
     reset_settings_cache()
     assert main(["ask", QUESTION, "--domain", "catalysis", "--json", "--max-tokens", "12"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert isinstance(out["answer"], str) and out["sources"][0]["doc_id"] == "2501.07731"
-    from pipelines.retrieval.ask import ask
-
     local = ask(get_settings(), QUESTION, max_tokens=8)
     assert local["answered_by"] == "local" and local["model"] == f"base {base.name}"
     assert 0 < local["new_tokens"] <= 8 and local["prompt_tokens"] > 50  # the sources made it into the prompt
     assert main(["ask", QUESTION, "--max-tokens", "8"]) == 0
-    assert f"-- base {base.name} (local, CPU); sources:" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert f"-- base {base.name} (local, CPU); sources:" in shown
+    # the random model cites nothing: the reader is told, and sees what the sources say
+    assert local["cited"] == [] and "-- the answer cites none of the sources; what they say:" in shown
+    assert shown.rstrip().splitlines()[-len(local["sources"])].startswith("[1] ")
 
 
 def test_serving_handoff_dag_reads_the_connection(airflow_db, cbnano_env, tmp_path, monkeypatch):

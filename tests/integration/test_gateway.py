@@ -19,8 +19,8 @@ import openai
 import pytest
 
 from pipelines.embedding.minilm import MINILM, get_embedder
-from pipelines.gateway.store import GatewayStore
 from pipelines.ingestion.indexing import index_documents
+from pipelines.ops.traces import GatewayStore
 from pipelines.publishing.model_store import ModelStore
 from pipelines.publishing.serving import hand_off
 from pipelines.retrieval.golden import golden_path, load_corpus
@@ -281,3 +281,51 @@ def test_health_and_system_a_down(lab):
     finally:
         lab["system_a"].start()
         hand_off(lab["settings"], "catalysis", alert=False)
+
+
+def test_the_readme_way_to_try_the_gateway_without_a_system_a(tmp_path):
+    """The README's commands, as processes: the stand-in System A, `cbnano gateway --no-auth`, a chat."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBNANO_")}
+    env["CBNANO_HOME"] = str(tmp_path / "home")
+    standin = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.vllm_standin", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    port = _free_port()
+    gateway = None
+    try:
+        url = standin.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        env["CBNANO_SYSTEM_A_URL"] = url
+        cbnano = Path(sys.executable).with_name("cbnano")
+        gateway = subprocess.Popen(
+            [str(cbnano), "gateway", "--no-auth", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while True:  # waiting for the port to answer, not asserting how fast
+            try:
+                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()
+                break
+            except httpx.TransportError:
+                assert gateway.poll() is None and time.monotonic() < deadline
+                time.sleep(0.5)
+        assert "general" in {m["id"] for m in models["data"]}
+        chat = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={"model": "general", "messages": [{"role": "user", "content": "Which support?"}]},
+            timeout=30,
+        )
+        assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"]
+    finally:
+        for proc in (gateway, standin):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)

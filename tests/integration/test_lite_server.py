@@ -15,7 +15,7 @@ import pytest
 from pipelines.embedding.minilm import MINILM, get_embedder
 from pipelines.ingestion.indexing import index_documents
 from pipelines.retrieval.golden import golden_path, load_corpus
-from pipelines.vectorstore.lite_server import holder, lock_path, server_state
+from pipelines.vectorstore.lite_server import holder, lock_path, server_state, state_path
 from pipelines.vectorstore.milvus import MilvusStore
 
 pytestmark = pytest.mark.integration
@@ -165,18 +165,87 @@ def test_a_foreign_holder_of_the_file_is_named_in_one_line_and_harms_nothing(cbn
     assert json.loads(out.stdout)["sources"]["arxiv"]["chunks"] == 3  # nothing was damaged
 
 
+def test_a_notebook_holding_the_file_is_waited_for_named_and_its_lock_left_alone(cbnano_env):
+    """A notebook opened the file with milvus_lite itself (MilvusClient("<home>/milvus.db")): the CLI waits,
+    fails in one line naming it, and never deletes the notebook's lock; once it closes, the CLI works."""
+    from pipelines.vectorstore.lite_server import lite_lock_path
+
+    index_golden(cbnano_env, n=2)
+    owner = server_state(cbnano_env.milvus_uri)["pid"]
+    wait_for(lambda: not alive(owner), 30, "the idle server to stop")
+    notebook = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pymilvus import MilvusClient; c = MilvusClient(sys.argv[1]); "
+            "print('open', flush=True); sys.stdin.readline(); c.close()",
+            cbnano_env.milvus_uri,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lite_lock = lite_lock_path(str(Path(cbnano_env.milvus_uri).resolve()))
+    try:
+        assert notebook.stdout.readline().strip() == "open"
+        inode = lite_lock.stat().st_ino
+        out = cli("stats", "--json", env={**os.environ, "CBNANO_MILVUS_LOCK_WAIT_S": "1"})
+        err = out.stderr.strip()
+        assert out.returncode == 1 and f"is open in pid {notebook.pid}" in err and "\n" not in err
+        assert "waited 1s" in err and "Traceback" not in err
+        assert lite_lock.stat().st_ino == inode  # the notebook's lock file is still there, the same file
+        assert notebook.poll() is None
+    finally:
+        notebook.communicate("\n", timeout=60)
+    out = cli("stats", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["sources"]["arxiv"]["chunks"] == 2
+
+
+def kill_the_server(settings):
+    """SIGKILL the file's shared server and wait until it is gone; returns its pid."""
+    pid = server_state(settings.milvus_uri)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not alive(pid), 30, "the killed server to go")
+    return pid
+
+
 def test_a_killed_server_is_replaced_and_the_data_is_intact(cbnano_env):
     index_golden(cbnano_env, n=4)
     with MilvusStore.from_settings(cbnano_env) as store:
         assert store.count("arxiv") == 4
-        first = server_state(cbnano_env.milvus_uri)["pid"]
-        os.kill(first, signal.SIGKILL)
-        wait_for(lambda: not alive(first), 30, "the killed server to go")
+        first = kill_the_server(cbnano_env)
     # the next client finds the dead server's state stale and starts a fresh one
     with MilvusStore.from_settings(cbnano_env) as store:
         assert store.count("arxiv") == 4
         second = server_state(cbnano_env.milvus_uri)["pid"]
     assert second != first and holder(cbnano_env.milvus_uri)["pid"] == second
+
+
+def test_a_long_lived_client_reattaches_after_its_server_is_killed(cbnano_env, monkeypatch):
+    """The search service and the gateway hold one store for hours: a killed server is replaced on their
+    next call, not answered with errors until someone restarts them."""
+    import pipelines.vectorstore.milvus as milvus
+
+    monkeypatch.setattr(milvus, "LITE_CHECK_S", 0.0)  # check on every call (1 s in service)
+    index_golden(cbnano_env, n=3)
+    with MilvusStore.from_settings(cbnano_env) as store:
+        assert store.count("arxiv") == 3
+        first = kill_the_server(cbnano_env)
+        assert store.count("arxiv") == 3  # the same store object, on a fresh server
+        assert server_state(cbnano_env.milvus_uri)["pid"] not in (first, None)
+
+
+def test_a_live_server_whose_state_file_was_lost_is_found_not_taken_for_a_stranger(cbnano_env):
+    index_golden(cbnano_env, n=2)
+    with MilvusStore.from_settings(cbnano_env) as store:
+        assert store.count("arxiv") == 2
+        live = server_state(cbnano_env.milvus_uri)["pid"]
+        state_path(cbnano_env.milvus_uri).unlink()
+        out = cli("stats", "--json", env={**os.environ, "CBNANO_MILVUS_LOCK_WAIT_S": "2"})
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["sources"]["arxiv"]["chunks"] == 2
+        assert server_state(cbnano_env.milvus_uri)["pid"] == live  # the same server, its state rewritten
 
 
 def test_stores_of_one_process_share_one_attachment_and_an_idle_server_stops(cbnano_env):

@@ -184,7 +184,7 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
 
 def test_missing_base_fails_first_with_the_setting_named_and_nothing_written(lake, capsys):
     from pipelines.cli import main
-    from pipelines.training.base_models import BaseModelMissing
+    from pipelines.publishing.bases import BaseModelMissing
     from pipelines.training.retrain import retrain
 
     assert lake.train_profile == "gpu_qlora" and not lake.base_model  # the scheduled default

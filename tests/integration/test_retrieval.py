@@ -203,6 +203,16 @@ def test_search_on_an_empty_home_says_so(cbnano_env):
         Searcher.from_settings(cbnano_env)
 
 
+def test_search_on_a_collection_that_exists_but_is_empty_finds_nothing(cbnano_env):
+    """Every entry of the first ingest quarantined (or a search during it): the collection exists with no
+    rows. BM25 over it would divide by a zero mean length; every mode answers "no results"."""
+    with MilvusStore.from_settings(cbnano_env) as store:
+        store.ensure_collection(384)
+        assert store.count() == 0 and store.full_text
+    for mode in ("hybrid", "keyword", "dense"):
+        assert search(cbnano_env, "perovskite band gap", mode=mode).results == []
+
+
 def test_cli_search_modes_and_errors(cbnano_env, capsys):
     from pipelines.cli import main
 
@@ -216,6 +226,13 @@ def test_cli_search_modes_and_errors(cbnano_env, capsys):
     assert out.startswith(" 1. [") and "2501.07731" in out
     assert main(["search", "x", "--since", "2025-02-30"]) == 2
     assert "since must be a date" in capsys.readouterr().err
+    # a query nothing matches still lists the least far documents, and says so
+    assert main(["search", "banana bread recipe", "--top-k", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(" 1. [") and "no document contains any of the words banana, bread, recipe" in err
+    assert "nothing is close in meaning (best similarity 0." in err
+    assert main(["search", "CsPbI3 perovskite", "--top-k", "2"]) == 0
+    assert "cbnano: note" not in capsys.readouterr().err
 
 
 def free_port():

@@ -100,7 +100,7 @@ def test_multiple_choice_picks_the_most_likely_choice(scorer, tmp_path):
 def test_knowledge_probe_and_general_passages_are_scored_as_served(scorer):
     """Closed items are asked alone, open items inside the ask prompt with their passages; general passages
     get their token NLL after the first word; the choice-only baseline asks nothing."""
-    from pipelines.retrieval.prompt import ask_messages
+    from pipelines.prompt import ask_messages
 
     choices = ["0.2 W m-1 K-1", "12 W m-1 K-1", "9 W m-1 K-1", "0.5 W m-1 K-1"]
     closed = {
@@ -109,6 +109,7 @@ def test_knowledge_probe_and_general_passages_are_scored_as_served(scorer):
         "question": "Which conductivity?",
         "choices": choices,
         "answer": 0,
+        "contrast": "Which conductivity of the other paper?",
     }
     opened = {
         **closed,
@@ -122,6 +123,7 @@ def test_knowledge_probe_and_general_passages_are_scored_as_served(scorer):
         "knowledge_closed",
         "knowledge_closed_p",
         "knowledge_closed_cal",
+        "knowledge_closed_doc",
         "knowledge_choice_only",
         "knowledge_open",
         "knowledge_open_p",
@@ -148,12 +150,15 @@ def test_knowledge_probe_and_general_passages_are_scored_as_served(scorer):
     assert out["per_item"]["knowledge_closed"] == alone and out["per_item"]["knowledge_open"] == served
     assert out["per_item"]["knowledge_open_p"] == pytest.approx(p_served, abs=1e-6)
     assert out["per_item"]["knowledge_choice_only"] == nothing
-    # the gate's primary: each choice scored by what the question adds (given the question less given none)
+    # each choice scored by what the question adds (given the question less given none), and the gate's
+    # primary: by what the document adds (given the question less given the contrast question)
     asked = scorer.choice_means([closed])[0]
-    alone = scorer.choice_means([closed], lambda it: user_message(""))[0]
-    lift = [q - e for q, e in zip(asked, alone, strict=True)]
-    expected = math.exp(lift[0]) / sum(math.exp(x) for x in lift)
-    assert out["per_item"]["knowledge_closed_cal"]["arxiv:1#closed-a"] == pytest.approx(expected, abs=1e-5)
+    for metric, baseline in (("knowledge_closed_cal", ""), ("knowledge_closed_doc", closed["contrast"])):
+        versus = scorer.choice_means([closed], lambda it, b=baseline: user_message(b))[0]
+        lift = [q - e for q, e in zip(asked, versus, strict=True)]
+        expected = math.exp(lift[0]) / sum(math.exp(x) for x in lift)
+        assert out["per_item"][metric]["arxiv:1#closed-a"] == pytest.approx(expected, abs=1e-5)
+    assert out["per_item"]["knowledge_closed_doc"] != out["per_item"]["knowledge_closed_cal"]
     first = scorer._encode("Water")
     rest = scorer._encode(" boils at 100 C.")
     assert out["per_item"]["general_loss"]["general:x"] == pytest.approx(

@@ -1,5 +1,7 @@
 """Bad input gets one line on stderr and exit code 2, before any network or model work."""
 
+from pathlib import Path
+
 import pytest
 
 from pipelines.cli import main
@@ -61,6 +63,28 @@ def test_search_before_any_ingest(cbnano_env, capsys):
     assert "nothing ingested yet" in capsys.readouterr().err
 
 
+def test_an_empty_name_or_a_bad_setting_is_bad_input(cbnano_env, capsys, monkeypatch):
+    """Exit 2 for what the user typed or set, before any work; exit 1 is kept for failures of the work."""
+    from pipelines.settings import reset_settings_cache
+
+    assert main(["ingest", "pubchem", "--name", " "]) == 2
+    assert "--name needs a compound name" in capsys.readouterr().err
+    monkeypatch.setenv("CBNANO_ARXIV_API_URL", "not a url")
+    reset_settings_cache()
+    assert main(["ingest", "arxiv", "--start", "2026-11-26", "--end", "2026-11-27"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CBNANO_ARXIV_API_URL" in err[0]
+
+
+def test_stats_on_an_empty_home_creates_nothing(cbnano_env, capsys):
+    home = cbnano_env.home
+    before = sorted(p.name for p in home.rglob("*")) if home.exists() else []
+    assert main(["stats", "--json"]) == 0
+    assert '"sources": {}' in capsys.readouterr().out
+    assert not Path(cbnano_env.milvus_uri).exists()
+    assert (sorted(p.name for p in home.rglob("*")) if home.exists() else []) == before
+
+
 def test_unreachable_endpoint(cbnano_env, capsys, monkeypatch):
     from pipelines.settings import reset_settings_cache
 
@@ -81,10 +105,21 @@ def test_models_list_promote_rollback(cbnano_env, capsys, tmp_path):
         d = tmp_path / v
         d.mkdir()
         (d / "adapter.bin").write_text(v)
-        store.publish("thermal", v, d, {"metrics": {"mc_accuracy": 0.5}})
+        gate = {"publish": v == "v2"}
+        store.publish(
+            "thermal", v, d, {"metrics": {"mc_prob": 0.5, "knowledge_closed_doc": 0.4}, "gate": gate}
+        )
     assert main(["models", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [(m["version"], m["production"]) for m in listed] == [("v1", False), ("v2", True)]
+    assert [(m["version"], m["production"], m["decision"]) for m in listed] == [
+        ("v1", False, "refused"),
+        ("v2", True, "passed"),
+    ]
+    assert main(["models", "list"]) == 0  # a table: a header, one row per version, production marked
+    head, first, second, foot = capsys.readouterr().out.splitlines()
+    assert head.split() == ["domain", "version", "made", "knowledge", "mc", "p", "gate", "production"]
+    assert first.split()[:2] == ["thermal", "v1"] and first.split()[-3:] == ["0.400", "0.500", "refused"]
+    assert second.split()[-2:] == ["passed", "PRODUCTION"] and foot.startswith("knowledge:")
     assert main(["models", "rollback", "--domain", "thermal"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {
         "domain": "thermal",
@@ -135,3 +170,41 @@ def test_a_value_error_from_deep_in_the_retrain_chain_is_a_failure_not_bad_input
     monkeypatch.setattr("pipelines.training.retrain.retrain", broken)
     assert main(["retrain", "--domain", "catalysis"]) == 1
     assert capsys.readouterr().err.strip() == "cbnano: error: a lake record without its title"
+
+
+def test_every_command_names_its_arguments_and_settings_in_help():
+    """A newcomer reads --help: every positional argument says what it is, every command names
+    CBNANO_HOME and the settings it reads."""
+    import argparse
+
+    from pipelines.cli import COMMAND_SETTINGS, _subparsers, build_parser
+
+    root = build_parser()
+    assert "CBNANO_HOME" in root.format_help()
+    commands = [root, *_subparsers(root)]
+    assert len(commands) > 15
+    for parser in commands[1:]:
+        text = parser.format_help()
+        assert "CBNANO_HOME" in text, parser.prog
+        for action in parser._actions:
+            if not action.option_strings and not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{parser.prog}: {action.dest} has no help"
+    for name, needed in COMMAND_SETTINGS.items():
+        for var in needed.split():
+            if var.startswith("CBNANO_"):
+                assert var in " ".join(
+                    next(p for p in commands if p.prog == f"cbnano {name}").format_help().split()
+                )
+
+
+def test_grpc_core_lines_are_kept_out_of_the_terminal_unless_asked_for(monkeypatch):
+    import os
+
+    from pipelines.cli import quiet_grpc
+
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    quiet_grpc()
+    assert os.environ["GRPC_VERBOSITY"] == "NONE"
+    monkeypatch.setenv("GRPC_VERBOSITY", "DEBUG")  # the user's choice wins
+    quiet_grpc()
+    assert os.environ["GRPC_VERBOSITY"] == "DEBUG"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipelines.cli import main
-from pipelines.gateway.store import GatewayStore, Trace, key_hash
+from pipelines.ops.traces import GatewayStore, Trace, key_hash
 from pipelines.settings import reset_settings_cache
 
 pytestmark = pytest.mark.unit

@@ -40,7 +40,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "pipelines.trainenv",
         "pipelines.replay",
         "pipelines.vllm_standin",
-        "pipelines.retrieval.prompt",
+        "pipelines.prompt",
         "pipelines.embedding",
         "pipelines.evaluation",
         "pipelines.gateway",
@@ -63,7 +63,8 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "pipelines.ops.alerts",
         "pipelines.ops.metrics",
         "pipelines.publishing.model_store",
-        "pipelines.gateway.store",
+        "pipelines.ops.traces",
+        "pipelines.publishing.bases",
     ),
     2: (
         "pipelines.ingestion.arxiv",
@@ -179,3 +180,30 @@ def test_the_checks_see_imports_inside_functions_and_would_fail_on_a_circle_or_a
     bad = {**GRAPH, "pipelines.settings": GRAPH["pipelines.settings"] | {"pipelines.cli"}}
     assert uphill(bad, FLOOR) == ["pipelines.settings (floor 0) imports pipelines.cli (floor 5)"]
     assert any("pipelines.settings -> pipelines.cli" in c for c in circles(bad))
+
+
+# Folders that must not reach into another: the gateway is a top-floor room nothing below imports (only the
+# command line starts it); retrieval answers without the training code; evaluation scores with the shared
+# prompt, not with retrieval's modules.
+NO_REACH = {
+    "pipelines.gateway": ("pipelines.",),  # every folder ...
+    "pipelines.training": ("pipelines.retrieval.",),
+    "pipelines.retrieval": ("pipelines.evaluation.",),
+}
+NO_REACH_EXCEPT = {"pipelines.gateway": ("pipelines.gateway", "pipelines.cli")}  # ... but its own and the CLI
+
+
+def back_arrows(graph: dict[str, set[str]]) -> list[str]:
+    out = []
+    for target, sources in NO_REACH.items():
+        allowed = NO_REACH_EXCEPT.get(target, ())
+        for m, deps in graph.items():
+            if m.startswith(sources) and not m.startswith(allowed):
+                out += [f"{m} imports {d}" for d in sorted(deps) if d == target or d.startswith(target + ".")]
+    return sorted(out)
+
+
+def test_no_folder_reaches_back_into_one_that_must_not_know_it():
+    assert back_arrows(GRAPH) == []
+    bad = {**GRAPH, "pipelines.training.dataset_step": {"pipelines.gateway.app"}}
+    assert back_arrows(bad) == ["pipelines.training.dataset_step imports pipelines.gateway.app"]

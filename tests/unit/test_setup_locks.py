@@ -116,3 +116,13 @@ def test_uv_gets_the_sources_pip_is_configured_with(tmp_path):
     empty.mkdir(parents=True)  # a local index with no pages stays an index (uv says what it finds there)
     assert uv_options({"extra-index-url": empty.as_uri()})[:2] == ["--extra-index-url", empty.as_uri()]
     assert uv_options({}) == ["--index-strategy", "unsafe-best-match"]
+
+
+def test_make_test_lists_its_slowest_tests_and_the_time_per_tier():
+    """Where the suite's minutes go stays visible in every run, CI's included (issue 25)."""
+    import re
+
+    make = (ROOT / "Makefile").read_text()
+    recipe = make.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert re.search(r"pytest .*--durations=\d+", recipe)
+    assert "def pytest_terminal_summary" in (ROOT / "tests" / "conftest.py").read_text()

@@ -5,7 +5,8 @@
 
 ``MESSAGES.json`` holds the conversation as a list of ``{"role", "content"}``. It is rendered with the model's
 own chat template (what System A's vLLM applies), cut from the front to fit the model's context with room for
-the answer, and decoded greedily (deterministic, no sampling knobs to explain). This is the offline stand-in
+the answer, and decoded greedily (deterministic) with a repetition guard (no 6-token run twice, a mild
+penalty on repeated tokens), then cut at the first repeated sentence. This is the offline stand-in
 for System A used by ``cbnano ask`` when ``CBNANO_SYSTEM_A_URL`` is unset: slow on a CPU, but a real answer.
 
 Prints one JSON line: ``answer``, ``prompt_tokens``, ``new_tokens``, ``truncated`` (prompt tokens dropped),
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             attention_mask=torch.ones_like(ids),
             max_new_tokens=args.max_new_tokens,
             do_sample=False,
+            # a small model decoded greedily loops ("The process ... The process ..."): no 6-token run twice,
+            # and a mild penalty on tokens already said; stops at the end-of-turn token as before
+            no_repeat_ngram_size=6,
+            repetition_penalty=1.1,
             pad_token_id=tok.pad_token_id or tok.eos_token_id,
         )
     new = out[0, ids.shape[1] :]

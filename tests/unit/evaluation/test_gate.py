@@ -27,7 +27,7 @@ def heldout(base, candidate, production=None):
 LOSS = {"primary": "heldout_loss", "guards": ("mc_accuracy", "mc_prob")}  # the loss-primary gate of before
 
 
-def knowledge(base, candidate, docs, production=None, metric="knowledge_closed_cal"):
+def knowledge(base, candidate, docs, production=None, metric="knowledge_closed_doc"):
     """per_item for a knowledge metric: 0/1 lists over items spread round-robin over ``docs`` documents."""
     ids = [f"arxiv:2611.{i % docs:05d}#closed-{i:04d}" for i in range(len(base))]
     roles = {"base": base, "candidate": candidate, **({"production": production} if production else {})}
@@ -40,12 +40,12 @@ def test_knowledge_is_paired_per_document_and_decides():
     cand = [1.0 if i % 5 != 0 else 0.0 for i in range(60)]
     per = {**knowledge(base, cand, 12), **knowledge(base, cand, 12, metric="knowledge_open_p")}
     per.update(mc([1, 0] * 20, [1, 0] * 20))
-    c = compare(per, "knowledge_closed_cal", "base", bar=0.02)
+    c = compare(per, "knowledge_closed_doc", "base", bar=0.02)
     assert c.n == 12 and c.unit == "documents"  # n counts documents, not items
     d = decide(per)
-    assert d.publish and d.primary == "knowledge_closed_cal" and d.min_gain == 0.02
+    assert d.publish and d.primary == "knowledge_closed_doc" and d.min_gain == 0.02
     assert d.reason.startswith(
-        "published: knowledge (closed-book, what the question adds) p(correct) gain +0.800 (95% CI "
+        "published: knowledge (closed-book, what the document adds) p(correct) gain +0.800 (95% CI "
     )
     assert "n=12 documents) > 0.020 vs base (detectable at 80% power: " in d.reason
     assert "knowledge (with sources) p(correct) gain +0.800" in d.reason
@@ -86,6 +86,27 @@ def test_a_random_difference_does_not_pass_and_open_book_must_not_fall():
     d = decide(per)
     assert not d.publish and "knowledge (with sources) p(correct) gain -0.500" in d.reason
     assert "not shown non-inferior (lower bound <= -0.050" in d.reason
+    assert d.refused_by == ["knowledge_open_p"]
+    # one short line per figure, in the metric's own terms, saying what it had to clear and whether it did
+    lines = d.lines()
+    assert lines[0] == "refused (compared with base)" and all(len(x) < 200 for x in lines)
+    primary = next(x for x in lines if "what the document adds" in x)
+    assert "0.000 -> 1.000, 1.000 better" in primary and primary.endswith("must clear +0.020 ok")
+    assert next(x for x in lines if "with sources" in x).endswith("may be at most 0.050 worse FAILED")
+    assert d.to_dict()["lines"] == lines
+
+
+def test_a_loss_reads_as_better_or_worse_and_every_failed_check_is_named():
+    per = {**knowledge([0.2] * 40, [0.21] * 40, 10), **mc([1, 0] * 20, [0, 0] * 20)}
+    ids = [f"general:{i}" for i in range(30)]
+    per["general_loss"] = {
+        "base": dict.fromkeys(ids, 2.0),
+        "candidate": {i: 2.5 + 0.01 * n for n, i in enumerate(ids)},
+    }
+    d = decide(per)
+    assert d.refused_by == ["knowledge_closed_doc", "general_loss", "mc_prob", "mc_accuracy"]
+    general = next(x for x in d.lines() if x.strip().startswith("general-text loss"))
+    assert "2.000 -> 2.645 nats/token, 0.645 worse" in general and "gain" not in general
 
 
 def test_detectable_effect_is_against_min_gain_with_student_t():

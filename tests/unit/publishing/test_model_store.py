@@ -87,6 +87,31 @@ def test_rollback_moves_the_pointer_back(store, tmp_path):
     ]
 
 
+def test_a_move_that_cannot_be_recorded_is_not_made(store, tmp_path, monkeypatch):
+    """history.jsonl turned into a folder: promote fails naming it, production stays, check reports it; a
+    record failing after the move puts the pointer back."""
+    store.publish("thermal", "v1", content(tmp_path, "a"), {})
+    store.publish("thermal", "v2", content(tmp_path, "b"), {})
+    history = store.root / "thermal" / "history.jsonl"
+    kept = history.read_text()
+    history.unlink()
+    history.mkdir()
+    with pytest.raises(ModelStoreError, match="cannot record the promote.*production was not moved"):
+        store.promote("thermal", "v1")
+    assert store.production("thermal") == "v2"
+    assert store.check("thermal") == ["thermal: history.jsonl is not a readable file"]
+    history.rmdir()
+    history.write_text(kept)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "_log", full)
+    with pytest.raises(OSError, match="No space"):
+        store.rollback("thermal", "v1")
+    assert store.production("thermal") == "v2" and store.check("thermal") == []
+
+
 def test_rollback_without_history_is_refused(store, tmp_path):
     store.publish("thermal", "v1", content(tmp_path, "a"), {})
     with pytest.raises(ModelStoreError, match="no earlier"):

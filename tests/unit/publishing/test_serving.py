@@ -156,6 +156,21 @@ def test_serve_command(lab, tmp_path, monkeypatch):
         serve_command(settings)
 
 
+def test_serve_command_without_production_serves_the_one_imported_base(cbnano_env):
+    store = ModelStore(cbnano_env.model_store)
+    with pytest.raises(ValueError, match="nothing tells which base to serve"):
+        serve_command(cbnano_env)
+    (cbnano_env.model_store / "base" / "smollm2").mkdir(parents=True)
+    (cbnano_env.model_store / "base" / "smollm2" / "config.json").write_text("{}")
+    assert store.imported_bases() == ["smollm2"]
+    cmd = serve_command(cbnano_env)
+    assert cmd[cmd.index("--served-model-name") + 1] == "smollm2"
+    (cbnano_env.model_store / "base" / "other").mkdir()
+    (cbnano_env.model_store / "base" / "other" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"imported: other, smollm2"):  # two: which one is not guessed
+        serve_command(cbnano_env)
+
+
 def test_cli_promote_hands_off_and_serve_config_prints_the_command(lab, tmp_path, capsys):
     from pipelines.cli import main
 

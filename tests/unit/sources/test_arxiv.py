@@ -85,6 +85,20 @@ def test_non_feeds(body):
         parse_api_feed(body)
 
 
+@pytest.mark.parametrize("bad", [b"&#x1;", b"&#11;", b"\x1b"])
+def test_a_forbidden_character_rejects_its_entry_not_the_page(fixtures_dir, bad):
+    """One control character (as a reference or raw) in an abstract: the page's other entries are read,
+    the entry holding it is rejected with its reason."""
+    body = (fixtures_dir / "arxiv/window_2026-11-26.xml").read_bytes()
+    whole = parse_api_feed(body)
+    start = body.index(b"<summary>", body.index(b"2611.10002")) + len(b"<summary>")
+    feed = parse_api_feed(body[:start] + b"Pd" + bad + b"Cu " + body[start:])
+    assert {p.arxiv_id for p in feed.papers} == {p.arxiv_id for p in whole.papers} - {"2611.10002"}
+    held = [r for r in feed.rejects if "2611.10002" in r["entry_id"]]
+    assert len(held) == 1 and "forbids" in held[0]["reason"]
+    assert len(feed.rejects) == len(whole.rejects) + 1
+
+
 def test_rss(fixtures_dir):
     papers = parse_rss((fixtures_dir / "arxiv/rss/cond-mat.mtrl-sci.xml").read_bytes())
     assert [(p.arxiv_id, p.version, p.announce_type) for p in papers] == [

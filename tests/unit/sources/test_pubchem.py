@@ -288,3 +288,27 @@ def test_malformed_answers_are_quarantined_not_fatal(tmp_path):
         }
     )
     assert empty["rows"] == 0
+
+
+def test_a_name_answer_of_another_shape_is_quarantined_not_cached(cbnano_env, fixtures_dir):
+    """PubChem answers 200 with JSON that is not an IdentifierList: the name is neither found nor "not found";
+    it is quarantined with the answer, not cached, and asked again on the next run."""
+    from datetime import date
+
+    from pipelines.ingestion.pubchem import NameCache, fetch_compounds, stage_compounds
+
+    odd = Rule(
+        "/rest/pug/compound/name/cids/JSON",
+        body=b'{"Waiting": {"ListKey": "123", "Message": "your request is running"}}',
+        headers={"Content-Type": "application/json"},
+    )
+    with ReplayServer(pubchem_dir=fixtures_dir / "pubchem", rules=[odd]) as srv:
+        fetched = fetch_compounds(cbnano_env, names=["TiO2"], day=date(2026, 11, 26), client=_client(srv))
+        assert fetched["not_found"] == [] and list(fetched["unreadable_names"]) == ["TiO2"]
+        staged = stage_compounds(fetched)
+        assert (staged["quarantined"], staged["not_found"], staged["rows"]) == (1, 0, 0)
+        held = [json.loads(x) for x in open(staged["quarantine_uri"])]
+        assert held[0]["name"] == "TiO2" and "ListKey" in held[0]["raw"]
+        assert NameCache(cbnano_env.home / "pubchem" / "name_cache.json").get("TiO2") is None
+        again = fetch_compounds(cbnano_env, names=["TiO2"], day=date(2026, 11, 26), client=_client(srv))
+    assert again["resolved"] == {"TiO2": 26042} and again["unreadable_names"] == {}

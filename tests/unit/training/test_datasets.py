@@ -328,6 +328,14 @@ def test_probe_asks_about_trained_documents_in_phrasings_no_row_contains(lake, t
     assert all(it["doc"] not in held for it in closed)  # closed items: trained documents only
     assert all(it["passages"] == [f"[1] passage for: {it['question']}"] for it in opened)
     assert all(not it["passages"] for it in closed)
+    # a closed item's contrast asks the same of another trained document (the primary's baseline)
+    trained_titles = {it["question"].split('"')[1] for it in closed if '"' in it["question"]}
+    for it in closed:
+        assert it["contrast"] != it["question"] and "contrast" not in opened[0]
+        if '"' in it["question"]:  # papers by title; compounds by name
+            mine, other = it["question"].split('"')[1], it["contrast"].split('"')[1]
+            assert other != mine and other in trained_titles
+            assert it["contrast"].replace(f'"{other}"', f'"{mine}"') == it["question"]
     # each trained fact's value is in the training rows; its distractors are the same kind of value
     for it in closed:
         assert it["choices"][it["answer"]].lower() in rows

@@ -78,8 +78,8 @@ def test_step_failures_and_a_missing_environment_are_one_line(fake_python, tmp_p
 
 def test_retrain_hands_its_gpu_to_training_merge_check_and_evaluation(monkeypatch, cbnano_env, tmp_path):
     """The chain's wiring: every model step gets the task's GPU."""
+    from pipelines.publishing.bases import BaseModel
     from pipelines.training import retrain as chain
-    from pipelines.training.base_models import BaseModel
     from pipelines.training.runner import TrainResult
 
     seen = {}
