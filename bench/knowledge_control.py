@@ -175,6 +175,7 @@ def judge_all(
         None,
         tmp / "eval_spec.json",
         probe=Path(card["files"]["probe"]),
+        progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
     )
     if save is not None:  # every role's per-item scores: the gate can be re-applied to them (bench/regate.py)
         save.write_text(json.dumps(evaluation["per_item"]))

@@ -106,7 +106,7 @@ def domain_retraining():
     def retrain_domain(domain: str) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from pipelines.contracts import retrain_result
+        from pipelines.contracts import not_trained, retrain_result
         from pipelines.training.datasets import DatasetTooSmall
         from pipelines.training.gpus import gpu_lease
         from pipelines.training.retrain import prepare_dataset, retrain
@@ -139,13 +139,7 @@ def domain_retraining():
                 )
             except DatasetTooSmall as exc:  # nothing trained: listed by report, which then fails the run
                 print(f"{domain}: not trained: {exc}")
-                return {
-                    "domain": domain,
-                    "version": None,
-                    "published": False,
-                    "reason": f"not trained: {exc}",
-                    "metrics": {},
-                }
+                return not_trained(domain, str(exc))
         print(f"{domain}: {summary['reason']}")
         return retrain_result(summary)
 
@@ -157,16 +151,11 @@ def domain_retraining():
         domain could not be trained (its reason listed first)."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        lines = [
-            f"{s['domain']}: {s['version']} {'-> production' if s['published'] else 'kept'}; {s['reason']}"
-            if s["version"]
-            else f"{s['domain']}: {s['reason']}"
-            for s in summaries
-            if s
-        ]
+        from pipelines.contracts import retrain_report
+
+        lines, untrained = retrain_report(summaries)
         for line in lines:
             print(line)
-        untrained = [line for line in lines if ": not trained: " in line]
         if untrained:
             raise AirflowFailException("; ".join(untrained))
         return lines

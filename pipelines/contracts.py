@@ -356,3 +356,24 @@ def retrain_result(summary: RetrainSummary) -> RetrainResult:
         reason=summary["reason"],
         metrics=summary["metrics"],
     )
+
+
+def not_trained(domain: str, why: str) -> RetrainResult:
+    """The result of a domain whose month could not be trained (too little data): no version, the reason."""
+    return RetrainResult(
+        domain=domain, version=None, published=False, reason=f"not trained: {why}", metrics={}
+    )
+
+
+def retrain_report(results: list[RetrainResult | None]) -> tuple[list[str], list[str]]:
+    """(one line per domain's result, the domains that could not be trained) for the retraining DAG's report
+    and the CLI: a version moved to production or kept, with the gate's reason."""
+    lines, untrained = [], []
+    for r in (r for r in results if r):
+        if r["version"]:
+            where = "-> production" if r["published"] else "kept"
+            lines.append(f"{r['domain']}: {r['version']} {where}; {r['reason']}")
+        else:
+            lines.append(f"{r['domain']}: {r['reason']}")
+            untrained.append(lines[-1])
+    return lines, untrained

@@ -15,11 +15,15 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
 from pipelines.contracts import Scores
 from pipelines.process_group import end_group, grouped
+
+PROGRESS = "progress: "  # a step's stderr line that says how far it has got (run_step's ``on_progress``)
 
 
 class StepError(RuntimeError):
@@ -88,7 +92,12 @@ def train_env(train_python: str, gpu: int | None) -> dict[str, str]:
 
 
 def run_step(
-    train_python: str, step: str, args: list[str], gpu: int | None = None, timeout_s: float = 3600
+    train_python: str,
+    step: str,
+    args: list[str],
+    gpu: int | None = None,
+    timeout_s: float = 3600,
+    on_progress: Callable[[str], None] | None = None,
 ) -> Any:
     """Run ``pipelines.training.steps.<step>`` with the training environment's interpreter on one GPU (or
     the CPU); returns the JSON its last stdout line holds. Keeps torch/transformers out of Airflow's processes.
@@ -113,12 +122,31 @@ def run_step(
         env=train_env(train_python, gpu),
         start_new_session=True,
     ) as running:
+        # both pipes are read as they fill (a step's chatter must not block it); its progress lines are
+        # handed to ``on_progress`` as they come
+        chunks: dict[str, list[str]] = {"out": [], "err": []}
+
+        def drain(pipe: Any, into: list[str], progress: bool) -> None:
+            for line in pipe:
+                into.append(line)
+                if progress and on_progress is not None and line.startswith(PROGRESS):
+                    on_progress(line[len(PROGRESS) :].rstrip())
+
+        readers = [
+            threading.Thread(target=drain, args=(running.stdout, chunks["out"], False), daemon=True),
+            threading.Thread(target=drain, args=(running.stderr, chunks["err"], True), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
         try:
-            out, err = running.communicate(timeout=timeout_s)
+            running.wait(timeout=timeout_s)
+            for reader in readers:
+                reader.join()
         except subprocess.TimeoutExpired:
             raise StepError(f"training-environment step {step} ran over {timeout_s:.0f}s") from None
         finally:
             end_group(running)
+        out, err = "".join(chunks["out"]), "".join(chunks["err"])
     proc = subprocess.CompletedProcess(cmd, running.returncode, out, err)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]

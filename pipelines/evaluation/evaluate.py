@@ -12,6 +12,7 @@ identical ids for every role.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.assets import asset
@@ -48,12 +49,13 @@ def evaluate_roles(
     spec_path: Path,
     timeout_s: float = 4 * 3600,
     probe: Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Evaluation:
     """Score every role — ``{role: (base folder, adapter folder or None)}`` — on the domain's items, the
     held-out rows and the knowledge ``probe``; returns ``{"metrics": {role: {metric: mean}}, "per_item": {metric: {role: {id: score}}},
     "device", "dtype", "seconds", "peak_gpu_gib"}``.
 
-    Roles sharing a base are scored in one model load. Raises ValueError when the roles were not scored on
+    Roles sharing a base are scored in one model load; ``progress`` gets a line as each role is scored. Raises ValueError when the roles were not scored on
     identical items (which the gate needs).
     """
     from pipelines.settings import DOMAINS
@@ -76,7 +78,12 @@ def evaluate_roles(
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec, indent=2))
     out = run_step(
-        settings.train_python, "evaluate", ["--spec", str(spec_path)], gpu=gpu, timeout_s=timeout_s
+        settings.train_python,
+        "evaluate",
+        ["--spec", str(spec_path)],
+        gpu=gpu,
+        timeout_s=timeout_s,
+        on_progress=progress,  # a line per role scored
     )
     per_item: dict[str, dict[str, dict[str, float]]] = {}
     for role, scored in out["roles"].items():

@@ -296,6 +296,7 @@ def judge_candidate(
             gpu,
             plan.run_dir / "eval_spec.json",
             probe=Path(plan.card["files"]["probe"]),
+            progress=clock.say,
         )
     decision = decide(evaluation["per_item"], min_gain=min_gain)
     test_profile = plan.profile in TEST_PROFILES

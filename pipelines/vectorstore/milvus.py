@@ -187,6 +187,8 @@ class MilvusStore:
     @property
     def client(self) -> Any:
         """The connected ``MilvusClient``; raises :class:`VectorStoreError` when Milvus does not answer."""
+        if self._client is not None and self._lite_attached:
+            self._check_lite()
         if self._client is None:
             from pymilvus import MilvusClient
 
@@ -218,29 +220,31 @@ class MilvusStore:
             self._lite_attached = False
             detach(self.uri)
 
+    def _check_lite(self) -> None:
+        """A long-lived store (the search service, the gateway) on a Milvus Lite file checks, at most once a
+        second, that the shared server it talks to still runs; one killed is replaced by the next call
+        instead of every call failing until a restart."""
+        now = time.monotonic()
+        if now - self._lite_checked < LITE_CHECK_S:
+            return
+        from pipelines.vectorstore.lite_server import serving
+
+        self._lite_checked = now
+        if not serving(self.uri, self._lite_uri):
+            log.warning("the Milvus Lite server for %s is gone; attaching to a fresh one", self.uri)
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+            self._loaded = False
+            self._detach_lite()
+
     def _ready(self) -> Any:
-        """The client, with the collection loaded into memory (a reopened collection starts released).
-
-        A long-lived store (the search service, the gateway) on a Milvus Lite file checks, at most once a
-        second, that the shared server it talks to still runs; one killed is replaced by the next call here
-        instead of every search failing until a restart."""
-        if self._lite_attached and self._client is not None:
-            now = time.monotonic()
-            if now - self._lite_checked >= LITE_CHECK_S:
-                from pipelines.vectorstore.lite_server import serving
-
-                self._lite_checked = now
-                if not serving(self.uri, self._lite_uri):
-                    log.warning("the Milvus Lite server for %s is gone; attaching to a fresh one", self.uri)
-                    with contextlib.suppress(Exception):
-                        self._client.close()
-                    self._client = None
-                    self._loaded = False
-                    self._detach_lite()
+        """The client, with the collection loaded into memory (a reopened collection starts released)."""
+        client = self.client  # first: a replaced server's client starts with nothing loaded
         if not self._loaded:
-            self.client.load_collection(self.collection)
+            client.load_collection(self.collection)
             self._loaded = True
-        return self.client
+        return client
 
     def close(self) -> None:
         """Close the connection; for a Milvus Lite file, this process stops counting as a client of the file's

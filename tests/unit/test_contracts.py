@@ -59,3 +59,33 @@ def test_summarize_fills_every_promised_key_and_the_source_extras():
         1,
         1,
     )
+
+
+def test_the_retraining_report_lists_each_domain_and_the_ones_not_trained():
+    from pipelines.contracts import not_trained, retrain_report
+
+    results = [
+        {
+            "domain": "catalysis",
+            "version": "2026-11.ab",
+            "published": True,
+            "reason": "published: ...",
+            "metrics": {},
+        },
+        {
+            "domain": "thermal",
+            "version": "2026-11.cd",
+            "published": False,
+            "reason": "refused: ...",
+            "metrics": {},
+        },
+        not_trained("materials", "3 usable examples"),
+        None,  # a mapped task that did not return
+    ]
+    lines, untrained = retrain_report(results)
+    assert lines == [
+        "catalysis: 2026-11.ab -> production; published: ...",
+        "thermal: 2026-11.cd kept; refused: ...",
+        "materials: not trained: 3 usable examples",
+    ]
+    assert untrained == ["materials: not trained: 3 usable examples"]

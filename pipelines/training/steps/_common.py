@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Any
 
+from pipelines.trainenv import PROGRESS
+
 
 class StepError(SystemExit):
     """A step refuses: one line on stderr, exit status 2."""
@@ -32,6 +34,11 @@ def pick_device() -> str:
             f"CUDA_VISIBLE_DEVICES={visible} (a leased GPU) but torch {torch.__version__} sees no CUDA device"
         )
     return "cuda"
+
+
+def progress(message: str) -> None:
+    """Tell the caller how far the step has got (one stderr line; the result stays on stdout)."""
+    print(PROGRESS + message, file=sys.stderr, flush=True)
 
 
 def answer(payload: Any) -> None:

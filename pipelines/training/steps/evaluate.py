@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.contracts import ChatRow, ChoiceItem, EvalGroup, PassageRow, ProbeItem, Scores
-from pipelines.training.steps._common import answer, pick_device
+from pipelines.training.steps._common import answer, pick_device, progress
 
 
 def load_base(path: str, device: str, load_in_4bit: bool) -> tuple[Any, Any, str]:
@@ -81,10 +81,20 @@ def score_group(
     model, tok, dtype = load_base(group["base"], device, load_in_4bit)
     roles: dict[str, str | None] = group["roles"]
     out: dict[str, Scores] = {}
+    total = len(items) + len(heldout) + len(probe or []) + len(general or [])
+
+    def scored(role: str, t0: float) -> None:  # a progress line the caller shows (pipelines.trainenv)
+        done = len(out)
+        progress(
+            f"evaluate: {role} scored on {total} items ({time.perf_counter() - t0:.0f}s), {done}/{len(roles)} roles"
+        )
+
     for role in [r for r, a in roles.items() if not a]:  # the bare base first, before any adapter is attached
+        t0 = time.perf_counter()
         out[role] = Scorer(model, tok, device, max_batch_tokens).score(
             items, heldout, probe or [], domain, general or []
         )
+        scored(role, t0)
     peft_model = None
     for role, adapter in roles.items():
         if not adapter:
@@ -94,9 +104,11 @@ def score_group(
         else:
             peft_model.load_adapter(adapter, adapter_name=role, is_trainable=False)
         peft_model.set_adapter(role)
+        t0 = time.perf_counter()
         out[role] = Scorer(peft_model, tok, device, max_batch_tokens).score(
             items, heldout, probe or [], domain, general or []
         )
+        scored(role, t0)
     return out, dtype
 
 

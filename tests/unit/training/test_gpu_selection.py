@@ -16,7 +16,7 @@ pytestmark = pytest.mark.unit
 FAKE = r"""#!/bin/sh
 printf '%s|%s\n' "${CUDA_VISIBLE_DEVICES-unset}" "$*" >> "$CBNANO_FAKE_RECORD"
 case "$*" in
-  *steps.evaluate*) echo '{"roles": {"base": {"metrics": {"mc_accuracy": 0.5}, "per_item": {"mc_accuracy": {"a": 1.0, "b": 0.0}}}, "candidate": {"metrics": {"mc_accuracy": 1.0}, "per_item": {"mc_accuracy": {"a": 1.0, "b": 1.0}}}}, "device": "cuda", "dtype": "nf4+bfloat16", "seconds": 1.0, "peak_gpu_gib": 5.5, "items": 2, "heldout": 0}' ;;
+  *steps.evaluate*) echo "loading weights" >&2; echo "progress: evaluate: base scored" >&2; echo "progress: evaluate: candidate scored" >&2; echo '{"roles": {"base": {"metrics": {"mc_accuracy": 0.5}, "per_item": {"mc_accuracy": {"a": 1.0, "b": 0.0}}}, "candidate": {"metrics": {"mc_accuracy": 1.0}, "per_item": {"mc_accuracy": {"a": 1.0, "b": 1.0}}}}, "device": "cuda", "dtype": "nf4+bfloat16", "seconds": 1.0, "peak_gpu_gib": 5.5, "items": 2, "heldout": 0}' ;;
   *steps.check_merge*) echo '{"lora_tensors": 2, "other_tensors": 1, "max_rel_diff": 0.002, "changed": 2, "others_changed": [], "others_missing": [], "device": "cuda"}' ;;
   *steps.failing*) echo "error: something broke" >&2; exit 2 ;;
 esac
@@ -44,7 +44,14 @@ def test_evaluation_runs_on_the_leased_gpu(fake_python, tmp_path):
     settings = load_settings({"CBNANO_HOME": str(tmp_path / "home"), "CBNANO_TRAIN_PYTHON": str(python)})
     roles = {"base": (tmp_path / "base", None), "candidate": (tmp_path / "base", tmp_path / "run" / "out")}
     spec = tmp_path / "run" / "eval_spec.json"
-    out = evaluate_roles(settings, "catalysis", roles, tmp_path / "val.jsonl", True, 1, spec)
+    said = []
+    out = evaluate_roles(
+        settings, "catalysis", roles, tmp_path / "val.jsonl", True, 1, spec, progress=said.append
+    )
+    assert said == [
+        "evaluate: base scored",
+        "evaluate: candidate scored",
+    ]  # progress lines only, as they came
     [(visible, args)] = calls(record)
     assert visible == "1" and args == f"-m pipelines.training.steps.evaluate --spec {spec}"
     written = json.loads(spec.read_text())
@@ -120,7 +127,7 @@ def test_retrain_hands_its_gpu_to_training_merge_check_and_evaluation(monkeypatc
     monkeypatch.setattr(chain, "merge", merge)
     monkeypatch.setattr(chain, "check_merge", check)
 
-    def evaluate(settings, domain, roles, heldout, load_in_4bit, gpu, spec_path, probe=None):
+    def evaluate(settings, domain, roles, heldout, load_in_4bit, gpu, spec_path, probe=None, progress=None):
         seen["evaluate"] = gpu
         raise RuntimeError("stop after evaluation")
 
