@@ -523,7 +523,7 @@ def _version_table(versions: Sequence[Any]) -> str:
             (v["published_at"] or "-")[:16].replace("T", " "),
             num(v["metrics"], "knowledge_closed_doc"),
             num(v["metrics"], "mc_prob"),
-            (v["decision"] or "-") + (f" ({len(v['problems'])} problems)" if v["problems"] else ""),
+            (v["decision"] or "-") + (f" PROBLEMS: {len(v['problems'])}" if v["problems"] else ""),
             "PRODUCTION" if v["production"] else "",
         )
         for v in versions
@@ -599,7 +599,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     except AskError as exc:
         raise _Failure(str(exc)) from None
     if args.json:
-        _emit({"answer": out["answer"], "sources": out["sources"]})
+        sources = [{k: src[k] for k in ("doc_id", "title", "url")} for src in out["sources"]]  # the contract
+        _emit({"answer": out["answer"], "sources": sources})
         return 0
     print(out["answer"])
     print(

@@ -128,7 +128,7 @@ def main() -> int:
         settings = get_settings()
         print(
             "== CBNANO_BASE_MODEL=smollm2 cbnano retrain --domain catalysis --profile cpu_lora "
-            "(about 10-20 minutes on 2 cores; progress below) ...",
+            "(about 20-25 minutes of training on 2 cores, then 15 of evaluation; progress below) ...",
             flush=True,
         )
         from pipelines.training.datasets import DatasetTooSmall

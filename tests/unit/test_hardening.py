@@ -159,7 +159,7 @@ def test_a_system_a_url_that_is_not_a_url_is_one_line(cbnano_env, monkeypatch, c
     reset_settings_cache()
     rc = cli_main(["models", "list"])
     err = capsys.readouterr().err.strip()
-    assert rc == 1 and len(err.splitlines()) == 1 and "CBNANO_SYSTEM_A_URL='not a url'" in err
+    assert rc == 2 and len(err.splitlines()) == 1 and "CBNANO_SYSTEM_A_URL='not a url'" in err
 
 
 # 4. two simultaneous promotes agree --------------------------------------------------------------------
@@ -367,7 +367,7 @@ def test_every_bad_setting_is_one_line_naming_it_at_load(name, value, cbnano_env
     reset_settings_cache()
     rc = cli_main(["stats"])
     err = capsys.readouterr().err.strip()
-    assert rc == 1 and len(err.splitlines()) == 1 and name in err and "Traceback" not in err
+    assert rc == 2 and len(err.splitlines()) == 1 and name in err and "Traceback" not in err  # bad input
 
 
 def test_a_secret_url_that_is_wrong_is_named_but_not_echoed():

@@ -330,8 +330,15 @@ def test_probe_asks_about_trained_documents_in_phrasings_no_row_contains(lake, t
     assert all(not it["passages"] for it in closed)
     # a closed item's contrast asks the same of another trained document (the primary's baseline)
     trained_titles = {it["question"].split('"')[1] for it in closed if '"' in it["question"]}
+    assert "contrast" not in opened[0] and any("contrast" in it for it in closed)
+    by_source: dict[str, set[str]] = {}
     for it in closed:
-        assert it["contrast"] != it["question"] and "contrast" not in opened[0]
+        by_source.setdefault(it["doc"].split(":")[0], set()).add(it["doc"])
+    for it in closed:
+        if len(by_source[it["doc"].split(":")[0]]) == 1:  # no other trained document to ask about
+            assert "contrast" not in it
+            continue
+        assert it["contrast"] != it["question"]
         if '"' in it["question"]:  # papers by title; compounds by name
             mine, other = it["question"].split('"')[1], it["contrast"].split('"')[1]
             assert other != mine and other in trained_titles
