@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # knowledge first (the gate's primary and its open-book guard), then the forgetting guard and held-out loss
 METRICS = (
+    "knowledge_closed_doc",
     "knowledge_closed_cal",
     "knowledge_closed",
     "knowledge_open",

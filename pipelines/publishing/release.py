@@ -132,7 +132,7 @@ def chart(path: Path, metrics: dict[str, dict[str, float]], losses: list[float])
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     names = [n for n in ("base", "production", "candidate") if n in metrics]
     colors = {"base": "#999", "production": "#4a7", "candidate": "#37c"}
-    for ax, metric in zip(axes[:2], ("knowledge_closed_cal", "mc_accuracy"), strict=True):
+    for ax, metric in zip(axes[:2], ("knowledge_closed_doc", "mc_accuracy"), strict=True):
         ax.bar(names, [metrics[n].get(metric, float("nan")) for n in names], color=[colors[n] for n in names])
         ax.set_title(LABELS.get(metric, metric))
     axes[0].set_ylim(0, 1)

@@ -206,12 +206,26 @@ class MilvusStore:
                     raise VectorStoreError(str(exc)) from None
                 self._lite_attached = True
                 self._lite_uri = uri
-            try:
-                self._client = MilvusClient(uri=uri, token=self.token, timeout=self.timeout_s)
-            except Exception as exc:  # pymilvus raises several types for "not there"
-                self._detach_lite()
-                raise VectorStoreError(f"Milvus at {self.uri} does not answer: {exc}") from None
+            # a Lite server's binary may take longer than one connect timeout to accept its first client on
+            # a loaded machine: try again while that server still runs, up to the lock wait
+            deadline = time.monotonic() + (max(self.lock_wait_s, self.timeout_s) if self.is_lite else 0)
+            while True:
+                try:
+                    self._client = MilvusClient(uri=uri, token=self.token, timeout=self.timeout_s)
+                    break
+                except Exception as exc:  # pymilvus raises several types for "not there"
+                    if self.is_lite and time.monotonic() < deadline and self._lite_still_serving(uri):
+                        log.info("Milvus Lite at %s not answering yet; trying again", uri)
+                        time.sleep(1.0)
+                        continue
+                    self._detach_lite()
+                    raise VectorStoreError(f"Milvus at {self.uri} does not answer: {exc}") from None
         return self._client
+
+    def _lite_still_serving(self, uri: str) -> bool:
+        from pipelines.vectorstore.lite_server import serving
+
+        return serving(self.uri, uri)
 
     def _detach_lite(self) -> None:
         if self._lite_attached:
@@ -227,10 +241,8 @@ class MilvusStore:
         now = time.monotonic()
         if now - self._lite_checked < LITE_CHECK_S:
             return
-        from pipelines.vectorstore.lite_server import serving
-
         self._lite_checked = now
-        if not serving(self.uri, self._lite_uri):
+        if not self._lite_still_serving(self._lite_uri):
             log.warning("the Milvus Lite server for %s is gone; attaching to a fresh one", self.uri)
             with contextlib.suppress(Exception):
                 self._client.close()

@@ -41,11 +41,12 @@ METRICS = {
     "knowledge_closed",
     "knowledge_closed_p",
     "knowledge_closed_cal",
+    "knowledge_closed_doc",
     "knowledge_choice_only",
 }
 
 
-PRIMARY_LINE = "knowledge (closed-book, what the question adds) p(correct) gain"  # the gate's primary
+PRIMARY_LINE = "knowledge (closed-book, what the document adds) p(correct) gain"  # the gate's primary
 
 
 def allow_test_models(monkeypatch, allowed):
