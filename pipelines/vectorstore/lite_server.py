@@ -289,6 +289,10 @@ def serve(key: str, idle_s: float, wait_s: float) -> int:
         warnings.simplefilter("ignore")
         from milvus_lite.server import Server
 
+    # before the lock names this process: a client that finds the holder but no state file signals it, and
+    # SIGUSR1's default action would kill a server still starting
+    republish = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda signum, frame: republish.set())
     lock_fd = lock_file(lock_path(key), wait_s)
     if lock_fd is None:
         who = holder(key)
@@ -327,10 +331,8 @@ def serve(key: str, idle_s: float, wait_s: float) -> int:
     def _stop(signum: int, frame: FrameType | None) -> None:
         stopping.set()
 
-    republish = threading.Event()
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGUSR1, lambda signum, frame: republish.set())  # a client lost the state file
     clients = os.open(_beside(key, "cbnano-clients"), os.O_RDWR | os.O_CREAT, 0o644)
     since = datetime.now(UTC).isoformat(timespec="seconds")
     state = json.dumps({"pid": os.getpid(), "uri": server.uds_path, "since": since}).encode()
