@@ -46,6 +46,7 @@ MILVUS_LITE_IDLE_S = 30.0  # a Milvus Lite file's shared server stops after this
 MAX_CHUNKS_PER_DOC = 64  # about 13,000 word pieces: far beyond an abstract or a compound record
 EMBEDDING_BATCH_SIZE = 64
 REPLAY_SHARE = 0.2  # earlier months' training rows mixed into a month's dataset, as a share of it
+REHEARSAL_SHARE = 0.25  # the base's own general text mixed into a month's dataset (not for test profiles)
 STATSD_PORT = 8125
 
 
@@ -118,6 +119,7 @@ class Settings:
     teacher_model: str = ""
     teacher_token: str = field(default="", repr=False, metadata=_SECRET)
     replay_share: float = REPLAY_SHARE
+    rehearsal_share: float = REHEARSAL_SHARE
     alert_webhook_url: str = field(default="", repr=False, metadata=_SECRET)  # carries its token in its path
     alert_email: str = ""
     smtp_host: str = ""
@@ -277,6 +279,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         teacher_model=(env.get("CBNANO_TEACHER_MODEL") or "").strip(),
         teacher_token=env.get("CBNANO_TEACHER_TOKEN", ""),
         replay_share=_float(env, "CBNANO_REPLAY_SHARE", REPLAY_SHARE, below=1.0),
+        rehearsal_share=_float(env, "CBNANO_REHEARSAL_SHARE", REHEARSAL_SHARE, below=1.0),
         alert_webhook_url=_url(env, "CBNANO_ALERT_WEBHOOK_URL", secret=True),
         alert_email=env.get("CBNANO_ALERT_EMAIL", ""),
         smtp_host=_host_port(env, "CBNANO_SMTP_HOST"),

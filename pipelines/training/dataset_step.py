@@ -8,7 +8,7 @@ interpreter and environment (settings included)::
     .venv/bin/python -m pipelines.training.dataset_step --spec var/data/datasets/catalysis/2026-11.spec.json
 
 The spec: ``domain``, ``month``, ``tokenizer`` (the base's ``tokenizer.json``), ``eval_texts``, ``max_tokens``,
-``watchlist_domains``. The last stdout line is the card as JSON, or ``{"not_trained": reason}``.
+``watchlist_domains``, ``base`` (the base's folder) and ``rehearsal_share`` (of its own text, written here). The last stdout line is the card as JSON, or ``{"not_trained": reason}``.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from pipelines.contracts import DatasetCard, RatedAnswer
 from pipelines.lake import write_json
 from pipelines.settings import Settings
 from pipelines.training.datasets import DatasetTooSmall, Retrieve, build_dataset
 from pipelines.training.knowledge import FactQA, Teacher
+from pipelines.training.rehearsal import cached_rehearsal
 from pipelines.training.routing import MeaningRouter
 
 
@@ -90,11 +91,14 @@ class DatasetSpec(TypedDict):
     eval_texts: list[str]  # the evaluation items' text, kept out of the training rows
     max_tokens: int
     watchlist_domains: dict[str, str]  # compound name (lower-case) → its domain
+    base: NotRequired[str]  # the base's folder: it writes the rehearsal rows
+    rehearsal_share: NotRequired[float]  # 0 or absent: none (test profiles)
 
 
 def build_month(settings: Settings, spec: DatasetSpec) -> DatasetCard:
     """Build the month's dataset the spec describes (see module docstring); returns the card."""
     domain, month = spec["domain"], spec["month"]
+    base = spec.get("base") if spec.get("rehearsal_share") else None
     router = paper_router(settings)
     with corpus_retriever(settings) as retrieve:
         return build_dataset(
@@ -112,6 +116,8 @@ def build_month(settings: Settings, spec: DatasetSpec) -> DatasetCard:
             router=router.route if router else None,
             embed=router.encode if router else None,
             feedback=rated_answers(settings, domain, month) if settings.feedback_rows else (),
+            rehearse=cached_rehearsal(Path(base), settings.runs_dir / "rehearsal") if base else None,
+            rehearsal_share=float(spec.get("rehearsal_share", 0.0)),
         )
 
 

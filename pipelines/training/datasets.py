@@ -19,7 +19,10 @@
 * **internal** rows, the lab's own drops: ``CBNANO_DATA_DIR/internal/<domain>/*.jsonl`` lines with
   ``instruction``, optional ``input`` and ``output``; a bad line is reported with its file and line number;
 * **replay** rows: a share (``CBNANO_REPLAY_SHARE``, default 0.2) of the domain's earlier months' training
-  rows, against forgetting.
+  rows, against forgetting;
+* **rehearsal** rows: a share (``CBNANO_REHEARSAL_SHARE``, default 0.25, none for test profiles) of the
+  base model's own continuations of general openings, as plain completions (:mod:`pipelines.training.rehearsal`),
+  against forgetting general language.
 
 Then: exact duplicates removed; examples longer than ``max_tokens`` (the base tokenizer's count, passed in as
 ``count_tokens``) dropped; examples sharing any ``ngram``-word shingle with the evaluation sets dropped
@@ -69,6 +72,7 @@ from pipelines.training.knowledge import (
     statement_rows,
     states,
 )
+from pipelines.training.rehearsal import Rehearse
 from pipelines.windows import month_end, parse_month
 
 Retrieve = Callable[[str], list[str]]  # question -> the passages `cbnano ask` would show for it
@@ -80,8 +84,18 @@ class DatasetTooSmall(Exception):
 
 
 MEANING_OVERLAP = 0.9  # cosine (MiniLM) at which a training example says what an evaluation item says
-KINDS = ("text", "statement", "comprehension", "fact_qa", "compound", "replay", "internal", "feedback")
-TEXT_KINDS = ("text", "statement")  # completion rows (``{"text"}``); the rest are chat rows
+KINDS = (
+    "text",
+    "statement",
+    "comprehension",
+    "fact_qa",
+    "compound",
+    "replay",
+    "internal",
+    "feedback",
+    "rehearsal",
+)
+TEXT_KINDS = ("text", "statement", "rehearsal")  # completion rows (``{"text"}``) when without instruction
 
 
 @dataclass(frozen=True)
@@ -93,7 +107,7 @@ class Example:
     instruction: str
     input: str
     output: str
-    source: str  # "pubchem", "arxiv", "internal" or "replay"
+    source: str  # "pubchem", "arxiv", "internal", "replay" or "rehearsal"
     ref: str  # the document it came from (arxiv:ID, pubchem:CID, a lab-drop reference, replay:MONTH)
     kind: str = "internal"  # one of KINDS
     # a lab drop's held-out check of this row's fact: (question in a phrasing no row uses, right value, choices
@@ -115,7 +129,8 @@ class Example:
         return [{"role": "user", "content": user}, {"role": "assistant", "content": self.output}]
 
     def row(self) -> dict[str, Any]:
-        """The training row: ``{"text"}`` for a text example without an instruction (replayed raw text), else
+        """The training row: ``{"text"}`` for a text example without an instruction (replayed raw text, the
+        base's rehearsal text), else
         ``{"messages"}``."""
         raw = self.kind in TEXT_KINDS and not self.instruction
         return {"text": self.output} if raw else {"messages": self.messages()}
@@ -602,13 +617,16 @@ def build_dataset(
     router: Router | None = None,
     embed: Callable[[list[str]], Any] | None = None,
     feedback: Sequence[RatedAnswer] = (),
+    rehearse: Rehearse | None = None,
+    rehearsal_share: float = 0.0,
 ) -> DatasetCard:
     """Build and write one domain's dataset (see module docstring); returns the dataset card.
 
     ``router`` sends papers to domains (:class:`pipelines.training.routing.MeaningRouter`'s ``route``; without
     one, categories and keywords); ``embed`` (unit vectors per text) also drops examples whose meaning is
     that of an evaluation item (cosine >= ``MEANING_OVERLAP``); ``generator`` writes the fact QA rows (default: the rule-based extractor); ``retrieve`` gives the open
-    probe items their passages (without it the probe has closed items only); ``clock`` stamps the card's
+    probe items their passages (without it the probe has closed items only); ``rehearse`` writes the base's
+    general text for the rehearsal rows (``rehearsal_share`` of the trained rows); ``clock`` stamps the card's
     ``built_at`` and nothing else: the rows, the probe and the sha256 depend only on the lake and the month.
     """
     domains = domains or load_domains()
@@ -671,10 +689,23 @@ def build_dataset(
         if e.key() not in by_key and not (shingles(e.text(), ngram) & banned)
     ]
     train += replay
+    wanted = round(rehearsal_share * len(train)) if rehearse else 0
+    rehearsal = (
+        [
+            e
+            for e in (
+                Example("", "", t, "rehearsal", "rehearsal:base", "rehearsal") for t in rehearse(wanted)
+            )
+            if count_tokens(e.text()) <= max_tokens and not (shingles(e.text(), ngram) & banned)
+        ]
+        if rehearse and wanted
+        else []
+    )
+    train += list({e.key(): e for e in rehearsal}.values())
     rows = [e.row() for e in train]
     chat = [r for r in rows if "messages" in r]
     text = [r for r in rows if "text" in r]
-    trained_docs = {e.ref for e in train if e.source != "replay"}
+    trained_docs = {e.ref for e in train if e.source not in ("replay", "rehearsal")}
     pool = month_facts(data_dir, until)
     probe = probe_items(
         [f for f in facts if f.doc in docs],
@@ -704,7 +735,7 @@ def build_dataset(
     )
     _, probe_sha = write_jsonl(out_dir / "probe.jsonl", probe)
     toks = [lengths[e.key()] for e in clean]
-    kinds = Counter("replay" if e.source == "replay" else e.kind for e in train)
+    kinds = Counter(e.source if e.source in ("replay", "rehearsal") else e.kind for e in train)
     card: DatasetCard = {
         "domain": domain,
         "month": month,

@@ -110,6 +110,9 @@ def prepare_dataset(
         "eval_texts": eval_texts,
         "max_tokens": sequence_len - 96,
         "watchlist_domains": watchlist_domains(),
+        "base": str(base.path),
+        # the base's own general text against forgetting; a test profile or random-init base has none worth it
+        "rehearsal_share": 0.0 if profile in TEST_PROFILES or base.test_model else settings.rehearsal_share,
     }
     return base, build_in_child(settings, spec)
 

@@ -555,3 +555,56 @@ def test_texts_far_beyond_the_window_are_never_tokenized(lake, tmp_path):
         "materials", lake, tmp_path / "ds", counting, max_tokens=200, min_examples=1, min_validation_docs=1
     )
     assert card["dropped"]["too_long"] >= 1 and max(seen) <= 200 * 32
+
+
+def test_rehearsal_rows_are_the_base_s_text_filtered_like_every_row(lake, tmp_path):
+    internal = lake / "internal" / "catalysis"
+    internal.mkdir(parents=True)
+    (internal / "lab.jsonl").write_text(
+        json.dumps({"instruction": "Which support stores oxygen?", "output": "Ceria."}) + "\n"
+    )
+    asked = []
+
+    def rehearse(n):
+        asked.append(n)
+        general = [f"General text number {i} about rivers, printing and the weather." for i in range(n)]
+        # one continuation repeats an evaluation item's words: decontaminated like any row
+        return general[:-1] + [
+            "It said isolated platinum atoms anchored at step edges of ceria are studied with density"
+        ]
+
+    card = build_catalysis(lake, tmp_path / "ds", rehearse=rehearse, rehearsal_share=0.25)
+    month_rows = card["train"] - card["by_kind"]["rehearsal"]
+    assert asked == [round(0.25 * month_rows)] and asked[0] > 1
+    assert card["by_kind"]["rehearsal"] == asked[0] - 1  # the overlapping one is dropped
+    text = (tmp_path / "ds" / "train_text.jsonl").read_text()
+    assert text.count("General text number") == asked[0] - 1 and "step edges of ceria" not in text
+    assert all(set(json.loads(r)) == {"text"} for r in text.splitlines())
+    # rehearsal text is nobody's document: the probe (items on trained documents) is the same without it
+    assert card["probe"] == build_catalysis(lake, tmp_path / "none")["probe"]
+    assert (tmp_path / "ds" / "probe.jsonl").read_text() == (tmp_path / "none" / "probe.jsonl").read_text()
+    assert build_catalysis(lake, tmp_path / "off", rehearse=rehearse)["by_kind"]["rehearsal"] == 0
+
+
+def test_rehearsal_texts_are_made_once_per_base_and_kept(tmp_path):
+    from pipelines.training.rehearsal import cached_rehearsal, openings, whole_sentences
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "llama"}')
+    made = []
+
+    def make(base_dir, prompts, n, seed, max_new_tokens):
+        made.append(n)
+        return [f"{prompts[i % len(prompts)]} and so on." for i in range(n)]
+
+    rehearse = cached_rehearsal(base, tmp_path / "cache", prompts=["Rivers", "Bread"], make=make)
+    first = rehearse(3)
+    assert first == ["Rivers and so on.", "Bread and so on.", "Rivers and so on."]
+    assert rehearse(3) == first and made == [3]  # the second call reads the cache
+    assert rehearse(0) == [] and made == [3]
+    (base / "config.json").write_text('{"model_type": "llama", "hidden_size": 8}')  # another base
+    assert rehearse(3) == first and made == [3, 3]
+    assert not list((tmp_path / "cache").glob(".*"))  # no half-written file left
+    assert whole_sentences("One. Two is cut") == "One." and whole_sentences("no end") == "no end"
+    assert len(openings()) >= 40 and not any(o.startswith("#") for o in openings())
