@@ -8,7 +8,9 @@ GPUs), merge, check the merge, evaluate base vs current production vs candidate 
 register the candidate as a model-store version. Production moves only when the gate's 95% interval of the
 closed-book knowledge gain (the probability the model gives the right value among the probe's choices, on the
 month's trained documents, paired per document) clears the minimum gain, answering with retrieved sources is
-non-inferior and the forgetting guards (general-text loss, multiple-choice p(correct)) hold. A domain
+non-inferior and the forgetting guards (general-text loss, multiple-choice p(correct)) hold. With
+`CBNANO_REQUIRE_APPROVAL` a passed candidate waits in `approve_<domain>` (Browse → Required actions) with the
+gate's figures: approval moves production, rejection records the reason in the version's history. A domain
 with too little data is listed by `report` as "not trained", and the run fails.
 
 `plan` fails the run at once, before any dataset is built, when there is no usable base model. One mapped task
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 from cbnano_common import (
@@ -35,6 +38,50 @@ from cbnano_common import (
     dag_settings,
     domains_param,
 )
+
+
+class ModelApproval(ApprovalOperator):
+    """Asks a person (Airflow's "Required actions") to approve or reject a domain's passed candidate, with the
+    gate's figures as the body; the answer is applied by :func:`pipelines.publishing.approval.settle`: approval
+    moves production, rejection records the reason in the version's history (and skips ``announce``)."""
+
+    def __init__(self, *, domain: str, **kwargs) -> None:
+        asked = f"ti.xcom_pull(task_ids='request_approval_{domain}')"
+        kwargs.pop("params", None)  # the DAG's form: the question has its own (the reason)
+        super().__init__(
+            task_id=f"approve_{domain}",
+            subject="{{ " + asked + "['subject'] }}",
+            body="{{ " + asked + "['body'] }}",
+            params={
+                "reason": Param(
+                    "",
+                    type="string",
+                    title="Reason",
+                    description="Recorded in the version's history (needed to reject).",
+                    source="task",
+                )
+            },
+            **kwargs,
+        )
+        self.domain = domain
+
+    def execute_complete(self, context, event):
+        from pipelines.publishing.approval import settle
+
+        answer = HITLOperator.execute_complete(self, context=context, event=event)  # the checked answer
+        asked = context["ti"].xcom_pull(task_ids=f"request_approval_{self.domain}")
+        who = answer.get("responded_by_user") or {}
+        settled = settle(
+            dag_settings(),
+            self.domain,
+            asked["version"],
+            approved=answer["chosen_options"] == [self.APPROVE],
+            actor=f"airflow-user:{who.get('name') or who.get('id') or 'unknown'}",
+            reason=str((answer.get("params_input") or {}).get("reason") or ""),
+        )
+        print(f"{self.domain} {settled['version']}: {settled['outcome']} by {settled['actor']}")
+        super().execute_complete(context=context, event=event)  # a rejection skips announce (it raises)
+        return dict(settled)
 
 
 @dag(
@@ -164,16 +211,34 @@ def domain_retraining():
 
     for domain in DOMAINS:
 
+        @task(task_id=f"request_approval_{domain}", trigger_rule="all_done")
+        def request_approval(summaries: list, _domain: str = domain) -> dict:
+            """The approval question for the domain's candidate (skipped when none waits for one)."""
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from pipelines.publishing.approval import approval_request
+
+            mine = [s for s in summaries or [] if s and s["domain"] == _domain]
+            asked = approval_request(dag_settings(), _domain, mine[0]["version"] if mine else None)
+            if asked is None:
+                raise AirflowSkipException(f"no {_domain} candidate waits for approval")
+            return dict(asked)
+
+        approve = ModelApproval(domain=domain)
+
         @task(task_id=f"announce_{domain}", outlets=[MODEL_ASSETS[domain]], trigger_rule="all_done")
         def announce(summaries: list, _domain: str = domain) -> str:
             from airflow.sdk.exceptions import AirflowSkipException
 
+            approved = get_current_context()["ti"].xcom_pull(task_ids=f"approve_{_domain}")
+            if isinstance(approved, dict) and approved.get("outcome") == "approved":
+                return approved["version"]
             mine = [s for s in summaries or [] if s and s["domain"] == _domain and s["published"]]
             if not mine:
                 raise AirflowSkipException(f"production of {_domain} did not move this run")
             return mine[0]["version"]
 
-        announce(results)
+        request_approval(results) >> approve >> announce(results)
 
 
 domain_retraining_dag = domain_retraining()

@@ -544,6 +544,8 @@ def cmd_models_move(args: argparse.Namespace) -> int:
     settings, store = _model_store()
     if not args.domain:
         raise UsageError(f"models {args.models_command} needs --domain")
+    if args.models_command == "reject":
+        return _models_reject(settings, args)
     try:
         if args.models_command == "promote":
             if not args.version:
@@ -579,6 +581,25 @@ def cmd_models_move(args: argparse.Namespace) -> int:
             "production": version,
             "system_a": outcome["state"],
         }
+    )
+    return 0
+
+
+def _models_reject(settings: Any, args: argparse.Namespace) -> int:
+    """``models reject``: refuse a version that waits for approval; the reason goes into its history."""
+    from pipelines.publishing.approval import settle
+    from pipelines.publishing.model_store import ModelStoreError, default_actor
+
+    if not args.version or not args.reason:
+        raise UsageError("models reject needs --version and --reason")
+    try:
+        done = settle(
+            settings, args.domain, args.version, approved=False, actor=default_actor(), reason=args.reason
+        )
+    except ModelStoreError as exc:
+        raise UsageError(str(exc)) from None
+    _emit(
+        {"domain": args.domain, "action": "reject", "version": args.version, "production": done["production"]}
     )
     return 0
 
@@ -652,7 +673,7 @@ COMMAND_SETTINGS = {
     "gateway": "CBNANO_SYSTEM_A_URL CBNANO_SYSTEM_A_TOKEN CBNANO_GATEWAY_DB CBNANO_MILVUS_URI",
     "stats": "CBNANO_MILVUS_URI CBNANO_MILVUS_TOKEN CBNANO_MILVUS_COLLECTION",
     "retrain": "CBNANO_BASE_MODEL CBNANO_TRAIN_PROFILE CBNANO_TRAIN_PYTHON CBNANO_GPUS CBNANO_MODEL_STORE "
-    "CBNANO_ALLOW_TEST_MODELS CBNANO_TEACHER_URL CBNANO_SYSTEM_A_URL",
+    "CBNANO_ALLOW_TEST_MODELS CBNANO_TEACHER_URL CBNANO_SYSTEM_A_URL CBNANO_REQUIRE_APPROVAL",
     "dataset": "CBNANO_BASE_MODEL CBNANO_TRAIN_PYTHON CBNANO_TEACHER_URL CBNANO_REPLAY_SHARE CBNANO_REHEARSAL_SHARE",
     "models": "CBNANO_MODEL_STORE CBNANO_ALLOW_TEST_MODELS CBNANO_SYSTEM_A_URL CBNANO_SYSTEM_A_STORE "
     "CBNANO_BASE_MODEL CBNANO_ACTOR",
@@ -814,6 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
     for action, text in (
         ("promote", "point production at --version (checksums verified first)"),
         ("rollback", "point production back at --version (default: the one before)"),
+        ("reject", "refuse --version, which waits for approval (CBNANO_REQUIRE_APPROVAL); --reason needed"),
     ):
         mv = msub.add_parser(action, help=text)
         mv.add_argument("--domain", help=", ".join(DOMAINS))

@@ -126,6 +126,7 @@ class Settings:
     smtp_user: str = ""
     smtp_password: str = field(default="", repr=False, metadata=_SECRET)
     gateway_db: str = field(default="", repr=False, metadata=_SECRET)  # SQLAlchemy URL (may hold a password)
+    require_approval: bool = False  # a candidate the gate passes waits for a person before production moves
     feedback_rows: bool = False  # the gateway's positively rated +rag answers become rows of the next dataset
     statsd_on: bool = False
     statsd_host: str = "127.0.0.1"
@@ -287,6 +288,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         smtp_password=env.get("CBNANO_SMTP_PASSWORD", ""),
         gateway_db=(env.get("CBNANO_GATEWAY_DB") or "").strip(),
         feedback_rows=_flag(env, "CBNANO_FEEDBACK_ROWS"),
+        require_approval=_flag(env, "CBNANO_REQUIRE_APPROVAL"),
         statsd_on=_flag(env, "CBNANO_STATSD_ON"),
         statsd_host=env.get("CBNANO_STATSD_HOST") or "127.0.0.1",
         statsd_port=_int(env, "CBNANO_STATSD_PORT", STATSD_PORT, maximum=65535),

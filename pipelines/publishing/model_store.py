@@ -4,7 +4,7 @@ Layout::
 
     <root>/<domain>/versions/<version>/   adapter/, merged/, manifest.json, MODEL_CARD.md, eval.json, ...
     <root>/<domain>/production            symlink -> versions/<version>
-    <root>/<domain>/history.jsonl         every action (publish, promote, rollback, delete) with who and why
+    <root>/<domain>/history.jsonl         every action (publish, promote, rollback, delete, reject): who, why
     <root>/base/<name>/                   base models, by the name adapters and model cards use
     <root>/base/bases.json                bases kept elsewhere: name -> folder (the store says where each lives)
     <root>/.staging/                      versions being assembled (same filesystem, so rename is atomic)
@@ -20,6 +20,8 @@ Rules:
 * promote and rollback verify the target's checksums first, and refuse a test model (``test_model`` in its
   manifest: a random-init base or the ``tiny`` profile) unless the caller allows test models;
 * every action is recorded in ``history.jsonl`` with who did it (``actor``) and why (``reason``);
+* a version published with ``"approval": "required"`` in its manifest (``CBNANO_REQUIRE_APPROVAL``) waits for
+  a person: approving it is a promote, refusing it a ``reject`` record; :meth:`ModelStore.approval` says which;
 * retention keeps production, the previous production and ``keep_last`` others, deleting versions that never
   were production before ones that were, oldest first.
 
@@ -66,7 +68,7 @@ class HistoryEntry(TypedDict):
     """One line of ``<domain>/history.jsonl``."""
 
     at: str
-    action: str  # publish, promote, rollback, delete
+    action: str  # publish, promote, rollback, delete, reject
     version: str
     actor: str
     reason: str
@@ -285,6 +287,8 @@ class ModelStore:
             return False
         if not (man.get("gate") or {}).get("publish") or self.production(domain) == version:
             return False
+        if man.get("approval") == "required":  # it moves when a person approves it, never by a retry
+            return False
         since = str(man.get("published_at", ""))
         return not any(
             m.get("action") in ("promote", "rollback") and str(m.get("at", "")) >= since
@@ -329,6 +333,23 @@ class ModelStore:
                 version = previous[-1]
             self._point(domain, version, "rollback", actor, reason, allow_test_models)
         return version
+
+    def reject(self, domain: str, version: str, actor: str = "", reason: str = "") -> None:
+        """Record that a person refused ``version`` for production (why, in ``reason``); production stays."""
+        if not self.version_dir(domain, version).is_dir():
+            raise ModelStoreError(f"{domain}/{version} is not published")
+        self._log(domain, "reject", version, actor, reason)
+
+    def approval(self, domain: str, version: str) -> str:
+        """Where a version stands with sign-off: ``"not required"`` (it was never held), ``"pending"`` (the
+        gate passed it and it waits for a person), ``"approved"`` (it was promoted since) or
+        ``"rejected"``."""
+        if self.manifest(domain, version).get("approval") != "required":
+            return "not required"
+        acts = [m["action"] for m in self.history(domain) if m["version"] == version]
+        if "reject" in acts:
+            return "rejected"
+        return "approved" if "promote" in acts else "pending"
 
     def history(self, domain: str) -> list[HistoryEntry]:
         """Every readable recorded action of a domain, oldest first (unreadable lines, e.g. one torn by a

@@ -2,7 +2,8 @@
 
 base (fail fast) → dataset → render + validate config → train (resumable) → merge → merge check → evaluate
 base, current production and candidate per item → gate → register the candidate as a version (production
-moves only if the gate passed) → retention.
+moves only if the gate passed and, with ``CBNANO_REQUIRE_APPROVAL``, only once a person approves it:
+:mod:`pipelines.publishing.approval`) → retention.
 
 The base comes from :func:`pipelines.training.base_models.resolve_base` (``CBNANO_BASE_MODEL``, or the
 ``tiny`` profile's random Llama); with no usable base the run stops before anything is built or written.
@@ -246,7 +247,8 @@ def reuse_existing(
         "version": plan.version,
         "published": store.production(plan.domain) == plan.version,
         "reason": f"unchanged: {plan.version} was already made from this dataset and config "
-        f"({gate_reason or 'no gate record'})",
+        f"({gate_reason or 'no gate record'})"
+        + ("; awaiting approval" if store.approval(plan.domain, plan.version) == "pending" else ""),
         "metrics": {"candidate": published.get("metrics", {})},
         "run_dir": str(plan.run_dir),
     }
@@ -328,6 +330,10 @@ def publish_candidate(
     passed), apply retention, tell System A when production moved; returns the run's summary."""
     evaluation, decision = verdict.evaluation, verdict.decision
     result = candidate.result
+    # with CBNANO_REQUIRE_APPROVAL a passed candidate is registered and waits for a person (the DAG's approval
+    # task, or `cbnano models promote`); production moves only then
+    held = decision.publish and settings.require_approval
+    moves = decision.publish and not held
     # where and how the evaluation ran (device, dtype, seconds, peak memory, the item and held-out files)
     ran: dict[str, object] = {k: v for k, v in evaluation.items() if k not in ("metrics", "per_item")}
     report: dict[str, Any] = {
@@ -377,8 +383,9 @@ def publish_candidate(
                 "gate": decision.to_dict(),
                 "code_revision": _code_revision(),
                 "origin": origin or {},
+                **({"approval": "required"} if held else {}),
             },
-            promote=decision.publish,
+            promote=moves,
             actor=_actor(origin),
             allow_test_models=settings.allow_test_models,
         )
@@ -387,15 +394,15 @@ def publish_candidate(
     summary: RetrainSummary = {
         "domain": plan.domain,
         "version": plan.version,
-        "published": decision.publish,
-        "reason": decision.reason,
+        "published": moves,
+        "reason": f"{decision.reason}; awaiting approval" if held else decision.reason,
         "metrics": evaluation["metrics"],
         "run_dir": str(plan.run_dir),
         "timings": clock.timings,
         "train_stats": result.stats,
         "evaluation": ran,
     }
-    if decision.publish:  # production moved: tell System A (never undoes the publish; see publishing.serving)
+    if moves:  # production moved: tell System A (never undoes the publish; see publishing.serving)
         from pipelines.publishing.serving import hand_off
 
         summary["system_a"] = hand_off(settings, plan.domain)["state"]

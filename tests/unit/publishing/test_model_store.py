@@ -264,3 +264,66 @@ def test_stale_staging_is_cleaned_and_publish_completes_an_interrupted_promotion
     store.publish("catalysis", "v3", content(tmp_path, "v3"), {"gate": gate}, promote=False)
     store.rollback("catalysis", "v1", actor="alice")  # a human moved production after v3 was published
     assert not store.interrupted_promotion("catalysis", "v3")
+
+
+def test_a_version_held_for_approval_waits_for_a_person(store, tmp_path, monkeypatch):
+    from pipelines.publishing.approval import approval_request, settle
+    from pipelines.settings import load_settings
+
+    settings = load_settings({"CBNANO_HOME": str(tmp_path / "home"), "CBNANO_MODEL_STORE": str(store.root)})
+    gate = {"publish": True, "reason": "passed: +0.08", "lines": ["passed: +0.08 (95% CI +0.02..+0.14)"]}
+    store.publish("catalysis", "v1", content(tmp_path, "v1"), {"gate": gate})
+    assert (
+        store.approval("catalysis", "v1") == "not required"
+        and approval_request(settings, "catalysis", "v1") is None
+    )
+    for v in ("v2", "v3"):
+        store.publish(
+            "catalysis", v, content(tmp_path, v), {"gate": gate, "approval": "required"}, promote=False
+        )
+    # a held version is not an interrupted promotion: no retry moves it
+    assert store.approval("catalysis", "v2") == "pending" and not store.interrupted_promotion(
+        "catalysis", "v2"
+    )
+    asked = approval_request(settings, "catalysis", "v2")
+    assert asked is not None and asked["subject"] == "Publish catalysis v2?"
+    assert "(95% CI +0.02..+0.14)" in asked["body"] and "production now: v1" in asked["body"]
+    done = settle(settings, "catalysis", "v2", approved=True, actor="alice", reason="looked fine")
+    assert done["outcome"] == "approved" and store.production("catalysis") == "v2"
+    assert store.history("catalysis")[-1] | {"at": ""} == {
+        "at": "",
+        "action": "promote",
+        "version": "v2",
+        "actor": "alice",
+        "reason": "approved: looked fine",
+    }
+    settle(settings, "catalysis", "v3", approved=False, actor="bob", reason="answers on ceria are wrong")
+    assert store.production("catalysis") == "v2" and store.approval("catalysis", "v3") == "rejected"
+    assert (
+        store.history("catalysis")[-1]["action"] == "reject"
+        and approval_request(settings, "catalysis", "v3") is None
+    )
+    with pytest.raises(ModelStoreError, match="does not wait for approval"):  # answered once, never twice
+        settle(settings, "catalysis", "v3", approved=True, actor="carol")
+    with pytest.raises(ModelStoreError, match="not published"):
+        store.reject("catalysis", "v9")
+
+
+def test_cli_rejects_a_held_version_with_a_reason(cbnano_env, tmp_path, capsys):
+    from pipelines.cli import main
+
+    store = ModelStore(cbnano_env.model_store)
+    gate = {"publish": True, "reason": "passed"}
+    store.publish(
+        "thermal", "v1", content(tmp_path, "v1"), {"gate": gate, "approval": "required"}, promote=False
+    )
+    assert main(["models", "reject", "--domain", "thermal", "--version", "v1"]) == 2  # no reason: refused
+    assert "needs --version and --reason" in capsys.readouterr().err
+    assert main(["models", "reject", "--domain", "thermal", "--version", "v1", "--reason", "too vague"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out == {"domain": "thermal", "action": "reject", "version": "v1", "production": None}
+    assert (
+        store.history("thermal")[-1]["reason"] == "too vague"
+        and store.approval("thermal", "v1") == "rejected"
+    )
+    assert main(["models", "reject", "--domain", "thermal", "--version", "v1", "--reason", "again"]) == 2
