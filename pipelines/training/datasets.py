@@ -20,7 +20,7 @@
   ``instruction``, optional ``input`` and ``output``; a bad line is reported with its file and line number;
 * **replay** rows: a share (``CBNANO_REPLAY_SHARE``, default 0.2) of the domain's earlier months' training
   rows, against forgetting;
-* **rehearsal** rows: a share (``CBNANO_REHEARSAL_SHARE``, default 0.25, none for test profiles) of the
+* **rehearsal** rows: a share (``CBNANO_REHEARSAL_SHARE``, default 0: off, see docs/BENCHMARKS.md; none for test profiles) of the
   base model's own continuations of general openings, as plain completions (:mod:`pipelines.training.rehearsal`),
   against forgetting general language.
 

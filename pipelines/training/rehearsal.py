@@ -9,6 +9,9 @@ completions beside the month's chat rows. Training on what the base itself says 
 towards the base's distribution on general text and teaches it nothing new: the idea of self-synthesized
 rehearsal (Huang et al., ACL 2024).
 
+Measured (seed 1, docs/BENCHMARKS.md): at a share of 0.25 it did *not* reduce forgetting on this recipe (the
+general-text loss rose by 1.13 nats/token with it, 0.82 without), so ``CBNANO_REHEARSAL_SHARE`` defaults to 0.
+
 The texts depend only on the base's files, the openings, the count and the sampling seed, so they are made once
 per base and kept in a cache folder (``<runs>/rehearsal/``); a rebuilt dataset is identical. Generation needs
 torch and transformers; it runs in the dataset step's child process, never in the orchestrator.
