@@ -3,9 +3,12 @@ person answers through Airflow's REST API (what the UI's "Required actions" page
 production, rejection records the reason. The run is a real `dag.test()` of domain_retraining; only the
 training is replaced by a candidate registered the way `retrain` registers a passed one."""
 
+import faulthandler
 import json
-import threading
-import time
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +16,7 @@ from pipelines.publishing.model_store import ModelStore
 
 pytestmark = pytest.mark.dags
 PASSWORD = "approve-me"
+RESPONDER = Path(__file__).with_name("hitl_responder.py")
 
 
 def fake_retrain(settings, domain, **kwargs):
@@ -36,40 +40,6 @@ def fake_retrain(settings, domain, **kwargs):
     }
 
 
-def answer(choice, reason, found):
-    """Wait for the approval task to park, read its question and answer it through the REST API."""
-    from airflow.api_fastapi.app import create_app
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-    from fastapi.testclient import TestClient
-
-    deadline = time.monotonic() + 600
-    ti = None
-    while time.monotonic() < deadline and ti is None:
-        with create_session() as session:
-            ti = (
-                session.query(TaskInstance)
-                .filter_by(dag_id="domain_retraining", task_id="approve_catalysis", state="awaiting_input")
-                .first()
-            )
-            key = (ti.dag_id, ti.run_id) if ti else None
-        time.sleep(0.5)
-    if key is None:
-        found["error"] = "approve_catalysis never waited for input"
-        return
-    client = TestClient(create_app(apps="core"))
-    token = client.post("/auth/token", json={"username": "alice", "password": PASSWORD}).json()[
-        "access_token"
-    ]
-    auth = {"Authorization": f"Bearer {token}"}
-    url = f"/api/v2/dags/{key[0]}/dagRuns/{key[1]}/taskInstances/approve_catalysis/-1/hitlDetails"
-    found["question"] = client.get(url, headers=auth).json()
-    reply = client.patch(
-        url, headers=auth, json={"chosen_options": [choice], "params_input": {"reason": reason}}
-    )
-    found["reply"] = reply.status_code
-
-
 @pytest.mark.parametrize("choice", ["Approve", "Reject"])
 def test_a_passed_candidate_waits_for_a_person(choice, airflow_db, cbnano_env, monkeypatch, tmp_path):
     import importlib
@@ -85,16 +55,26 @@ def test_a_passed_candidate_waits_for_a_person(choice, airflow_db, cbnano_env, m
     from pipelines.settings import get_settings, reset_settings_cache
 
     reset_settings_cache()
-    found: dict = {}
-    responder = threading.Thread(target=answer, args=(choice, "checked the held-out answers", found))
-    responder.start()
+    # the person: a process of its own, answering through the REST API once the task waits
+    responder = subprocess.Popen(
+        [sys.executable, str(RESPONDER), "domain_retraining", "approve_catalysis", choice]
+        + ["checked the held-out answers", "alice", PASSWORD],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
     dag = importlib.reload(domain_retraining).domain_retraining_dag
     day = {"Approve": 2, "Reject": 3}[choice]  # a run of its own per answer
-    run = dag.test(
-        logical_date=pendulum.datetime(2026, 12, day, tz="UTC"),
-        run_conf={"domains": ["catalysis"], "profile": "tiny", "month": "2026-11"},
-    )
-    responder.join(timeout=60)
+    faulthandler.dump_traceback_later(900, exit=True)  # a run that never ends must not hang the suite
+    try:
+        run = dag.test(
+            logical_date=pendulum.datetime(2026, 12, day, tz="UTC"),
+            run_conf={"domains": ["catalysis"], "profile": "tiny", "month": "2026-11"},
+        )
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    out, _ = responder.communicate(timeout=120)
+    found = json.loads(out.strip().splitlines()[-1])
     assert "error" not in found and found["reply"] == 200, found
     question = found["question"]
     assert question["subject"] == "Publish catalysis 2026-11.cafe?"
