@@ -46,9 +46,8 @@ MILVUS_LITE_IDLE_S = 30.0  # a Milvus Lite file's shared server stops after this
 MAX_CHUNKS_PER_DOC = 64  # about 13,000 word pieces: far beyond an abstract or a compound record
 EMBEDDING_BATCH_SIZE = 64
 REPLAY_SHARE = 0.2  # earlier months' training rows mixed into a month's dataset, as a share of it
-REHEARSAL_SHARE = (
-    0.0  # the base's own general text in a month's dataset: off (seed 1 forgot more with it, BENCHMARKS)
-)
+# the base's own general text in a month's dataset: off (seed 1 forgot more with it, BENCHMARKS)
+REHEARSAL_SHARE = 0.0
 STATSD_PORT = 8125
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import TypedDict
 
-from pipelines.publishing.model_store import ModelStore
+from pipelines.publishing.model_store import ModelStore, ModelStoreError
 from pipelines.settings import Settings
 
 
@@ -84,8 +84,6 @@ def settle(
 ) -> Settled:
     """Apply a person's answer: approval promotes ``version`` (and tells System A), rejection records why.
     Raises :class:`pipelines.publishing.model_store.ModelStoreError` when the version does not wait for one."""
-    from pipelines.publishing.model_store import ModelStoreError
-
     store = ModelStore(settings.model_store)
     state = store.approval(domain, version)
     if state != "pending":
