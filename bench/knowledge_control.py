@@ -38,6 +38,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -219,6 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--damage-lr", type=float, default=0.02, help="learning rate of the damage control")
     ap.add_argument("--epochs", type=float, help="num_epochs for every candidate (default: the profile's)")
     ap.add_argument("--kinds", nargs="+", default=["real", "control", "damage"])
+    ap.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=YAML",
+        help="recipe keys for every candidate, e.g. lora_target_linear=false "
+        "'lora_target_modules=[gate_proj, up_proj, down_proj]'",
+    )
     ap.add_argument("--save-eval", type=Path, help="write every role's per-item scores here (JSON)")
     ap.add_argument(
         "--judge",
@@ -228,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     judged = dict(j.split("=", 1) for j in args.judge or [])
+    if any("=" not in kv for kv in args.set):
+        ap.error("--set takes KEY=YAML, e.g. learning_rate=0.0003")
+    recipe = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     if any(len(name.split("-")) != 2 for name in judged):
         ap.error("--judge takes KIND-SEED=ADAPTER, e.g. real-1=var/runs/<run>/out")
 
@@ -242,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         runs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         for seed in [] if judged else args.seeds:
-            keys: dict[str, Any] = {"seed": seed, **({"num_epochs": args.epochs} if args.epochs else {})}
+            keys: dict[str, Any] = {
+                "seed": seed,
+                **recipe,
+                **({"num_epochs": args.epochs} if args.epochs else {}),
+            }
             made = {
                 "real": (card, keys),
                 "control": (control_card(dict(card), tmp, seed), keys),
