@@ -97,10 +97,10 @@ class VLLMClient:
                 detail = exc.read().decode("utf-8", errors="replace")[:500]
                 if exc.code < 500:
                     raise SystemAError(
-                        f"System A refused {method} {url}: HTTP {exc.code}: {_reason(detail)}",
+                        f"System A refused {method} {url}: HTTP {exc.code}: {vllm_reason(detail)}",
                         status=exc.code,
                     ) from None
-                error = f"HTTP {exc.code}: {_reason(detail)}"
+                error = f"HTTP {exc.code}: {vllm_reason(detail)}"
             except (urllib.error.URLError, OSError) as exc:
                 error = str(getattr(exc, "reason", exc))
             if attempt < self.attempts:
@@ -111,14 +111,7 @@ class VLLMClient:
 
     def adapters(self) -> dict[str, str]:
         """The LoRA adapters System A serves: name -> the path it loaded it from."""
-        models = self._call("GET", "/v1/models")
-        data = models.get("data") if isinstance(models, dict) else None
-        if not isinstance(data, list) or not all(isinstance(m, dict) and "id" in m for m in data):
-            raise SystemAError(
-                f"System A at {self.url} answered /v1/models with something that is not a model list: "
-                f"{str(models)[:200]!r}"
-            )
-        return {str(m["id"]): str(m.get("root") or "") for m in data if m.get("parent")}
+        return model_list(self._call("GET", "/v1/models"), self.url).adapters
 
     def load(self, name: str, path: str, inplace: bool = False) -> None:
         """Load (or, with ``inplace``, replace) adapter ``name`` from ``path``."""
@@ -154,7 +147,28 @@ class VLLMClient:
             ) from None
 
 
-def _reason(detail: str) -> str:
+@dataclass(frozen=True)
+class ModelListing:
+    """What System A's ``GET /v1/models`` says it serves: the base and each LoRA adapter's load path."""
+
+    base: str  # the model without a parent ("" when the list has none)
+    adapters: dict[str, str]  # adapter name -> the path it was loaded from (vLLM's ``root``)
+
+
+def model_list(answer: Any, url: str = "System A") -> ModelListing:
+    """System A's model list out of its ``/v1/models`` answer (parsed JSON); :class:`SystemAError` when the
+    answer is not one (an HTML page, a list without ids). The one parser: the hand-off and the gateway use it."""
+    data = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(data, list) or not all(isinstance(m, dict) and "id" in m for m in data):
+        raise SystemAError(
+            f"System A at {url} answered /v1/models with something that is not a model list: "
+            f"{str(answer)[:200]!r}"
+        )
+    base = next((str(m["id"]) for m in data if not m.get("parent")), "")
+    return ModelListing(base, {str(m["id"]): str(m.get("root") or "") for m in data if m.get("parent")})
+
+
+def vllm_reason(detail: str) -> str:
     """vLLM's error message out of its JSON error body (or the body itself)."""
     try:
         body = json.loads(detail)

@@ -283,7 +283,7 @@ def test_prometheus_scrapes_the_gateway_with_a_key_and_grafana_has_its_row():
     # every series the dashboard's gateway row asks for is one the gateway exposes
     from prometheus_client import generate_latest
 
-    from pipelines.gateway.app import Metrics
+    from pipelines.gateway.tracing import Metrics
 
     m = Metrics()
     m.requests.labels("chat", "catalysis", "200").inc()

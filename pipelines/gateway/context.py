@@ -1,0 +1,83 @@
+"""What every route shares: the :class:`Gateway` (settings, trace store, backends), the key check and the
+request body, as FastAPI dependencies.
+
+The body is read once, at most ``MAX_BODY_BYTES`` (413 past that: nothing that size is forwarded to System
+A), and parsed as JSON (a 100k-deep array is a 400, not a ``RecursionError``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from pipelines.gateway.backends import Backends
+from pipelines.gateway.shapes import GatewayError
+from pipelines.gateway.tracing import Metrics, trace_of
+from pipelines.ops.traces import GatewayStore
+from pipelines.settings import Settings
+
+MAX_BODY_BYTES = 4 * 1024 * 1024  # a long chat with its context fits many times over
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    store: GatewayStore
+    backends: Backends
+    metrics: Metrics
+    no_auth: bool = False
+
+
+def gateway_of(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+async def authenticated(request: Request) -> str:
+    """The user whose key the request carries (``Authorization: Bearer <key>``); 401 otherwise."""
+    gw = gateway_of(request)
+    trace = trace_of(request)
+    if gw.no_auth:
+        trace.user = "anonymous"
+        return "anonymous"
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    key = key.strip()
+    user = await run_in_threadpool(gw.store.user_for, key) if scheme.lower() == "bearer" and key else None
+    if user is None:
+        raise GatewayError(
+            401, "a valid key is required (Authorization: Bearer <key from `cbnano gateway keys add`>)"
+        )
+    trace.user = user
+    return user
+
+
+User = Annotated[str, Depends(authenticated)]
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON body; 413 when it is larger than ``MAX_BODY_BYTES``, 400 when it is not JSON (or
+    nests deeper than the parser goes)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise GatewayError(413, f"the request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise GatewayError(413, f"the request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB")
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise GatewayError(400, "the request body nests too deeply to be a request") from None
+    except ValueError:
+        raise GatewayError(400, "the request body is not JSON") from None
+    if isinstance(body, dict) and isinstance(body.get("model"), str):
+        trace_of(request).model = body["model"][:128]
+    return body
+
+
+Body = Annotated[Any, Depends(json_body)]

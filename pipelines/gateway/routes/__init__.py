@@ -1,0 +1,1 @@
+"""The gateway's routes, one module per concern; :func:`pipelines.gateway.app.create_app` includes them."""

@@ -1,0 +1,196 @@
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``: ``general`` goes to System A's base,
+``<domain>`` to the domain's adapter, and ``<name>+rag`` answers from the corpus with the ``ask`` prompt and
+the ``sources`` it used (on the completion; streamed, on a last chunk that has no choices).
+
+Only these two System A routes are ever called for users: the LoRA load/unload API is unreachable through the
+gateway. A streamed answer passes System A's events through with the gateway's completion id, model id and
+``created`` on every chunk; a stream that System A cuts, or that carries a line that is not JSON, ends with an
+error event in OpenAI's shape (no ``[DONE]``) and a trace that says 503, never as a complete-looking answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from pipelines.gateway.context import Body, Gateway, User, gateway_of
+from pipelines.gateway.shapes import (
+    RAG,
+    GatewayError,
+    SourceRef,
+    error_body,
+    last_user,
+    now_s,
+    validate_completion,
+)
+from pipelines.gateway.tracing import trace_of
+from pipelines.ops.traces import Trace
+from pipelines.prompt import ask_messages, source_block
+from pipelines.retrieval.search import SearchError, parse_query
+from pipelines.settings import DOMAINS
+from pipelines.vectorstore.milvus import VectorStoreError
+
+RAG_TOP_K = 5
+PATHS = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
+router = APIRouter()
+
+
+async def resolve(gw: Gateway, model: str) -> tuple[str, str, bool]:
+    """(gateway name, System A model, rag) of a requested model; 404 when it is not served."""
+    rag = model.endswith(RAG)
+    name = model.removesuffix(RAG)
+    served = await gw.backends.served()
+    if name not in served:
+        known = ", ".join(sorted(n + s for n in served for s in ("", RAG))) or "none"
+        raise GatewayError(404, f"The model `{model}` does not exist (served: {known})")
+    return name, served[name], rag
+
+
+async def retrieve(gw: Gateway, question: str) -> tuple[list[str], list[SourceRef]]:
+    """The source blocks for the prompt and the sources for the answer; an empty corpus gives none."""
+    if not question.strip():
+        raise GatewayError(400, "a +rag model needs a question: the last user message is empty")
+    searcher = await gw.backends.searcher()
+    try:
+        answer = await run_in_threadpool(searcher.search, parse_query(question[:2000], top_k=RAG_TOP_K))
+    except SearchError as exc:
+        raise GatewayError(400, str(exc)) from None
+    except (VectorStoreError, OSError, RuntimeError) as exc:
+        raise GatewayError(503, f"search is unavailable: {exc}") from None
+    results = answer.results
+    blocks = [source_block(n, r.title, r.source, r.doc_id, r.text) for n, r in enumerate(results, 1)]
+    sources = [SourceRef(n=n, doc_id=r.doc_id, title=r.title, url=r.url) for n, r in enumerate(results, 1)]
+    return blocks, sources
+
+
+async def upstream_body(
+    gw: Gateway, body: dict[str, Any], kind: str, target: str, rag: bool, trace: Trace
+) -> tuple[dict[str, Any], list[SourceRef]]:
+    """What System A is asked (its model name; for ``+rag`` the ``ask`` prompt around the retrieved
+    sources) and the sources."""
+    upstream = {k: v for k, v in body.items() if k not in ("model", "user")}
+    upstream["model"] = target
+    if not rag:
+        return upstream, []
+    question = last_user(body["messages"]) if kind == "chat" else body["prompt"]
+    blocks, sources = await retrieve(gw, question)
+    domain = body["model"].removesuffix(RAG)
+    asked = ask_messages(question, blocks, domain if domain in DOMAINS else None)
+    if kind == "chat":
+        earlier = [m for m in body["messages"][:-1] if m.get("role") != "system"]
+        upstream["messages"] = [asked[0], *earlier, asked[1]]
+    else:
+        upstream["prompt"] = f"{asked[0]['content']}\n\n{asked[1]['content']}\n\nAnswer:"
+    trace.question = question[:4000]
+    trace.sources = [s["doc_id"] for s in sources]
+    return upstream, sources
+
+
+async def complete(request: Request, body: Any, kind: str) -> Response:
+    gw = gateway_of(request)
+    trace = trace_of(request)
+    body = validate_completion(body, kind)
+    _name, target, rag = await resolve(gw, body["model"])
+    upstream, sources = await upstream_body(gw, body, kind, target, rag, trace)
+    created = now_s()
+    if body.get("stream"):
+        resp = await gw.backends.system_a.stream(PATHS[kind], upstream)
+        relay = _relay(resp, trace, sources, kind, body["model"], created, keep_answer=rag)
+        return StreamingResponse(relay, media_type="text/event-stream")
+    out = await gw.backends.system_a.post(PATHS[kind], upstream)
+    choices = out.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise GatewayError(503, "System A answered without a completion")
+    first = choices[0]
+    answer = (first.get("message") or {}).get("content") if kind == "chat" else first.get("text")
+    out.update(id=trace.id, model=body["model"], created=out.get("created") or created)  # id: for feedback
+    if rag:
+        out["sources"] = sources
+        trace.answer = str(answer or "")[:8000]
+    usage = out.get("usage") or {}
+    trace.tokens_in, trace.tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return JSONResponse(out)
+
+
+@router.post("/v1/chat/completions")
+async def chat(request: Request, user: User, body: Body) -> Response:
+    return await complete(request, body, "chat")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, user: User, body: Body) -> Response:
+    return await complete(request, body, "text")
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+async def _relay(
+    resp: httpx.Response,
+    trace: Trace,
+    sources: list[SourceRef],
+    kind: str,
+    model: str,
+    created: int,
+    keep_answer: bool,
+) -> AsyncIterator[bytes]:
+    """System A's events as they come, each with the gateway's id, model and ``created``; for ``+rag`` a last
+    chunk with no choices and the ``sources`` (as OpenAI's usage chunk has no choices), then ``data: [DONE]``.
+    A stream cut before System A's ``[DONE]``, or a line that is not JSON, ends with an error event instead,
+    and the trace says 503."""
+    answer: list[str] = []
+    problem = "System A's stream ended before [DONE]"
+    try:
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                problem = ""
+                break
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                chunk = None
+            if not isinstance(chunk, dict):
+                problem = "System A sent a stream line that is not a JSON chunk"
+                break
+            chunk.update(id=trace.id, model=model, created=created)
+            for c in chunk.get("choices") or []:
+                piece = (c.get("delta") or {}).get("content") if kind == "chat" else c.get("text")
+                if piece:
+                    answer.append(str(piece))
+            usage = chunk.get("usage") or {}
+            trace.tokens_in = usage.get("prompt_tokens") or trace.tokens_in
+            trace.tokens_out = usage.get("completion_tokens") or trace.tokens_out
+            yield _event(chunk)
+    except httpx.HTTPError as exc:
+        problem = f"System A's stream failed: {type(exc).__name__}"
+    finally:
+        await resp.aclose()
+        if keep_answer:
+            trace.answer = "".join(answer)[:8000]
+    if problem:
+        trace.status, trace.error = 503, problem
+        yield _event(error_body(503, problem))
+        return
+    if sources:
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        yield _event(
+            {
+                "id": trace.id,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "choices": [],
+                "sources": sources,
+            }
+        )
+    yield b"data: [DONE]\n\n"
