@@ -233,16 +233,32 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(raw: str) -> int:
+    value = int(raw)  # argparse turns the ValueError into a one-line usage error
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {raw}")
+    return value
+
+
 def cmd_gateway_keys(args: argparse.Namespace) -> int:
     from pipelines.ops.traces import GatewayStore, GatewayStoreError
     from pipelines.settings import get_settings
 
-    store = GatewayStore.from_settings(get_settings())
+    settings = get_settings()
+    store = GatewayStore.from_settings(settings)
     try:
         if args.action == "list":
-            rows = store.keys()
+            rows, own = store.keys(), store.limits()
             for r in rows:
-                print(f"{r['user']:<24} created {r['created_at']}  last used {r['last_used_at'] or 'never'}")
+                mine = own.get(r["user"]) or {}
+                limits = (
+                    f"{mine.get('rpm') or settings.gateway_rpm}/min, "
+                    f"{mine.get('tokens_per_day') or settings.gateway_tokens_per_day:,} tokens/day, "
+                    f"{mine.get('priority') or 'interactive'}"
+                )
+                print(
+                    f"{r['user']:<24} created {r['created_at']}  last used {r['last_used_at'] or 'never'}  {limits}"
+                )
             if not rows:
                 print("no keys")
             return 0
@@ -251,6 +267,12 @@ def cmd_gateway_keys(args: argparse.Namespace) -> int:
         if args.action == "revoke":
             store.revoke(args.user)
             print(f"revoked the key of {args.user}")
+            return 0
+        if args.action == "limit":
+            if args.rpm is None and args.tokens_per_day is None and args.priority is None:
+                raise UsageError("gateway keys limit needs --rpm, --tokens-per-day or --priority")
+            store.set_limits(args.user, args.rpm, args.tokens_per_day, args.priority)
+            print(f"limits of {args.user}: {store.limits()[args.user]} (null: the gateway's default)")
             return 0
         key = store.add_key(args.user)
     except GatewayStoreError as exc:
@@ -670,7 +692,9 @@ COMMAND_SETTINGS = {
     "CBNANO_HTTP_MAX_ATTEMPTS CBNANO_HTTP_TIMEOUT_S",
     "search": "CBNANO_MILVUS_URI CBNANO_MILVUS_TOKEN CBNANO_MILVUS_COLLECTION CBNANO_EMBEDDING_MODEL",
     "search-service": "CBNANO_MILVUS_URI CBNANO_MILVUS_TOKEN CBNANO_SEARCH_TOKEN CBNANO_EMBEDDING_MODEL",
-    "gateway": "CBNANO_SYSTEM_A_URL CBNANO_SYSTEM_A_TOKEN CBNANO_GATEWAY_DB CBNANO_MILVUS_URI",
+    "gateway": "CBNANO_SYSTEM_A_URL CBNANO_SYSTEM_A_TOKEN CBNANO_GATEWAY_DB CBNANO_MILVUS_URI "
+    "CBNANO_GATEWAY_RPM CBNANO_GATEWAY_TOKENS_PER_DAY CBNANO_GATEWAY_MAX_INFLIGHT CBNANO_GATEWAY_CACHE "
+    "CBNANO_GATEWAY_CACHE_TTL_S",
     "stats": "CBNANO_MILVUS_URI CBNANO_MILVUS_TOKEN CBNANO_MILVUS_COLLECTION",
     "retrain": "CBNANO_BASE_MODEL CBNANO_TRAIN_PROFILE CBNANO_TRAIN_PYTHON CBNANO_GPUS CBNANO_MODEL_STORE "
     "CBNANO_ALLOW_TEST_MODELS CBNANO_TEACHER_URL CBNANO_SYSTEM_A_URL CBNANO_REQUIRE_APPROVAL",
@@ -781,9 +805,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gw.set_defaults(func=cmd_gateway)
     gsub = gw.add_subparsers(dest="gateway_command")
-    gk = gsub.add_parser("keys", help="users' keys: add (prints the key once), list, revoke")
-    gk.add_argument("action", choices=["add", "list", "revoke"], help="add a user's key, list users, revoke")
-    gk.add_argument("user", nargs="?", help="the user (add, revoke)")
+    gk = gsub.add_parser("keys", help="users' keys: add (prints the key once), list, revoke, limit")
+    gk.add_argument(
+        "action",
+        choices=["add", "list", "revoke", "limit"],
+        help="add a user's key, list users (with their limits), revoke, or set a user's own limits",
+    )
+    gk.add_argument("user", nargs="?", help="the user (add, revoke, limit)")
+    gk.add_argument(
+        "--rpm", type=_positive_int, help="limit: requests per minute (default CBNANO_GATEWAY_RPM)"
+    )
+    gk.add_argument(
+        "--tokens-per-day",
+        type=_positive_int,
+        help="limit: tokens in and out per UTC day (default CBNANO_GATEWAY_TOKENS_PER_DAY)",
+    )
+    gk.add_argument(
+        "--priority",
+        choices=["interactive", "batch"],
+        help="limit: when System A is busy, interactive users' requests go first",
+    )
     gk.set_defaults(func=cmd_gateway_keys)
     gt = gsub.add_parser("traces", help="the requests the gateway served")
     gt.add_argument("--since", default="", metavar="YYYY-MM-DD", help="on or after this day")

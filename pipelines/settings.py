@@ -128,6 +128,11 @@ class Settings:
     smtp_password: str = field(default="", repr=False, metadata=_SECRET)
     gateway_db: str = field(default="", repr=False, metadata=_SECRET)  # SQLAlchemy URL (may hold a password)
     require_approval: bool = False  # a candidate the gate passes waits for a person before production moves
+    gateway_rpm: int = 120  # requests per minute per user (a user's own in `cbnano gateway keys limit`)
+    gateway_tokens_per_day: int = 2_000_000  # tokens in and out per user and UTC day
+    gateway_max_inflight: int = 16  # requests at System A at once; the rest queue by priority
+    gateway_cache: str = field(default="memory", repr=False, metadata=_SECRET)  # memory | off | redis://…
+    gateway_cache_ttl_s: float = 3600.0
     feedback_rows: bool = False  # the gateway's positively rated +rag answers become rows of the next dataset
     statsd_on: bool = False
     statsd_host: str = "127.0.0.1"
@@ -224,6 +229,14 @@ def _host_port(env: Mapping[str, str], name: str) -> str:
     return raw
 
 
+def _cache_spec(env: Mapping[str, str], name: str) -> str:
+    """``memory`` (default), ``off``, or a Redis URL (``redis://``, ``rediss://``, ``unix://``; never echoed)."""
+    raw = (env.get(name) or "memory").strip()
+    if raw in ("memory", "off") or raw.startswith(("redis://", "rediss://", "unix://")):
+        return raw
+    raise SettingsError(f"{name} must be memory, off or a redis:// URL")
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     return (env.get(name) or "false").strip().lower() in ("1", "true", "yes", "on")
 
@@ -290,6 +303,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         gateway_db=(env.get("CBNANO_GATEWAY_DB") or "").strip(),
         feedback_rows=_flag(env, "CBNANO_FEEDBACK_ROWS"),
         require_approval=_flag(env, "CBNANO_REQUIRE_APPROVAL"),
+        gateway_rpm=_int(env, "CBNANO_GATEWAY_RPM", 120),
+        gateway_tokens_per_day=_int(env, "CBNANO_GATEWAY_TOKENS_PER_DAY", 2_000_000),
+        gateway_max_inflight=_int(env, "CBNANO_GATEWAY_MAX_INFLIGHT", 16, maximum=4096),
+        gateway_cache=_cache_spec(env, "CBNANO_GATEWAY_CACHE"),
+        gateway_cache_ttl_s=_float(env, "CBNANO_GATEWAY_CACHE_TTL_S", 3600.0, minimum=1.0),
         statsd_on=_flag(env, "CBNANO_STATSD_ON"),
         statsd_host=env.get("CBNANO_STATSD_HOST") or "127.0.0.1",
         statsd_port=_int(env, "CBNANO_STATSD_PORT", STATSD_PORT, maximum=65535),

@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.gateway.backends import Backends, SystemA
 from pipelines.gateway.context import Gateway
+from pipelines.gateway.limits import Limiter, PriorityGate, open_cache
 from pipelines.gateway.routes import admin, completions, embeddings, feedback, search
 from pipelines.gateway.shapes import GatewayError, error_response
 from pipelines.gateway.tracing import Metrics, TraceMiddleware, trace_of
@@ -58,7 +59,16 @@ def create_app(
     """The gateway application (``open_searcher``, ``embedder`` and ``system_a`` replace how those are opened,
     in tests)."""
     store = store or GatewayStore.from_settings(settings)
-    gw = Gateway(settings, store, Backends(settings, open_searcher, embedder, system_a), Metrics(), no_auth)
+    gw = Gateway(
+        settings,
+        store,
+        Backends(settings, open_searcher, embedder, system_a),
+        Metrics(),
+        no_auth,
+        limiter=Limiter(store),
+        queue=PriorityGate(settings.gateway_max_inflight),
+        cache=open_cache(settings.gateway_cache, settings.gateway_cache_ttl_s),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,7 +80,7 @@ def create_app(
     app.state.gateway = gw
     for room in (completions, embeddings, search, feedback, admin):
         app.include_router(room.router)
-    app.add_middleware(TraceMiddleware, store=store, metrics=gw.metrics)
+    app.add_middleware(TraceMiddleware, store=store, metrics=gw.metrics, spend=gw.limiter.spend)
     app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
     app.add_exception_handler(GatewayStoreError, _store_error)
     app.add_exception_handler(SQLAlchemyError, _store_error)
@@ -80,7 +90,7 @@ def create_app(
 
 async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
     trace_of(request).error = exc.message[:300]
-    return error_response(exc.status, exc.message)
+    return error_response(exc.status, exc.message, exc.code if exc.status == 429 else None, exc.headers)
 
 
 async def _store_error(request: Request, exc: Exception) -> JSONResponse:

@@ -118,6 +118,8 @@ class Backends:
         self._lock = threading.Lock()
         self._served: dict[str, str] | None = None
         self._served_at = 0.0
+        self.served_ttl_s = SERVED_TTL_S
+        self.versions: dict[str, str] = {}  # gateway model name -> what answers (production version, or base)
         self.system_a = system_a or SystemA(settings.system_a_url, settings.system_a_token)
 
     def _default_embedder(self) -> Any:
@@ -158,14 +160,16 @@ class Backends:
         production adapter's path. Kept for ``SERVED_TTL_S``: a request does not pay for a model-list call to
         System A and four adapter-config reads, and a hand-off shows within seconds."""
         now = time.monotonic()
-        if self._served is not None and now - self._served_at < SERVED_TTL_S:
+        if self._served is not None and now - self._served_at < self.served_ttl_s:
             return self._served
         listing = await self.system_a.models()
         out = {GENERAL: listing.base} if listing.base else {}
+        versions = {GENERAL: f"base:{listing.base}"}
         for domain, state in (await run_in_threadpool(self.production_served, listing)).items():
             if state["served"]:
                 out[domain] = domain
-        self._served, self._served_at = out, now
+                versions[domain] = f"{domain}:{state['production']}"
+        self._served, self._served_at, self.versions = out, now, versions
         return out
 
     def production_served(self, listing: ModelListing) -> dict[str, dict[str, object]]:

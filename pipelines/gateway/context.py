@@ -8,19 +8,24 @@ A), and parsed as JSON (a 100k-deep array is a 400, not a ``RecursionError``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.gateway.backends import Backends
+from pipelines.gateway.limits import AnswerCache, Limiter, Policy, PriorityGate
 from pipelines.gateway.shapes import GatewayError
 from pipelines.gateway.tracing import Metrics, trace_of
 from pipelines.ops.traces import GatewayStore
 from pipelines.settings import Settings
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a long chat with its context fits many times over
+
+
+POLICY_TTL_S = 10.0  # how long users' own limits are reused before the database is read again
 
 
 @dataclass
@@ -30,6 +35,29 @@ class Gateway:
     backends: Backends
     metrics: Metrics
     no_auth: bool = False
+    limiter: Limiter = field(default_factory=lambda: Limiter(NoLedger()))
+    queue: PriorityGate = field(default_factory=lambda: PriorityGate(16))
+    cache: AnswerCache | None = None
+    _own: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _own_at: float = -POLICY_TTL_S
+
+    async def policy(self, user: str) -> Policy:
+        """``user``'s limits: their own (``cbnano gateway keys limit``) over the gateway's defaults."""
+        if time.monotonic() - self._own_at >= POLICY_TTL_S:
+            self._own = await run_in_threadpool(self.store.limits)
+            self._own_at = time.monotonic()
+        own = self._own.get(user) or {}
+        s = self.settings
+        return Policy(
+            rpm=own.get("rpm") or s.gateway_rpm,
+            tokens_per_day=own.get("tokens_per_day") or s.gateway_tokens_per_day,
+            priority=own.get("priority") or "interactive",
+        )
+
+
+class NoLedger:
+    def tokens_since(self, user: str, since: str) -> int:
+        return 0
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -42,16 +70,19 @@ async def authenticated(request: Request) -> str:
     gw = gateway_of(request)
     trace = trace_of(request)
     if gw.no_auth:
-        trace.user = "anonymous"
-        return "anonymous"
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    key = key.strip()
-    user = await run_in_threadpool(gw.store.user_for, key) if scheme.lower() == "bearer" and key else None
+        user: str | None = "anonymous"
+    else:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        key = key.strip()
+        user = await run_in_threadpool(gw.store.user_for, key) if scheme.lower() == "bearer" and key else None
     if user is None:
         raise GatewayError(
             401, "a valid key is required (Authorization: Bearer <key from `cbnano gateway keys add`>)"
         )
     trace.user = user
+    policy = await gw.policy(user)
+    request.state.priority = policy.priority
+    await run_in_threadpool(gw.limiter.admit, user, policy)  # may read the day's tokens from the database
     return user
 
 

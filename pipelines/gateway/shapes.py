@@ -24,6 +24,7 @@ ERROR_TYPES = {
     401: "authentication_error",
     404: "not_found_error",
     413: "invalid_request_error",
+    429: "rate_limit_error",
     500: "server_error",
     503: "service_unavailable",
 }
@@ -32,11 +33,14 @@ ERROR_TYPES = {
 class GatewayError(Exception):
     """An error answer in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code or ERROR_TYPES.get(status, "error")
+        self.headers = headers or {}
 
 
 def error_body(status: int, message: str, code: str | int | None = None) -> dict[str, Any]:
@@ -44,11 +48,12 @@ def error_body(status: int, message: str, code: str | int | None = None) -> dict
     return {"error": {"message": message, "type": ERROR_TYPES.get(status, "error"), "code": code or status}}
 
 
-def error_response(status: int, message: str) -> JSONResponse:
+def error_response(
+    status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    extra = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     return JSONResponse(
-        error_body(status, message),
-        status_code=status,
-        headers={"WWW-Authenticate": "Bearer"} if status == 401 else None,
+        error_body(status, message, code), status_code=status, headers={**extra, **(headers or {})}
     )
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.requests import Request
 
 from pipelines.ops.traces import GatewayStore, Trace
@@ -59,6 +59,13 @@ class Metrics:
         self.tokens = Counter(
             "cbnano_gateway_tokens", "Tokens in and out", ["model", "direction"], registry=self.registry
         )
+        self.cache = Counter(
+            "cbnano_gateway_cache", "Answers from the cache (hit) or System A (miss)", ["result"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.queued = Gauge(
+            "cbnano_gateway_queued", "Requests waiting for a place at System A", registry=self.registry
+        )
 
     def observe(self, t: Trace) -> None:
         self.requests.labels(t.endpoint, t.model, str(t.status)).inc()
@@ -78,10 +85,17 @@ def trace_of(request: Request) -> Trace:
 class TraceMiddleware:
     """Opens a :class:`Trace` per HTTP request (``scope["state"]["trace"]``) and records it at the end."""
 
-    def __init__(self, app: ASGIApp, store: GatewayStore, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        store: GatewayStore,
+        metrics: Metrics,
+        spend: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.app = app
         self.store = store
         self.metrics = metrics
+        self.spend = spend  # counts a user's tokens toward their day's limit
 
     async def __call__(
         self,
@@ -122,6 +136,8 @@ class TraceMiddleware:
 
     def _record(self, trace: Trace) -> None:
         self.metrics.observe(trace)
+        if self.spend is not None and (trace.tokens_in or trace.tokens_out):
+            self.spend(trace.user, (trace.tokens_in or 0) + (trace.tokens_out or 0))
         if trace.endpoint == "health":
             return
         try:

@@ -62,6 +62,14 @@ TRACES = sa.Table(
     sa.Column("answer", sa.Text),  # +rag answers only: what the feedback rates and a dataset may reuse
     sa.Column("question", sa.Text),
 )
+LIMITS = sa.Table(  # a user's own limits and priority (the gateway's defaults where a column is null)
+    "gateway_limits",
+    META,
+    sa.Column("user", sa.String(128), primary_key=True),
+    sa.Column("rpm", sa.Integer),
+    sa.Column("tokens_per_day", sa.Integer),
+    sa.Column("priority", sa.String(16)),
+)
 FEEDBACK = sa.Table(
     "gateway_feedback",
     META,
@@ -227,6 +235,41 @@ class GatewayStore:
                 self._used[row.user] = now  # at most one write per user a minute, not one per request
                 conn.execute(KEYS.update().where(KEYS.c.user == row.user).values(last_used_at=_now()))
             return str(row.user)
+
+    def set_limits(
+        self,
+        user: str,
+        rpm: int | None = None,
+        tokens_per_day: int | None = None,
+        priority: str | None = None,
+    ) -> None:
+        """Set ``user``'s own limits (None: leave as is); ``user`` must have a key."""
+        with self._begin() as conn:
+            if conn.execute(sa.select(KEYS.c.user).where(KEYS.c.user == user)).first() is None:
+                raise GatewayStoreError(f"{user} has no key")
+            old = conn.execute(sa.select(LIMITS).where(LIMITS.c.user == user)).first()
+            values = {k: v for k, v in (("rpm", rpm), ("tokens_per_day", tokens_per_day),
+                                        ("priority", priority)) if v is not None}  # fmt: skip
+            if old is None:
+                conn.execute(LIMITS.insert().values(user=user, **values))
+            elif values:
+                conn.execute(LIMITS.update().where(LIMITS.c.user == user).values(**values))
+
+    def limits(self) -> dict[str, dict[str, Any]]:
+        """Every user's own limits: user -> {rpm, tokens_per_day, priority} (None where the default holds)."""
+        with self._begin() as conn:
+            return {r.user: {"rpm": r.rpm, "tokens_per_day": r.tokens_per_day, "priority": r.priority}
+                    for r in conn.execute(sa.select(LIMITS))}  # fmt: skip
+
+    def tokens_since(self, user: str, since: str) -> int:
+        """Tokens in and out of ``user``'s requests recorded at or after ``since`` (ISO time)."""
+        self.flush()
+        spent = sa.func.coalesce(TRACES.c.tokens_in, 0) + sa.func.coalesce(TRACES.c.tokens_out, 0)
+        query = sa.select(sa.func.coalesce(sa.func.sum(spent), 0)).where(
+            TRACES.c.user == user, TRACES.c.at >= since
+        )
+        with self._begin() as conn:
+            return int(conn.execute(query).scalar_one())
 
     # ---- traces and feedback --------------------------------------------------------------------------------
     def record(self, trace: Trace) -> None:

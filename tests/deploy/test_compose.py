@@ -270,6 +270,9 @@ def test_system_a_runs_the_gateway_in_front_of_vllm_with_traces_in_the_coordinat
     assert gw["CBNANO_SYSTEM_A_TOKEN"] == "${SYSTEM_A_TOKEN:?}"
     airflow_db = env("worker-default")["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     assert gw["CBNANO_GATEWAY_DB"] == airflow_db  # the coordinator's Postgres, tables gateway_*
+    broker = env("worker-default")["AIRFLOW__CELERY__BROKER_URL"]
+    assert gw["CBNANO_GATEWAY_CACHE"] == broker.removesuffix("/0") + "/1"  # the lab's Redis, not Celery's db
+    assert {"CBNANO_GATEWAY_RPM", "CBNANO_GATEWAY_TOKENS_PER_DAY", "CBNANO_GATEWAY_MAX_INFLIGHT"} <= set(gw)
     assert svc["depends_on"]["vllm"]["condition"] == "service_healthy"
 
 

@@ -111,3 +111,23 @@ def test_negatively_rated_answers_are_on_the_registry_page(cbnano_env, tmp_path)
     html = render_registry(registry, [])
     assert "Answers rated -1 in the gateway (catalysis+rag)" in html and "wrong: nickel" in html
     assert "<b>?</b>" not in html and "&lt;b&gt;" in html  # escaped
+
+
+def test_keys_limit_sets_a_users_own_limits_and_list_shows_them(cbnano_env, capsys):
+    assert main(["gateway", "keys", "add", "robot"]) == 0
+    assert main(["gateway", "keys", "limit", "robot", "--rpm", "5", "--priority", "batch"]) == 0
+    capsys.readouterr()
+    assert main(["gateway", "keys", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "5/min" in listing and "2,000,000 tokens/day" in listing and "batch" in listing
+    assert GatewayStore.from_settings(cbnano_env).limits()["robot"] == {
+        "rpm": 5,
+        "tokens_per_day": None,
+        "priority": "batch",
+    }
+    assert main(["gateway", "keys", "limit", "robot"]) == 2  # nothing to set
+    assert main(["gateway", "keys", "limit", "nobody", "--rpm", "3"]) == 2
+    assert "nobody has no key" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["gateway", "keys", "limit", "robot", "--rpm", "0"])
+    assert exc.value.code == 2

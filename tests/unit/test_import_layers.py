@@ -94,6 +94,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "pipelines.training.dataset_step",
         "pipelines.gateway.shapes",
         "pipelines.gateway.backends",
+        "pipelines.gateway.limits",
         "pipelines.gateway.tracing",
         "pipelines.gateway.context",
         "pipelines.gateway.routes",

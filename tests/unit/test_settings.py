@@ -55,6 +55,8 @@ def test_overrides_and_server_uri(tmp_path):
         ("CBNANO_EMBEDDING_BATCH_SIZE", "0"),
         ("CBNANO_HTTP_MAX_ATTEMPTS", "two"),
         ("CBNANO_TRAIN_PROFILE", "gpu_fp8"),
+        ("CBNANO_GATEWAY_CACHE", "memcached://coordinator:11211"),
+        ("CBNANO_GATEWAY_RPM", "0"),
     ],
 )
 def test_bad_values_are_named(name, value):
@@ -75,6 +77,10 @@ SECRET_ENV = {
     "smtp_password": ("CBNANO_SMTP_PASSWORD", "smtp-s3cret"),
     "alert_webhook_url": ("CBNANO_ALERT_WEBHOOK_URL", "https://hooks.example/services/T0/hook-s3cret"),
     "gateway_db": ("CBNANO_GATEWAY_DB", "postgresql://gw:db-s3cret@coordinator/gw-s3cret-db"),
+    "gateway_cache": (
+        "CBNANO_GATEWAY_CACHE",
+        "redis://:redis-s3cret@coordinator:6379/1?client_name=gw-s3cret",
+    ),
 }
 
 

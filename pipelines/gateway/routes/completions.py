@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.gateway.context import Body, Gateway, User, gateway_of
+from pipelines.gateway.limits import cache_key
 from pipelines.gateway.shapes import (
     RAG,
     GatewayError,
@@ -96,21 +97,67 @@ async def complete(request: Request, body: Any, kind: str) -> Response:
     gw = gateway_of(request)
     trace = trace_of(request)
     body = validate_completion(body, kind)
-    _name, target, rag = await resolve(gw, body["model"])
+    name, target, rag = await resolve(gw, body["model"])
     upstream, sources = await upstream_body(gw, body, kind, target, rag, trace)
     created = now_s()
+    key = cache_key(upstream, gw.backends.versions.get(name, name)) if gw.cache is not None else None
+    cached = await gw.cache.get(key) if gw.cache is not None and key else None
+    if key:
+        gw.metrics.cache.labels("hit" if cached else "miss").inc()
+    if cached is not None:
+        answer = answer_of(cached, trace, body["model"], created, sources if rag else None, kind)
+        trace.tokens_in = trace.tokens_out = None  # System A did no work: nothing counts toward a limit
+        return answer
+    await _queue(gw, request)
     if body.get("stream"):
-        resp = await gw.backends.system_a.stream(PATHS[kind], upstream)
+        try:
+            resp = await gw.backends.system_a.stream(PATHS[kind], upstream)
+        except BaseException:
+            gw.queue.release()
+            raise
         relay = _relay(resp, trace, sources, kind, body["model"], created, keep_answer=rag)
-        return StreamingResponse(relay, media_type="text/event-stream")
-    out = await gw.backends.system_a.post(PATHS[kind], upstream)
+        return StreamingResponse(_released(relay, gw), media_type="text/event-stream")
+    try:
+        out = await gw.backends.system_a.post(PATHS[kind], upstream)
+    finally:
+        gw.queue.release()
+    answer = answer_of(out, trace, body["model"], created, sources if rag else None, kind)
+    if key and gw.cache is not None:
+        await gw.cache.put(key, out)
+    return answer
+
+
+async def _queue(gw: Gateway, request: Request) -> None:
+    """Wait for a place at System A (interactive users before batch ones when it is busy)."""
+    gw.metrics.queued.inc()
+    try:
+        await gw.queue.acquire(getattr(request.state, "priority", "interactive"))
+    finally:
+        gw.metrics.queued.dec()
+
+
+async def _released(stream: AsyncIterator[bytes], gw: Gateway) -> AsyncIterator[bytes]:
+    """``stream``, giving the place at System A back when it ends (or the client leaves)."""
+    try:
+        async for part in stream:
+            yield part
+    finally:
+        gw.queue.release()
+
+
+def answer_of(
+    out: dict[str, Any], trace: Trace, model: str, created: int, sources: list[SourceRef] | None, kind: str
+) -> JSONResponse:
+    """System A's (or the cache's) completion as the gateway answers it: its id (the trace's, for feedback),
+    model id, ``created`` and, for ``+rag``, the sources."""
+    out = dict(out)
     choices = out.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise GatewayError(503, "System A answered without a completion")
     first = choices[0]
     answer = (first.get("message") or {}).get("content") if kind == "chat" else first.get("text")
-    out.update(id=trace.id, model=body["model"], created=out.get("created") or created)  # id: for feedback
-    if rag:
+    out.update(id=trace.id, model=model, created=out.get("created") or created)
+    if sources is not None:
         out["sources"] = sources
         trace.answer = str(answer or "")[:8000]
     usage = out.get("usage") or {}
