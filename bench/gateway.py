@@ -1,6 +1,6 @@
-"""Benchmark: what the gateway adds over calling System A directly, at 16 concurrent clients.
+"""Benchmark: what the gateway adds over calling System A directly, at 1 and 16 concurrent clients.
 
-    .venv/bin/python bench/gateway.py [--requests 400] [--clients 16]
+    .venv/bin/python bench/gateway.py [--requests 400] [--clients 1 16]
 
 Set-up: the vLLM stand-in (pipelines/vllm_standin.py) plays System A with a catalysis adapter handed to it;
 the golden retrieval corpus is indexed with the real MiniLM into a Milvus Lite file; `cbnano gateway` runs
@@ -8,7 +8,10 @@ as its own process (uvicorn, as in production) with one user's key. The load gen
 client each) sends ``--requests`` requests per case, ``--clients`` at a time:
 
 * ``plain``: ``POST /v1/chat/completions`` to the stand-in directly, and the same body through the gateway
-  (key lookup in SQLite, the served-model check against System A's list, the trace written);
+  (key lookup in SQLite, the user's limits, the served-model check against System A's list, the queue's
+  place, the trace written), at ``temperature`` 0.7, so never from the cache;
+* ``cached``: the same at ``temperature`` 0: the gateway's cache (in-process) answers every repeat of the
+  four questions without System A;
 * ``stream``: the same with ``"stream": true``; the figure is the time to the first byte of the body;
 * ``rag``: ``catalysis+rag`` through the gateway (hybrid search from the question, the ask prompt) against a
   direct call with the same question and no sources; and ``search``: the gateway's ``/v1/search`` alone, whose
@@ -97,7 +100,7 @@ def _load(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=400)
-    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     args = ap.parse_args()
 
     from pipelines.embedding.minilm import MINILM, get_embedder
@@ -114,6 +117,8 @@ def main() -> int:
     system_a = VLLMStandIn(base="smollm2").start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBNANO_")}
     env.update({"CBNANO_HOME": str(work / "home"), "CBNANO_SYSTEM_A_URL": system_a.url})
+    # one user sends every request: limits far above the load, so the figures are the gateway's work
+    env.update({"CBNANO_GATEWAY_RPM": "100000000", "CBNANO_GATEWAY_TOKENS_PER_DAY": "100000000000"})
     settings = load_settings(env)
     with MilvusStore.from_settings(settings) as ms:
         ms.ensure_collection(384)
@@ -152,41 +157,58 @@ def main() -> int:
                     f"the gateway did not start: {gateway.stderr.read() if gateway.stderr else ''}"
                 )
             time.sleep(0.3)
-        n, c = args.requests, args.clients
-        msgs = [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(n)]
-        direct = system_a.url + "/v1/chat/completions"
-        via = gw + "/v1/chat/completions"
-        cases = {
-            "plain": (
-                _load(direct, [{"model": "catalysis", "messages": m} for m in msgs], {}, c, False),
-                _load(via, [{"model": "catalysis", "messages": m} for m in msgs], auth, c, False),
-            ),
-            "stream": (
-                _load(
-                    direct, [{"model": "catalysis", "messages": m, "stream": True} for m in msgs], {}, c, True
-                ),
-                _load(
-                    via, [{"model": "catalysis", "messages": m, "stream": True} for m in msgs], auth, c, True
-                ),
-            ),
-            "rag": (
-                _load(direct, [{"model": "catalysis", "messages": m} for m in msgs], {}, c, False),
-                _load(via, [{"model": "catalysis+rag", "messages": m} for m in msgs], auth, c, False),
-            ),
-        }
-        search = _load(
-            gw + "/v1/search",
-            [{"q": QUESTIONS[i % len(QUESTIONS)], "k": 5} for i in range(n)],
-            auth,
-            c,
-            False,
-            method="GET",
-        )
+        n = args.requests
+        results = {c: run_cases(system_a.url, gw, auth, n, c) for c in args.clients}
     finally:
         gateway.terminate()
         gateway.wait(30)
         system_a.stop()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    for c, (cases, search) in results.items():
+        report(cases, search, n, c, machine)
+    return 0
+
+
+def run_cases(
+    system_a: str, gw: str, auth: dict[str, str], n: int, c: int
+) -> tuple[dict[str, tuple[list[float], list[float]]], list[float]]:
+    """Each case's (direct, through the gateway) latencies and the search latencies, at ``c`` clients."""
+    msgs = [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(n)]
+    direct = system_a + "/v1/chat/completions"
+    via = gw + "/v1/chat/completions"
+    warm = [{"model": "catalysis", "messages": m} for m in msgs]
+    cases = {
+        "plain": (
+            _load(direct, [{**b, "temperature": 0.7} for b in warm], {}, c, False),
+            _load(via, [{**b, "temperature": 0.7} for b in warm], auth, c, False),
+        ),
+        "cached": (
+            _load(direct, [{**b, "temperature": 0} for b in warm], {}, c, False),
+            _load(via, [{**b, "temperature": 0} for b in warm], auth, c, False),
+        ),
+        "stream": (
+            _load(direct, [{**b, "stream": True} for b in warm], {}, c, True),
+            _load(via, [{**b, "stream": True} for b in warm], auth, c, True),
+        ),
+        "rag": (
+            _load(direct, warm, {}, c, False),
+            _load(via, [{**b, "model": "catalysis+rag"} for b in warm], auth, c, False),
+        ),
+    }
+    search = _load(
+        gw + "/v1/search",
+        [{"q": QUESTIONS[i % len(QUESTIONS)], "k": 5} for i in range(n)],
+        auth,
+        c,
+        False,
+        method="GET",
+    )
+    return cases, search
+
+
+def report(
+    cases: dict[str, tuple[list[float], list[float]]], search: list[float], n: int, c: int, machine: str
+) -> None:
     out = {}
     for name, (d, g) in cases.items():
         row = {
@@ -207,14 +229,16 @@ def main() -> int:
     print(json.dumps({"case": "search", "requests": n, "clients": c, "p50_ms": round(statistics.median(search), 2),
                       "p95_ms": round(s95, 2), "machine": machine}))  # fmt: skip
     summary = {
+        "clients": c,
         "plain_added_p95_ms": out["plain"]["added_p95_ms"],
-        "plain_goal_met": out["plain"]["added_p95_ms"] <= 5.0,
+        "plain_goal_10ms_met": out["plain"]["added_p95_ms"] <= 10.0,
+        "cached_p95_ms": out["cached"]["gateway_p95_ms"],
+        "plain_goal_5ms_met": out["plain"]["added_p95_ms"] <= 5.0,  # issue 20
         "rag_added_p95_ms": out["rag"]["added_p95_ms"],
         "rag_goal_ms": round(s95 + 10, 2),
         "rag_goal_met": out["rag"]["added_p95_ms"] <= s95 + 10,
     }
     print(json.dumps(summary))
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ A thin FastAPI service over what the platform already has: System A's vLLM (read
   from the production path, each also as ``<name>+rag``;
 * ``POST /v1/chat/completions`` and ``POST /v1/completions`` (``stream`` passes System A's Server-Sent Events
   through): ``general`` → the base, ``<domain>`` → its adapter; ``<name>+rag`` retrieves from the last user
-  message (or the prompt), answers with the ``ask`` prompt and adds ``sources`` ``[{"n", "doc_id", "title",
+  message (or the prompt), answers with the ``ask`` prompt, ends the answer's text with the numbered sources
+  (unless ``"references": false``) and adds ``sources`` ``[{"n", "doc_id", "title",
   "url"}]`` to the completion (streamed: on a last chunk with no choices). Only these two System A routes are called
   for users: the LoRA load/unload API is unreachable through the gateway;
 * ``POST /v1/embeddings`` (``all-MiniLM-L6-v2``, 384-d, as the platform embeds for Milvus), ``GET /v1/search``

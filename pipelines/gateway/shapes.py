@@ -96,6 +96,16 @@ def model_entry(model_id: str) -> dict[str, object]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "cbnano"}
 
 
+def references(sources: list[SourceRef]) -> str:
+    """The sources as text after a ``+rag`` answer, for clients that read only the message (LangChain, the
+    ``llm`` CLI, Open WebUI): a blank line, ``Sources:``, then ``[n] title — url`` per source."""
+    if not sources:
+        return ""
+    return "\n\nSources:\n" + "\n".join(
+        f"[{s['n']}] {s['title']} — {s['url'] or s['doc_id']}" for s in sources
+    )
+
+
 def now_s() -> int:
     """A completion's ``created`` (seconds since the epoch), as OpenAI's answers carry it."""
     return int(time.time())
@@ -149,8 +159,9 @@ def validate_completion(body: Any, kind: str) -> dict[str, Any]:
     t = body.get("temperature")
     if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 2):
         raise GatewayError(400, "'temperature' must be a number between 0 and 2")
-    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
-        raise GatewayError(400, "'stream' must be true or false")
+    for flag in ("stream", "references"):
+        if body.get(flag) is not None and not isinstance(body[flag], bool):
+            raise GatewayError(400, f"'{flag}' must be true or false")
     return body
 
 

@@ -124,7 +124,21 @@ def test_rag_chat_answers_from_the_platforms_search_with_numbered_sources(lab):
         "title": "Stabilizing black-phase CsPbI3 with surface ligands",
         "url": "https://arxiv.org/abs/2501.07731",
     }
-    assert out.choices[0].message.content == "Stand-in answer from catalysis [1]."
+    # the model's answer, then the numbered sources as text (for clients that read only the message)
+    assert out.choices[0].message.content == (
+        "Stand-in answer from catalysis [1].\n\nSources:\n"
+        + "\n".join(f"[{x['n']}] {x['title']} — {x['url']}" for x in sources)
+    )
+    bare = client(lab).chat.completions.create(
+        model="catalysis+rag",
+        messages=[{"role": "user", "content": QUESTION}],
+        extra_body={"references": False},
+    )
+    assert (
+        bare.choices[0].message.content == "Stand-in answer from catalysis [1]."
+        and bare.model_extra["sources"]
+    )
+    assert "references" not in lab["system_a"].requests[-1][2]  # the gateway's option is not System A's
     # System A got the ask prompt: the numbered sources before the question
     _, _, body = [r for r in lab["system_a"].requests if r[1] == "/v1/chat/completions"][-1]
     assert (
@@ -142,7 +156,8 @@ def test_streaming_passes_events_through_and_the_last_chunk_carries_sources(lab)
         )
     )
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
-    assert text == "Stand-in answer from catalysis [1]." and len(chunks) > 2
+    assert text.startswith("Stand-in answer from catalysis [1].\n\nSources:\n[1] Stabilizing black-phase")
+    assert len(chunks) > 2 and {ch.model for ch in chunks} == {"catalysis+rag"} and chunks[0].created > 0
     assert chunks[-1].model_extra["sources"][0]["doc_id"] == "2501.07731"
     assert all("sources" not in ch.model_extra for ch in chunks[:-1])
     plain = list(c.completions.create(model="general", prompt="Say hi", stream=True))

@@ -28,6 +28,7 @@ from pipelines.gateway.shapes import (
     error_body,
     last_user,
     now_s,
+    references,
     validate_completion,
 )
 from pipelines.gateway.tracing import trace_of
@@ -75,7 +76,7 @@ async def upstream_body(
 ) -> tuple[dict[str, Any], list[SourceRef]]:
     """What System A is asked (its model name; for ``+rag`` the ``ask`` prompt around the retrieved
     sources) and the sources."""
-    upstream = {k: v for k, v in body.items() if k not in ("model", "user")}
+    upstream = {k: v for k, v in body.items() if k not in ("model", "user", "references")}
     upstream["model"] = target
     if not rag:
         return upstream, []
@@ -104,8 +105,10 @@ async def complete(request: Request, body: Any, kind: str) -> Response:
     cached = await gw.cache.get(key) if gw.cache is not None and key else None
     if key:
         gw.metrics.cache.labels("hit" if cached else "miss").inc()
+    shown = sources if rag else None
+    refs = references(sources) if rag and body.get("references", True) else ""
     if cached is not None:
-        answer = answer_of(cached, trace, body["model"], created, sources if rag else None, kind)
+        answer = answer_of(cached, trace, body["model"], created, shown, kind, refs)
         trace.tokens_in = trace.tokens_out = None  # System A did no work: nothing counts toward a limit
         return answer
     await _queue(gw, request)
@@ -115,13 +118,13 @@ async def complete(request: Request, body: Any, kind: str) -> Response:
         except BaseException:
             gw.queue.release()
             raise
-        relay = _relay(resp, trace, sources, kind, body["model"], created, keep_answer=rag)
+        relay = _relay(resp, trace, sources, kind, body["model"], created, keep_answer=rag, refs=refs)
         return StreamingResponse(_released(relay, gw), media_type="text/event-stream")
     try:
         out = await gw.backends.system_a.post(PATHS[kind], upstream)
     finally:
         gw.queue.release()
-    answer = answer_of(out, trace, body["model"], created, sources if rag else None, kind)
+    answer = answer_of(out, trace, body["model"], created, shown, kind, refs)
     if key and gw.cache is not None:
         await gw.cache.put(key, out)
     return answer
@@ -146,10 +149,16 @@ async def _released(stream: AsyncIterator[bytes], gw: Gateway) -> AsyncIterator[
 
 
 def answer_of(
-    out: dict[str, Any], trace: Trace, model: str, created: int, sources: list[SourceRef] | None, kind: str
+    out: dict[str, Any],
+    trace: Trace,
+    model: str,
+    created: int,
+    sources: list[SourceRef] | None,
+    kind: str,
+    refs: str = "",
 ) -> JSONResponse:
     """System A's (or the cache's) completion as the gateway answers it: its id (the trace's, for feedback),
-    model id, ``created`` and, for ``+rag``, the sources."""
+    model id, ``created`` and, for ``+rag``, the sources (and ``refs`` after the answer's text)."""
     out = dict(out)
     choices = out.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -160,6 +169,12 @@ def answer_of(
     if sources is not None:
         out["sources"] = sources
         trace.answer = str(answer or "")[:8000]
+    if refs and isinstance(answer, str):
+        out["choices"] = [dict(first), *choices[1:]]
+        if kind == "chat":
+            out["choices"][0]["message"] = {**first["message"], "content": answer + refs}
+        else:
+            out["choices"][0]["text"] = answer + refs
     usage = out.get("usage") or {}
     trace.tokens_in, trace.tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
     return JSONResponse(out)
@@ -187,6 +202,7 @@ async def _relay(
     model: str,
     created: int,
     keep_answer: bool,
+    refs: str = "",
 ) -> AsyncIterator[bytes]:
     """System A's events as they come, each with the gateway's id, model and ``created``; for ``+rag`` a last
     chunk with no choices and the ``sources`` (as OpenAI's usage chunk has no choices), then ``data: [DONE]``.
@@ -228,8 +244,11 @@ async def _relay(
         trace.status, trace.error = 503, problem
         yield _event(error_body(503, problem))
         return
+    obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+    if refs:
+        piece = {"index": 0, "delta": {"content": refs}} if kind == "chat" else {"index": 0, "text": refs}
+        yield _event({"id": trace.id, "object": obj, "created": created, "model": model, "choices": [piece]})
     if sources:
-        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
         yield _event(
             {
                 "id": trace.id,

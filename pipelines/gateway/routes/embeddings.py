@@ -29,6 +29,12 @@ def embedding_inputs(body: Any) -> tuple[list[str], str]:
     if model not in EMBEDDING_MODELS:
         raise GatewayError(404, f"The model `{model}` does not exist (embeddings: {EMBEDDING_MODELS[0]})")
     raw = body.get("input")
+    if isinstance(raw, list) and raw and all(isinstance(t, int) or (isinstance(t, list) and t) for t in raw):
+        raise GatewayError(
+            400,
+            "'input' is token ids, which only OpenAI's own tokenizer can read back: send text (LangChain: "
+            "OpenAIEmbeddings(..., check_embedding_ctx_length=False))",
+        )
     texts = [raw] if isinstance(raw, str) else raw
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
         raise GatewayError(400, "'input' must be a non-empty string or a list of non-empty strings")

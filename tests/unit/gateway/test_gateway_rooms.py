@@ -123,6 +123,16 @@ def test_bad_bodies_are_400_or_413_and_never_reach_system_a(gateway):
     assert sorted(t["status"] for t in traces(store)) == [400, 400, 400, 400, 400, 413]
 
 
+def test_embeddings_as_token_ids_are_refused_saying_what_to_set(gateway):
+    client, _system_a, store, _key = gateway
+    for ids in ([[9906, 1917]], [9906, 1917]):  # what LangChain's OpenAIEmbeddings sends by default
+        resp = client.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": ids})
+        assert (
+            resp.status_code == 400 and "check_embedding_ctx_length=False" in resp.json()["error"]["message"]
+        )
+    assert {t["model"] for t in traces(store)} == {"all-MiniLM-L6-v2"}  # refused calls name their model
+
+
 def test_a_model_list_that_is_not_json_is_a_503_in_openais_shape(gateway):
     client, system_a, _store, _key = gateway
     system_a.models = "<html>502 Bad Gateway</html>"
