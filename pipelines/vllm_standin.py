@@ -14,7 +14,12 @@ behaves like a vLLM started with ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA
 * ``POST /v1/chat/completions`` and ``POST /v1/completions``: 404 for a model it does not serve; otherwise a
   deterministic reply that names the model and cites the first numbered source (``[1]``) in the last user
   message (or the prompt). With ``"stream": true`` the reply comes as Server-Sent Events, one word per
-  chunk as vLLM sends them (``chat.completion.chunk`` / ``text_completion``), then ``data: [DONE]``.
+  chunk as vLLM sends them (``chat.completion.chunk`` / ``text_completion``), then ``data: [DONE]``;
+* tool calling as vLLM serves it with ``--enable-auto-tool-choice``: a chat request with ``tools`` whose last
+  message is the user's and holds directives ``call NAME {json arguments}`` for tools it was given is
+  answered with those tool calls (``finish_reason: "tool_calls"``; streamed as ``tool_calls`` deltas, the
+  name first and the arguments after); once the last message is a ``tool`` answer, the reply quotes the
+  tool results it was given (``Stand-in answer from <model> after N tool result(s): ...``).
 
 Errors use vLLM's JSON shape ``{"error": {"message", "type", "param", "code"}}`` and its messages (checked
 against vLLM 0.33's ``entrypoints/openai/models/serving.py``). With ``token`` set every
@@ -161,8 +166,16 @@ class VLLMStandIn:
                     )
                 else:
                     last = str(body.get("prompt") or "")
+                calls = _tool_calls(body) if chat else []
+                if calls:
+                    return self._tool_calls(model, calls, bool(body.get("stream")))
+                results = _tool_results(body) if chat else []
                 cite = re.search(r"\[(\d+)\]", last)
                 text = f"Stand-in answer from {model}" + (f" [{cite.group(1)}]." if cite else ".")
+                if results:
+                    text = f"Stand-in answer from {model} after {len(results)} tool result(s): " + " | ".join(
+                        r[:400] for r in results
+                    )
                 usage = {"prompt_tokens": len(last.split()), "completion_tokens": len(text.split())}
                 usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
                 kind = "chat.completion" if chat else "text_completion"
@@ -184,6 +197,39 @@ class VLLMStandIn:
                         "usage": usage,
                     },
                 )
+
+            def _tool_calls(self, model: str, calls: list[dict[str, Any]], stream: bool) -> None:
+                if not stream:
+                    message = {"role": "assistant", "content": None, "tool_calls": calls}
+                    choice = {"index": 0, "finish_reason": "tool_calls", "message": message}
+                    return self._send(200, {"id": "cmpl-standin", "object": "chat.completion", "created": 0,
+                                            "model": model, "choices": [choice]})  # fmt: skip
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                deltas: list[tuple[dict[str, Any], str | None]] = []
+                for i, call in enumerate(calls):
+                    named = {"index": i, "id": call["id"], "type": "function",
+                             "function": {"name": call["function"]["name"], "arguments": ""}}  # fmt: skip
+                    deltas.append(
+                        (
+                            {"role": "assistant", "tool_calls": [named]}
+                            if i == 0
+                            else {"tool_calls": [named]},
+                            None,
+                        )
+                    )
+                    args = {"index": i, "function": {"arguments": call["function"]["arguments"]}}
+                    deltas.append(({"tool_calls": [args]}, None))
+                deltas.append(({}, "tool_calls"))
+                for delta, finish in deltas:
+                    chunk = {"id": "cmpl-standin", "object": "chat.completion.chunk", "created": 0, "model": model,
+                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                self.close_connection = True
+                return None
 
             def _stream(self, model: str, text: str, chat: bool, usage: dict[str, int]) -> None:
                 self.send_response(200)
@@ -234,6 +280,39 @@ class VLLMStandIn:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _tool_calls(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tool calls a request's last user message asks for (``call NAME {json}``), for tools it was given;
+    none once tools have answered, or with ``tool_choice: "none"``."""
+    messages = body.get("messages") or []
+    if not body.get("tools") or body.get("tool_choice") == "none" or not messages:
+        return []
+    if messages[-1].get("role") != "user":
+        return []
+    offered = {t.get("function", {}).get("name") for t in body["tools"] if isinstance(t, dict)}
+    text = str(messages[-1].get("content") or "")
+    calls: list[dict[str, Any]] = []
+    for m in re.finditer(r"call (\w+) ", text):
+        try:
+            args, _ = json.JSONDecoder().raw_decode(text, m.end())
+        except ValueError:
+            continue
+        if m.group(1) in offered:
+            call_id = f"call_{len(calls)}_{m.group(1)}"
+            calls.append({"id": call_id, "type": "function",
+                          "function": {"name": m.group(1), "arguments": json.dumps(args)}})  # fmt: skip
+    return calls
+
+
+def _tool_results(body: dict[str, Any]) -> list[str]:
+    """The tool answers after the last assistant turn, when the conversation ends with them."""
+    out: list[str] = []
+    for m in reversed(body.get("messages") or []):
+        if m.get("role") != "tool":
+            break
+        out.insert(0, str(m.get("content") or ""))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

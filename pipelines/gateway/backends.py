@@ -128,7 +128,8 @@ class Backends:
         s = self.settings
         return get_embedder(s.embedding_model, s.embedding_device, s.embedding_batch_size)
 
-    def _open(self) -> Searcher:
+    def searcher_now(self) -> Searcher:
+        """The shared searcher, opened here on first need (from a worker thread: it may load MiniLM)."""
         with self._lock:
             if self._searcher is None:
                 try:
@@ -141,7 +142,7 @@ class Backends:
         """The shared searcher, opened in a worker thread on first need; 503 when Milvus cannot be opened."""
         if self._searcher is not None:
             return self._searcher
-        return await run_in_threadpool(self._open)
+        return await run_in_threadpool(self.searcher_now)
 
     def _load_embedder(self) -> Any:
         with self._lock:

@@ -15,6 +15,12 @@ from fastapi.responses import JSONResponse
 
 GENERAL = "general"
 RAG = "+rag"
+TOOLS = "+tools"
+MODES = (
+    "",
+    RAG,
+    TOOLS,
+)  # what a served model's id may end with: itself, with retrieval, with the platform's tools
 EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 MAX_EMBED_INPUTS = 256
 MAX_EMBED_CHARS = 20_000

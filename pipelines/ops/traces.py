@@ -62,6 +62,17 @@ TRACES = sa.Table(
     sa.Column("answer", sa.Text),  # +rag answers only: what the feedback rates and a dataset may reuse
     sa.Column("question", sa.Text),
 )
+SPANS = sa.Table(  # the steps inside one request: each platform tool a +tools answer called
+    "gateway_spans",
+    META,
+    sa.Column("trace_id", sa.String(64), primary_key=True),
+    sa.Column("n", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("arguments", sa.Text, nullable=False),  # JSON, as the model sent it
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("error", sa.Text),
+)
 LIMITS = sa.Table(  # a user's own limits and priority (the gateway's defaults where a column is null)
     "gateway_limits",
     META,
@@ -139,12 +150,24 @@ class Trace:
     question: str | None = None
     id: str = field(default_factory=lambda: f"cbn-{secrets.token_hex(12)}")
     at: str = field(default_factory=_now)
+    spans: list[Span] = field(default_factory=list)
 
     def row(self) -> dict[str, object]:
-        """The table row."""
+        """The table row (its spans go to their own table)."""
         out = asdict(self)
+        out.pop("spans")
         out["sources"] = json.dumps(self.sources)
         return out
+
+
+class Span(TypedDict):
+    """One step inside a request (a tool call of a ``+tools`` answer)."""
+
+    name: str
+    arguments: str
+    ok: bool
+    latency_ms: float
+    error: str | None
 
 
 def default_url(settings: Settings) -> str:
@@ -295,8 +318,13 @@ class GatewayStore:
             traces = [t for t in batch if t is not None]
             try:
                 if traces:
+                    spans = [
+                        {**s, "trace_id": t.id, "n": n} for t in traces for n, s in enumerate(t.spans, 1)
+                    ]
                     with self._begin() as conn:
                         conn.execute(TRACES.insert(), [t.row() for t in traces])
+                        if spans:
+                            conn.execute(SPANS.insert(), spans)
             except Exception as exc:  # noqa: BLE001 - a lost batch is logged; the writer keeps going
                 log.error("gateway: %d trace(s) not recorded: %s", len(traces), exc)
             with self._flushed:
@@ -337,6 +365,14 @@ class GatewayStore:
                 row["sources"] = json.loads(row["sources"] or "[]")
                 out.append(cast(TraceRow, row))  # the TRACES columns and the two of FEEDBACK
             return out
+
+    def spans(self, trace_id: str) -> list[Span]:
+        """The steps recorded inside one request, in order."""
+        self.flush()
+        query = sa.select(SPANS).where(SPANS.c.trace_id == trace_id).order_by(SPANS.c.n)
+        with self._begin() as conn:
+            return [Span(name=r.name, arguments=r.arguments, ok=bool(r.ok), latency_ms=r.latency_ms,
+                         error=r.error) for r in conn.execute(query)]  # fmt: skip
 
     def feedback(self, trace_id: str, user: str, rating: int, comment: str = "") -> bool:
         """Rate a recorded answer (1 or -1; a second rating replaces the first); False for an unknown id."""

@@ -335,6 +335,18 @@ def hand_off(
     return outcome
 
 
+def tool_call_parser(base: str) -> str:
+    """vLLM's ``--tool-call-parser`` for a base model: how its chat template writes a tool call. Llama 3.x
+    writes JSON (``llama3_json``), Mistral its own ``[TOOL_CALLS]``; SmolLM2 and Qwen-style templates write
+    ``<tool_call>{json}</tool_call>`` (``hermes``), the default."""
+    name = Path(base).name.lower()
+    if "llama" in name:
+        return "llama3_json"
+    if "mistral" in name:
+        return "mistral"
+    return "hermes"
+
+
 def serve_command(settings: Settings, domains: list[str] | None = None, min_rank: int = 0) -> list[str]:
     """The vLLM command line System A runs: the base, LoRA on, every domain's production adapter.
 
@@ -375,6 +387,10 @@ def serve_command(settings: Settings, domains: list[str] | None = None, min_rank
         str(rank),
         "--max-loras",
         str(max(len(DOMAINS), len(adapters))),
+        # OpenAI tool calling (the gateway passes `tools` through and runs its own for `+tools` models)
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        tool_call_parser(base),
     ]
     if adapters:
         cmd += ["--lora-modules", *[f"{a.domain}={a.path}" for a in adapters]]

@@ -228,6 +228,9 @@ def test_system_a_serves_vllm_with_runtime_lora_from_the_read_only_store():
     assert args[args.index("--served-model-name") + 1] == "${BASE_MODEL:?}"
     assert "--enable-lora" in args and int(args[args.index("--max-loras") + 1]) >= 4
     assert args[args.index("--api-key") + 1] == "${SYSTEM_A_TOKEN:?}"
+    assert "--enable-auto-tool-choice" in args and args[args.index("--tool-call-parser") + 1].endswith(
+        ":-hermes}"
+    )
     assert svc["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     # the store is mounted read-only where the platform's model store is, so the adapter paths it sends work
     assert "nfs-models:/exports/models:ro" in svc["volumes"]

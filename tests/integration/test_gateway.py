@@ -98,7 +98,8 @@ def client(lab, key=None) -> openai.OpenAI:
 
 def test_models_lists_the_base_and_served_domains_with_their_rag_twins(lab):
     ids = [m.id for m in client(lab).models.list()]
-    assert ids == ["general", "general+rag", "catalysis", "catalysis+rag"]  # materials is not served
+    # materials is not served; every served model also answers from the corpus (+rag) or with tools (+tools)
+    assert ids == ["general", "general+rag", "general+tools", "catalysis", "catalysis+rag", "catalysis+tools"]
 
 
 def test_chat_goes_to_the_domain_adapter_or_the_base(lab):
@@ -168,6 +169,86 @@ def test_streaming_passes_events_through_and_the_last_chunk_carries_sources(lab)
         json={"model": "catalysis", "messages": [{"role": "user", "content": "x"}], "stream": True},
     )
     assert raw.text.rstrip().endswith("data: [DONE]")
+
+
+PRICE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "catalyst_price",
+        "description": "Price of a catalyst metal per gram",
+        "parameters": {"type": "object", "properties": {"metal": {"type": "string"}}, "required": ["metal"]},
+    },
+}
+
+
+def test_a_clients_own_tools_go_to_system_a_and_its_tool_calls_come_back_streamed_or_not(lab):
+    c = client(lab)
+    ask = [{"role": "user", "content": 'What does Pt cost? call catalyst_price {"metal": "Pt"}'}]
+    out = c.chat.completions.create(model="catalysis", messages=ask, tools=[PRICE_TOOL], tool_choice="auto")
+    [call] = out.choices[0].message.tool_calls
+    assert out.choices[0].finish_reason == "tool_calls" and call.function.name == "catalyst_price"
+    assert json.loads(call.function.arguments) == {"metal": "Pt"}
+    sent = lab["system_a"].requests[-1][2]
+    assert sent["tools"] == [PRICE_TOOL] and sent["tool_choice"] == "auto"  # passed through as given
+    # streamed: the deltas put the same call together
+    name, args, finish = "", "", None
+    for chunk in c.chat.completions.create(model="catalysis", messages=ask, tools=[PRICE_TOOL], stream=True):
+        for choice in chunk.choices:
+            for delta in choice.delta.tool_calls or []:
+                name += delta.function.name or ""
+                args += delta.function.arguments or ""
+            finish = choice.finish_reason or finish
+        assert chunk.model == "catalysis"
+    assert (name, json.loads(args), finish) == ("catalyst_price", {"metal": "Pt"}, "tool_calls")
+    # the client runs its tool and sends the result: System A answers from it
+    done = c.chat.completions.create(
+        model="catalysis",
+        tools=[PRICE_TOOL],
+        messages=[*ask, out.choices[0].message.model_dump(exclude_none=True),
+                  {"role": "tool", "tool_call_id": call.id, "content": '{"usd_per_g": 31.5}'}],
+    )  # fmt: skip
+    assert done.choices[0].message.content.endswith('after 1 tool result(s): {"usd_per_g": 31.5}')
+
+
+def test_tools_models_run_the_platforms_tools_and_answer_with_their_sources(lab):
+    c = client(lab)
+    question = (
+        f"Aspirin's properties, and who keeps CsPbI3 black? "
+        f'call rdkit_properties {{"smiles": "CC(=O)Oc1ccccc1C(=O)O"}} '
+        f'call search_corpus {{"query": "{QUESTION}", "top_k": 3}} '
+        f'call rdkit_properties {{"smiles": "C1CC("}}'
+    )
+    out = c.chat.completions.create(model="catalysis+tools", messages=[{"role": "user", "content": question}])
+    text = out.choices[0].message.content
+    assert "after 3 tool result(s)" in text and '"formula": "C9H8O4"' in text
+    assert "not a valid SMILES" in text  # the tool's error reached the model as its answer, not a 500
+    assert out.model_extra["sources"][0]["doc_id"] == "2501.07731" and "Sources:\n[1]" in text
+    spans = lab["store"].spans(out.id)
+    assert [(s["name"], s["ok"]) for s in spans] == [
+        ("rdkit_properties", True),
+        ("search_corpus", True),
+        ("rdkit_properties", False),
+    ]
+    asked = [r[2] for r in lab["system_a"].requests if r[1] == "/v1/chat/completions"][-2:]
+    assert [s["function"]["name"] for s in asked[0]["tools"]] == [
+        "search_corpus",
+        "pubchem_compound",
+        "rdkit_properties",
+    ]
+    assert [m["role"] for m in asked[1]["messages"]][-4:] == ["assistant", "tool", "tool", "tool"]
+    streamed = list(
+        c.chat.completions.create(
+            model="catalysis+tools", messages=[{"role": "user", "content": question}], stream=True
+        )
+    )
+    assert "after 3 tool result(s)" in "".join(
+        ch.choices[0].delta.content or "" for ch in streamed if ch.choices
+    )
+    assert streamed[-1].model_extra["sources"][0]["doc_id"] == "2501.07731"
+    with pytest.raises(openai.BadRequestError, match="brings its own tools"):
+        c.chat.completions.create(
+            model="catalysis+tools", messages=[{"role": "user", "content": "x"}], tools=[PRICE_TOOL]
+        )
 
 
 def test_completions_plain(lab):

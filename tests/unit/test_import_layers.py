@@ -95,6 +95,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "pipelines.gateway.shapes",
         "pipelines.gateway.backends",
         "pipelines.gateway.limits",
+        "pipelines.gateway.tools",
         "pipelines.gateway.tracing",
         "pipelines.gateway.context",
         "pipelines.gateway.routes",

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.gateway.context import User, gateway_of
-from pipelines.gateway.shapes import GENERAL, RAG, GatewayError, ModelList, model_entry
+from pipelines.gateway.shapes import GENERAL, MODES, GatewayError, ModelList, model_entry
 from pipelines.settings import DOMAINS
 
 router = APIRouter()
@@ -21,7 +21,7 @@ router = APIRouter()
 async def models(request: Request, user: User) -> ModelList:
     served = await gateway_of(request).backends.served()
     names = [n for n in [GENERAL, *DOMAINS] if n in served]
-    return {"object": "list", "data": [model_entry(name + suffix) for name in names for suffix in ("", RAG)]}
+    return {"object": "list", "data": [model_entry(name + mode) for name in names for mode in (*MODES,)]}
 
 
 async def _system_a_check(request: Request) -> dict[str, Any]:

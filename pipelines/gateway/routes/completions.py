@@ -22,7 +22,9 @@ from starlette.concurrency import run_in_threadpool
 from pipelines.gateway.context import Body, Gateway, User, gateway_of
 from pipelines.gateway.limits import cache_key
 from pipelines.gateway.shapes import (
+    MODES,
     RAG,
+    TOOLS,
     GatewayError,
     SourceRef,
     error_body,
@@ -31,6 +33,7 @@ from pipelines.gateway.shapes import (
     references,
     validate_completion,
 )
+from pipelines.gateway.tools import Toolbox, run_with_tools
 from pipelines.gateway.tracing import trace_of
 from pipelines.ops.traces import Trace
 from pipelines.prompt import ask_messages, source_block
@@ -43,15 +46,16 @@ PATHS = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
 router = APIRouter()
 
 
-async def resolve(gw: Gateway, model: str) -> tuple[str, str, bool]:
-    """(gateway name, System A model, rag) of a requested model; 404 when it is not served."""
-    rag = model.endswith(RAG)
-    name = model.removesuffix(RAG)
+async def resolve(gw: Gateway, model: str) -> tuple[str, str, str]:
+    """(gateway name, System A model, mode: "" or "+rag" or "+tools") of a requested model; 404 when it is
+    not served."""
+    mode = next((m for m in MODES if m and model.endswith(m)), "")
+    name = model.removesuffix(mode) if mode else model
     served = await gw.backends.served()
     if name not in served:
-        known = ", ".join(sorted(n + s for n in served for s in ("", RAG))) or "none"
+        known = ", ".join(sorted(n + s for n in served for s in MODES)) or "none"
         raise GatewayError(404, f"The model `{model}` does not exist (served: {known})")
-    return name, served[name], rag
+    return name, served[name], mode
 
 
 async def retrieve(gw: Gateway, question: str) -> tuple[list[str], list[SourceRef]]:
@@ -98,7 +102,10 @@ async def complete(request: Request, body: Any, kind: str) -> Response:
     gw = gateway_of(request)
     trace = trace_of(request)
     body = validate_completion(body, kind)
-    name, target, rag = await resolve(gw, body["model"])
+    name, target, mode = await resolve(gw, body["model"])
+    if mode == TOOLS:
+        return await _with_tools(gw, request, body, kind, target)
+    rag = mode == RAG
     upstream, sources = await upstream_body(gw, body, kind, target, rag, trace)
     created = now_s()
     key = cache_key(upstream, gw.backends.versions.get(name, name)) if gw.cache is not None else None
@@ -128,6 +135,47 @@ async def complete(request: Request, body: Any, kind: str) -> Response:
     if key and gw.cache is not None:
         await gw.cache.put(key, out)
     return answer
+
+
+async def _with_tools(
+    gw: Gateway, request: Request, body: dict[str, Any], kind: str, target: str
+) -> Response:
+    """A ``+tools`` answer: the platform's tools run in a bounded loop (:mod:`pipelines.gateway.tools`), and
+    the answer carries the sources they used; streamed, it comes as one chunk once the loop is done."""
+    if kind != "chat":
+        raise GatewayError(400, f"{TOOLS} models answer chat completions only")
+    trace = trace_of(request)
+    upstream = {k: v for k, v in body.items() if k not in ("model", "user", "references", "stream")}
+    upstream["model"] = target
+    trace.question = last_user(body["messages"])[:4000]
+    toolbox = Toolbox(gw.settings, gw.backends.searcher_now, trace)
+    await _queue(gw, request)
+    try:
+        out = await run_with_tools(lambda b: gw.backends.system_a.post(PATHS[kind], b), upstream, toolbox)
+    finally:
+        gw.queue.release()
+    trace.sources = [s["doc_id"] for s in toolbox.sources]
+    refs = references(toolbox.sources) if body.get("references", True) else ""
+    created = now_s()
+    if not body.get("stream"):
+        return answer_of(out, trace, body["model"], created, toolbox.sources, kind, refs)
+    text = str((_choice(out).get("message") or {}).get("content") or "")
+    trace.answer = text[:8000]
+    head = {"id": trace.id, "object": "chat.completion.chunk", "created": created, "model": body["model"]}
+    delta = {"role": "assistant", "content": text + refs}
+    events = [
+        _event({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": "stop"}]}),
+        _event({**head, "choices": [], "sources": toolbox.sources}),
+        b"data: [DONE]\n\n",
+    ]
+    return StreamingResponse(iter(events), media_type="text/event-stream")
+
+
+def _choice(out: dict[str, Any]) -> dict[str, Any]:
+    choices = out.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise GatewayError(503, "System A answered without a completion")
+    return choices[0]
 
 
 async def _queue(gw: Gateway, request: Request) -> None:
@@ -160,10 +208,8 @@ def answer_of(
     """System A's (or the cache's) completion as the gateway answers it: its id (the trace's, for feedback),
     model id, ``created`` and, for ``+rag``, the sources (and ``refs`` after the answer's text)."""
     out = dict(out)
-    choices = out.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise GatewayError(503, "System A answered without a completion")
-    first = choices[0]
+    first = _choice(out)
+    choices = out["choices"]
     answer = (first.get("message") or {}).get("content") if kind == "chat" else first.get("text")
     out.update(id=trace.id, model=model, created=out.get("created") or created)
     if sources is not None:

@@ -146,6 +146,7 @@ def test_serve_command(lab, tmp_path, monkeypatch):
     assert cmd[:3] == ["vllm", "serve", str(store.base_dir("smollm2"))]
     assert cmd[cmd.index("--served-model-name") + 1] == "smollm2" and "--enable-lora" in cmd
     assert cmd[cmd.index("--max-lora-rank") + 1] == "64"  # the largest adapter (and the profile's r)
+    assert "--enable-auto-tool-choice" in cmd and cmd[cmd.index("--tool-call-parser") + 1] == "hermes"
     mods = cmd[cmd.index("--lora-modules") + 1 :]
     assert mods == [
         f"thermal={served_adapter(settings, 'thermal').path}",  # in DOMAINS order
