@@ -478,6 +478,23 @@ def cmd_models_import_base(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_export(args: argparse.Namespace) -> int:
+    from pipelines.publishing.export import export_version
+    from pipelines.publishing.model_store import ModelStoreError
+    from pipelines.trainenv import StepError
+
+    settings, _ = _model_store()
+    try:
+        result = export_version(settings, args.domain, args.version, args.format, args.type, args.out)
+    except (ModelStoreError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    except StepError as exc:  # the export step failed
+        print(f"cbnano: error: {exc}", file=sys.stderr)
+        return 1
+    _emit(result)
+    return 0
+
+
 def cmd_models_serve_config(args: argparse.Namespace) -> int:
     from pipelines.publishing.serving import serve_command
     from pipelines.training.configs import lora_rank
@@ -889,6 +906,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mi.add_argument("--force", action="store_true", help="import again")
     mi.set_defaults(func=cmd_models_import_base)
+    mx = msub.add_parser("export", help="write a version as GGUF with an Ollama Modelfile (atom, llama.cpp)")
+    mx.add_argument("--domain", required=True, choices=DOMAINS, help="the domain")
+    mx.add_argument("--version", help="the version to export (default: production)")
+    mx.add_argument("--format", default="gguf", choices=["gguf"], help="gguf: llama.cpp and Ollama")
+    mx.add_argument("--type", default="f16", choices=["f16", "f32"], help="the matrices' type (default f16)")
+    mx.add_argument(
+        "--out", type=Path, help="folder to write (default $CBNANO_HOME/exports/<domain>-<version>)"
+    )
+    mx.set_defaults(func=cmd_models_export)
     ms = msub.add_parser("serve-config", help="System A's vLLM command line with today's production adapters")
     ms.add_argument("--domain", help=", ".join(DOMAINS))
     ms.add_argument("--json", action="store_true")

@@ -68,7 +68,7 @@ class HistoryEntry(TypedDict):
     """One line of ``<domain>/history.jsonl``."""
 
     at: str
-    action: str  # publish, promote, rollback, delete, reject
+    action: str  # publish, promote, rollback, delete, reject, export
     version: str
     actor: str
     reason: str
@@ -339,6 +339,12 @@ class ModelStore:
         if not self.version_dir(domain, version).is_dir():
             raise ModelStoreError(f"{domain}/{version} is not published")
         self._log(domain, "reject", version, actor, reason)
+
+    def record_export(self, domain: str, version: str, actor: str = "", reason: str = "") -> None:
+        """Record that ``version`` was exported (``reason``: the format and where it went)."""
+        if not self.version_dir(domain, version).is_dir():
+            raise ModelStoreError(f"{domain}/{version} is not published")
+        self._log(domain, "export", version, actor, reason)
 
     def approval(self, domain: str, version: str) -> str:
         """Where a version stands with sign-off: ``"not required"`` (it was never held), ``"pending"`` (the
