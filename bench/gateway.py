@@ -101,6 +101,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 16])
+    ap.add_argument(
+        "--profile", type=Path, help="run the gateway under cProfile and write its event loop's profile here"
+    )
     args = ap.parse_args()
 
     from pipelines.embedding.minilm import MINILM, get_embedder
@@ -134,7 +137,15 @@ def main() -> int:
     key = GatewayStore.from_settings(settings).add_key("bench")
     port = _port()
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "gateway", "--port", str(port)],
+        [
+            sys.executable,
+            *(["-m", "cProfile", "-o", str(args.profile)] if args.profile else []),
+            "-m",
+            "pipelines.cli",
+            "gateway",
+            "--port",
+            str(port),
+        ],  # fmt: skip
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,43 +35,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import make_abstract  # noqa: E402
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--base", type=int, default=2000)
-    ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--modes", nargs="+", default=["dense", "hybrid", "keyword"])
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="cbnano-bench-search-"))
-    os.environ.update(CBNANO_HOME=str(tmp))
-
-    from pipelines.embedding.minilm import get_embedder
-    from pipelines.retrieval.search import Searcher, parse_query
-    from pipelines.settings import get_settings
+def fill(
+    store: Any, settings: Any, emb: Any, rows: int, base_count: int = 2000, seed: int = 7
+) -> dict[str, float]:
+    """Fill ``store`` with ``rows`` chunks: ``base_count`` real MiniLM embeddings of synthetic abstracts, each
+    replicated with Gaussian noise (sigma 0.02, re-normalised); returns the counts and seconds."""
     from pipelines.terms import keyword_text
-    from pipelines.vectorstore.milvus import FIELD_LIMITS, MilvusStore
+    from pipelines.vectorstore.milvus import FIELD_LIMITS
 
-    settings = get_settings()
-    emb = get_embedder(settings.embedding_model)
-    rng = random.Random(7)
-    base_texts = [" ".join(make_abstract(rng)) for _ in range(args.base)]
+    rng = random.Random(seed)
+    base_texts = [" ".join(make_abstract(rng)) for _ in range(base_count)]
     t0 = time.perf_counter()
     base = emb.encode(base_texts)
     embed_s = time.perf_counter() - t0
-    nrng = np.random.default_rng(7)
-    copies = args.rows // args.base
+    nrng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     # the terms the ingestion side writes for each chunk (pipelines.ingestion.indexing.chunk_row)
     keywords = [
         keyword_text(t[:80], t, f"{i}", limit_bytes=FIELD_LIMITS["keywords"])
         for i, t in enumerate(base_texts)
     ]
-    with MilvusStore.from_settings(settings) as store:
-        store.ensure_collection(emb.dimension)
-        for k in range(copies):
-            vecs = base + nrng.normal(0, 0.02, base.shape).astype(np.float32)
-            vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-            rows = [
+    store.ensure_collection(emb.dimension)
+    for k in range(rows // base_count):
+        vecs = base + nrng.normal(0, 0.02, base.shape).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        store.upsert(
+            [
                 {
                     "chunk_id": f"bench:{k}-{i}#0",
                     "doc_id": f"{k}-{i}",
@@ -88,34 +78,67 @@ def main() -> int:
                     "published_day": 0,
                     "keywords": keywords[i],
                     "vector": v.tolist(),
-                }
+                }  # fmt: skip
                 for i, v in enumerate(vecs)
             ]
-            store.upsert(rows)
-        store.flush()
-        load_s = time.perf_counter() - t0
-    # a fresh connection, as a `cbnano search` process would open it
-    queries = [make_abstract(rng)[0] for _ in range(args.queries)]
+        )
+        if k % 50 == 49:
+            print(f"  loaded {(k + 1) * base_count:,} rows", file=sys.stderr, flush=True)
+    store.flush()
+    return {"embed_s": embed_s, "load_s": time.perf_counter() - t0}
+
+
+def time_modes(searcher: Any, modes: list[str], n: int = 200, seed: int = 11) -> dict[str, list[float]]:
+    """Per mode, the milliseconds of ``n`` searches of fresh sentences (after 10 warm-up searches), each
+    what `cbnano search` does after start-up: the query's embedding where the mode needs it, Milvus, fusion."""
+    from pipelines.retrieval.search import parse_query
+
+    rng = random.Random(seed)
+    queries = [make_abstract(rng)[0] for _ in range(n)]
+    out = {}
+    for mode in modes:
+        for q in queries[:10]:
+            searcher.search(parse_query(q, 5, mode))
+        lat = []
+        for q in queries:
+            t0 = time.perf_counter()
+            searcher.search(parse_query(q, 5, mode))
+            lat.append((time.perf_counter() - t0) * 1000)
+        out[mode] = sorted(lat)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--base", type=int, default=2000)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--modes", nargs="+", default=["dense", "hybrid", "keyword"])
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="cbnano-bench-search-"))
+    os.environ.update(CBNANO_HOME=str(tmp))
+
+    from pipelines.embedding.minilm import get_embedder
+    from pipelines.retrieval.search import Searcher
+    from pipelines.settings import get_settings
+    from pipelines.vectorstore.milvus import MilvusStore
+
+    settings = get_settings()
+    emb = get_embedder(settings.embedding_model)
+    with MilvusStore.from_settings(settings) as store:
+        filled = fill(store, settings, emb, args.rows, args.base)
     machine = f"{platform.machine()} {os.cpu_count()} cpu, {platform.python_version()}"
     ok = True
-    with Searcher.from_settings(settings) as searcher:
+    with Searcher.from_settings(settings) as searcher:  # a fresh connection, as a `cbnano search` would open
         count = searcher.store.count()
-        for mode in args.modes:
-            for q in queries[:10]:  # warm-up
-                searcher.search(parse_query(q, 5, mode))
-            lat = []
-            for q in queries:
-                t0 = time.perf_counter()
-                searcher.search(parse_query(q, 5, mode))
-                lat.append((time.perf_counter() - t0) * 1000)
-            lat.sort()
+        for mode, lat in time_modes(searcher, args.modes, args.queries).items():
             pct = statistics.quantiles(lat, n=100)
             result = {
                 "bench": "search",
                 "mode": mode,
                 "rows": count,
-                "insert_rows_per_s": round(count / load_s),
-                "base_embed_s": round(embed_s, 1),
+                "insert_rows_per_s": round(count / filled["load_s"]),
+                "base_embed_s": round(filled["embed_s"], 1),
                 "queries": len(lat),
                 "p50_ms": round(pct[49], 1),
                 "p95_ms": round(pct[94], 1),

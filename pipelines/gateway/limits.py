@@ -65,6 +65,10 @@ class Limiter:
         start = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         return start.isoformat(timespec="seconds"), (start + timedelta(days=1)).timestamp() - now
 
+    def knows_today(self, user: str) -> bool:
+        """Whether ``user``'s tokens of today are counted here already (:meth:`admit` reads no database)."""
+        return (user, self._day(self.clock())[0]) in self._tokens
+
     def admit(self, user: str, policy: Policy) -> None:
         """Count a request of ``user``, or raise 429 (with ``Retry-After``) when a limit is reached."""
         with self._lock:
