@@ -425,3 +425,72 @@ def test_the_readme_way_to_try_the_gateway_without_a_system_a(tmp_path):
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=30)
+
+
+def test_langchain_chat_and_embeddings_through_the_gateway(lab):
+    from langchain_openai import ChatOpenAI, OpenAIEmbeddings
+
+    chat = ChatOpenAI(base_url=lab["url"] + "/v1", api_key=lab["key"], model="catalysis+rag", max_retries=0)
+    answer = chat.invoke(QUESTION)
+    # LangChain keeps only the message: the sources reach it as the numbered references in the text
+    assert answer.content.startswith("Stand-in answer from catalysis [1].")
+    assert (
+        "Sources:\n[1] Stabilizing black-phase CsPbI3 with surface ligands — https://arxiv.org/abs/2501.07731"
+        in (answer.content)
+    )
+    streamed = "".join(str(chunk.content) for chunk in chat.stream(QUESTION))
+    assert streamed == answer.content
+    # LangChain's default sends token ids (tiktoken's); with check_embedding_ctx_length=False it sends text
+    emb = OpenAIEmbeddings(
+        base_url=lab["url"] + "/v1",
+        api_key=lab["key"],
+        model="all-MiniLM-L6-v2",
+        check_embedding_ctx_length=False,
+    )
+    vector = emb.embed_query("perovskite black phase")
+    ours = get_embedder(MINILM).encode(["perovskite black phase"])[0]
+    assert len(vector) == 384 and np.allclose(vector, ours, atol=1e-5)
+
+
+def test_the_llm_cli_with_the_gateway_as_an_extra_openai_model(lab, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "extra-openai-models.yaml").write_text(
+        "- model_id: cbnano-catalysis-rag\n"
+        "  model_name: catalysis+rag\n"
+        f"  api_base: {lab['url']}/v1\n"
+        "  api_key_name: cbnano\n"
+    )
+    (tmp_path / "keys.json").write_text(json.dumps({"cbnano": lab["key"]}))
+    llm = Path(sys.executable).with_name("llm")
+    env = {**os.environ, "LLM_USER_PATH": str(tmp_path)}
+    out = subprocess.run(
+        [str(llm), "-m", "cbnano-catalysis-rag", "--no-log", QUESTION],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (
+        out.stdout.startswith("Stand-in answer from catalysis [1].")
+        and "https://arxiv.org/abs/2501.07731" in out.stdout
+    )
+
+
+def test_open_webui_calls_models_and_a_streamed_chat_with_its_user_headers(lab):
+    """Open WebUI's wire calls (it is not installed here): GET /models, then a streamed chat completion with
+    its per-user headers, which the gateway accepts."""
+    h = {
+        "Authorization": f"Bearer {lab['key']}",
+        "X-OpenWebUI-User-Name": "alice",
+        "X-OpenWebUI-User-Id": "u-1",
+    }
+    models = httpx.get(lab["url"] + "/v1/models", headers=h).json()
+    assert "catalysis+rag" in {m["id"] for m in models["data"]}
+    body = {"model": "catalysis+rag", "stream": True, "messages": [{"role": "user", "content": QUESTION}]}
+    with httpx.stream("POST", lab["url"] + "/v1/chat/completions", headers=h, json=body) as resp:
+        events = [line.removeprefix("data: ") for line in resp.iter_lines() if line.startswith("data: ")]
+    assert resp.status_code == 200 and events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text.startswith("Stand-in answer from catalysis [1].") and "Sources:" in text
+    assert {c["model"] for c in chunks} == {"catalysis+rag"}
