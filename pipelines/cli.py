@@ -245,8 +245,8 @@ def cmd_gateway_keys(args: argparse.Namespace) -> int:
     from pipelines.settings import get_settings
 
     settings = get_settings()
-    store = GatewayStore.from_settings(settings)
     try:
+        store = GatewayStore.from_settings(settings)
         if args.action == "list":
             rows, own = store.keys(), store.limits()
             for r in rows:

@@ -179,9 +179,22 @@ class GatewayStore:
     """Keys, traces and feedback in one SQLAlchemy database (tables created on first use)."""
 
     def __init__(self, url: str) -> None:
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        self.sqlite_file: Path | None = None
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            path = url.removeprefix("sqlite:///")
+            # SQLite's URI form (sqlite:///file:/path?mode=ro&uri=true) names the same file
+            self.sqlite_file = Path(path.removeprefix("file:").partition("?")[0])
+            self.sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # SQLite: a connection per use, so the file is opened by its path each time (a pooled connection
+            # would keep writing to a file deleted under it, and never see a restored one)
+            pool = {"poolclass": sa.pool.NullPool} if self.sqlite_file else {"pool_pre_ping": True}
+            self.engine = sa.create_engine(url, **pool)
+        except (sa.exc.ArgumentError, ImportError) as exc:  # not a URL, or a dialect that is not installed
+            raise GatewayStoreError(
+                "CBNANO_GATEWAY_DB is not a database URL this gateway can use (e.g. sqlite:////path/gateway.db "
+                f"or postgresql+psycopg2://user:password@host/db): {type(exc).__name__}"
+            ) from None
         self._ready = False
         self._lock = threading.Lock()
         self._used: dict[str, float] = {}  # user -> when this process last wrote their last_used_at
@@ -202,6 +215,11 @@ class GatewayStore:
 
     def _begin(self) -> Any:
         with self._lock:
+            if self._ready and self.sqlite_file is not None and not self.sqlite_file.is_file():
+                raise GatewayStoreError(
+                    f"the gateway's database file {self.sqlite_file} is gone (deleted while the gateway ran): "
+                    "restore it, or restart the gateway to begin a new one (keys must then be added again)"
+                )
             if not self._ready:
                 try:
                     META.create_all(self.engine)
@@ -253,11 +271,24 @@ class GatewayStore:
             ).first()
             if row is None or not hmac.compare_digest(row.key_sha256, digest):
                 return None
-            now = time.monotonic()
-            if now - self._used.get(row.user, -LAST_USED_EVERY_S) >= LAST_USED_EVERY_S:
-                self._used[row.user] = now  # at most one write per user a minute, not one per request
-                conn.execute(KEYS.update().where(KEYS.c.user == row.user).values(last_used_at=_now()))
-            return str(row.user)
+        now = time.monotonic()
+        if now - self._used.get(row.user, -LAST_USED_EVERY_S) >= LAST_USED_EVERY_S:
+            self._used[row.user] = now  # at most one write per user a minute, not one per request
+            try:
+                with self._begin() as conn:
+                    conn.execute(KEYS.update().where(KEYS.c.user == row.user).values(last_used_at=_now()))
+            except sa.exc.SQLAlchemyError as exc:  # a read-only database still authenticates
+                log.warning("gateway: last use of %s not recorded: %s", row.user, type(exc).__name__)
+        return str(row.user)
+
+    def ping(self) -> str:
+        """Empty when the database answers (its tables there), else what is wrong (for ``/health``)."""
+        try:
+            with self._begin() as conn:
+                conn.execute(sa.select(sa.func.count()).select_from(KEYS))
+        except (GatewayStoreError, sa.exc.SQLAlchemyError) as exc:
+            return str(exc)[:300]
+        return ""
 
     def set_limits(
         self,
@@ -375,10 +406,13 @@ class GatewayStore:
                          error=r.error) for r in conn.execute(query)]  # fmt: skip
 
     def feedback(self, trace_id: str, user: str, rating: int, comment: str = "") -> bool:
-        """Rate a recorded answer (1 or -1; a second rating replaces the first); False for an unknown id."""
+        """Rate a recorded answer (1 or -1; a second rating replaces the first); False for an unknown id or
+        another user's answer (ratings feed datasets: nobody rates, or overwrites the rating of, answers they
+        were not given)."""
         self.flush()
         with self._begin() as conn:
-            if conn.execute(sa.select(TRACES.c.id).where(TRACES.c.id == trace_id)).first() is None:
+            owner = conn.execute(sa.select(TRACES.c.user).where(TRACES.c.id == trace_id)).first()
+            if owner is None or owner.user != user:
                 return False
             conn.execute(FEEDBACK.delete().where(FEEDBACK.c.trace_id == trace_id))
             conn.execute(

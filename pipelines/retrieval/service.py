@@ -39,11 +39,14 @@ from pipelines.settings import Settings
 from pipelines.vectorstore.milvus import VectorStoreError
 
 SECRET_PARAM = re.compile(r"(token|key|secret|passw|auth)", re.IGNORECASE)
+KEY_LIKE = re.compile(r"cbn_[A-Za-z0-9_\-]{16,}")  # a gateway key (`cbnano gateway keys add`)
 
 
 def redact_query(path: str) -> str:
-    """``path`` with the values of query parameters that may carry a secret (``?token=…``) masked: the
-    service reads its token from the Authorization header only, but a client may still put one in a URL."""
+    """``path`` with the values of query parameters that may carry a secret (``?token=…``) masked, and
+    anything shaped like a gateway key (``cbn_…``) masked wherever it is (a path segment, any parameter): the
+    services read secrets from the Authorization header only, but a client may still put one in a URL."""
+    path = KEY_LIKE.sub("cbn_***", path)
     base, sep, query = path.partition("?")
     if not sep:
         return path

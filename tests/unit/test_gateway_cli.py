@@ -131,3 +131,33 @@ def test_keys_limit_sets_a_users_own_limits_and_list_shows_them(cbnano_env, caps
     with pytest.raises(SystemExit) as exc:
         main(["gateway", "keys", "limit", "robot", "--rpm", "0"])
     assert exc.value.code == 2
+
+
+def test_a_gateway_db_that_is_not_a_url_is_one_line_exit_2(cbnano_env, monkeypatch, capsys):
+    from pipelines.settings import reset_settings_cache
+
+    monkeypatch.setenv("CBNANO_GATEWAY_DB", "not a url")
+    reset_settings_cache()
+    for argv in (["gateway", "keys", "list"], ["gateway", "--port", "0"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "CBNANO_GATEWAY_DB is not a database URL" in err[0], err
+
+
+def test_only_the_user_who_was_answered_may_rate_the_answer(cbnano_env):
+    store = GatewayStore.from_settings(cbnano_env)
+    mine = Trace(user="alice", endpoint="chat", model="catalysis+rag", status=200, latency_ms=1.0)
+    store.record(mine)
+    assert store.feedback(mine.id, "mallory", -1, "overwrite") is False  # not mallory's answer
+    assert store.feedback(mine.id, "alice", 1, "right paper") is True
+    assert store.feedback(mine.id, "mallory", -1) is False  # nor can mallory replace alice's rating
+    [row] = store.traces()
+    assert (row["rating"], row["comment"]) == (1, "right paper")
+
+
+def test_a_key_in_a_url_never_reaches_the_access_log():
+    from pipelines.retrieval.service import redact_query
+
+    key = "cbn_" + "A1b2C3d4" * 5
+    line = redact_query(f"/v1/{key}/models?q=ceria&apikey2={key}&note={key}")
+    assert key not in line and line.startswith("/v1/cbn_***/models?q=ceria")

@@ -51,6 +51,13 @@ async def _embeddings_check(request: Request) -> dict[str, Any]:
         return {"ok": False, "detail": str(exc)[:300]}
 
 
+async def _traces_check(request: Request) -> dict[str, Any]:
+    """The keys and traces database (Postgres in the lab): down means keys cannot be checked and traces are
+    lost, which a request alone would not show with ``--no-auth``."""
+    problem = await run_in_threadpool(gateway_of(request).store.ping)
+    return {"ok": not problem, **({"detail": problem} if problem else {})}
+
+
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
     """System A (and whether it serves each domain's production adapter), search and embeddings; opening
@@ -59,6 +66,7 @@ async def health(request: Request) -> JSONResponse:
         "system_a": await _system_a_check(request),
         "search": await _search_check(request),
         "embeddings": await _embeddings_check(request),
+        "traces": await _traces_check(request),
     }
     ok = all(c["ok"] for c in checks.values())
     return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)

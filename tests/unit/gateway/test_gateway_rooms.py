@@ -276,3 +276,33 @@ def test_the_gateway_package_stays_in_rooms():
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 80
     ]
     assert len(list(root.rglob("routes/*.py"))) >= 5 and long == []
+
+
+def test_a_deleted_trace_database_is_a_503_and_health_says_so(gateway, cbnano_env):
+    client, _system_a, store, _key = gateway
+    db = cbnano_env.home / "gateway.db"
+    assert client.get("/v1/models").status_code == 200
+    store.flush()
+    db.rename(db.with_suffix(".moved"))  # deleted under the running gateway
+    gone = client.get("/v1/models")
+    assert gone.status_code == 503 and "is gone" in gone.json()["error"]["message"]
+    health = client.get("/health").json()
+    assert health["traces"]["ok"] is False and "is gone" in health["traces"]["detail"]
+    db.with_suffix(".moved").rename(db)  # restored: the gateway uses it again
+    assert client.get("/v1/models").status_code == 200
+
+
+def test_a_read_only_trace_database_still_checks_keys_and_refuses_writes_with_503(cbnano_env):
+    writable = GatewayStore.from_settings(cbnano_env)
+    key = writable.add_key("alice")
+    db = cbnano_env.home / "gateway.db"
+    read_only = GatewayStore(f"sqlite:///file:{db}?mode=ro&uri=true")
+    app = create_app(
+        cbnano_env,
+        read_only,
+        system_a=SystemA("http://system-a", transport=httpx.MockTransport(ScriptedSystemA())),
+    )
+    with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as client:
+        assert client.get("/v1/models").status_code == 200  # the last-use write fails, quietly
+        rated = client.post("/v1/feedback", json={"id": "cbn-x", "rating": 1})
+        assert rated.status_code in (404, 503)  # nothing to rate, or the database refused: never a 500
