@@ -962,6 +962,38 @@ def quiet_grpc() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
+LIBRARY_LOGGERS = ("pymilvus", "grpc", "milvus_lite")  # their retries log tracebacks the user cannot act on
+
+
+class _LazyFile(logging.FileHandler):
+    """A log file created (with its folder) only when something is written to it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        super().emit(record)
+
+
+def route_library_logs(home: Path, verbose: bool) -> Path:
+    """Send the Milvus client's and gRPC's own log lines to ``<home>/logs/libraries.log`` instead of the
+    terminal (unless ``--verbose``): a failed request already ends in one ``cbnano: error:`` line, and their
+    retry tracebacks (dozens per lost server) would bury it. Returns the file."""
+    path = home / "logs" / "libraries.log"
+    handler = _LazyFile(path, delay=True, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in LIBRARY_LOGGERS:
+        lib = logging.getLogger(name)
+        lib.propagate = verbose
+        if verbose:
+            continue
+        # an earlier run's file, and the library's own terminal handler (pymilvus installs one at import)
+        for old in [h for h in lib.handlers if isinstance(h, _LazyFile) or type(h) is logging.StreamHandler]:
+            lib.removeHandler(old)
+            if isinstance(old, _LazyFile):
+                old.close()
+        lib.addHandler(handler)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cbnano``; returns the exit code (0 ok, 1 failure, 2 bad input)."""
     quiet_grpc()
@@ -982,6 +1014,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pymilvus.exceptions import MilvusException
     except ImportError:  # pragma: no cover - pymilvus is a core dependency
         MilvusException = VectorStoreError  # noqa: N806
+    # after pymilvus's import, which installs its own terminal handler
+    route_library_logs(Path(os.environ.get("CBNANO_HOME") or "./var").expanduser(), args.verbose)
     try:
         return int(args.func(args))
     except (UsageError, SettingsError) as exc:  # bad input: the command line's or the environment's

@@ -208,3 +208,32 @@ def test_grpc_core_lines_are_kept_out_of_the_terminal_unless_asked_for(monkeypat
     monkeypatch.setenv("GRPC_VERBOSITY", "DEBUG")  # the user's choice wins
     quiet_grpc()
     assert os.environ["GRPC_VERBOSITY"] == "DEBUG"
+
+
+def test_milvus_client_tracebacks_go_to_a_log_file_not_the_terminal(tmp_path, capsys):
+    import logging
+
+    import pymilvus  # noqa: F401 - its import installs the terminal handler that must go
+
+    from pipelines.cli import LIBRARY_LOGGERS, route_library_logs
+
+    saved = {
+        n: (logging.getLogger(n).propagate, list(logging.getLogger(n).handlers)) for n in LIBRARY_LOGGERS
+    }
+    try:
+        path = route_library_logs(tmp_path / "home", verbose=False)
+        assert not path.exists()  # nothing logged yet: no file, no folder
+        try:
+            raise ConnectionError("the Milvus Lite server went away")
+        except ConnectionError:
+            logging.getLogger("pymilvus.decorators").error("RPC error: [query]", exc_info=True)
+        assert not any(type(h) is logging.StreamHandler for h in logging.getLogger("pymilvus").handlers)
+        for h in logging.getLogger("pymilvus").handlers:
+            h.flush()
+        assert capsys.readouterr().err == ""
+        text = path.read_text()
+        assert "RPC error: [query]" in text and "Traceback" in text and "went away" in text
+    finally:
+        for n, (propagate, handlers) in saved.items():
+            logging.getLogger(n).propagate = propagate
+            logging.getLogger(n).handlers = handlers

