@@ -109,7 +109,8 @@ class TraceMiddleware:
         t0 = time.perf_counter()
         endpoint = ENDPOINTS.get(scope["path"], "unknown")
         trace = Trace(user="-", endpoint=endpoint, model="-", status=0, latency_ms=0.0)
-        scope.setdefault("state", {})["trace"] = trace
+        state = scope.setdefault("state", {})
+        state["trace"], state["on_end"] = trace, []  # on_end: what a route must undo however the request ends
         started = finished = False
 
         async def watch(message: Message) -> None:
@@ -129,6 +130,8 @@ class TraceMiddleware:
             trace.error = trace.error or f"{type(exc).__name__}: {str(exc)[:200]}"
             raise
         finally:
+            for undo in state["on_end"]:
+                undo()
             if started and not finished and trace.status < 400:
                 trace.status, trace.error = CLIENT_LEFT, trace.error or "the client left before the end"
             trace.latency_ms = round((time.perf_counter() - t0) * 1000, 2)

@@ -11,7 +11,7 @@ error event in OpenAI's shape (no ``[DONE]``) and a trace that says 503, never a
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -118,19 +118,19 @@ async def complete(request: Request, body: Any, kind: str) -> Response:
         answer = answer_of(cached, trace, body["model"], created, shown, kind, refs)
         trace.tokens_in = trace.tokens_out = None  # System A did no work: nothing counts toward a limit
         return answer
-    await _queue(gw, request)
+    release = await _queue(gw, request)
     if body.get("stream"):
         try:
             resp = await gw.backends.system_a.stream(PATHS[kind], upstream)
         except BaseException:
-            gw.queue.release()
+            release()
             raise
         relay = _relay(resp, trace, sources, kind, body["model"], created, keep_answer=rag, refs=refs)
-        return StreamingResponse(_released(relay, gw), media_type="text/event-stream")
+        return StreamingResponse(_released(relay, release), media_type="text/event-stream")
     try:
         out = await gw.backends.system_a.post(PATHS[kind], upstream)
     finally:
-        gw.queue.release()
+        release()
     answer = answer_of(out, trace, body["model"], created, shown, kind, refs)
     if key and gw.cache is not None:
         await gw.cache.put(key, out)
@@ -149,11 +149,11 @@ async def _with_tools(
     upstream["model"] = target
     trace.question = last_user(body["messages"])[:4000]
     toolbox = Toolbox(gw.settings, gw.backends.searcher_now, trace)
-    await _queue(gw, request)
+    release = await _queue(gw, request)
     try:
         out = await run_with_tools(lambda b: gw.backends.system_a.post(PATHS[kind], b), upstream, toolbox)
     finally:
-        gw.queue.release()
+        release()
     trace.sources = [s["doc_id"] for s in toolbox.sources]
     refs = references(toolbox.sources) if body.get("references", True) else ""
     created = now_s()
@@ -178,22 +178,32 @@ def _choice(out: dict[str, Any]) -> dict[str, Any]:
     return choices[0]
 
 
-async def _queue(gw: Gateway, request: Request) -> None:
-    """Wait for a place at System A (interactive users before batch ones when it is busy)."""
+async def _queue(gw: Gateway, request: Request) -> Callable[[], None]:
+    """Wait for a place at System A (interactive users before batch ones when it is busy); returns its
+    release, which may be called more than once and is called in any case when the request ends (a stream
+    whose client left before its first byte never runs its own ``finally``)."""
     gw.metrics.queued.inc()
     try:
         await gw.queue.acquire(getattr(request.state, "priority", "interactive"))
     finally:
         gw.metrics.queued.dec()
+    held = [True]
+
+    def release() -> None:
+        if held.pop() if held else False:
+            gw.queue.release()
+
+    request.state.on_end.append(release)
+    return release
 
 
-async def _released(stream: AsyncIterator[bytes], gw: Gateway) -> AsyncIterator[bytes]:
-    """``stream``, giving the place at System A back when it ends (or the client leaves)."""
+async def _released(stream: AsyncIterator[bytes], release: Callable[[], None]) -> AsyncIterator[bytes]:
+    """``stream``, giving the place at System A back as soon as it ends (or the client leaves)."""
     try:
         async for part in stream:
             yield part
     finally:
-        gw.queue.release()
+        release()
 
 
 def answer_of(

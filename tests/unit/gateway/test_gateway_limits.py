@@ -145,6 +145,7 @@ def test_when_system_a_is_busy_interactive_users_go_before_batch_ones(cbnano_env
 
     assert asyncio.run(scenario()) == [200, 200, 200]
     assert system_a.asked == ["first", "interactive", "batch"]
+    assert gate.busy == 0 and gate.waiting == 0  # every place given back once
 
 
 def _publish(store: ModelStore, root: Path, version: str) -> None:

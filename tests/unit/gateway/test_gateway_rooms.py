@@ -259,6 +259,7 @@ def test_a_client_that_leaves_a_stream_is_traced(cbnano_env):
     assert sent[0]["status"] == 200 and not any(b"never" in m.get("body", b"") for m in sent)
     [row] = traces(store)
     assert row["status"] == 499 and "left" in row["error"]
+    assert app.state.gateway.queue.busy == 0  # its place at System A was given back
 
 
 def test_the_gateway_package_stays_in_rooms():
