@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -171,8 +172,10 @@ def main() -> int:
         n = args.requests
         results = {c: run_cases(system_a.url, gw, auth, n, c) for c in args.clients}
     finally:
-        gateway.terminate()
-        gateway.wait(30)
+        # SIGINT: uvicorn shuts down and re-raises it as KeyboardInterrupt, so cProfile still writes its file
+        # (SIGTERM's default action would end the process before that)
+        gateway.send_signal(signal.SIGINT)
+        gateway.wait(60)
         system_a.stop()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     for c, (cases, search) in results.items():
