@@ -37,13 +37,14 @@ SERVER_PORTS = ("--proxy-port", "--etcd-port", "--root-coord-port", "--proxy-int
                 "--data-coord-port", "--data-node-port")  # fmt: skip
 
 
-def milvus_rss_mb() -> float:
-    """Resident memory of every Milvus process on the machine (Lite's server binary, or the standalone)."""
+def milvus_rss_mb(marker: str) -> float:
+    """Resident memory of the Milvus processes whose command line names ``marker`` (this run's folder: Lite's
+    server binary, or the standalone), so a server left by another run is not counted."""
     total = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if "milvus" not in cmd or "bench/scale.py" in cmd:
+            if "milvus" not in cmd or marker not in cmd or "bench/scale.py" in cmd:
                 continue
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -79,6 +80,34 @@ def start_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(1)
 
 
+def stop_server(proc: subprocess.Popen[bytes], folder: Path) -> None:
+    """Stop the wrapper and the real binary, which the wrapper starts in a session of its own (so its process
+    group does not reach it): every ``milvus run standalone`` whose command line names ``folder``."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(120)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [
+            int(pid)
+            for pid in filter(str.isdigit, os.listdir("/proc"))
+            if str(folder) in _cmdline(pid) and "milvus run standalone" in _cmdline(pid)
+        ]
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 30
+        while pids and any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def run_target(target: str, rows: int, queries: int) -> None:
     from pipelines.embedding.minilm import get_embedder
     from pipelines.retrieval.search import Searcher
@@ -108,7 +137,7 @@ def run_target(target: str, rows: int, queries: int) -> None:
             "rows": count,
             "insert_rows_per_s": round(count / filled["load_s"]),
             "load_s": round(filled["load_s"], 1),
-            "milvus_rss_mb": milvus_rss_mb(),
+            "milvus_rss_mb": milvus_rss_mb(str(work)),
             "disk_mb": round(sum(f.stat().st_size for f in work.rglob("*") if f.is_file()) / 2**20, 1),
             "machine": f"{platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}",
         }
@@ -118,8 +147,7 @@ def run_target(target: str, rows: int, queries: int) -> None:
         print(json.dumps(out), flush=True)
     finally:
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(120)
+            stop_server(server, work / "milvus")
 
 
 def main() -> int:
