@@ -241,6 +241,7 @@ def _positive_int(raw: str) -> int:
 
 
 def cmd_gateway_keys(args: argparse.Namespace) -> int:
+    from pipelines.gateway.limits import policy_of
     from pipelines.ops.traces import GatewayStore, GatewayStoreError
     from pipelines.settings import get_settings
 
@@ -250,12 +251,8 @@ def cmd_gateway_keys(args: argparse.Namespace) -> int:
         if args.action == "list":
             rows, own = store.keys(), store.limits()
             for r in rows:
-                mine = own.get(r["user"]) or {}
-                limits = (
-                    f"{mine.get('rpm') or settings.gateway_rpm}/min, "
-                    f"{mine.get('tokens_per_day') or settings.gateway_tokens_per_day:,} tokens/day, "
-                    f"{mine.get('priority') or 'interactive'}"
-                )
+                p = policy_of(own.get(r["user"]) or {}, settings)
+                limits = f"{p.rpm}/min, {p.tokens_per_day:,} tokens/day, {p.priority}"
                 print(
                     f"{r['user']:<24} created {r['created_at']}  last used {r['last_used_at'] or 'never'}  {limits}"
                 )

@@ -65,10 +65,10 @@ def create_app(
         store,
         Backends(settings, open_searcher, embedder, system_a),
         Metrics(),
-        no_auth,
         limiter=Limiter(store),
         queue=PriorityGate(settings.gateway_max_inflight),
         cache=open_cache(settings.gateway_cache, settings.gateway_cache_ttl_s),
+        no_auth=no_auth,
     )
 
     @asynccontextmanager

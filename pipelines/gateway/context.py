@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.gateway.backends import Backends
-from pipelines.gateway.limits import AnswerCache, Limiter, Policy, PriorityGate
+from pipelines.gateway.limits import AnswerCache, Limiter, Policy, PriorityGate, policy_of
 from pipelines.gateway.shapes import GatewayError
 from pipelines.gateway.tracing import Metrics, trace_of
 from pipelines.ops.traces import GatewayStore
@@ -34,10 +34,10 @@ class Gateway:
     store: GatewayStore
     backends: Backends
     metrics: Metrics
+    limiter: Limiter
+    queue: PriorityGate
+    cache: AnswerCache | None
     no_auth: bool = False
-    limiter: Limiter = field(default_factory=lambda: Limiter(NoLedger()))
-    queue: PriorityGate = field(default_factory=lambda: PriorityGate(16))
-    cache: AnswerCache | None = None
     _own: dict[str, dict[str, Any]] = field(default_factory=dict)
     _own_at: float = -POLICY_TTL_S
 
@@ -46,18 +46,7 @@ class Gateway:
         if time.monotonic() - self._own_at >= POLICY_TTL_S:
             self._own = await run_in_threadpool(self.store.limits)
             self._own_at = time.monotonic()
-        own = self._own.get(user) or {}
-        s = self.settings
-        return Policy(
-            rpm=own.get("rpm") or s.gateway_rpm,
-            tokens_per_day=own.get("tokens_per_day") or s.gateway_tokens_per_day,
-            priority=own.get("priority") or "interactive",
-        )
-
-
-class NoLedger:
-    def tokens_since(self, user: str, since: str) -> int:
-        return 0
+        return policy_of(self._own.get(user) or {}, self.settings)
 
 
 def gateway_of(request: Request) -> Gateway:

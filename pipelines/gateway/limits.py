@@ -46,6 +46,16 @@ class Policy:
     priority: str = "interactive"
 
 
+def policy_of(own: dict[str, Any], settings: Any) -> Policy:
+    """A user's limits: their own (``cbnano gateway keys limit``; None where unset) over the gateway's
+    defaults (``CBNANO_GATEWAY_RPM``, ``CBNANO_GATEWAY_TOKENS_PER_DAY``); priority ``interactive`` by default."""
+    return Policy(
+        rpm=own.get("rpm") or settings.gateway_rpm,
+        tokens_per_day=own.get("tokens_per_day") or settings.gateway_tokens_per_day,
+        priority=own.get("priority") or "interactive",
+    )
+
+
 class TokenLedger(Protocol):
     def tokens_since(self, user: str, since: str) -> int: ...
 

@@ -117,6 +117,14 @@ def now_s() -> int:
     return int(time.time())
 
 
+def first_choice(out: dict[str, Any]) -> dict[str, Any]:
+    """The first choice of a completion System A answered; 503 when it has none."""
+    choices = out.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise GatewayError(503, "System A answered without a completion")
+    return choices[0]
+
+
 def last_user(messages: list[dict[str, Any]]) -> str:
     """The text of the last user message (OpenAI's content parts: the text ones)."""
     for m in reversed(messages):

@@ -22,7 +22,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from pipelines.gateway.shapes import TOOLS, GatewayError, SourceRef
+from pipelines.gateway.shapes import TOOLS, GatewayError, SourceRef, first_choice
 from pipelines.lake import staged_records
 from pipelines.ops.traces import Span, Trace
 from pipelines.retrieval.search import SearchError, parse_query
@@ -255,8 +255,5 @@ async def run_with_tools(
 
 
 def _first_message(out: dict[str, Any]) -> dict[str, Any]:
-    choices = out.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise GatewayError(503, "System A answered without a completion")
-    message = choices[0].get("message")
+    message = first_choice(out).get("message")
     return message if isinstance(message, dict) else {}

@@ -28,6 +28,7 @@ from pipelines.gateway.shapes import (
     GatewayError,
     SourceRef,
     error_body,
+    first_choice,
     last_user,
     now_s,
     references,
@@ -159,7 +160,7 @@ async def _with_tools(
     created = now_s()
     if not body.get("stream"):
         return answer_of(out, trace, body["model"], created, toolbox.sources, kind, refs)
-    text = str((_choice(out).get("message") or {}).get("content") or "")
+    text = str((first_choice(out).get("message") or {}).get("content") or "")
     trace.answer = text[:8000]
     head = {"id": trace.id, "object": "chat.completion.chunk", "created": created, "model": body["model"]}
     delta = {"role": "assistant", "content": text + refs}
@@ -169,13 +170,6 @@ async def _with_tools(
         b"data: [DONE]\n\n",
     ]
     return StreamingResponse(iter(events), media_type="text/event-stream")
-
-
-def _choice(out: dict[str, Any]) -> dict[str, Any]:
-    choices = out.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise GatewayError(503, "System A answered without a completion")
-    return choices[0]
 
 
 async def _queue(gw: Gateway, request: Request) -> Callable[[], None]:
@@ -218,7 +212,7 @@ def answer_of(
     """System A's (or the cache's) completion as the gateway answers it: its id (the trace's, for feedback),
     model id, ``created`` and, for ``+rag``, the sources (and ``refs`` after the answer's text)."""
     out = dict(out)
-    first = _choice(out)
+    first = first_choice(out)
     choices = out["choices"]
     answer = (first.get("message") or {}).get("content") if kind == "chat" else first.get("text")
     out.update(id=trace.id, model=model, created=out.get("created") or created)
