@@ -21,6 +21,10 @@ behaves like a vLLM started with ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA
   name first and the arguments after); once the last message is a ``tool`` answer, the reply quotes the
   tool results it was given (``Stand-in answer from <model> after N tool result(s): ...``).
 
+Connections are kept alive (HTTP/1.1, as uvicorn serves vLLM): plain answers carry a ``Content-Length``,
+streams end by closing the connection; :meth:`VLLMStandIn.stop` closes the kept-alive connections too, so a
+client's pooled connection does not outlive System A.
+
 Errors use vLLM's JSON shape ``{"error": {"message", "type", "param", "code"}}`` and its messages (checked
 against vLLM 0.33's ``entrypoints/openai/models/serving.py``). With ``token`` set every
 route but ``/health`` wants ``Authorization: Bearer <token>`` (vLLM's ``--api-key``). ``requests`` records
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -55,6 +60,7 @@ class VLLMStandIn:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
 
     @property
     def url(self) -> str:
@@ -66,8 +72,32 @@ class VLLMStandIn:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn serves vLLM
+            timeout = 60  # an idle kept-alive connection is closed after this
+            # headers and body are two writes: with Nagle on, a kept-alive connection waits for the client's
+            # delayed ACK between them (40 ms a request)
+            disable_nagle_algorithm = True
+
+            def setup(self) -> None:
+                super().setup()
+                with owner._lock:
+                    owner._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with owner._lock:
+                    owner._connections.discard(self.connection)
+                super().finish()
+
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def _event_stream(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Connection", "close")  # the stream ends with the connection
+                self.end_headers()
+                self.close_connection = True
 
             def _send(self, status: int, body: Any) -> None:
                 raw = (body if isinstance(body, str) else json.dumps(body)).encode()
@@ -204,9 +234,7 @@ class VLLMStandIn:
                     choice = {"index": 0, "finish_reason": "tool_calls", "message": message}
                     return self._send(200, {"id": "cmpl-standin", "object": "chat.completion", "created": 0,
                                             "model": model, "choices": [choice]})  # fmt: skip
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
+                self._event_stream()
                 deltas: list[tuple[dict[str, Any], str | None]] = []
                 for i, call in enumerate(calls):
                     named = {"index": i, "id": call["id"], "type": "function",
@@ -228,14 +256,10 @@ class VLLMStandIn:
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
-                self.close_connection = True
                 return None
 
             def _stream(self, model: str, text: str, chat: bool, usage: dict[str, int]) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Cache-Control", "no-cache")
-                self.end_headers()
+                self._event_stream()
                 words = text.split(" ")
                 pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
                 kind = "chat.completion.chunk" if chat else "text_completion"
@@ -254,7 +278,6 @@ class VLLMStandIn:
                     self.wfile.flush()
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
-                self.close_connection = True
 
         class Server(ThreadingHTTPServer):
             allow_reuse_address = True
@@ -273,6 +296,13 @@ class VLLMStandIn:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            open_connections, self._connections = list(self._connections), set()
+        for conn in open_connections:  # kept-alive connections would otherwise go on answering
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self.adapters.clear()
 
     def __enter__(self) -> VLLMStandIn:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.gateway.shapes import GENERAL, GatewayError
+from pipelines.publishing.model_store import ModelStore, ModelStoreError
 from pipelines.publishing.serving import ModelListing, SystemAError, model_list, served_adapter, vllm_reason
 from pipelines.retrieval.search import Searcher, SearchError
 from pipelines.settings import DOMAINS, Settings
@@ -120,6 +122,7 @@ class Backends:
         self._served_at = 0.0
         self.served_ttl_s = SERVED_TTL_S
         self.versions: dict[str, str] = {}  # gateway model name -> what answers (production version, or base)
+        self.created: dict[str, int] = {}  # gateway model name -> when what answers was made (Unix seconds)
         self.system_a = system_a or SystemA(settings.system_a_url, settings.system_a_token)
 
     def _default_embedder(self) -> Any:
@@ -170,7 +173,25 @@ class Backends:
             if state["served"]:
                 out[domain] = domain
                 versions[domain] = f"{domain}:{state['production']}"
-        self._served, self._served_at, self.versions = out, now, versions
+        created = await run_in_threadpool(self.created_times, listing.base, versions)
+        self._served, self._served_at, self.versions, self.created = out, now, versions, created
+        return out
+
+    def created_times(self, base: str, versions: dict[str, str]) -> dict[str, int]:
+        """Gateway model name → when what answers it was made (Unix seconds, ``/v1/models``' ``created``): a
+        domain's production version's publish time (its manifest), the base's import into the model store (its
+        folder's time); 0 where the store does not say."""
+        store = ModelStore(self.settings.model_store)
+        out: dict[str, int] = {}
+        for name, answers in versions.items():
+            try:
+                if name == GENERAL:
+                    out[name] = int(store.base_dir(base).stat().st_mtime) if base else 0
+                else:
+                    stamp = store.manifest(name, answers.split(":", 1)[1]).get("published_at")
+                    out[name] = int(datetime.fromisoformat(str(stamp)).timestamp())
+            except (ModelStoreError, OSError, ValueError):
+                out[name] = 0
         return out
 
     def production_served(self, listing: ModelListing) -> dict[str, dict[str, object]]:

@@ -98,8 +98,9 @@ class FeedbackAck(TypedDict):
     stored: bool
 
 
-def model_entry(model_id: str) -> dict[str, object]:
-    return {"id": model_id, "object": "model", "created": 0, "owned_by": "cbnano"}
+def model_entry(model_id: str, created: int) -> dict[str, object]:
+    """One ``/v1/models`` entry; ``created`` in Unix seconds (a domain's production version's publish time)."""
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "cbnano"}
 
 
 def references(sources: list[SourceRef]) -> str:

@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -486,6 +487,12 @@ def test_open_webui_calls_models_and_a_streamed_chat_with_its_user_headers(lab):
     }
     models = httpx.get(lab["url"] + "/v1/models", headers=h).json()
     assert "catalysis+rag" in {m["id"] for m in models["data"]}
+    # `created` is when the production version was published (the manifest's time), not 0
+    published = ModelStore(lab["settings"].model_store).manifest("catalysis", "c1")["published_at"]
+    created = {m["id"]: m["created"] for m in models["data"]}
+    assert (
+        created["catalysis+rag"] == created["catalysis"] == int(datetime.fromisoformat(published).timestamp())
+    )
     body = {"model": "catalysis+rag", "stream": True, "messages": [{"role": "user", "content": QUESTION}]}
     with httpx.stream("POST", lab["url"] + "/v1/chat/completions", headers=h, json=body) as resp:
         events = [line.removeprefix("data: ") for line in resp.iter_lines() if line.startswith("data: ")]

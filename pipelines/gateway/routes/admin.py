@@ -19,9 +19,11 @@ router = APIRouter()
 
 @router.get("/v1/models", response_model=None)  # the handlers build OpenAI's shapes; no re-validation
 async def models(request: Request, user: User) -> ModelList:
-    served = await gateway_of(request).backends.served()
+    backends = gateway_of(request).backends
+    served = await backends.served()
     names = [n for n in [GENERAL, *DOMAINS] if n in served]
-    return {"object": "list", "data": [model_entry(name + mode) for name in names for mode in (*MODES,)]}
+    data = [model_entry(name + mode, backends.created.get(name, 0)) for name in names for mode in (*MODES,)]
+    return {"object": "list", "data": data}
 
 
 async def _system_a_check(request: Request) -> dict[str, Any]:
