@@ -7,6 +7,8 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 TRAIN_VENV := .venv-train
 TRAIN_STAMP := $(TRAIN_VENV)/.installed-stamp
+LLAMA_VENV := .venv-llama
+LLAMA_STAMP := $(LLAMA_VENV)/.installed-stamp
 export CBNANO_HOME ?= $(CURDIR)/var
 export PATH := $(BIN):$(PATH)
 # These machines set PYTHONDONTWRITEBYTECODE=1, so every process would compile every module it imports from
@@ -15,7 +17,7 @@ export PATH := $(BIN):$(PATH)
 # project's commands let Python write the cache into the venvs on first import (nothing is compiled ahead).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup setup-train lock system-deps demo test test-unit test-dags test-integration test-milvus-server test-cluster test-browser lint format check bench airflow clean
+.PHONY: setup setup-train setup-llama test-llama lock system-deps demo test test-unit test-dags test-integration test-milvus-server test-cluster test-browser lint format check bench airflow clean
 
 setup: $(STAMP) $(TRAIN_STAMP)  ## create .venv (Airflow + ingestion) and .venv-train (axolotl) from the lock files; idempotent
 
@@ -43,14 +45,30 @@ $(TRAIN_STAMP): requirements/train.lock requirements/train-nodeps.txt | $(UV)
 	$(UV) pip install -q --python $(TRAIN_VENV)/bin/python $(UV_SOURCES) --no-deps -r requirements/train-nodeps.txt
 	@touch $@
 
+setup-llama: $(LLAMA_STAMP)  ## create .venv-llama with llama-cpp-python (compiles llama.cpp) for the llama tier
+
+# llama-cpp-python is published as source only, so uv compiles llama.cpp here: the library alone (no tools,
+# server, tests or multimodal part), for any x86-64 (not -march=native), on every core. Minutes; uv keeps the
+# built wheel in its cache, so a second set-up on the same machine does not compile again.
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+$(LLAMA_STAMP): requirements/llama.lock | $(UV)
+	@test -x $(LLAMA_VENV)/bin/python || $(PY) -m venv $(LLAMA_VENV)
+	@echo "setup-llama: compiling llama.cpp for llama-cpp-python (several minutes on 2 cores)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(UV) pip install -q --python $(LLAMA_VENV)/bin/python $(UV_SOURCES) -r requirements/llama.lock
+	@touch $@
+
 # Re-resolve both lock files from pyproject.toml and requirements-train.txt (newest allowed versions), then
 # `make setup` installs them; commit the lock files with the change that needed them once `make test` passes.
-lock: | $(UV)  ## re-resolve requirements/main.lock and requirements/train.lock
+lock: | $(UV)  ## re-resolve requirements/main.lock, train.lock and llama.lock
 	$(UV) pip compile -q pyproject.toml --extra airflow --extra system-b --extra system-c --extra dev \
 		--python-version 3.11 $(UV_SOURCES) --annotation-style line --custom-compile-command "make lock" \
 		-o requirements/main.lock
 	$(UV) pip compile -q requirements-train.txt --python-version 3.11 $(UV_SOURCES) --annotation-style line \
 		--custom-compile-command "make lock" -o requirements/train.lock
+	$(UV) pip compile -q requirements/llama.txt --python-version 3.11 $(UV_SOURCES) --annotation-style line \
+		--custom-compile-command "make lock" -o requirements/llama.lock
 
 system-deps:  ## Debian's postgresql, redis-server and chromium, which the cluster and browser tiers start
 	bash scripts/system_deps.sh
@@ -60,9 +78,9 @@ demo: setup  ## ingest the samples through the DAGs, search, retrain one domain 
 
 # Plain `pytest` runs the tiers that need nothing outside the venvs (pyproject's addopts); `make test` names
 # every tier, the root-only cluster and the chromium browser tiers included.
-ALL_TIERS := unit or dags or integration or milvus_server or cluster or browser
+ALL_TIERS := unit or dags or integration or milvus_server or cluster or browser or llama
 
-test: setup system-deps  ## every tier: unit, dags, integration (real axolotl), milvus_server, cluster (Celery lab), browser
+test: setup setup-llama system-deps  ## every tier: unit, dags, integration (real axolotl), milvus_server, cluster (Celery lab), browser, llama
 	$(BIN)/python -m pytest -m "$(ALL_TIERS)" --durations=40 $(PYTEST_ARGS)
 
 test-unit: setup
@@ -79,6 +97,9 @@ test-milvus-server: setup  ## a real Milvus standalone server (PyPI's milvus 2.3
 
 test-browser: setup system-deps  ## the Airflow UI in chromium (Playwright): trigger form, registry page
 	$(BIN)/python -m pytest -m browser $(PYTEST_ARGS)
+
+test-llama: setup setup-llama  ## a GGUF export answering in llama.cpp (llama-cpp-python, compiled by setup-llama)
+	$(BIN)/python -m pytest -m llama $(PYTEST_ARGS)
 
 test-cluster: setup system-deps  ## the lab topology natively: Postgres, Redis, CeleryExecutor, 3 workers
 	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)

@@ -97,7 +97,7 @@ def airflow_db():
     return Path(os.environ["AIRFLOW_HOME"])
 
 
-TIERS = ("unit", "dags", "integration", "milvus_server", "cluster", "browser")
+TIERS = ("unit", "dags", "integration", "milvus_server", "cluster", "browser", "llama")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -72,6 +72,19 @@ def test_nothing_in_the_default_set_up_compiles_llama_cpp():
     assert "--no-deps -r requirements/train-nodeps.txt" in make
 
 
+def test_llama_cpp_has_its_own_lock_and_only_the_llama_tier_builds_it():
+    """llama-cpp-python (compiled from source) lives in .venv-llama alone, pinned in llama.lock, installed by
+    setup-llama, which only `make test` and `make test-llama` need (not `make setup` or `make demo`)."""
+    reqs = requirements_of((ROOT / "requirements" / "llama.txt").read_text().splitlines())
+    locked = pins(ROOT / "requirements" / "llama.lock")
+    assert_locked(reqs, locked, "llama.lock")
+    assert "llama-cpp-python" in locked and "torch" not in locked
+    make = (ROOT / "Makefile").read_text()
+    assert re.search(r"^setup: \$\(STAMP\) \$\(TRAIN_STAMP\)\s", make, re.M)
+    assert re.search(r"^test: setup setup-llama system-deps\s", make, re.M)
+    assert re.search(r"^ALL_TIERS := .*\bllama\b", make, re.M)
+
+
 def test_a_requirement_outside_the_lock_or_its_range_is_caught():
     locked = {"torch": Version("2.13.0+cpu")}
     with pytest.raises(AssertionError, match="make lock"):
