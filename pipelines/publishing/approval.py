@@ -45,10 +45,10 @@ def approval_request(settings: Settings, domain: str, version: str | None) -> Ap
     if not version:
         return None
     store = ModelStore(settings.model_store)
-    if store.approval(domain, version) != "pending":
+    manifest = store.manifest(domain, version)  # read once: the sign-off state and the gate's lines
+    if store.approval(domain, version, manifest) != "pending":
         return None
     vdir = store.version_dir(domain, version)
-    manifest = store.manifest(domain, version)
     try:
         report = json.loads((vdir / "eval.json").read_text())
     except (OSError, ValueError):

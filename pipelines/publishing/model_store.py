@@ -45,7 +45,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -346,11 +346,12 @@ class ModelStore:
             raise ModelStoreError(f"{domain}/{version} is not published")
         self._log(domain, "export", version, actor, reason)
 
-    def approval(self, domain: str, version: str) -> str:
+    def approval(self, domain: str, version: str, manifest: Mapping[str, Any] | None = None) -> str:
         """Where a version stands with sign-off: ``"not required"`` (it was never held), ``"pending"`` (the
         gate passed it and it waits for a person), ``"approved"`` (it was promoted since) or
-        ``"rejected"``."""
-        if self.manifest(domain, version).get("approval") != "required":
+        ``"rejected"``. ``manifest``: the version's, where the caller has read it already."""
+        manifest = self.manifest(domain, version) if manifest is None else manifest
+        if manifest.get("approval") != "required":
             return "not required"
         acts = [m["action"] for m in self.history(domain) if m["version"] == version]
         if "reject" in acts:
