@@ -22,9 +22,15 @@ production only when
 * each **non-inferiority** guard has a lower bound above ``-margin``: ``knowledge_open_p`` (answering with the
   retrieved passages, the mode System A serves), ``general_loss`` (the forgetting guard: 160 general
   passages, nats/token) and ``mc_prob`` (the fixed multiple-choice set), with the margins of
-  :data:`NONINFERIOR`. They are to be calibrated so a candidate that learnt the month passes them and one
-  damaged by noise or a destructive learning rate does not (``bench/knowledge_control.py``); that is not done
-  yet: they are the values set before measuring (issue 23, docs/BENCHMARKS.md);
+  :data:`NONINFERIOR`. The general-text margin, 1.0 nats/token, is calibrated on the candidates of
+  ``bench/knowledge_control.py`` (docs/BENCHMARKS.md, "Training on the questions too, and calibrating the
+  general-text guard"): it sits below the smallest rise at which the same 160 facts asked in the served (chat)
+  mode were seen to be lost (1.28: mc p(correct) -0.034) and at a third of the damage control's (3.18); the
+  CPU recipe's candidate (0.82, upper bound 0.94) passes it, as does its no-knowledge format-only control
+  (0.81), which the primary refuses. The mc p(correct) margin, 0.06, is what its 160 items can show: the paired
+  differences' spread (sd 0.21-0.28 on every candidate measured) needs a margin of 0.05-0.063 for a candidate
+  whose general answers did not change to pass with 80% power (at 0.03, set before measuring, it failed more
+  often than not). The open-book margin is the value set before measuring;
 * no other guard (``mc_accuracy``) regresses significantly (its *upper* bound below ``-tolerance``).
 
 Accuracy on the probe (``knowledge_closed``, ``knowledge_open``) stays in the report as comparisons that never
@@ -78,8 +84,8 @@ LABELS = {
 }
 PRIMARY = "knowledge_closed_doc"
 # metric -> margin its lower bound must stay above: answering with sources (p(correct)), the forgetting guards
-# (general-text loss in nats/token, mc p(correct))
-NONINFERIOR = {"knowledge_open_p": 0.05, "general_loss": 0.05, "mc_prob": 0.03}
+# (general-text loss in nats/token, mc p(correct): both calibrated, see the module docstring)
+NONINFERIOR = {"knowledge_open_p": 0.05, "general_loss": 1.0, "mc_prob": 0.06}
 GUARDS = ("mc_accuracy",)
 REPORTED = (
     "knowledge_closed_cal",

@@ -182,6 +182,27 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
     same = retrain(settings, "catalysis", profile="tiny", month="2026-11", min_gain=-1.0, max_steps=3)
     assert same["reason"].startswith("unchanged:") and same["version"] == second["version"]
 
+    # 5. sign-off required: a candidate the gate passes is registered and held; production waits for a person
+    from pipelines.publishing.approval import approval_request
+
+    monkeypatch.setenv("CBNANO_REQUIRE_APPROVAL", "1")
+    settings = allow_test_models(monkeypatch, True)
+    held = retrain(settings, "catalysis", profile="tiny", month="2026-11", min_gain=-1.0, max_steps=5)
+    assert held["published"] is False and held["reason"].startswith(f"published: {PRIMARY_LINE}")
+    assert held["reason"].endswith("; awaiting approval")
+    assert store.production("catalysis") == second["version"]
+    assert store.approval("catalysis", held["version"]) == "pending"
+    asked = approval_request(settings, "catalysis", held["version"])
+    assert asked is not None and asked["subject"] == f"Publish catalysis {held['version']}?"
+    assert f"(production now: {second['version']})" in asked["body"]
+    assert "published (compared with production)" in asked["body"]
+    # the same inputs again: the held candidate is not retrained, and still says it waits
+    again = retrain(settings, "catalysis", profile="tiny", month="2026-11", min_gain=-1.0, max_steps=5)
+    assert again["reason"].startswith("unchanged:") and again["reason"].endswith("; awaiting approval")
+    assert main(["models", "promote", "--domain", "catalysis", "--version", held["version"]]) == 0
+    assert store.production("catalysis") == held["version"]
+    assert store.approval("catalysis", held["version"]) == "approved"
+
 
 def test_missing_base_fails_first_with_the_setting_named_and_nothing_written(lake, capsys):
     from pipelines.cli import main

@@ -101,12 +101,27 @@ def test_a_loss_reads_as_better_or_worse_and_every_failed_check_is_named():
     ids = [f"general:{i}" for i in range(30)]
     per["general_loss"] = {
         "base": dict.fromkeys(ids, 2.0),
-        "candidate": {i: 2.5 + 0.01 * n for n, i in enumerate(ids)},
+        "candidate": {i: 3.5 + 0.01 * n for n, i in enumerate(ids)},
     }
     d = decide(per)
     assert d.refused_by == ["knowledge_closed_doc", "general_loss", "mc_prob", "mc_accuracy"]
     general = next(x for x in d.lines() if x.strip().startswith("general-text loss"))
-    assert "2.000 -> 2.645 nats/token, 0.645 worse" in general and "gain" not in general
+    assert "2.000 -> 3.645 nats/token, 1.645 worse" in general and "gain" not in general
+    assert general.endswith("may be at most 1.000 worse FAILED")
+
+
+def test_the_general_text_guard_passes_what_a_chat_fine_tune_costs_and_refuses_the_damage_control():
+    """The calibration (docs/BENCHMARKS.md): a rise like the 4-epoch real candidate's (0.82, upper bound 0.94)
+    passes; one like the damage control's (3.18) or the one where served-mode knowledge fell (1.28) does not."""
+    ids = [f"general:{i}" for i in range(160)]
+    per = {**knowledge([0.2] * 40, [0.5] * 40, 10), **mc([1, 0] * 20, [1, 0] * 20)}
+    for rise, passes in ((0.82, True), (1.28, False), (3.18, False)):
+        per["general_loss"] = {
+            "base": dict.fromkeys(ids, 5.0),
+            "candidate": {i: 5.0 + rise + 0.3 * ((n % 7) - 3) / 3 for n, i in enumerate(ids)},
+        }
+        d = decide(per)
+        assert d.publish is passes and ("general_loss" in d.refused_by) is not passes, (rise, d.reason)
 
 
 def test_detectable_effect_is_against_min_gain_with_student_t():
@@ -221,3 +236,26 @@ def test_few_items_get_the_wider_student_t_interval():
     boot_lo, boot_hi = bootstrap_ci(diffs)
     assert lo == pytest.approx(mean - t975(4) * sd / math.sqrt(5)) and lo < boot_lo  # t is wider at n=5
     assert hi >= boot_hi and t975(4) == 2.776 and abs(t975(200) - 1.972) < 1e-3
+
+
+def test_the_mc_guard_passes_an_unchanged_candidate_and_refuses_the_damage_controls_fall():
+    """160 items whose paired differences spread like the measured candidates' (sd ~0.28, mean 0): the guard
+    passes it (at the old 0.03 margin the interval alone, ±0.044, failed it); a fall like the damage
+    control's (-0.088) is refused."""
+    import random
+
+    from pipelines.evaluation.gate import decide
+
+    rng = random.Random(7)
+    ids = [f"q{i:03d}" for i in range(160)]
+    base = {i: rng.uniform(0.1, 0.6) for i in ids}
+    noise = [0.28, -0.28] * 80  # mean 0: the general answers did not change
+    rng.shuffle(noise)
+    for shift, passes in ((0.0, True), (-0.088, False)):
+        per = knowledge([0.2] * 40, [0.5] * 40, 10)
+        per["mc_prob"] = {
+            "base": base,
+            "candidate": {i: base[i] + e + shift for i, e in zip(ids, noise, strict=True)},
+        }
+        d = decide(per)
+        assert ("mc_prob" in d.refused_by) is not passes and d.publish is passes, (shift, d.reason)
