@@ -112,6 +112,7 @@ def run_shape(shape: str, domain: str, steps: int, gpu: int | None, smoke: bool,
     from pipelines.settings import get_settings
     from pipelines.trainenv import run_step
     from pipelines.training.base_models import import_smollm2
+    from pipelines.training.request import resolve_request
     from pipelines.training.retrain import retrain
 
     settings = get_settings()
@@ -137,15 +138,19 @@ def run_shape(shape: str, domain: str, steps: int, gpu: int | None, smoke: bool,
     build_s = round(time.perf_counter() - t0, 1)
     facts = json.loads((base / "cbnano_base.json").read_text())
     lines: list[str] = []
-    summary = retrain(
+    request = resolve_request(
         settings,
         domain,
         profile="gpu_qlora",
         base_model=name,
         month=SAMPLE_MONTH,
         max_steps=steps,
-        gpu=gpu,
         overrides=CPU_SMOKE if smoke else None,
+    )
+    summary = retrain(
+        settings,
+        request,
+        gpu=gpu,
         log=lambda line: (lines.append(line), print("   " + line, file=sys.stderr) if verbose else None),
     )
     if summary["version"] is None:

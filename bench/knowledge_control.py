@@ -118,14 +118,14 @@ def control_card(card: dict[str, Any], tmp: Path, seed: int) -> dict[str, Any]:
 
 def train_all(
     settings: Any,
-    domain: str,
-    month: str,
-    base: Any,
+    request: Any,
+    prepared: Any,
     runs: dict[str, tuple[dict[str, Any], dict[str, Any]]],
-    max_steps: int | None = None,
 ) -> tuple[dict[str, Path], dict[str, dict[str, float]]]:
     """Train each run (name → (dataset card, config overrides)) with the ``cpu_lora`` profile; returns
     (name → adapter folder, name → step timings), printing one JSON line per run and progress to stderr."""
+    from dataclasses import replace
+
     from pipelines.training.retrain import StepClock, plan_run, train_candidate
     from pipelines.training.runner import progress_printer
 
@@ -134,16 +134,7 @@ def train_all(
     for name, (card, overrides) in runs.items():
         show = progress_printer(lambda line, n=name: print(f"  {n} {line}", file=sys.stderr, flush=True), 60)
         clock = StepClock(show)
-        plan = plan_run(
-            settings,
-            domain=domain,
-            month=month,
-            profile="cpu_lora",
-            base=base,
-            card=card,  # type: ignore[arg-type]
-            max_steps=max_steps,
-            overrides=overrides,
-        )
+        plan = plan_run(settings, replace(request, overrides=overrides), replace(prepared, card=card))
         candidate = train_candidate(settings, plan, gpu=None, clock=clock)
         adapters[name] = candidate.result.adapter_dir
         timings[name] = {**clock.timings, **candidate.result.stats}
@@ -244,11 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     if any(len(name.split("-")) != 2 for name in judged):
         ap.error("--judge takes KIND-SEED=ADAPTER, e.g. real-1=var/runs/<run>/out")
 
+    from pipelines.training.request import resolve_request
     from pipelines.training.retrain import prepare_dataset
 
     t0 = time.perf_counter()
     with isolated_store() as (settings, tmp):
-        base, card = prepare_dataset(settings, args.domain, "cpu_lora", args.month)
+        request = resolve_request(
+            settings, args.domain, profile="cpu_lora", month=args.month, max_steps=args.max_steps
+        )
+        prepared = prepare_dataset(settings, request)
+        base, card = prepared.base, prepared.card
         print(
             json.dumps({"bench": "knowledge_control", "dataset": card["by_kind"], "probe": card["probe"]}),
             flush=True,
@@ -266,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 "damage": (card, {**keys, "learning_rate": args.damage_lr}),
             }
             runs.update({f"{kind}-{seed}": made[kind] for kind in args.kinds})
-        adapters, timings = train_all(settings, args.domain, args.month, base, runs, args.max_steps)
+        adapters, timings = train_all(settings, request, prepared, runs)
         adapters.update({name: Path(path) for name, path in judged.items()})
         timings.update({name: {} for name in judged})
         for record in judge_all(settings, args.domain, base, dict(card), adapters, tmp, args.save_eval):

@@ -44,18 +44,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from knowledge_control import control_card, isolated_store, judge_all, train_all
 
+    from pipelines.training.request import resolve_request
     from pipelines.training.retrain import prepare_dataset
 
     t0 = time.perf_counter()
     with isolated_store() as (settings, tmp):
-        base, card = prepare_dataset(settings, args.domain, "cpu_lora", args.month)
+        request = resolve_request(settings, args.domain, profile="cpu_lora", month=args.month)
+        prepared = prepare_dataset(settings, request)
+        base, card = prepared.base, prepared.card
         control = control_card(dict(card), tmp, args.seed)
         runs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         for i, point in enumerate(args.grid):
             runs[f"real-{i}"] = (card, {"seed": args.seed, **point})
             if not args.no_control:
                 runs[f"control-{i}"] = (control, {"seed": args.seed, **point})
-        adapters, timings = train_all(settings, args.domain, args.month, base, runs)
+        adapters, timings = train_all(settings, request, prepared, runs)
         records = {
             r["candidate"]: r for r in judge_all(settings, args.domain, base, dict(card), adapters, tmp)
         }

@@ -13,7 +13,9 @@ non-inferior and the forgetting guards (general-text loss, multiple-choice p(cor
 gate's figures: approval moves production, rejection records the reason in the version's history. A domain
 with too little data is listed by `report` as "not trained", and the run fails.
 
-`plan` fails the run at once, before any dataset is built, when there is no usable base model. One mapped task
+`plan` resolves each domain's request once (month, profile, base, bar: `pipelines.training.request`) and fails
+the run at once, before any dataset is built, when one cannot run (no usable base model, say); the mapped
+tasks, and their retries, train exactly what it resolved. One mapped task
 per domain runs on Celery queue `system_b` holding a slot of pool `system_b_gpu` (one slot per GPU), so two
 domains train at once and never share a GPU. A domain whose production moved emits its `cbnano://models/<domain>`
 Asset. Manual trigger: domains, profile, base model, step cap, minimum gain, month, dry run (datasets only).
@@ -125,21 +127,38 @@ class ModelApproval(ApprovalOperator):
     },
 )
 def domain_retraining():
-    @task  # a missing base is configuration, not a transient fault: AirflowFailException skips the retries
-    def plan() -> list[str]:
+    @task  # bad input is not a transient fault: AirflowFailException skips the retries
+    def plan() -> list[dict]:
+        """One resolved request per domain (month, profile, base, bar checked and defaulted once, here); fails
+        the run before any dataset is built when one cannot run (no usable base, say)."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipelines.publishing.bases import BaseModelMissing
-        from pipelines.training.base_models import check_base
+        from pipelines.training.request import resolve_request
 
-        p = get_current_context()["params"]
+        ctx = get_current_context()
+        p = ctx["params"]
         settings = dag_settings()
         try:
-            base = check_base(settings, p.get("profile") or settings.train_profile, p.get("base_model"))
-        except BaseModelMissing as exc:
+            requests = [
+                resolve_request(
+                    settings,
+                    domain,
+                    month=p.get("month"),
+                    interval_start=ctx.get("data_interval_start"),
+                    now=getattr(ctx.get("dag_run"), "run_after", None),  # a manual run: the month before it
+                    profile=p.get("profile"),
+                    base_model=p.get("base_model"),
+                    min_gain=p["min_gain"],
+                    max_steps=p.get("max_steps"),
+                    origin={"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]},
+                )
+                for domain in p["domains"]
+            ]
+        except ValueError as exc:  # RequestError, BaseModelMissing
             raise AirflowFailException(str(exc)) from None
-        print(f"base model: {base}")
-        return list(p["domains"])
+        for r in requests:
+            print(f"{r.domain}: month {r.month}, profile {r.profile}, base {r.base_name} ({r.base_source})")
+        return [r.to_dict() for r in requests]
 
     # execution_timeout bounds a fine-tune; the Celery visibility timeout in docker-compose.airflow.yml is
     # set above it (a test checks), so Redis never hands a running fine-tune to a second worker
@@ -149,48 +168,37 @@ def domain_retraining():
         retries=1,
         max_active_tis_per_dagrun=2,
         execution_timeout=timedelta(hours=20),
+        map_index_template="{{ domain }}",
     )
-    def retrain_domain(domain: str) -> dict:
+    def retrain_domain(request: dict) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
         from pipelines.contracts import not_trained, retrain_result
         from pipelines.training.datasets import DatasetTooSmall
         from pipelines.training.gpus import gpu_lease
+        from pipelines.training.request import RetrainRequest
         from pipelines.training.retrain import prepare_dataset, retrain
-        from pipelines.windows import resolve_month
 
+        req = RetrainRequest.from_dict(request)
         ctx = get_current_context()
-        p = ctx["params"]
-        month = resolve_month(ctx.get("data_interval_start"), p.get("month"))
+        ctx["domain"] = req.domain  # names the mapped task in the UI (map_index_template)
         settings = dag_settings()
-        profile = p.get("profile") or settings.train_profile
-        if p["dry_run"]:
-            _, card = prepare_dataset(settings, domain, profile, month, p.get("base_model"))
+        if ctx["params"]["dry_run"]:
+            card = prepare_dataset(settings, req).card
             raise AirflowSkipException(
-                f"dry run: {domain} dataset of {card['train']} + {card['validation']} "
+                f"dry run: {req.domain} dataset of {card['train']} + {card['validation']} "
                 f"examples at {card['files']['train']}; no training"
             )
         with gpu_lease(settings.gpus) as gpu:
             try:
-                summary = retrain(
-                    settings,
-                    domain,
-                    profile=profile,
-                    month=month,
-                    min_gain=p["min_gain"],
-                    max_steps=p.get("max_steps"),
-                    base_model=p.get("base_model"),
-                    gpu=gpu,
-                    log=print,
-                    origin={"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"]},
-                )
+                summary = retrain(settings, req, gpu=gpu, log=print)
             except DatasetTooSmall as exc:  # nothing trained: listed by report, which then fails the run
-                print(f"{domain}: not trained: {exc}")
-                return not_trained(domain, str(exc))
-        print(f"{domain}: {summary['reason']}")
+                print(f"{req.domain}: not trained: {exc}")
+                return not_trained(req.domain, str(exc))
+        print(f"{req.domain}: {summary['reason']}")
         return retrain_result(summary)
 
-    results = retrain_domain.expand(domain=plan())
+    results = retrain_domain.expand(request=plan())
 
     @task
     def report(summaries: list) -> list[str]:

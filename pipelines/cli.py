@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import shlex
 import shutil
@@ -39,7 +38,11 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.settings import Settings
+    from pipelines.training.request import RetrainRequest
 
 log = logging.getLogger("cbnano")
 
@@ -351,49 +354,44 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _request(args: argparse.Namespace, settings: Settings, **values: Any) -> RetrainRequest:
+    """The command line's retraining request, resolved once (a bad value is bad input: exit 2, named by its
+    flag)."""
+    from pipelines.training.request import RequestError, resolve_request
+
+    try:
+        return resolve_request(
+            settings,
+            args.domain,
+            month=args.month,
+            profile=args.profile,
+            base_model=args.base_model,
+            **values,
+        )
+    except RequestError as exc:
+        raise UsageError(exc.naming(f"--{exc.field.replace('_', '-')}")) from None
+    except (FileNotFoundError, ValueError) as exc:  # no usable base: the message names the setting
+        raise UsageError(str(exc)) from None
+
+
 def cmd_retrain(args: argparse.Namespace) -> int:
     from pipelines.contracts import retrain_result
-    from pipelines.settings import DOMAINS, get_settings
-    from pipelines.training.base_models import check_base
+    from pipelines.settings import get_settings
     from pipelines.training.datasets import DatasetTooSmall
     from pipelines.training.gpus import gpu_lease
     from pipelines.training.retrain import retrain
     from pipelines.training.runner import condensed
-    from pipelines.windows import month_end
 
-    if args.domain not in DOMAINS:
-        raise UsageError(f"unknown domain {args.domain!r}; known: {', '.join(DOMAINS)}")
-    if args.month:
-        try:
-            month_end(args.month)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    if args.max_steps is not None and args.max_steps < 1:
-        raise UsageError(f"--max-steps must be at least 1, not {args.max_steps}")
-    if not math.isfinite(args.min_gain):
-        raise UsageError(f"--min-gain must be a number, not {args.min_gain}")
     settings = get_settings()
-    if args.min_gain < 0 and not settings.allow_test_models:
-        raise UsageError(
-            f"--min-gain {args.min_gain} would let a candidate worse than production publish; a "
-            "negative bar is for test runs only (CBNANO_ALLOW_TEST_MODELS=1)"
-        )
-    try:  # the command line's choices, checked before waiting for a GPU: a bad one is bad input (exit 2)
-        check_base(settings, args.profile or settings.train_profile, args.base_model)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
+    # checked before waiting for a GPU: a bad value is bad input (exit 2)
+    request = _request(args, settings, min_gain=args.min_gain, max_steps=args.max_steps)
     try:
         with gpu_lease(settings.gpus) as gpu:
+            # progress, not axolotl's every line (those are in the run folder's train.log)
             summary = retrain(
                 settings,
-                args.domain,
-                profile=args.profile,
-                month=args.month,
-                min_gain=args.min_gain,
-                max_steps=args.max_steps,
-                base_model=args.base_model,
+                request,
                 gpu=gpu,
-                # progress, not axolotl's every line (those are in the run folder's train.log)
                 log=condensed(lambda line: print(line, file=sys.stderr, flush=True)),
             )
     except DatasetTooSmall as exc:  # not a gate decision: nothing was trained
@@ -411,20 +409,17 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
     from pipelines.settings import get_settings
     from pipelines.training.datasets import DatasetTooSmall
     from pipelines.training.retrain import prepare_dataset
-    from pipelines.windows import month_end, resolve_month
 
-    month = args.month or resolve_month(None)
     settings = get_settings()
+    request = _request(args, settings)
     try:
-        month_end(month)
-        _, card = prepare_dataset(
-            settings, args.domain, args.profile or settings.train_profile, month, args.base_model
-        )
+        card = prepare_dataset(settings, request).card
     except DatasetTooSmall as exc:  # the data, not the command line: one line, exit 1
         print(f"cbnano: not trained: {exc}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as exc:
-        raise UsageError(str(exc)) from None
+    except (FileNotFoundError, ValueError) as exc:  # from the building, not the command line
+        print(f"cbnano: error: {exc}", file=sys.stderr)
+        return 1
     for problem in card["bad_internal_lines"]:
         print(f"bad line in lab drop: {problem}", file=sys.stderr)
     _emit(

@@ -115,6 +115,7 @@ def main() -> int:
                 print(f"   [{r.score:.3f}] {r.title} ({r.source}:{r.doc_id}) ranks {r.ranks}")
     if os.environ.get("DEMO_SKIP_TRAINING") != "1":
         from pipelines.training.base_models import import_smollm2
+        from pipelines.training.request import resolve_request
         from pipelines.training.retrain import retrain
 
         print("== cbnano models import-base smollm2 ...", flush=True)
@@ -137,7 +138,8 @@ def main() -> int:
         t0 = time.perf_counter()
         log = condensed(lambda line: print("   " + line, flush=True), every_s=30)
         try:
-            out = retrain(settings, "catalysis", profile="cpu_lora", month="2026-11", log=log)
+            request = resolve_request(settings, "catalysis", profile="cpu_lora", month="2026-11")
+            out = retrain(settings, request, log=log)
         except DatasetTooSmall as exc:
             print(f"demo failed: not trained: {exc}", file=sys.stderr)
             return 1

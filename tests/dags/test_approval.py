@@ -19,8 +19,9 @@ PASSWORD = "approve-me"
 RESPONDER = Path(__file__).with_name("hitl_responder.py")
 
 
-def fake_retrain(settings, domain, **kwargs):
+def fake_retrain(settings, request, **kwargs):
     """What retrain leaves behind for a candidate the gate passed while approval is required."""
+    domain = request.domain
     store = ModelStore(settings.model_store)
     content = settings.runs_dir / domain / "2026-11.cafe" / "out"
     content.mkdir(parents=True, exist_ok=True)

@@ -84,7 +84,7 @@ def test_ask_locally_without_system_a_on_the_tiny_base(corpus, monkeypatch, caps
 
     assert main(["ask", QUESTION, "--domain", "catalysis"]) == 1  # no production, no base: says so
     assert "catalysis has no production model and CBNANO_BASE_MODEL is not set" in capsys.readouterr().err
-    base = resolve_base(corpus, "tiny")  # the random tiny Llama: a real model, nonsense answers
+    base = resolve_base(corpus, None)  # the random tiny Llama: a real model, nonsense answers
     from pipelines.retrieval.ask import ask
 
     # CBNANO_BASE_MODEL unset (a newcomer after `make demo`): the one imported base answers, and says so

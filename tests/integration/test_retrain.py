@@ -49,6 +49,14 @@ METRICS = {
 PRIMARY_LINE = "knowledge (closed-book, what the document adds) p(correct) gain"  # the gate's primary
 
 
+def retrain(settings, domain="catalysis", *, log=None, **values):
+    """The chain as the CLI and the DAG run it: a request resolved once, then the run."""
+    from pipelines.training.request import resolve_request
+    from pipelines.training.retrain import retrain as run
+
+    return run(settings, resolve_request(settings, domain, **values), log=log)
+
+
 def allow_test_models(monkeypatch, allowed):
     monkeypatch.setenv("CBNANO_ALLOW_TEST_MODELS", "1" if allowed else "0")
     reset_settings_cache()
@@ -57,15 +65,19 @@ def allow_test_models(monkeypatch, allowed):
 
 def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeypatch, capsys):
     from pipelines.cli import main
-    from pipelines.training.retrain import retrain
 
     store = ModelStore(lake.model_store)
-    # 1. a test model (tiny profile) with a gate anyone would pass: a version, but never production
+    # 1. a test model (tiny profile) with a gate anyone would pass: a version, but never production. Without
+    # CBNANO_ALLOW_TEST_MODELS no caller may ask for a negative bar, so the request is made, then bent
+    from pipelines.training.request import RequestError, resolve_request
+    from pipelines.training.retrain import retrain as run
+
     settings = allow_test_models(monkeypatch, False)
+    with pytest.raises(RequestError, match="min_gain -1.0 would let a candidate worse than production"):
+        resolve_request(settings, "catalysis", profile="tiny", month="2026-11", min_gain=-1.0)
+    request = resolve_request(settings, "catalysis", profile="tiny", month="2026-11", max_steps=4)
     log = []
-    first = retrain(
-        settings, "catalysis", profile="tiny", month="2026-11", min_gain=-1.0, max_steps=4, log=log.append
-    )
+    first = run(settings, dataclasses.replace(request, min_gain=-1.0), log=log.append)
     assert first["published"] is False and first["version"]
     assert first["reason"].startswith("refused: test model (profile tiny) never becomes production")
     assert PRIMARY_LINE in first["reason"] and "(95% CI " in first["reason"]
@@ -207,7 +219,6 @@ def test_tiny_chain_registers_every_candidate_and_gates_production(lake, monkeyp
 def test_missing_base_fails_first_with_the_setting_named_and_nothing_written(lake, capsys):
     from pipelines.cli import main
     from pipelines.publishing.bases import BaseModelMissing
-    from pipelines.training.retrain import retrain
 
     assert lake.train_profile == "gpu_qlora" and not lake.base_model  # the scheduled default
     assert main(["retrain", "--domain", "catalysis"]) == 2
@@ -216,7 +227,7 @@ def test_missing_base_fails_first_with_the_setting_named_and_nothing_written(lak
         "cbnano: error: no base model for profile gpu_qlora: set CBNANO_BASE_MODEL"
     )
     with pytest.raises(BaseModelMissing, match="CBNANO_BASE_MODEL='nope' is not a usable base model"):
-        retrain(dataclasses.replace(lake, base_model="nope"), "catalysis")
+        retrain(dataclasses.replace(lake, base_model="nope"))
     assert not (lake.data_dir / "datasets").exists() and not lake.runs_dir.exists()
     assert not lake.model_store.exists()
 
@@ -225,7 +236,6 @@ def test_too_small_dataset_is_not_trained_and_says_so(lake, capsys):
     """Too little data is "not trained: <reason>" (CLI exit 1, one line), never a gate decision."""
     from pipelines.cli import main
     from pipelines.training.datasets import DatasetTooSmall
-    from pipelines.training.retrain import retrain
 
     with pytest.raises(DatasetTooSmall, match="needs? at least"):
         retrain(lake, "thermal", profile="tiny", month="2026-11", max_steps=2)

@@ -78,6 +78,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "pipelines.training.rehearsal",
         "pipelines.training.tiny",
         "pipelines.training.base_models",
+        "pipelines.training.request",
         "pipelines.training.gpus",
         "pipelines.training.runner",
         "pipelines.evaluation.gate",

@@ -106,7 +106,11 @@ def test_retrain_hands_its_gpu_to_training_merge_check_and_evaluation(monkeypatc
             "probe": str(ds / "probe.jsonl"),
         },
     }
-    monkeypatch.setattr(chain, "prepare_dataset", lambda *a, **k: (base, card))
+    from pipelines.training.configs import render_config
+    from pipelines.training.request import RetrainRequest
+
+    cfg = render_config("gpu_qlora", "catalysis", {"base_model": str(base.path), "seed": 42})
+    monkeypatch.setattr(chain, "prepare_dataset", lambda *a, **k: chain.Prepared(base, card, [], cfg))
     monkeypatch.setattr(chain, "validate_in_train_env", lambda *a, **k: [])
 
     def train(cfg, run_dir, py, gpu=None, log=None):
@@ -133,5 +137,6 @@ def test_retrain_hands_its_gpu_to_training_merge_check_and_evaluation(monkeypatc
 
     monkeypatch.setattr(chain, "evaluate_roles", evaluate)
     with pytest.raises(RuntimeError, match="stop after evaluation"):
-        chain.retrain(cbnano_env, "catalysis", profile="gpu_qlora", month="2026-11", gpu=1)
+        request = RetrainRequest("catalysis", "2026-11", "gpu_qlora", "smollm2", "smollm2", "--base-model")
+        chain.retrain(cbnano_env, request, gpu=1)
     assert seen == {"train": 1, "merge": 1, "merge_check": 1, "evaluate": 1}
