@@ -253,9 +253,12 @@ def test_dag_reports_a_domain_it_could_not_train_and_fails_the_run(airflow_db, l
         logical_date=pendulum.datetime(2026, 12, 1, 1, tz="UTC"),
         run_conf={"domains": ["thermal"], "profile": "tiny", "max_steps": 2, "min_gain": -1.0},
     )
-    states = {(ti.task_id, ti.map_index): str(ti.state) for ti in run.get_task_instances()}
+    tis = run.get_task_instances()
+    states = {(ti.task_id, ti.map_index): str(ti.state) for ti in tis}
     assert states[("retrain_domain", 0)] == "success" and states[("report", -1)] == "failed", states
     assert str(run.state) == "failed"
+    # the mapped task is named by its request's domain in the UI
+    assert [ti.rendered_map_index for ti in tis if ti.task_id == "retrain_domain"] == ["thermal"]
 
 
 def test_domain_retraining_dag(airflow_db, lake):
