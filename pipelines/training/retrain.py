@@ -175,10 +175,6 @@ class RunPlan:
         return self.request.domain
 
     @property
-    def month(self) -> str:
-        return self.request.month
-
-    @property
     def profile(self) -> str:
         return self.request.profile
 
