@@ -230,7 +230,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UsageError("--port must be between 0 and 65535")
     try:
-        serve(get_settings(), host=args.host, port=args.port, no_auth=args.no_auth)
+        serve(
+            get_settings(), host=args.host, port=args.port, no_auth=args.no_auth, access_log=args.access_log
+        )
     except GatewayStoreError as exc:
         raise UsageError(str(exc)) from None
     return 0
@@ -811,6 +813,11 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--port", type=int, default=9000)
     gw.add_argument(
         "--no-auth", action="store_true", help="serve without keys (every request is 'anonymous')"
+    )
+    gw.add_argument(
+        "--access-log",
+        action="store_true",
+        help="also log a line per request (off: each request's trace is its record; see gateway traces)",
     )
     gw.set_defaults(func=cmd_gateway)
     gsub = gw.add_subparsers(dest="gateway_command")

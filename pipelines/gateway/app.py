@@ -107,7 +107,13 @@ async def _unforeseen(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, f"the gateway failed on this request ({type(exc).__name__}); it is traced")
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 9000, no_auth: bool = False) -> None:
+def serve(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 9000,
+    no_auth: bool = False,
+    access_log: bool = False,
+) -> None:
     """Run the gateway with uvicorn until interrupted; refuses to start without a key unless ``no_auth``."""
     import uvicorn
 
@@ -123,4 +129,12 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 9000, no_auth
             "no user has a key: add one with `cbnano gateway keys add USER`, or start with --no-auth"
         )
     logging.getLogger("uvicorn.access").addFilter(RedactAccessLog())
-    uvicorn.run(create_app(settings, store, no_auth=no_auth), host=host, port=port, log_level="info")
+    # no access log by default: every request's trace is its record (without a key or a query string), and
+    # writing the line took a tenth of the event loop's time under load (docs/BENCHMARKS.md)
+    uvicorn.run(
+        create_app(settings, store, no_auth=no_auth),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=access_log,
+    )

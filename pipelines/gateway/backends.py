@@ -7,13 +7,15 @@ need, in a worker thread (opening Milvus or loading MiniLM never blocks the even
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-import httpx
+import aiohttp
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.gateway.shapes import GENERAL, GatewayError
@@ -35,32 +37,102 @@ def upstream_message(detail: str, status: int) -> str:
     return f"System A answered HTTP {status}: {vllm_reason(detail)[:300]}"
 
 
-class SystemA:
-    """System A's OpenAI-compatible server, asynchronously (the gateway's one connection pool to it)."""
+class UpstreamError(Exception):
+    """System A's stream broke off."""
 
-    def __init__(self, url: str, token: str = "", transport: httpx.AsyncBaseTransport | None = None) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+class Reply(Protocol):
+    """One answer of System A, open: its status, then its body whole or line by line; closed by the caller."""
+
+    status: int
+
+    async def read(self) -> bytes: ...
+
+    def lines(self) -> AsyncIterator[str]: ...
+
+    def close(self) -> None: ...
+
+
+Send = Callable[[str, str, "dict[str, Any] | None"], Awaitable[Reply]]  # (method, path, JSON body) -> reply
+
+
+class _AiohttpReply:
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self.status = resp.status
+        self._resp = resp
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise UpstreamError(f"System A's answer broke off: {type(exc).__name__}") from None
+
+    async def lines(self) -> AsyncIterator[str]:
+        try:
+            async for raw in self._resp.content:
+                yield raw.decode("utf-8", "replace").rstrip("\r\n")
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:  # ValueError: a line over 1 MiB
+            raise UpstreamError(f"System A's stream failed: {type(exc).__name__}") from None
+
+    def close(self) -> None:
+        # the connection goes back to the pool when the body was read to its end, else it is closed (so
+        # System A stops a generation nobody reads)
+        self._resp.release()
+
+
+class SystemA:
+    """System A's OpenAI-compatible server, asynchronously: the gateway's one pool of kept-alive connections
+    to it. aiohttp carries the calls: it costs the event loop about a tenth of httpx's time per call
+    (docs/BENCHMARKS.md). The pool is opened on first use in the running event loop, and again if a later call
+    runs in another loop. ``send`` replaces how a request goes out (tests script System A with it)."""
+
+    def __init__(self, url: str, token: str = "", send: Send | None = None) -> None:
         self.url = url.rstrip("/")
-        self.http = httpx.AsyncClient(
-            base_url=self.url, headers=headers, timeout=httpx.Timeout(300, connect=5), transport=transport
-        )
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._send = send or self._aiohttp
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the session was opened in
 
     def __repr__(self) -> str:  # the token never shows
         return f"SystemA(url={self.url!r})"
 
+    async def _aiohttp(self, method: str, path: str, body: dict[str, Any] | None) -> Reply:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            self._loop = loop
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300),
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                read_bufsize=2**20,
+            )
+        return _AiohttpReply(await self._session.request(method, self.url + path, json=body))
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Reply:
+        try:
+            return await self._send(method, path, body)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise GatewayError(503, f"System A does not answer: {type(exc).__name__}") from None
+
+    async def _whole(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        reply = await self._call(method, path, body)
+        try:
+            return reply.status, await reply.read()
+        except UpstreamError as exc:
+            raise GatewayError(503, str(exc)) from None
+        finally:
+            reply.close()
+
     async def get(self, path: str) -> Any:
         """A GET (model list, health) as parsed JSON ({} for an empty body); 503 when System A does not
         answer, answers an error or answers something that is not JSON."""
-        try:
-            resp = await self.http.get(path)
-        except httpx.HTTPError as exc:
-            raise GatewayError(503, f"System A does not answer: {type(exc).__name__}") from None
-        if resp.status_code >= 400:
-            raise GatewayError(503, f"System A answered {path} with HTTP {resp.status_code}")
-        if not resp.content or path == "/health":
+        status, content = await self._whole("GET", path)
+        if status >= 400:
+            raise GatewayError(503, f"System A answered {path} with HTTP {status}")
+        if not content or path == "/health":
             return {}
         try:
-            return resp.json()
+            return json.loads(content)
         except ValueError:
             raise GatewayError(503, f"System A answered {path} with something that is not JSON") from None
 
@@ -72,34 +144,34 @@ class SystemA:
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """A completion: System A's JSON answer; its 400/404 pass through, anything else is a 503."""
+        status, content = await self._whole("POST", path, body)
+        if status >= 400:
+            detail = content.decode("utf-8", "replace")
+            raise GatewayError(mapped_status(status), upstream_message(detail, status))
         try:
-            resp = await self.http.post(path, json=body)
-        except httpx.HTTPError as exc:
-            raise GatewayError(503, f"System A does not answer: {type(exc).__name__}") from None
-        if resp.status_code >= 400:
-            raise GatewayError(mapped_status(resp.status_code), upstream_message(resp.text, resp.status_code))
-        try:
-            out = resp.json()
+            out = json.loads(content)
         except ValueError:
             out = None
         if not isinstance(out, dict):
             raise GatewayError(503, "System A answered without a completion")
         return out
 
-    async def stream(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    async def stream(self, path: str, body: dict[str, Any]) -> Reply:
         """An open streamed answer (Server-Sent Events), its status checked; the caller closes it."""
-        try:
-            resp = await self.http.send(self.http.build_request("POST", path, json=body), stream=True)
-        except httpx.HTTPError as exc:
-            raise GatewayError(503, f"System A does not answer: {type(exc).__name__}") from None
-        if resp.status_code >= 400:
-            detail = (await resp.aread()).decode("utf-8", "replace")
-            await resp.aclose()
-            raise GatewayError(mapped_status(resp.status_code), upstream_message(detail, resp.status_code))
-        return resp
+        reply = await self._call("POST", path, body)
+        if reply.status >= 400:
+            try:
+                detail = (await reply.read()).decode("utf-8", "replace")
+            except UpstreamError:
+                detail = ""
+            finally:
+                reply.close()
+            raise GatewayError(mapped_status(reply.status), upstream_message(detail, reply.status))
+        return reply
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
 
 
 class Backends:
@@ -120,6 +192,7 @@ class Backends:
         self._lock = threading.Lock()
         self._served: dict[str, str] | None = None
         self._served_at = 0.0
+        self._reading: asyncio.Task[dict[str, str]] | None = None  # the model list being read, if it is
         self.served_ttl_s = SERVED_TTL_S
         self.versions: dict[str, str] = {}  # gateway model name -> what answers (production version, or base)
         self.created: dict[str, int] = {}  # gateway model name -> when what answers was made (Unix seconds)
@@ -162,10 +235,17 @@ class Backends:
     async def served(self) -> dict[str, str]:
         """Gateway model name → the model System A serves it as: the base and each domain served from its
         production adapter's path. Kept for ``SERVED_TTL_S``: a request does not pay for a model-list call to
-        System A and four adapter-config reads, and a hand-off shows within seconds."""
-        now = time.monotonic()
-        if self._served is not None and now - self._served_at < self.served_ttl_s:
+        System A and four adapter-config reads, and a hand-off shows within seconds. When it is due, one
+        request reads it again and the others that arrive meanwhile wait for that same reading."""
+        if self._served is not None and time.monotonic() - self._served_at < self.served_ttl_s:
             return self._served
+        loop = asyncio.get_running_loop()
+        if self._reading is None or self._reading.done() or self._reading.get_loop() is not loop:
+            self._reading = loop.create_task(self._read_served())
+        return await asyncio.shield(self._reading)  # one waiter leaving does not stop the reading
+
+    async def _read_served(self) -> dict[str, str]:
+        now = time.monotonic()
         listing = await self.system_a.models()
         out = {GENERAL: listing.base} if listing.base else {}
         versions = {GENERAL: f"base:{listing.base}"}

@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pipelines.gateway.shapes import GatewayError
@@ -69,11 +69,15 @@ class Limiter:
         self._recent: dict[str, deque[float]] = {}
         self._tokens: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()  # admit runs in worker threads
+        self._today = (-1.0, "")  # (the UTC day's start, as Unix time and as ISO text)
 
     def _day(self, now: float) -> tuple[str, float]:
-        """(this UTC day's start as ISO text, seconds until the next day)."""
-        start = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        return start.isoformat(timespec="seconds"), (start + timedelta(days=1)).timestamp() - now
+        """(this UTC day's start as ISO text, seconds until the next day). Unix time has exactly 86,400
+        seconds in every day, so the day's start is a remainder away; its text is made once a day."""
+        start = now - now % 86400
+        if start != self._today[0]:
+            self._today = (start, datetime.fromtimestamp(start, UTC).isoformat(timespec="seconds"))
+        return self._today[1], start + 86400 - now
 
     def knows_today(self, user: str) -> bool:
         """Whether ``user``'s tokens of today are counted here already (:meth:`admit` reads no database)."""

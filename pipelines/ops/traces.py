@@ -19,6 +19,7 @@ import json
 import logging
 import queue
 import secrets
+import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -198,6 +199,7 @@ class GatewayStore:
         self._ready = False
         self._lock = threading.Lock()
         self._used: dict[str, float] = {}  # user -> when this process last wrote their last_used_at
+        self._reader: tuple[sqlite3.Connection, int] | None = None  # (connection, inode) for the key checks
         # traces are written by one background thread in batches: a request never waits on a write lock
         self._pending: queue.Queue[Trace | None] = queue.Queue()
         self._writer: threading.Thread | None = None
@@ -280,6 +282,41 @@ class GatewayStore:
             except sa.exc.SQLAlchemyError as exc:  # a read-only database still authenticates
                 log.warning("gateway: last use of %s not recorded: %s", row.user, type(exc).__name__)
         return str(row.user)
+
+    def user_for_at_once(self, key: str) -> tuple[bool, str | None]:
+        """``(True, user or None)`` when the key can be checked without waiting: a SQLite database read through
+        a read-only connection of its own that never waits on a lock (the event loop may call this); else
+        ``(False, None)``, and the caller asks :meth:`user_for` from a worker thread. That is the case for
+        another database, a file deleted, replaced or not yet made, a write under way, and a user whose last
+        use is due to be written."""
+        if self.sqlite_file is None or not self._ready:
+            return False, None
+        try:
+            conn = self._key_reader()
+            row = conn.execute(
+                "SELECT user, key_sha256 FROM gateway_keys WHERE key_sha256 = ?", (key_hash(key),)
+            ).fetchone()
+        except (sqlite3.Error, OSError):  # locked by a write (it waits for nothing), or the file is gone
+            return False, None
+        if row is None or not hmac.compare_digest(row[1], key_hash(key)):
+            return True, None
+        if time.monotonic() - self._used.get(row[0], -LAST_USED_EVERY_S) >= LAST_USED_EVERY_S:
+            return False, None
+        return True, str(row[0])
+
+    def _key_reader(self) -> sqlite3.Connection:
+        """The read-only connection for :meth:`user_for_at_once`, opened again when the file at the path is
+        another one (restored) than the one it has open."""
+        assert self.sqlite_file is not None
+        inode = self.sqlite_file.stat().st_ino  # FileNotFoundError (an OSError) when it is gone
+        if self._reader is None or self._reader[1] != inode:
+            if self._reader is not None:
+                self._reader[0].close()
+            conn = sqlite3.connect(
+                f"{self.sqlite_file.resolve().as_uri()}?mode=ro", uri=True, timeout=0, check_same_thread=False
+            )
+            self._reader = (conn, inode)
+        return self._reader[0]
 
     def ping(self) -> str:
         """Empty when the database answers (its tables there), else what is wrong (for ``/health``)."""
@@ -377,6 +414,9 @@ class GatewayStore:
             self.flush()
             self._pending.put(None)
             self._writer.join(10)
+        if self._reader is not None:
+            self._reader[0].close()
+            self._reader = None
         self.engine.dispose()
 
     def traces(self, since: str = "", limit: int = 1000) -> list[TraceRow]:

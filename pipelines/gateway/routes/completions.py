@@ -14,11 +14,11 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from pipelines.gateway.backends import Reply, UpstreamError
 from pipelines.gateway.context import Body, Gateway, User, gateway_of
 from pipelines.gateway.limits import cache_key
 from pipelines.gateway.shapes import (
@@ -245,7 +245,7 @@ def _event(payload: dict[str, Any]) -> bytes:
 
 
 async def _relay(
-    resp: httpx.Response,
+    resp: Reply,
     trace: Trace,
     sources: list[SourceRef],
     kind: str,
@@ -261,7 +261,7 @@ async def _relay(
     answer: list[str] = []
     problem = "System A's stream ended before [DONE]"
     try:
-        async for line in resp.aiter_lines():
+        async for line in resp.lines():
             if not line.startswith("data:"):
                 continue
             data = line[5:].strip()
@@ -284,10 +284,10 @@ async def _relay(
             trace.tokens_in = usage.get("prompt_tokens") or trace.tokens_in
             trace.tokens_out = usage.get("completion_tokens") or trace.tokens_out
             yield _event(chunk)
-    except httpx.HTTPError as exc:
-        problem = f"System A's stream failed: {type(exc).__name__}"
+    except UpstreamError as exc:
+        problem = str(exc)
     finally:
-        await resp.aclose()
+        resp.close()
         if keep_answer:
             trace.answer = "".join(answer)[:8000]
     if problem:

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from system_a_script import scripted_system_a
 
 from pipelines.gateway.app import create_app
-from pipelines.gateway.backends import SystemA
 from pipelines.gateway.limits import Limiter, MemoryCache, Policy, PriorityGate
 from pipelines.gateway.shapes import GatewayError
 from pipelines.ops.traces import GatewayStore
@@ -54,9 +54,7 @@ class SystemAStandIn:
 
 
 def app_with(settings, store, system_a):
-    return create_app(
-        settings, store, system_a=SystemA("http://system-a", transport=httpx.MockTransport(system_a))
-    )
+    return create_app(settings, store, system_a=scripted_system_a(system_a))
 
 
 def test_past_a_keys_limits_the_answer_is_429_with_retry_after(cbnano_env, monkeypatch):

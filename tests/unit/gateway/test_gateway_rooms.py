@@ -1,4 +1,4 @@
-"""The gateway's rooms against a scripted System A (httpx's mock transport): every request is traced by the
+"""The gateway's rooms against a scripted System A (system_a_script): every request is traced by the
 middleware, and the probe's rows that used to end in an unhandled 500 or a complete-looking answer."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from system_a_script import scripted_system_a
 
 from pipelines.gateway.app import create_app
-from pipelines.gateway.backends import SystemA
 from pipelines.gateway.context import MAX_BODY_BYTES
 from pipelines.ops.traces import GatewayStore
 
@@ -73,7 +73,7 @@ def gateway(cbnano_env):
         cbnano_env,
         store,
         open_searcher=BrokenSearcher,
-        system_a=SystemA("http://system-a", transport=httpx.MockTransport(system_a)),
+        system_a=scripted_system_a(system_a),
     )
     with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as client:
         yield client, system_a, store, key
@@ -172,7 +172,7 @@ def test_rag_on_a_search_that_fails_is_a_503_and_an_unforeseen_error_a_traced_50
         cbnano_env,
         store,
         embedder=Exploding,
-        system_a=SystemA("http://system-a", transport=httpx.MockTransport(ScriptedSystemA())),
+        system_a=scripted_system_a(ScriptedSystemA()),
     )
     with TestClient(app, raise_server_exceptions=False, headers=client.headers) as other:
         resp = other.post("/v1/embeddings", json={"input": "ceria"})
@@ -196,7 +196,7 @@ def test_a_first_health_check_loading_the_embedder_stalls_no_other_request(cbnan
         no_auth=True,
         open_searcher=BrokenSearcher,
         embedder=slow_embedder,
-        system_a=SystemA("http://system-a", transport=httpx.MockTransport(ScriptedSystemA())),
+        system_a=scripted_system_a(ScriptedSystemA()),
     )
     with TestClient(app) as client:
         answers: dict[str, Any] = {}
@@ -230,7 +230,7 @@ def test_a_client_that_leaves_a_stream_is_traced(cbnano_env):
         cbnano_env,
         store,
         no_auth=True,
-        system_a=SystemA("http://system-a", transport=httpx.MockTransport(system_a)),
+        system_a=scripted_system_a(system_a),
     )
     sent: list[dict[str, Any]] = []
 
@@ -301,7 +301,7 @@ def test_a_read_only_trace_database_still_checks_keys_and_refuses_writes_with_50
     app = create_app(
         cbnano_env,
         read_only,
-        system_a=SystemA("http://system-a", transport=httpx.MockTransport(ScriptedSystemA())),
+        system_a=scripted_system_a(ScriptedSystemA()),
     )
     with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as client:
         assert client.get("/v1/models").status_code == 200  # the last-use write fails, quietly
