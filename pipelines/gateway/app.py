@@ -27,6 +27,7 @@ shape, traced) for anything unforeseen. Every request but ``/health`` is traced 
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -129,10 +130,15 @@ def serve(
             "no user has a key: add one with `cbnano gateway keys add USER`, or start with --no-auth"
         )
     logging.getLogger("uvicorn.access").addFilter(RedactAccessLog())
+    app = create_app(settings, store, no_auth=no_auth)
+    # what is loaded by now lives as long as the process: kept out of the collector's full passes, which
+    # otherwise walk every module object while requests wait (a shorter tail under load: docs/BENCHMARKS.md)
+    gc.collect()
+    gc.freeze()
     # no access log by default: every request's trace is its record (without a key or a query string), and
     # writing the line took a tenth of the event loop's time under load (docs/BENCHMARKS.md)
     uvicorn.run(
-        create_app(settings, store, no_auth=no_auth),
+        app,
         host=host,
         port=port,
         log_level="info",

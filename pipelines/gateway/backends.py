@@ -8,7 +8,6 @@ need, in a worker thread (opening Milvus or loading MiniLM never blocks the even
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.gateway.shapes import GENERAL, GatewayError
@@ -106,7 +106,9 @@ class SystemA:
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
                 read_bufsize=2**20,
             )
-        return _AiohttpReply(await self._session.request(method, self.url + path, json=body))
+        data = orjson.dumps(body) if body is not None else None
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        return _AiohttpReply(await self._session.request(method, self.url + path, data=data, headers=headers))
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Reply:
         try:
@@ -132,7 +134,7 @@ class SystemA:
         if not content or path == "/health":
             return {}
         try:
-            return json.loads(content)
+            return orjson.loads(content)
         except ValueError:
             raise GatewayError(503, f"System A answered {path} with something that is not JSON") from None
 
@@ -149,7 +151,7 @@ class SystemA:
             detail = content.decode("utf-8", "replace")
             raise GatewayError(mapped_status(status), upstream_message(detail, status))
         try:
-            out = json.loads(content)
+            out = orjson.loads(content)
         except ValueError:
             out = None
         if not isinstance(out, dict):

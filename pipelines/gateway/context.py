@@ -7,11 +7,11 @@ A), and parsed as JSON (a 100k-deep array is a 400, not a ``RecursionError``).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -100,10 +100,10 @@ async def json_body(request: Request) -> Any:
         if len(raw) > MAX_BODY_BYTES:
             raise GatewayError(413, f"the request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB")
     try:
-        body = json.loads(raw)
-    except RecursionError:
-        raise GatewayError(400, "the request body nests too deeply to be a request") from None
-    except ValueError:
+        body = orjson.loads(raw)  # a fifth of the json module's time; it refuses NaN, which is not JSON
+    except ValueError as exc:
+        if "depth limit" in str(exc):  # orjson stops at 1,024 levels
+            raise GatewayError(400, "the request body nests too deeply to be a request") from None
         raise GatewayError(400, "the request body is not JSON") from None
     if isinstance(body, dict) and isinstance(body.get("model"), str):
         trace_of(request).model = body["model"][:128]

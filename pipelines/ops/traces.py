@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import queue
 import secrets
 import sqlite3
@@ -200,6 +201,7 @@ class GatewayStore:
         self._lock = threading.Lock()
         self._used: dict[str, float] = {}  # user -> when this process last wrote their last_used_at
         self._reader: tuple[sqlite3.Connection, int] | None = None  # (connection, inode) for the key checks
+        self._sqlite_path = str(self.sqlite_file or "")
         # traces are written by one background thread in batches: a request never waits on a write lock
         self._pending: queue.Queue[Trace | None] = queue.Queue()
         self._writer: threading.Thread | None = None
@@ -291,14 +293,15 @@ class GatewayStore:
         use is due to be written."""
         if self.sqlite_file is None or not self._ready:
             return False, None
+        digest = key_hash(key)
         try:
             conn = self._key_reader()
             row = conn.execute(
-                "SELECT user, key_sha256 FROM gateway_keys WHERE key_sha256 = ?", (key_hash(key),)
+                "SELECT user, key_sha256 FROM gateway_keys WHERE key_sha256 = ?", (digest,)
             ).fetchone()
         except (sqlite3.Error, OSError):  # locked by a write (it waits for nothing), or the file is gone
             return False, None
-        if row is None or not hmac.compare_digest(row[1], key_hash(key)):
+        if row is None or not hmac.compare_digest(row[1], digest):
             return True, None
         if time.monotonic() - self._used.get(row[0], -LAST_USED_EVERY_S) >= LAST_USED_EVERY_S:
             return False, None
@@ -308,7 +311,7 @@ class GatewayStore:
         """The read-only connection for :meth:`user_for_at_once`, opened again when the file at the path is
         another one (restored) than the one it has open."""
         assert self.sqlite_file is not None
-        inode = self.sqlite_file.stat().st_ino  # FileNotFoundError (an OSError) when it is gone
+        inode = os.stat(self._sqlite_path).st_ino  # FileNotFoundError (an OSError) when it is gone
         if self._reader is None or self._reader[1] != inode:
             if self._reader is not None:
                 self._reader[0].close()

@@ -10,12 +10,12 @@ error event in OpenAI's shape (no ``[DONE]``) and a trace that says 503, never a
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.gateway.backends import Reply, UpstreamError
@@ -208,7 +208,7 @@ def answer_of(
     sources: list[SourceRef] | None,
     kind: str,
     refs: str = "",
-) -> JSONResponse:
+) -> Response:
     """System A's (or the cache's) completion as the gateway answers it: its id (the trace's, for feedback),
     model id, ``created`` and, for ``+rag``, the sources (and ``refs`` after the answer's text)."""
     out = dict(out)
@@ -227,7 +227,7 @@ def answer_of(
             out["choices"][0]["text"] = answer + refs
     usage = out.get("usage") or {}
     trace.tokens_in, trace.tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    return JSONResponse(out)
+    return Response(orjson.dumps(out), media_type="application/json")
 
 
 @router.post("/v1/chat/completions")
@@ -241,7 +241,7 @@ async def completions(request: Request, user: User, body: Body) -> Response:
 
 
 def _event(payload: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(payload)}\n\n".encode()
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 async def _relay(
@@ -269,7 +269,7 @@ async def _relay(
                 problem = ""
                 break
             try:
-                chunk = json.loads(data)
+                chunk = orjson.loads(data)
             except ValueError:
                 chunk = None
             if not isinstance(chunk, dict):
