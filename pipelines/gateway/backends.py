@@ -105,6 +105,7 @@ class SystemA:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300),
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
                 read_bufsize=2**20,
+                cookie_jar=aiohttp.DummyCookieJar(),  # System A sets none; nothing to keep per call
             )
         data = orjson.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if body is not None else None

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import orjson
+
 from pipelines.gateway.shapes import GatewayError
 
 PRIORITIES = {"interactive": 0, "batch": 1}
@@ -167,8 +169,8 @@ def cache_key(upstream: dict[str, Any], version: str) -> str | None:
     """The cache key of a request to System A, or None when its answer is not deterministic."""
     if upstream.get("stream") or upstream.get("temperature") != 0 or (upstream.get("n") or 1) != 1:
         return None
-    text = json.dumps({"version": version, "request": upstream}, sort_keys=True, ensure_ascii=False)
-    return "cbnano:answer:" + hashlib.sha256(text.encode()).hexdigest()
+    text = orjson.dumps({"version": version, "request": upstream}, option=orjson.OPT_SORT_KEYS)
+    return "cbnano:answer:" + hashlib.sha256(text).hexdigest()
 
 
 class MemoryCache:
@@ -184,7 +186,7 @@ class MemoryCache:
             self._items.pop(key, None)
             return None
         self._items.move_to_end(key)
-        return json.loads(json.dumps(item[1]))  # a copy: the caller changes its id
+        return orjson.loads(orjson.dumps(item[1]))  # a copy: the caller changes its id
 
     async def put(self, key: str, answer: dict[str, Any]) -> None:
         self._items[key] = (self.clock() + self.ttl_s, answer)

@@ -125,3 +125,17 @@ def test_the_token_day_is_the_utc_day(now, day, retry_after):
     with pytest.raises(GatewayError) as refused:
         limiter.admit("alice", Policy(rpm=10, tokens_per_day=100, priority="interactive"))
     assert asked == [day] and refused.value.headers == {"Retry-After": retry_after}
+
+
+def test_the_trace_writer_writes_a_backlog_of_many_batches(cbnano_env):
+    from pipelines.ops.traces import TRACE_BATCH, Trace
+
+    store = GatewayStore.from_settings(cbnano_env)
+    sent = [
+        Trace(user="alice", endpoint="chat", model="general", status=200, latency_ms=1.0) for _ in range(700)
+    ]
+    for t in sent:
+        store.record(t)
+    store.close()  # writes what is queued, then stops the writer
+    written = GatewayStore.from_settings(cbnano_env).traces(limit=5000)
+    assert len(sent) > 3 * TRACE_BATCH and sorted(r["id"] for r in written) == sorted(t.id for t in sent)
