@@ -201,7 +201,6 @@ class GatewayStore:
         self._lock = threading.Lock()
         self._used: dict[str, float] = {}  # user -> when this process last wrote their last_used_at
         self._reader: tuple[sqlite3.Connection, int] | None = None  # (connection, inode) for the key checks
-        self._sqlite_path = str(self.sqlite_file or "")
         # traces are written by one background thread in batches: a request never waits on a write lock
         self._pending: queue.Queue[Trace | None] = queue.Queue()
         self._writer: threading.Thread | None = None
@@ -277,7 +276,7 @@ class GatewayStore:
             if row is None or not hmac.compare_digest(row.key_sha256, digest):
                 return None
         now = time.monotonic()
-        if now - self._used.get(row.user, -LAST_USED_EVERY_S) >= LAST_USED_EVERY_S:
+        if self._use_due(row.user, now):
             self._used[row.user] = now  # at most one write per user a minute, not one per request
             try:
                 with self._begin() as conn:
@@ -304,15 +303,19 @@ class GatewayStore:
             return False, None
         if row is None or not hmac.compare_digest(row[1], digest):
             return True, None
-        if time.monotonic() - self._used.get(row[0], -LAST_USED_EVERY_S) >= LAST_USED_EVERY_S:
+        if self._use_due(row[0], time.monotonic()):
             return False, None
         return True, str(row[0])
+
+    def _use_due(self, user: str, now: float) -> bool:
+        """Whether ``user``'s last use is due to be written (this process writes it once a minute)."""
+        return now - self._used.get(user, -LAST_USED_EVERY_S) >= LAST_USED_EVERY_S
 
     def _key_reader(self) -> sqlite3.Connection:
         """The read-only connection for :meth:`user_for_at_once`, opened again when the file at the path is
         another one (restored) than the one it has open."""
         assert self.sqlite_file is not None
-        inode = os.stat(self._sqlite_path).st_ino  # FileNotFoundError (an OSError) when it is gone
+        inode = os.stat(self.sqlite_file).st_ino  # FileNotFoundError (an OSError) when it is gone
         if self._reader is None or self._reader[1] != inode:
             if self._reader is not None:
                 self._reader[0].close()
