@@ -129,21 +129,46 @@ def _generator() -> ProcessPoolExecutor:
     return _POOL
 
 
+GATEWAY_PID = 0  # the gateway process, whose CPU time the rounds through it are charged
+
+
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """A process's CPU time so far, (user, system) seconds (Linux's /proc); zeros where it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+CPU_MS: dict[tuple[str, int], tuple[float, float]] = {}  # (case, clients) -> the gateway's CPU per request
+# (user, system; ms)
+
+
 def _pair(
     direct: tuple[str, list[dict], dict],
     via: tuple[str, list[dict], dict],
     c: int,
     stream: bool,
     rounds: int = 4,
+    case: str = "",
 ) -> tuple[list[float], list[float]]:
     """The direct and the gateway latencies of one case, measured in alternating rounds (direct, gateway,
-    direct, ...) so that a slow spell of the machine falls on both."""
+    direct, ...) so that a slow spell of the machine falls on both. The gateway's CPU time over its rounds,
+    per request, goes to ``CPU_MS``: unlike the latencies it hardly moves when the machine is shared."""
     d: list[float] = []
     g: list[float] = []
+    user = system = 0.0
     for r in range(rounds):
         for (url, bodies, headers), out in ((direct, d), (via, g)):
             part = bodies[r::rounds]
+            before = _cpu_s(GATEWAY_PID)
             out += _generator().submit(_load, url, part, headers, c, stream).result()
+            if out is g:
+                after = _cpu_s(GATEWAY_PID)
+                user, system = user + after[0] - before[0], system + after[1] - before[1]
+    CPU_MS[(case, c)] = (user * 1000 / max(1, len(g)), system * 1000 / max(1, len(g)))
     return d, g
 
 
@@ -202,6 +227,8 @@ def main() -> int:
         stderr=subprocess.PIPE,
         text=True,
     )
+    global GATEWAY_PID
+    GATEWAY_PID = gateway.pid
     gw = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {key}"}
     try:
@@ -227,6 +254,8 @@ def main() -> int:
         gateway.send_signal(signal.SIGINT)
         gateway.wait(60)
         system_a.stop()
+        if _POOL is not None:
+            _POOL.shutdown()  # before the interpreter tears down what its manager thread needs
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     for c, (cases, search) in results.items():
         report(cases, search, n, c, machine)
@@ -245,11 +274,15 @@ def run_cases(
     cached = [{**b, "temperature": 0} for b in warm]
     streamed = [{**b, "stream": True} for b in warm]
     pairs = {
-        "plain": lambda: _pair((direct, plain, {}), (via, plain, auth), c, False),
-        "cached": lambda: _pair((direct, cached, {}), (via, cached, auth), c, False),
-        "stream": lambda: _pair((direct, streamed, {}), (via, streamed, auth), c, True),
+        "plain": lambda: _pair((direct, plain, {}), (via, plain, auth), c, False, case="plain"),
+        "cached": lambda: _pair((direct, cached, {}), (via, cached, auth), c, False, case="cached"),
+        "stream": lambda: _pair((direct, streamed, {}), (via, streamed, auth), c, True, case="stream"),
         "rag": lambda: _pair(
-            (direct, warm, {}), (via, [{**b, "model": "catalysis+rag"} for b in warm], auth), c, False
+            (direct, warm, {}),
+            (via, [{**b, "model": "catalysis+rag"} for b in warm], auth),
+            c,
+            False,
+            case="rag",
         ),
     }
     cases = {name: pair() for name, pair in pairs.items() if name in which}
@@ -286,6 +319,8 @@ def report(
             "gateway_p95_ms": round(_pct(g, 0.95), 2),
             "added_p50_ms": round(_pct(g, 0.5) - _pct(d, 0.5), 2),
             "added_p95_ms": round(_pct(g, 0.95) - _pct(d, 0.95), 2),
+            "gateway_cpu_ms_per_request": round(sum(CPU_MS.get((name, c), (0.0, 0.0))), 3),
+            "of_it_system_ms": round(CPU_MS.get((name, c), (0.0, 0.0))[1], 3),
             "machine": machine,
         }
         out[name] = row

@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.gateway.shapes import GENERAL, GatewayError
+from pipelines.gateway.upstream import Pool, UpstreamError
 from pipelines.publishing.model_store import ModelStore, ModelStoreError
 from pipelines.publishing.serving import ModelListing, SystemAError, model_list, served_adapter, vllm_reason
 from pipelines.retrieval.search import Searcher, SearchError
@@ -37,10 +37,6 @@ def upstream_message(detail: str, status: int) -> str:
     return f"System A answered HTTP {status}: {vllm_reason(detail)[:300]}"
 
 
-class UpstreamError(Exception):
-    """System A's stream broke off."""
-
-
 class Reply(Protocol):
     """One answer of System A, open: its status, then its body whole or line by line; closed by the caller."""
 
@@ -56,66 +52,41 @@ class Reply(Protocol):
 Send = Callable[[str, str, "dict[str, Any] | None"], Awaitable[Reply]]  # (method, path, JSON body) -> reply
 
 
-class _AiohttpReply:
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        self.status = resp.status
-        self._resp = resp
-
-    async def read(self) -> bytes:
-        try:
-            return await self._resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamError(f"System A's answer broke off: {type(exc).__name__}") from None
-
-    async def lines(self) -> AsyncIterator[str]:
-        try:
-            async for raw in self._resp.content:
-                yield raw.decode("utf-8", "replace").rstrip("\r\n")
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:  # ValueError: a line over 1 MiB
-            raise UpstreamError(f"System A's stream failed: {type(exc).__name__}") from None
-
-    def close(self) -> None:
-        # the connection goes back to the pool when the body was read to its end, else it is closed (so
-        # System A stops a generation nobody reads)
-        self._resp.release()
-
-
 class SystemA:
     """System A's OpenAI-compatible server, asynchronously: the gateway's one pool of kept-alive connections
-    to it. aiohttp carries the calls: it costs the event loop about a tenth of httpx's time per call
-    (docs/BENCHMARKS.md). The pool is opened on first use in the running event loop, and again if a later call
+    to it (:mod:`.upstream`, a client that costs the event loop about a third of aiohttp's time per call:
+    docs/BENCHMARKS.md). The pool is opened on first use in the running event loop, and again if a later call
     runs in another loop. ``send`` replaces how a request goes out (tests script System A with it)."""
 
     def __init__(self, url: str, token: str = "", send: Send | None = None) -> None:
         self.url = url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._send = send or self._aiohttp
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the session was opened in
+        self._send = send or self._over_pool
+        self._pool: Pool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the pool was opened in
 
     def __repr__(self) -> str:  # the token never shows
         return f"SystemA(url={self.url!r})"
 
-    async def _aiohttp(self, method: str, path: str, body: dict[str, Any] | None) -> Reply:
+    async def _over_pool(self, method: str, path: str, body: dict[str, Any] | None) -> Reply:
         loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._loop is not loop:
+        if self._pool is None or self._loop is not loop:
+            if self._pool is not None:
+                self._pool.close()
             self._loop = loop
-            self._session = aiohttp.ClientSession(
-                headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300),
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-                read_bufsize=2**20,
-                cookie_jar=aiohttp.DummyCookieJar(),  # System A sets none; nothing to keep per call
-            )
-        data = orjson.dumps(body) if body is not None else None
-        headers = {"Content-Type": "application/json"} if body is not None else None
-        return _AiohttpReply(await self._session.request(method, self.url + path, data=data, headers=headers))
+            try:
+                self._pool = Pool(self.url, self._headers)
+            except ValueError as exc:
+                raise GatewayError(503, str(exc)) from None
+        return await self._pool.request(method, path, orjson.dumps(body) if body is not None else None)
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Reply:
         try:
             return await self._send(method, path, body)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise GatewayError(503, f"System A does not answer: {type(exc).__name__}") from None
+        except UpstreamError as exc:
+            raise GatewayError(503, f"System A does not answer: {exc}") from None
 
     async def _whole(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
         reply = await self._call(method, path, body)
@@ -173,8 +144,9 @@ class SystemA:
         return reply
 
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
 
 class Backends:

@@ -5,7 +5,7 @@ Floors, from the ground up:
 0. **ground**: settings, contracts, documents, lake, windows, terms, the prompt, the bridge into the training
    environment and the process-group leader; they import nothing of the platform above them;
 1. **clients** of what lies outside: the sources (arXiv, PubChem), the embedder, the vector store, alerts and
-   metrics, the model store, the gateway's database;
+   metrics, the model store, the gateway's database and its HTTP client for System A;
 2. **the work**: ingestion, search, datasets, training, evaluation, the gate, the hand-off to System A;
 3. **services** that combine the work: the search service, `ask`, release, the dataset step, the gateway,
    the reports;
@@ -65,6 +65,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "pipelines.publishing.model_store",
         "pipelines.ops.traces",
         "pipelines.publishing.bases",
+        "pipelines.gateway.upstream",
     ),
     2: (
         "pipelines.ingestion.arxiv",
