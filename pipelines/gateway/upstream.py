@@ -139,14 +139,18 @@ class _Connection(asyncio.Protocol):
         if self.paused and self.transport is not None:  # the reader has taken what it could use
             self.paused = False
             self.transport.resume_reading()
-        a.waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        a.waiter = loop.create_future()
+        timer = loop.call_later(READ_S, self._silent)  # cheaper than asyncio.wait_for, once per read
         try:
-            await asyncio.wait_for(a.waiter, READ_S)
-        except TimeoutError:
-            self._fail(UpstreamError(f"System A sent nothing for {READ_S:.0f} s"))
-            self.close()
+            await a.waiter
         finally:
+            timer.cancel()
             a.waiter = None
+
+    def _silent(self) -> None:
+        self._fail(UpstreamError(f"System A sent nothing for {READ_S:.0f} s"))
+        self.close()
 
 
 class Reply:
