@@ -54,9 +54,9 @@ Send = Callable[[str, str, "dict[str, Any] | None"], Awaitable[Reply]]  # (metho
 
 class SystemA:
     """System A's OpenAI-compatible server, asynchronously: the gateway's one pool of kept-alive connections
-    to it (:mod:`.upstream`, a client that costs the event loop about a third of aiohttp's time per call:
-    docs/BENCHMARKS.md). The pool is opened on first use in the running event loop, and again if a later call
-    runs in another loop. ``send`` replaces how a request goes out (tests script System A with it)."""
+    to it (:mod:`.upstream`, a client of its own). The pool is opened on first use in the running event loop,
+    and again if a later call runs in another loop. ``send`` replaces how a request goes out (tests script
+    System A with it)."""
 
     def __init__(self, url: str, token: str = "", send: Send | None = None) -> None:
         self.url = url.rstrip("/")
