@@ -71,8 +71,8 @@ class SystemA:
     async def _over_pool(self, method: str, path: str, body: dict[str, Any] | None) -> Reply:
         loop = asyncio.get_running_loop()
         if self._pool is None or self._loop is not loop:
-            if self._pool is not None:
-                self._pool.close()
+            # a pool of another loop is dropped, not closed: its connections are that loop's to close, and
+            # that loop may be closed already
             self._loop = loop
             try:
                 self._pool = Pool(self.url, self._headers)

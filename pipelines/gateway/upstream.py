@@ -60,11 +60,15 @@ class _Answer:
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.paused = False
+        self.ready()
+
+    def ready(self) -> None:
+        """Ready for the next request's answer (a new connection, or one back in the pool)."""
         self.parser = httptools.HttpResponseParser(self)
         self.answer = _Answer()
-        self.lost = False
         self.idle_since = time.monotonic()
-        self.paused = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -240,9 +244,7 @@ class Pool:
         return None
 
     def put(self, conn: _Connection) -> None:
-        conn.answer = _Answer()
-        conn.parser = httptools.HttpResponseParser(conn)
-        conn.idle_since = time.monotonic()
+        conn.ready()
         self._idle.append(conn)
 
     def _request(self, method: str, path: str, body: bytes | None) -> bytes:

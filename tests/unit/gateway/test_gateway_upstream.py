@@ -15,6 +15,7 @@ from pipelines.gateway import upstream
 from pipelines.gateway.backends import SystemA
 from pipelines.gateway.shapes import GatewayError
 from pipelines.gateway.upstream import Pool, UpstreamError
+from pipelines.vllm_standin import VLLMStandIn
 
 pytestmark = pytest.mark.unit
 
@@ -271,3 +272,10 @@ def test_a_long_answer_pauses_the_connection_until_it_is_read_and_an_endless_one
         reply.close()
 
     serve(handler, test)
+
+
+def test_system_a_called_from_a_second_event_loop_opens_a_pool_of_its_own():
+    with VLLMStandIn(base="smollm2") as srv:
+        system_a = SystemA(srv.url)
+        for _ in range(2):  # the first loop is closed when the second call runs
+            assert asyncio.run(system_a.models()).base == "smollm2"
