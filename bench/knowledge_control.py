@@ -4,6 +4,7 @@ one that was damaged?
     make demo    # once: ingests the samples and imports SmolLM2 (var/models/base/smollm2)
     .venv/bin/python bench/knowledge_control.py [--domain catalysis] [--month 2026-11] [--seeds 1 2 3]
                                                 [--max-steps N] [--damage-lr 0.02] [--kinds real control damage]
+                                                [--also-scale 1 0.75]
 
 For each seed it trains three candidates on the CPU with SmolLM2-135M (profile ``cpu_lora`` at its defaults
 unless ``--max-steps``), from the same lake:
@@ -14,6 +15,10 @@ unless ``--max-steps``), from the same lake:
   questions, lengths and vocabulary, but the wrong value for every document;
 * **damage**: the real rows at a destructive learning rate (``--damage-lr``, 20x the profile's): it sees the
   month's facts, so it may well gain on the probe, and the forgetting guards must refuse it.
+
+Each candidate keeps the profile's share of its trained delta (``cbnano.adapter_scale``), as ``cbnano retrain``
+does; ``--also-scale`` judges the same trainings at other shares too (``realx1-2``: seed 2's real candidate as
+axolotl trained it), at the price of one more evaluated model each and no more training.
 
 All candidates are evaluated in one real evaluation (the base scored once, each adapter on it) on the real probe
 (``probe.jsonl``: the true values) and each is judged by the real gate against the base. The gate must pass the real candidate and refuse both controls in
@@ -142,6 +147,17 @@ def train_all(
     return adapters, timings
 
 
+def also_scaled(settings: Any, adapter: Path, into: Path, scale: float) -> Path:
+    """The trained adapter behind ``adapter`` (axolotl's ``out/`` of its run) with ``scale`` of its delta."""
+    from pipelines.training.runner import interpolate
+
+    trained = adapter.parent / "out" if adapter.name == "adapter" else adapter
+    if scale == 1.0:
+        return trained
+    interpolate(trained, into, scale, settings.train_python)
+    return into
+
+
 def judge_all(
     settings: Any,
     domain: str,
@@ -220,6 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         help="recipe keys for every candidate, e.g. lora_target_linear=false "
         "'lora_target_modules=[gate_proj, up_proj, down_proj]'",
     )
+    ap.add_argument(
+        "--also-scale",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="S",
+        help="judge each trained candidate also at these shares of its trained delta (1 = as axolotl trained "
+        "it), beside the profile's cbnano.adapter_scale; named e.g. realx0.8-1",
+    )
     ap.add_argument("--save-eval", type=Path, help="write every role's per-item scores here (JSON)")
     ap.add_argument(
         "--judge",
@@ -263,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
             }
             runs.update({f"{kind}-{seed}": made[kind] for kind in args.kinds})
         adapters, timings = train_all(settings, request, prepared, runs)
+        for name, path in list(adapters.items()):  # the same training, other shares of its delta
+            kind, seed = name.split("-")
+            for scale in args.also_scale:
+                other = f"{kind}x{scale:g}-{seed}"
+                adapters[other] = also_scaled(settings, path, tmp / other, scale)
+                timings[other] = timings[name]
         adapters.update({name: Path(path) for name, path in judged.items()})
         timings.update({name: {} for name in judged})
         for record in judge_all(settings, args.domain, base, dict(card), adapters, tmp, args.save_eval):

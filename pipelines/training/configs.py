@@ -8,6 +8,11 @@ Validation runs in the training environment (axolotl's pinned stack cannot be im
 :func:`validate_in_train_env` loads the rendered YAML there, rejects every top-level key that axolotl's
 schema (``AxolotlInputConfig``) does not know — axolotl would drop it silently — and runs axolotl's own
 ``validate_config``. It returns the problems as a list; empty means the config is good.
+
+A profile may also hold a ``cbnano:`` section: recipe steps cbnano itself runs around axolotl (today
+``adapter_scale``, see :func:`adapter_scale`). It is part of the config's hash, so it decides the run folder
+and the version like any key, but :func:`write_config` leaves it out of the file axolotl reads, and
+:func:`render_config` checks it, since axolotl's schema never sees it.
 """
 
 from __future__ import annotations
@@ -58,7 +63,33 @@ def render_config(
     cfg = deep_merge(cfg, run)
     if not cfg.get("base_model"):
         raise ValueError(f"profile {profile}: no base_model (give one in the run values)")
+    adapter_scale(cfg)  # a bad value of our own section fails here, before any dataset or training
     return cfg
+
+
+OWN = "cbnano"  # the config's section for cbnano's own recipe steps; axolotl never sees it
+OWN_KEYS = ("adapter_scale",)
+
+
+def own_section(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config's ``cbnano:`` section (empty when it has none); raises ValueError for an unknown key."""
+    own = cfg.get(OWN) or {}
+    if not isinstance(own, dict):
+        raise ValueError(f"{OWN}: must be a mapping, got {own!r}")
+    unknown = sorted(set(own) - set(OWN_KEYS))
+    if unknown:
+        raise ValueError(f"{OWN}: unknown key(s) {', '.join(unknown)}; known: {', '.join(OWN_KEYS)}")
+    return dict(own)
+
+
+def adapter_scale(cfg: dict[str, Any]) -> float:
+    """``cbnano.adapter_scale``: the share of the trained LoRA delta the candidate keeps (1.0, all of it, by
+    default). Below 1 the trained adapter is moved that far back towards the base before it is merged,
+    evaluated and published (``steps.interpolate``). Raises ValueError outside (0, 1]."""
+    value = own_section(cfg).get("adapter_scale", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"{OWN}.adapter_scale must be a number in (0, 1], got {value!r}")
+    return float(value)
 
 
 def config_hash(cfg: dict[str, Any]) -> str:
@@ -67,10 +98,11 @@ def config_hash(cfg: dict[str, Any]) -> str:
 
 
 def write_config(cfg: dict[str, Any], path: Path) -> Path:
-    """Write the rendered config as YAML, with a header saying how to launch it."""
+    """Write the rendered config as YAML for axolotl (without the ``cbnano:`` section), with a header saying
+    how to launch it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     header = f"# Rendered by cbnano. Launch: .venv-train/bin/axolotl train {path} --launcher python\n"
-    body = yaml.safe_dump(cfg, sort_keys=False)
+    body = yaml.safe_dump({k: v for k, v in cfg.items() if k != OWN}, sort_keys=False)
     path.write_text(header + body)
     return path
 

@@ -1,6 +1,7 @@
 """One domain's monthly retraining, end to end; shared by ``cbnano retrain`` and the ``domain_retraining`` DAG.
 
-base (fail fast) → dataset → render + validate config → train (resumable) → merge → merge check → evaluate
+base (fail fast) → dataset → render + validate config → train (resumable) → keep the profile's share of the
+trained delta (``cbnano.adapter_scale``) → merge → merge check → evaluate
 base, current production and candidate per item → gate → register the candidate as a version (production
 moves only if the gate passed and, with ``CBNANO_REQUIRE_APPROVAL``, only once a person approves it:
 :mod:`pipelines.publishing.approval`) → retention.
@@ -29,7 +30,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from pipelines.publishing.release import register_candidate
 from pipelines.settings import Settings
 from pipelines.training.base_models import resolve_base
 from pipelines.training.configs import (
+    adapter_scale,
     config_hash,
     deep_merge,
     render_config,
@@ -61,6 +63,7 @@ from pipelines.training.runner import (
     TrainResult,
     adapter_changed,
     check_merge,
+    interpolate,
     merge,
     run_dir_for,
     train,
@@ -270,8 +273,9 @@ def reuse_existing(settings: Settings, store: ModelStore, plan: RunPlan) -> Retr
 
 
 def train_candidate(settings: Settings, plan: RunPlan, *, gpu: int | None, clock: StepClock) -> Candidate:
-    """Validate the config, train (resuming), check the adapter moved, merge and check the merge; axolotl's
-    output goes to the clock's log."""
+    """Validate the config, train (resuming), check the adapter moved, keep ``cbnano.adapter_scale`` of its
+    delta (below 1: a scaled copy in ``<run>/adapter``, which is what is merged, evaluated and published),
+    merge and check the merge; axolotl's output goes to the clock's log."""
     with clock.step("validate"):
         problems = validate_in_train_env(
             [write_config(plan.cfg, plan.run_dir / "config.rendered.yml")], settings.train_python
@@ -282,8 +286,18 @@ def train_candidate(settings: Settings, plan: RunPlan, *, gpu: int | None, clock
         result = train(plan.cfg, plan.run_dir, settings.train_python, gpu=gpu, log=clock.say)
     if not adapter_changed(result.adapter_dir):
         raise RuntimeError(f"training left the adapter unchanged in {result.adapter_dir}")
+    scale = adapter_scale(plan.cfg)
+    if scale < 1.0:  # the candidate keeps this share of the trained delta; axolotl's out/ stays as trained
+        with clock.step("interpolate"):
+            moved = interpolate(result.adapter_dir, plan.run_dir / "adapter", scale, settings.train_python)
+        clock.say(f"adapter: {scale:g} of the trained delta kept ({moved['scaled']} B matrices scaled)")
+        result = replace(
+            result, adapter_dir=plan.run_dir / "adapter", stats={**result.stats, "adapter_scale": scale}
+        )
     with clock.step("merge"):
-        merged = merge(plan.run_dir, settings.train_python, gpu=gpu, log=clock.say)
+        merged = merge(
+            plan.run_dir, settings.train_python, gpu=gpu, log=clock.say, adapter_dir=result.adapter_dir
+        )
     with clock.step("merge_check"):
         report = check_merge(plan.base.path, result.adapter_dir, merged, settings.train_python, gpu=gpu)
     return Candidate(result, merged, report)

@@ -218,8 +218,15 @@ def _is_number(value: Any) -> bool:
     return not isinstance(value, bool)
 
 
-def merge(run_dir: Path, train_python: str, gpu: int | None = None, log: Log | None = None) -> Path:
-    """Merge the run's adapter into its base (``axolotl merge-lora``, shard by shard); returns the folder.
+def merge(
+    run_dir: Path,
+    train_python: str,
+    gpu: int | None = None,
+    log: Log | None = None,
+    adapter_dir: Path | None = None,
+) -> Path:
+    """Merge the run's adapter (``adapter_dir``, by default what axolotl wrote in ``out/``) into its base
+    (``axolotl merge-lora``, shard by shard); returns the folder (``out/merged``).
 
     The merged weights are exactly ``W_base + scale · B·A``: what System A computes when it serves the base with
     the adapter. For a QLoRA run axolotl would otherwise "simulate NF4", round-tripping every 2-D tensor of the
@@ -235,7 +242,7 @@ def merge(run_dir: Path, train_python: str, gpu: int | None = None, log: Log | N
     )
     axolotl = str(Path(train_python).parent / "axolotl")
     _run(
-        [axolotl, "merge-lora", str(merge_cfg), "--lora-model-dir", str(run_dir / "out")],
+        [axolotl, "merge-lora", str(merge_cfg), "--lora-model-dir", str(adapter_dir or run_dir / "out")],
         train_env(train_python, gpu),
         run_dir / "merge.log",
         log,
@@ -244,6 +251,20 @@ def merge(run_dir: Path, train_python: str, gpu: int | None = None, log: Log | N
     if not (merged / "config.json").is_file():
         raise TrainingError(f"merge-lora wrote no model in {merged}")
     return merged
+
+
+def interpolate(adapter_dir: Path, into: Path, scale: float, train_python: str) -> dict:
+    """Scale the trained adapter's delta by ``scale`` into ``into`` (``steps.interpolate``: every ``lora_B``
+    times ``scale``, the base-to-fine-tune line of WiSE-FT; adapter-sized work, on the CPU); returns the
+    step's report."""
+    return dict(
+        run_step(
+            train_python,
+            "interpolate",
+            ["--adapter", str(adapter_dir), "--into", str(into), "--scale", repr(float(scale))],
+            timeout_s=600,
+        )
+    )
 
 
 MERGE_TOLERANCE = 1e-2  # relative; bf16 rounding of a merged weight is ~4e-3

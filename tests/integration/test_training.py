@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipelines.trainenv import StepError
 from pipelines.training.configs import DOMAINS, PROFILES, render_config, validate_in_train_env, write_config
-from pipelines.training.runner import TrainingError, adapter_changed, check_merge, merge, train
+from pipelines.training.runner import TrainingError, adapter_changed, check_merge, interpolate, merge, train
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,6 +162,26 @@ def test_tiny_lora_trains_resumes_and_merges(train_python, tiny, dataset, tmp_pa
     save_file(weights, merged / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(TrainingError, match="merged weights differ from base"):
         check_merge(tiny, run_dir / "out", merged, train_python)
+
+    # keeping half of the trained delta (cbnano.adapter_scale): every B halved, the rest as trained
+    half = tmp_path / "half"
+    moved = interpolate(run_dir / "out", half, 0.5, train_python)
+    trained = load_file(run_dir / "out" / "adapter_model.safetensors")
+    halved = load_file(half / "adapter_model.safetensors")
+    assert moved["scaled"] == sum(".lora_B." in k for k in trained) > 0 and halved.keys() == trained.keys()
+    for name, tensor in trained.items():
+        assert torch.equal(halved[name], tensor * 0.5 if ".lora_B." in name else tensor), name
+    assert (half / "adapter_config.json").read_bytes() == (
+        run_dir / "out" / "adapter_config.json"
+    ).read_bytes()
+    # the merge takes the scaled adapter: its check passes, and the trained adapter's no longer does
+    merged = merge(run_dir, train_python, adapter_dir=half)
+    assert check_merge(tiny, half, merged, train_python)["max_rel_diff"] < 1e-5
+    with pytest.raises(TrainingError, match="merged weights differ from base"):
+        check_merge(tiny, run_dir / "out", merged, train_python)
+    with pytest.raises(StepError, match="--scale must be in"):
+        interpolate(run_dir / "out", tmp_path / "none", 1.5, train_python)
+    assert not (tmp_path / "none").exists()
 
 
 def test_tiny_qlora_trains_on_cpu(train_python, tiny, dataset, tmp_path):

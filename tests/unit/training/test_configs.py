@@ -116,3 +116,34 @@ def test_every_domain_and_category_is_defined_once_and_everywhere():
     assert list(cbnano_common.DEFAULT_CATEGORIES) == list(DEFAULT_CATEGORIES)
     assert set(cbnano_common.CATEGORY_CHOICES) <= ARXIV_CATEGORIES  # the form offers real categories only
     assert set(DEFAULT_CATEGORIES) <= set(cbnano_common.CATEGORY_CHOICES)
+
+
+def test_our_own_section_decides_the_version_but_never_reaches_axolotl(tmp_path):
+    """``cbnano.adapter_scale`` is cbnano's step, not axolotl's: axolotl would drop the key silently (and our
+    validation rejects unknown keys), so the file axolotl reads leaves the section out; the hash keeps it."""
+    import yaml
+
+    from pipelines.training.configs import adapter_scale, write_config
+
+    plain = render_config("tiny", "catalysis", RUN)
+    scaled = render_config("tiny", "catalysis", {**RUN, "cbnano": {"adapter_scale": 0.8}})
+    assert adapter_scale(plain) == 1.0 and adapter_scale(scaled) == 0.8
+    assert config_hash(plain) != config_hash(scaled)  # another recipe, another run folder and version
+    written = yaml.safe_load(write_config(scaled, tmp_path / "c.yml").read_text())
+    assert "cbnano" not in written and written["adapter"] == scaled["adapter"]
+
+
+@pytest.mark.parametrize(
+    "own, message",
+    [
+        ({"adapter_scale": 0}, "must be a number in"),
+        ({"adapter_scale": 1.5}, "must be a number in"),
+        ({"adapter_scale": "0.8"}, "must be a number in"),
+        ({"adapter_scale": True}, "must be a number in"),
+        ({"adapter_scal": 0.8}, "unknown key.*adapter_scal"),
+        ("0.8", "must be a mapping"),
+    ],
+)
+def test_a_bad_own_section_fails_when_rendered(own, message):
+    with pytest.raises(ValueError, match=message):
+        render_config("tiny", "catalysis", {**RUN, "cbnano": own})
