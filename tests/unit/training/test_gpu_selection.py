@@ -124,7 +124,7 @@ def test_retrain_hands_its_gpu_to_training_merge_check_and_evaluation(monkeypatc
     monkeypatch.setattr(chain, "train", train)
     monkeypatch.setattr(chain, "adapter_changed", lambda d: True)
 
-    def merge(run_dir, py, gpu=None, log=None):
+    def merge(run_dir, py, gpu=None, log=None, adapter_dir=None):
         seen["merge"] = gpu
         return run_dir / "out" / "merged"
 
