@@ -84,7 +84,8 @@ def test_step_failures_and_a_missing_environment_are_one_line(fake_python, tmp_p
 
 
 def test_retrain_hands_its_gpu_to_training_merge_check_and_evaluation(monkeypatch, cbnano_env, tmp_path):
-    """The chain's wiring: every model step gets the task's GPU."""
+    """The chain's wiring: every model step gets the task's GPU, and with ``cbnano.adapter_scale`` below 1 the
+    scaled copy of the trained adapter is what the merge, its check and the evaluation get."""
     from pipelines.publishing.bases import BaseModel
     from pipelines.training import retrain as chain
     from pipelines.training.runner import TrainResult
@@ -109,7 +110,8 @@ def test_retrain_hands_its_gpu_to_training_merge_check_and_evaluation(monkeypatc
     from pipelines.training.configs import render_config
     from pipelines.training.request import RetrainRequest
 
-    cfg = render_config("gpu_qlora", "catalysis", {"base_model": str(base.path), "seed": 42})
+    run = {"base_model": str(base.path), "seed": 42, "cbnano": {"adapter_scale": 0.5}}
+    cfg = render_config("gpu_qlora", "catalysis", run)
     monkeypatch.setattr(chain, "prepare_dataset", lambda *a, **k: chain.Prepared(base, card, [], cfg))
     monkeypatch.setattr(chain, "validate_in_train_env", lambda *a, **k: [])
 
@@ -117,26 +119,37 @@ def test_retrain_hands_its_gpu_to_training_merge_check_and_evaluation(monkeypatc
         seen["train"] = gpu
         return TrainResult(run_dir, run_dir / "out", [1.0], None)
 
-    def check(*args, gpu=None):
-        seen["merge_check"] = gpu
+    def check(base, adapter_dir, merged, py, gpu=None):
+        seen["merge_check"] = (gpu, adapter_dir.name)
         return {}
+
+    def interpolate(adapter_dir, into, scale, py):
+        seen["interpolate"] = (adapter_dir.name, into.name, scale)
+        return {"scaled": 2}
 
     monkeypatch.setattr(chain, "train", train)
     monkeypatch.setattr(chain, "adapter_changed", lambda d: True)
 
     def merge(run_dir, py, gpu=None, log=None, adapter_dir=None):
-        seen["merge"] = gpu
+        seen["merge"] = (gpu, adapter_dir.name)
         return run_dir / "out" / "merged"
 
     monkeypatch.setattr(chain, "merge", merge)
     monkeypatch.setattr(chain, "check_merge", check)
+    monkeypatch.setattr(chain, "interpolate", interpolate)
 
     def evaluate(settings, domain, roles, heldout, load_in_4bit, gpu, spec_path, probe=None, progress=None):
-        seen["evaluate"] = gpu
+        seen["evaluate"] = (gpu, roles["candidate"][1].name)
         raise RuntimeError("stop after evaluation")
 
     monkeypatch.setattr(chain, "evaluate_roles", evaluate)
     with pytest.raises(RuntimeError, match="stop after evaluation"):
         request = RetrainRequest("catalysis", "2026-11", "gpu_qlora", "smollm2", "smollm2", "--base-model")
         chain.retrain(cbnano_env, request, gpu=1)
-    assert seen == {"train": 1, "merge": 1, "merge_check": 1, "evaluate": 1}
+    assert seen == {
+        "train": 1,
+        "interpolate": ("out", "adapter", 0.5),  # adapter-sized arithmetic: no GPU needed
+        "merge": (1, "adapter"),
+        "merge_check": (1, "adapter"),
+        "evaluate": (1, "adapter"),
+    }
