@@ -183,6 +183,20 @@ def test_tiny_lora_trains_resumes_and_merges(train_python, tiny, dataset, tmp_pa
         interpolate(run_dir / "out", tmp_path / "none", 1.5, train_python)
     assert not (tmp_path / "none").exists()
 
+    # both adapters scored on one base, one under a role name PEFT cannot take as a module name ("." in it)
+    from pipelines.evaluation.evaluate import evaluate_roles
+    from pipelines.settings import load_settings
+
+    settings = load_settings({"CBNANO_HOME": str(tmp_path / "home"), "CBNANO_TRAIN_PYTHON": train_python})
+    roles = {"base": (tiny, None), "real-1": (tiny, run_dir / "out"), "realx0.5-1": (tiny, half)}
+    heldout = tmp_path / "val.jsonl"
+    rows = [json.loads(line) for line in dataset.read_text().splitlines()[:3]]
+    heldout.write_text("".join(json.dumps({**r, "doc": f"doc{i}"}) + "\n" for i, r in enumerate(rows)))
+    scored = evaluate_roles(settings, "catalysis", roles, heldout, False, None, tmp_path / "spec.json")
+    general = scored["per_item"]["general_loss"]
+    assert set(general) == set(roles) and len(general["base"]) == 160
+    assert general["real-1"] != general["realx0.5-1"] != general["base"]  # each role its own adapter
+
 
 def test_tiny_qlora_trains_on_cpu(train_python, tiny, dataset, tmp_path):
     cfg = render_config(

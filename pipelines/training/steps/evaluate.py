@@ -96,14 +96,17 @@ def score_group(
         )
         scored(role, t0)
     peft_model = None
-    for role, adapter in roles.items():
+    for n, (role, adapter) in enumerate(roles.items()):
         if not adapter:
             continue
+        # PEFT names a module after its adapter, and a module name cannot hold "." (a role such as
+        # "realx0.8-2" can): the adapters get names of their own, the scores keep the role's
+        name = f"adapter{n}"
         if peft_model is None:
-            peft_model = PeftModel.from_pretrained(model, adapter, adapter_name=role, is_trainable=False)
+            peft_model = PeftModel.from_pretrained(model, adapter, adapter_name=name, is_trainable=False)
         else:
-            peft_model.load_adapter(adapter, adapter_name=role, is_trainable=False)
-        peft_model.set_adapter(role)
+            peft_model.load_adapter(adapter, adapter_name=name, is_trainable=False)
+        peft_model.set_adapter(name)
         t0 = time.perf_counter()
         out[role] = Scorer(peft_model, tok, device, max_batch_tokens).score(
             items, heldout, probe or [], domain, general or []
