@@ -13,8 +13,9 @@ unless ``--max-steps``), from the same lake:
 * **control**: the same rows with every fact's value moved to another document (a derangement within each
   kind: conductivities among conductivities, formulas among formulas), so the control sees the same format,
   questions, lengths and vocabulary, but the wrong value for every document;
-* **damage**: the real rows at a destructive learning rate (``--damage-lr``, 20x the profile's): it sees the
-  month's facts, so it may well gain on the probe, and the forgetting guards must refuse it.
+* **damage**: the real rows at a destructive learning rate (``--damage-lr``, 0.02 by default: about 13x the
+  profile's 1.5e-3): it sees the month's facts, so it may well gain on the probe, and the forgetting guards
+  must refuse it.
 
 Each candidate keeps the profile's share of its trained delta (``cbnano.adapter_scale``), as ``cbnano retrain``
 does; ``--also-scale`` judges the same trainings at other shares too (``realx1-2``: seed 2's real candidate as
