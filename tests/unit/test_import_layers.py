@@ -119,6 +119,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "pipelines.training.steps.evaluate",
         "pipelines.training.steps.export_gguf",
         "pipelines.training.steps.generate",
+        "pipelines.training.steps.interpolate",
         "pipelines.training.steps.import_base",
         "pipelines.training.steps.validate_config",
     ),
